@@ -1,0 +1,23 @@
+//! Compiles `proto/` with a vendored protoc, so no system protoc is needed.
+use std::{env, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto_root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../proto");
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    let files = [
+        "auth/v1/auth.proto",
+        "auth/v1/events.proto",
+        "task/v1/task.proto",
+    ]
+    .map(|f| proto_root.join(f));
+
+    // SAFETY-free: build scripts are single threaded; protoc is found through this variable.
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    let mut cfg = tonic_prost_build::Config::new();
+    cfg.protoc_executable(protoc);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("memberflow_descriptor.bin"))
+        .compile_with_config(cfg, &files, &[proto_root.clone()])?;
+    println!("cargo:rerun-if-changed={}", proto_root.display());
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! Placeholder: the TaskService client with backoff lands with the task service.

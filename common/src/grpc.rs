@@ -1,0 +1,98 @@
+//! gRPC plumbing both services share: health, reflection, metadata and rich
+//! error details.
+use tonic::{Code, Status, metadata::MetadataMap};
+use tonic_health::server::HealthReporter;
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+use crate::proto::FILE_DESCRIPTOR_SET;
+
+/// Metadata key carrying the service credential on trusted calls.
+pub const SERVICE_TOKEN_HEADER: &str = "x-service-token";
+
+/// Reflection services for both protocol versions: grpcurl speaks v1, Python's
+/// grpcio and older tools still ask for v1alpha.
+pub fn reflection() -> (
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+) {
+    let v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("descriptors compiled into the binary are valid");
+    let v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .expect("descriptors compiled into the binary are valid");
+    (v1, v1alpha)
+}
+
+/// Marks `service` and the whole server (`""`) as serving or not.
+pub async fn set_serving(reporter: &HealthReporter, service: &str, serving: bool) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    reporter.set_service_status(service, status).await;
+    reporter.set_service_status("", status).await;
+}
+
+/// The token from `authorization: Bearer <token>`, if present and well formed.
+pub fn bearer(metadata: &MetadataMap) -> Option<&str> {
+    let value = metadata.get("authorization")?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Collects field violations while validating a request.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    /// Records that `field` is invalid because of `description`.
+    pub fn add(&mut self, field: &str, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+
+    /// Records the error of `result`, if any, and passes its value on.
+    pub fn check<T, E: std::fmt::Display>(
+        &mut self,
+        field: &str,
+        result: Result<T, E>,
+    ) -> Option<T> {
+        result.map_err(|e| self.add(field, e.to_string())).ok()
+    }
+
+    /// `Ok` when nothing was recorded, else `INVALID_ARGUMENT` with a
+    /// `google.rpc.BadRequest` naming every bad field.
+    pub fn into_result(self) -> Result<(), Status> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let fields: Vec<_> = self.0.iter().map(|v| v.field.as_str()).collect();
+        let message = format!("invalid {}", fields.join(", "));
+        let details = ErrorDetails::with_bad_request(self.0);
+        Err(Status::with_error_details(
+            Code::InvalidArgument,
+            message,
+            details,
+        ))
+    }
+}
+
+/// The field names of a `BadRequest` detail, for tests and clients.
+pub fn violated_fields(status: &Status) -> Vec<String> {
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,12 @@
+//! What auth and task truly share: generated proto code, config and telemetry
+//! bootstrap, the AMQP topology, the retry policy, access tokens, gRPC service
+//! hygiene and the TaskService client with backoff.
+pub mod amqp;
+pub mod client;
+pub mod grpc;
+pub mod proto;
+pub mod retry;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;
+pub mod token;
