@@ -11,13 +11,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ]
     .map(|f| proto_root.join(f));
 
-    // SAFETY-free: build scripts are single threaded; protoc is found through this variable.
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     let mut cfg = tonic_prost_build::Config::new();
     cfg.protoc_executable(protoc);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("memberflow_descriptor.bin"))
-        .compile_with_config(cfg, &files, &[proto_root.clone()])?;
+        .compile_with_config(cfg, &files, std::slice::from_ref(&proto_root))?;
     println!("cargo:rerun-if-changed={}", proto_root.display());
     Ok(())
 }

@@ -72,21 +72,44 @@ impl Violations {
         result.map_err(|e| self.add(field, e.to_string())).ok()
     }
 
-    /// `Ok` when nothing was recorded, else `INVALID_ARGUMENT` with a
-    /// `google.rpc.BadRequest` naming every bad field.
-    pub fn into_result(self) -> Result<(), Status> {
-        if self.0.is_empty() {
-            return Ok(());
-        }
+    /// `Ok` when nothing was recorded, else the violations as an error.
+    pub fn finish(self) -> Result<(), Self> {
+        if self.0.is_empty() { Ok(()) } else { Err(self) }
+    }
+}
+
+impl std::fmt::Display for Violations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let fields: Vec<_> = self.0.iter().map(|v| v.field.as_str()).collect();
-        let message = format!("invalid {}", fields.join(", "));
-        let details = ErrorDetails::with_bad_request(self.0);
-        Err(Status::with_error_details(
+        write!(f, "invalid {}", fields.join(", "))
+    }
+}
+
+impl std::error::Error for Violations {}
+
+/// `INVALID_ARGUMENT` with a `google.rpc.BadRequest` naming every bad field.
+impl From<Violations> for Status {
+    fn from(v: Violations) -> Self {
+        let message = v.to_string();
+        Status::with_error_details(
             Code::InvalidArgument,
             message,
-            details,
-        ))
+            ErrorDetails::with_bad_request(v.0),
+        )
     }
+}
+
+/// Converts a UTC time to the protobuf well-known type.
+pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// Converts the protobuf well-known type back to a UTC time.
+pub fn from_timestamp(t: &prost_types::Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?)
 }
 
 /// The field names of a `BadRequest` detail, for tests and clients.

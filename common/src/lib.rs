@@ -3,6 +3,7 @@
 //! hygiene and the TaskService client with backoff.
 pub mod amqp;
 pub mod client;
+pub mod db;
 pub mod grpc;
 pub mod proto;
 pub mod retry;

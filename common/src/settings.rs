@@ -54,9 +54,16 @@ impl Source {
     }
 
     /// Reads the layers into `T`. `T` and its parts are `#[serde(default)]`,
-    /// so their `Default` impls are the bottom layer.
-    pub fn load<T: DeserializeOwned>(&self) -> Result<T, config::ConfigError> {
+    /// so their `Default` impls are the bottom layer; `defaults` sets keys whose
+    /// default depends on the service (e.g. `database.url`).
+    pub fn load<T: DeserializeOwned>(
+        &self,
+        defaults: &[(&str, &str)],
+    ) -> Result<T, config::ConfigError> {
         let mut builder = config::Config::builder();
+        for (key, value) in defaults {
+            builder = builder.set_default(*key, *value)?;
+        }
         if let Some(file) = &self.file {
             builder = builder.add_source(
                 config::File::from(Path::new(file))

@@ -1,0 +1,159 @@
+//! Member domain types. Parsing into these is validation: a value of type
+//! `Email` is a valid, normalised email, and so on.
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// A syntactically valid email, at most 254 chars, lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(raw: &str) -> Result<Self, &'static str> {
+        if raw.is_empty() {
+            return Err("must not be empty");
+        }
+        if raw.chars().count() > 254 {
+            return Err("must be at most 254 characters");
+        }
+        if !email_address::EmailAddress::is_valid(raw) || raw.chars().any(char::is_whitespace) {
+            return Err("must be a valid email address");
+        }
+        Ok(Self(raw.to_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A password of 8 to 128 characters. Never logged: `Debug` is redacted.
+pub struct Password(String);
+
+impl Password {
+    pub fn parse(raw: &str) -> Result<Self, &'static str> {
+        match raw.chars().count() {
+            0..8 => Err("must be at least 8 characters"),
+            8..=128 => Ok(Self(raw.to_owned())),
+            _ => Err("must be at most 128 characters"),
+        }
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(***)")
+    }
+}
+
+/// 1 to 32 characters after trimming, with no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nickname(String);
+
+impl Nickname {
+    pub fn parse(raw: &str) -> Result<Self, &'static str> {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Err("must not be empty");
+        }
+        if trimmed.chars().count() > 32 {
+            return Err("must be at most 32 characters");
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err("must not contain control characters");
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An IANA time-zone name such as `Asia/Seoul`, in its canonical spelling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Region(chrono_tz::Tz);
+
+impl Region {
+    pub fn parse(raw: &str) -> Result<Self, &'static str> {
+        raw.parse::<chrono_tz::Tz>()
+            .map(Self)
+            .map_err(|_| "must be an IANA time-zone name such as Asia/Seoul")
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.name()
+    }
+}
+
+/// A validated signup.
+#[derive(Debug)]
+pub struct NewMember {
+    pub email: Email,
+    pub password: Password,
+    pub nickname: Nickname,
+    pub region: Region,
+}
+
+/// A validated profile change; at least one field is set.
+#[derive(Debug)]
+pub struct ProfileChange {
+    pub nickname: Option<Nickname>,
+    pub region: Option<Region>,
+}
+
+/// A member as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Member {
+    pub id: Uuid,
+    pub email: String,
+    pub nickname: String,
+    pub region: String,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_is_lower_cased_and_bounded() {
+        assert_eq!(
+            Email::parse("Ann@Example.COM").unwrap().as_str(),
+            "ann@example.com"
+        );
+        assert!(Email::parse("not-an-email").is_err());
+        assert!(Email::parse("a b@example.com").is_err());
+        let long = format!("{}@example.com", "a".repeat(250));
+        assert!(Email::parse(&long).is_err());
+    }
+
+    #[test]
+    fn password_length_bounds() {
+        assert!(Password::parse("1234567").is_err());
+        assert!(Password::parse("12345678").is_ok());
+        assert!(Password::parse(&"x".repeat(128)).is_ok());
+        assert!(Password::parse(&"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn nickname_is_trimmed_and_checked() {
+        assert_eq!(Nickname::parse("  ann ").unwrap().as_str(), "ann");
+        assert!(Nickname::parse("   ").is_err());
+        assert!(Nickname::parse(&"n".repeat(33)).is_err());
+        assert!(Nickname::parse("a\u{7}b").is_err());
+        assert!(Nickname::parse(&"가".repeat(32)).is_ok());
+    }
+
+    #[test]
+    fn region_is_an_iana_zone() {
+        assert_eq!(Region::parse("Asia/Seoul").unwrap().as_str(), "Asia/Seoul");
+        assert!(Region::parse("Mars/Olympus").is_err());
+        assert!(Region::parse("").is_err());
+    }
+}

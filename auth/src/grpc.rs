@@ -1,0 +1,239 @@
+//! `auth.v1.AuthService`: proto ↔ domain conversion and the RPC handlers.
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use memberflow_common::{
+    grpc::{SERVICE_TOKEN_HEADER, Violations, bearer, timestamp},
+    proto::auth::v1::{self as pb, auth_service_server::AuthService},
+    token::TokenKeys,
+};
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{
+    Error,
+    domain::{Email, Member, NewMember, Nickname, Password, ProfileChange, Region},
+    outbox::{self, EventKind},
+    password::Hasher,
+    repo,
+};
+
+/// The RPC handlers and what they need.
+#[derive(Clone)]
+pub struct AuthApi {
+    pub(crate) pool: PgPool,
+    pub(crate) hasher: Hasher,
+    pub(crate) tokens: TokenKeys,
+    pub(crate) token_ttl: Duration,
+    pub(crate) service_token: SecretString,
+    /// Wakes the outbox relay after each commit.
+    pub(crate) relay_wake: Arc<Notify>,
+}
+
+impl TryFrom<pb::SignUpRequest> for NewMember {
+    type Error = Violations;
+
+    fn try_from(req: pb::SignUpRequest) -> Result<Self, Violations> {
+        let mut v = Violations::default();
+        let email = v.check("email", Email::parse(&req.email));
+        let password = v.check("password", Password::parse(&req.password));
+        let nickname = v.check("nickname", Nickname::parse(&req.nickname));
+        let region = v.check("region", Region::parse(&req.region));
+        v.finish()?;
+        Ok(Self {
+            email: email.expect("checked"),
+            password: password.expect("checked"),
+            nickname: nickname.expect("checked"),
+            region: region.expect("checked"),
+        })
+    }
+}
+
+impl TryFrom<pb::UpdateProfileRequest> for ProfileChange {
+    type Error = Violations;
+
+    fn try_from(req: pb::UpdateProfileRequest) -> Result<Self, Violations> {
+        let mut v = Violations::default();
+        let nickname = req
+            .nickname
+            .as_deref()
+            .and_then(|n| v.check("nickname", Nickname::parse(n)));
+        let region = req
+            .region
+            .as_deref()
+            .and_then(|r| v.check("region", Region::parse(r)));
+        if req.nickname.is_none() && req.region.is_none() {
+            v.add("nickname", "set nickname, region or both");
+            v.add("region", "set nickname, region or both");
+        }
+        v.finish()?;
+        Ok(Self { nickname, region })
+    }
+}
+
+impl From<Member> for pb::Member {
+    fn from(m: Member) -> Self {
+        Self {
+            id: m.id.to_string(),
+            email: m.email,
+            nickname: m.nickname,
+            region: m.region,
+            version: m.version,
+            created_at: Some(timestamp(m.created_at)),
+            updated_at: Some(timestamp(m.updated_at)),
+        }
+    }
+}
+
+impl AuthApi {
+    async fn sign_up(&self, new: NewMember) -> Result<Member, Error> {
+        // Hash before opening the transaction: it takes milliseconds of CPU.
+        let hash = self.hasher.hash(&new.password).await?;
+        let mut tx = self.pool.begin().await?;
+        let member = repo::insert_member(&mut tx, Uuid::now_v7(), &new, &hash)
+            .await
+            .map_err(|e| {
+                if repo::on_constraint(&e, repo::EMAIL_UNIQUE) {
+                    Error::EmailTaken
+                } else {
+                    e.into()
+                }
+            })?;
+        let event_id = outbox::enqueue(&mut tx, EventKind::Created, &member).await?;
+        tx.commit().await?;
+        self.relay_wake.notify_one();
+        tracing::Span::current()
+            .record("member_id", tracing::field::display(member.id))
+            .record("event_id", tracing::field::display(event_id));
+        Ok(member)
+    }
+
+    async fn update_profile(
+        &self,
+        member_id: Uuid,
+        change: ProfileChange,
+    ) -> Result<Member, Error> {
+        let mut tx = self.pool.begin().await?;
+        let member = repo::update_profile(&mut tx, member_id, &change)
+            .await?
+            .ok_or(Error::MemberNotFound(member_id))?;
+        let event_id = outbox::enqueue(&mut tx, EventKind::Updated, &member).await?;
+        tx.commit().await?;
+        self.relay_wake.notify_one();
+        tracing::Span::current().record("event_id", tracing::field::display(event_id));
+        Ok(member)
+    }
+
+    fn authenticate_member<T>(&self, req: &Request<T>) -> Result<Uuid, Error> {
+        let token = bearer(req.metadata())
+            .ok_or_else(|| Error::Unauthenticated("missing bearer token".into()))?;
+        self.tokens
+            .verify(token)
+            .map_err(|e| Error::Unauthenticated(e.to_string()))
+    }
+
+    fn authenticate_service<T>(&self, req: &Request<T>) -> Result<(), Error> {
+        let presented = req
+            .metadata()
+            .get(SERVICE_TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Error::Unauthenticated(format!("missing {SERVICE_TOKEN_HEADER}")))?;
+        if constant_time_eq(
+            presented.as_bytes(),
+            self.service_token.expose_secret().as_bytes(),
+        ) {
+            Ok(())
+        } else {
+            Err(Error::Unauthenticated("invalid service credential".into()))
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[tonic::async_trait]
+impl AuthService for AuthApi {
+    #[tracing::instrument(name = "SignUp", skip_all, fields(member_id, event_id))]
+    async fn sign_up(
+        &self,
+        request: Request<pb::SignUpRequest>,
+    ) -> Result<Response<pb::SignUpResponse>, Status> {
+        let new = NewMember::try_from(request.into_inner()).map_err(Error::from)?;
+        let member = Self::sign_up(self, new).await?;
+        Ok(Response::new(pb::SignUpResponse {
+            member: Some(member.into()),
+        }))
+    }
+
+    #[tracing::instrument(name = "Login", skip_all, fields(member_id))]
+    async fn login(
+        &self,
+        request: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let req = request.into_inner();
+        // Malformed input is just a failed login: no hint about what exists.
+        let email = Email::parse(&req.email).ok();
+        let creds = match &email {
+            Some(e) => repo::find_credentials(&self.pool, e.as_str())
+                .await
+                .map_err(Error::from)?,
+            None => None,
+        };
+        let (id, hash) = creds.map_or((None, None), |(id, h)| (Some(id), Some(h)));
+        let ok = self
+            .hasher
+            .verify(req.password, hash)
+            .await
+            .map_err(Error::from)?;
+        let id = match (ok, id) {
+            (true, Some(id)) => id,
+            _ => return Err(Error::BadCredentials.into()),
+        };
+        tracing::Span::current().record("member_id", tracing::field::display(id));
+        let expires_at = Utc::now() + self.token_ttl;
+        Ok(Response::new(pb::LoginResponse {
+            access_token: self.tokens.issue(id, expires_at),
+            expires_at: Some(timestamp(expires_at)),
+        }))
+    }
+
+    #[tracing::instrument(name = "GetMember", skip_all, fields(member_id))]
+    async fn get_member(
+        &self,
+        request: Request<pb::GetMemberRequest>,
+    ) -> Result<Response<pb::GetMemberResponse>, Status> {
+        self.authenticate_service(&request)?;
+        let raw = request.into_inner().member_id;
+        let mut v = Violations::default();
+        let id = v.check("member_id", Uuid::parse_str(&raw));
+        v.finish().map_err(Error::from)?;
+        let id = id.expect("checked");
+        tracing::Span::current().record("member_id", tracing::field::display(id));
+        let member = repo::find_member(&self.pool, id)
+            .await
+            .map_err(Error::from)?
+            .ok_or(Error::MemberNotFound(id))?;
+        Ok(Response::new(pb::GetMemberResponse {
+            member: Some(member.into()),
+        }))
+    }
+
+    #[tracing::instrument(name = "UpdateProfile", skip_all, fields(member_id, event_id))]
+    async fn update_profile(
+        &self,
+        request: Request<pb::UpdateProfileRequest>,
+    ) -> Result<Response<pb::UpdateProfileResponse>, Status> {
+        let member_id = self.authenticate_member(&request)?;
+        tracing::Span::current().record("member_id", tracing::field::display(member_id));
+        let change = ProfileChange::try_from(request.into_inner()).map_err(Error::from)?;
+        let member = Self::update_profile(self, member_id, change).await?;
+        Ok(Response::new(pb::UpdateProfileResponse {
+            member: Some(member.into()),
+        }))
+    }
+}

@@ -1,0 +1,14 @@
+//! The auth service: signs members up and publishes their events through a
+//! transactional outbox. See `startup::Application` for the entry point.
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod outbox;
+pub mod password;
+pub mod repo;
+pub mod settings;
+pub mod startup;
+
+pub use error::Error;
+pub use settings::Settings;
+pub use startup::{Application, SERVICE_NAME};

@@ -1,0 +1,92 @@
+//! The transactional outbox: events are written with the change that caused
+//! them ([`enqueue`]) and published by the [`relay::Relay`] after commit.
+pub mod publisher;
+pub mod relay;
+
+use chrono::{DateTime, Utc};
+use memberflow_common::{
+    amqp::{MEMBER_CREATED, MEMBER_UPDATED},
+    grpc::timestamp,
+    proto::auth::v1 as pb,
+};
+use prost::Message;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::domain::Member;
+
+/// Which event a change emits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Created,
+    Updated,
+}
+
+impl EventKind {
+    pub fn routing_key(self) -> &'static str {
+        match self {
+            Self::Created => MEMBER_CREATED,
+            Self::Updated => MEMBER_UPDATED,
+        }
+    }
+}
+
+/// Encodes the event for `member` at its current version.
+pub fn encode(kind: EventKind, event_id: Uuid, member: &Member) -> Vec<u8> {
+    let occurred_at = Some(timestamp(member.updated_at));
+    match kind {
+        EventKind::Created => pb::MemberCreated {
+            event_id: event_id.to_string(),
+            member_id: member.id.to_string(),
+            nickname: member.nickname.clone(),
+            region: member.region.clone(),
+            version: member.version,
+            occurred_at,
+        }
+        .encode_to_vec(),
+        EventKind::Updated => pb::MemberUpdated {
+            event_id: event_id.to_string(),
+            member_id: member.id.to_string(),
+            nickname: member.nickname.clone(),
+            region: member.region.clone(),
+            version: member.version,
+            occurred_at,
+        }
+        .encode_to_vec(),
+    }
+}
+
+/// Writes the event for `member` into the outbox, inside the caller's
+/// transaction. Returns the event id.
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    kind: EventKind,
+    member: &Member,
+) -> sqlx::Result<Uuid> {
+    let event_id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO outbox (event_id, routing_key, member_id, version, payload, occurred_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(event_id)
+    .bind(kind.routing_key())
+    .bind(member.id)
+    .bind(member.version)
+    .bind(encode(kind, event_id, member))
+    .bind(member.updated_at)
+    .execute(conn)
+    .await?;
+    Ok(event_id)
+}
+
+/// One row waiting to be published.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub event_id: Uuid,
+    pub routing_key: String,
+    pub member_id: Uuid,
+    pub version: i64,
+    pub payload: Vec<u8>,
+    pub occurred_at: DateTime<Utc>,
+}

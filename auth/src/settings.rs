@@ -1,0 +1,126 @@
+//! Typed settings of the auth service (`config/auth.toml`, then `AUTH__*`).
+use memberflow_common::{db::DatabaseSettings, retry::Backoff, settings::Source};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Everything auth can be configured with.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub password: PasswordSettings,
+    pub token: TokenSettings,
+    pub relay: RelaySettings,
+}
+
+impl Settings {
+    /// Defaults, then the file, then `AUTH__` environment variables.
+    pub fn load(source: &Source) -> Result<Self, config::ConfigError> {
+        source.load(&[("database.url", "postgres://postgres@127.0.0.1:5432/auth")])
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ServerSettings {
+    /// Listen address; port 0 picks a free port (tests).
+    pub addr: String,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:50051".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct AmqpSettings {
+    /// A secret because it carries the broker password.
+    pub url: SecretString,
+}
+
+impl Default for AmqpSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
+        }
+    }
+}
+
+/// Argon2id cost. The defaults follow OWASP's minimum (19 MiB, 2 passes).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct PasswordSettings {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+impl Default for PasswordSettings {
+    fn default() -> Self {
+        Self {
+            memory_kib: 19_456,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct TokenSettings {
+    /// HS256 secret shared with task, which verifies tokens locally.
+    pub secret: SecretString,
+    /// Lifetime of an access token.
+    pub ttl_secs: i64,
+    /// Credential trusted services present in `x-service-token` to call
+    /// GetMember.
+    pub service_token: SecretString,
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        Self {
+            secret: SecretString::from("dev-only-change-me-0123456789abcdef"),
+            ttl_secs: 900,
+            service_token: SecretString::from("dev-only-service-token"),
+        }
+    }
+}
+
+/// How the outbox relay publishes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct RelaySettings {
+    /// Rows per batch; their confirms are pipelined. 1 gives the common
+    /// one-confirm-at-a-time design (for benchmarks).
+    pub batch_size: i64,
+    /// How long to wait for the broker's confirms of a batch.
+    pub confirm_timeout_ms: u64,
+    /// Fallback poll; the normal path is woken in-process and by NOTIFY.
+    pub poll_interval_ms: u64,
+    /// Wake on commit and on LISTEN/NOTIFY. Off gives a pure polling relay.
+    pub wake_on_commit: bool,
+    /// How often a non-leader instance tries to take over the relay.
+    pub leader_retry_ms: u64,
+    /// Backoff after a failed publish or a lost connection.
+    pub backoff: Backoff,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            confirm_timeout_ms: 5_000,
+            poll_interval_ms: 5_000,
+            wake_on_commit: true,
+            leader_retry_ms: 1_000,
+            backoff: Backoff::default(),
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Builds and runs the auth service: the gRPC server, database bootstrap and
+//! the outbox relay, all stopped by one shutdown token.
+use std::{net::SocketAddr, sync::Arc};
+
+use chrono::Duration;
+use memberflow_common::{
+    db,
+    grpc::{reflection, set_serving},
+    proto::auth::v1::auth_service_server::AuthServiceServer,
+    retry::Backoff,
+    shutdown::CancellationToken,
+    token::TokenKeys,
+};
+use sqlx::PgPool;
+use tokio::{net::TcpListener, sync::Notify};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::{grpc::AuthApi, outbox::relay::Relay, password::Hasher, settings::Settings};
+
+/// The fully qualified service name, as reported by the health service.
+pub const SERVICE_NAME: &str = "auth.v1.AuthService";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/auth");
+
+/// A bound, not yet running auth service.
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    settings: Settings,
+    pool: PgPool,
+}
+
+impl Application {
+    /// Binds the listener (port 0 allowed) and prepares a lazy pool; nothing
+    /// talks to PostgreSQL or RabbitMQ until [`Self::run_until_stopped`].
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(&settings.server.addr).await?;
+        let addr = listener.local_addr()?;
+        let pool = settings.database.lazy_pool()?;
+        Ok(Self {
+            listener,
+            addr,
+            settings,
+            pool,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, finishes
+    /// in-flight RPCs, lets the relay finish its batch, and returns.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            settings,
+            pool,
+            ..
+        } = self;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_serving(&health, SERVICE_NAME, false).await;
+        let (reflection_v1, reflection_v1alpha) = reflection();
+
+        let relay_wake = Arc::new(Notify::new());
+        let api = AuthApi {
+            pool: pool.clone(),
+            hasher: Hasher::new(&settings.password)?,
+            tokens: TokenKeys::new(&settings.token.secret),
+            token_ttl: Duration::seconds(settings.token.ttl_secs),
+            service_token: settings.token.service_token.clone(),
+            relay_wake: relay_wake.clone(),
+        };
+
+        let server = Server::builder()
+            .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path()))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(AuthServiceServer::new(api))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                shutdown.clone().cancelled_owned(),
+            );
+        let server = tokio::spawn(server);
+
+        let mut relay = None;
+        if db::bootstrap(
+            &settings.database,
+            &pool,
+            &MIGRATOR,
+            Backoff::default(),
+            &shutdown,
+        )
+        .await
+        {
+            set_serving(&health, SERVICE_NAME, true).await;
+            let r = Relay::new(
+                pool.clone(),
+                settings.amqp.url.clone(),
+                settings.relay.clone(),
+                relay_wake,
+            );
+            relay = Some(tokio::spawn(r.run(shutdown.clone())));
+        }
+
+        let served = server.await;
+        // Whatever ended the server ends everything else too.
+        shutdown.cancel();
+        if let Some(relay) = relay {
+            relay.await?;
+        }
+        pool.close().await;
+        served??;
+        Ok(())
+    }
+}

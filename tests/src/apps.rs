@@ -1,0 +1,128 @@
+//! Spawns the real services in-process, bound to port 0, and waits until
+//! their health check says SERVING.
+use std::{net::SocketAddr, time::Duration};
+
+use memberflow_common::{proto::auth::v1::auth_service_client::AuthServiceClient, retry::Backoff};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::{env::TestEnv, eventually};
+
+/// A quick Argon2 cost for tests; production uses the config default.
+pub const TEST_ARGON2_MEMORY_KIB: u32 = 64;
+
+/// Settings for an auth instance in `env`, on a random port.
+pub fn auth_settings(env: &mut TestEnv) -> auth::Settings {
+    let mut s = auth::Settings::default();
+    s.server.addr = "127.0.0.1:0".into();
+    s.database = memberflow_common::db::DatabaseSettings::with_url(&env.database_url("auth"));
+    s.amqp.url = env.amqp_url().into();
+    s.password.memory_kib = TEST_ARGON2_MEMORY_KIB;
+    s.password.iterations = 1;
+    s.relay.leader_retry_ms = 100;
+    s.relay.confirm_timeout_ms = 2_000;
+    s.relay.backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(300));
+    s
+}
+
+/// A running service: dropping it cancels its shutdown token.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    /// Graceful stop: cancels and waits until the service has returned.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.task.take().expect("running").await?
+    }
+
+    /// Abrupt stop: aborts the service's task mid-flight, like a crash
+    /// (connections are dropped without closing handshakes).
+    pub fn kill(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect to service")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A running auth service with a typed client.
+pub struct TestAuth {
+    pub app: Running,
+    pub client: AuthServiceClient<Channel>,
+}
+
+/// Starts auth and waits until it reports SERVING.
+pub async fn spawn_auth(settings: auth::Settings) -> TestAuth {
+    let app = auth::Application::build(settings)
+        .await
+        .expect("build auth");
+    let addr = app.local_addr();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let app = Running {
+        addr,
+        shutdown,
+        task: Some(task),
+    };
+    let channel = app.channel().await;
+    wait_serving(channel.clone(), auth::SERVICE_NAME).await;
+    TestAuth {
+        app,
+        client: AuthServiceClient::new(channel),
+    }
+}
+
+/// Polls the health service until `service` is SERVING.
+pub async fn wait_serving(channel: Channel, service: &str) {
+    let mut health = HealthClient::new(channel);
+    eventually("service SERVING", Duration::from_secs(30), || {
+        let mut health = health.clone();
+        async move {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: service.to_owned(),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .status;
+            (status == ServingStatus::Serving as i32).then_some(())
+        }
+    })
+    .await;
+    let _ = &mut health;
+}
+
+/// The health status of `service`, as an enum value.
+pub async fn health_status(channel: Channel, service: &str) -> Option<ServingStatus> {
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .ok()?
+        .into_inner()
+        .status;
+    ServingStatus::try_from(status).ok()
+}

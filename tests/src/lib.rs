@@ -1,0 +1,30 @@
+//! Test kit for the memberflow suites: every test gets its own PostgreSQL
+//! databases and RabbitMQ vhost ([`env::TestEnv`]), a TCP proxy it can cut
+//! ([`proxy::TcpProxy`]), and real services bound to port 0 ([`apps`]).
+pub mod amqp;
+pub mod apps;
+pub mod env;
+pub mod proxy;
+
+use std::{future::Future, time::Duration};
+
+/// Polls `check` until it yields `Some`, or panics after `timeout` naming
+/// `what`. Tests wait with this, never with a guessed sleep.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut interval = Duration::from_millis(5);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(interval).await;
+        interval = (interval * 2).min(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,506 @@
+//! The auth service against real PostgreSQL and RabbitMQ: signup through the
+//! outbox, validation, credentials, and relay fault tolerance.
+use std::{collections::HashMap, time::Duration};
+
+use lapin::types::AMQPValue;
+use memberflow_common::{
+    amqp::{CONTENT_TYPE, MEMBER_CREATED, MEMBER_UPDATED},
+    grpc::{SERVICE_TOKEN_HEADER, violated_fields},
+    proto::auth::v1 as pb,
+};
+use memberflow_tests::{
+    amqp::TestQueue,
+    apps::{auth_settings, spawn_auth},
+    env::TestEnv,
+    eventually,
+    proxy::TcpProxy,
+};
+use prost::Message;
+use sqlx::PgPool;
+use tonic::{Code, Request};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn signup(email: &str) -> pb::SignUpRequest {
+    pb::SignUpRequest {
+        email: email.into(),
+        password: "correct horse battery".into(),
+        nickname: "Ann".into(),
+        region: "Asia/Seoul".into(),
+    }
+}
+
+async fn count(pool: &PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn wait_outbox_empty(pool: &PgPool) {
+    eventually("an empty outbox", WAIT, || async {
+        (count(pool, "outbox").await == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn signup_publishes_exactly_one_event_with_its_properties() {
+    let mut env = TestEnv::new();
+    let queue = TestQueue::bind(&env.amqp_url(), "observer").await;
+    let mut auth = spawn_auth(auth_settings(&mut env)).await;
+
+    let member = auth
+        .client
+        .sign_up(signup("Ann@Example.com"))
+        .await
+        .expect("signup")
+        .into_inner()
+        .member
+        .unwrap();
+    assert_eq!(
+        member.email, "ann@example.com",
+        "email is stored lower-cased"
+    );
+    assert_eq!(member.version, 1);
+
+    let messages = queue.take(1, WAIT).await;
+    let pool = env.pool("auth").await;
+    wait_outbox_empty(&pool).await;
+    assert_eq!(queue.depth().await, 0, "exactly one message per signup");
+
+    let m = &messages[0];
+    let props = &m.delivery.properties;
+    let event = pb::MemberCreated::decode(m.delivery.data.as_slice()).expect("protobuf body");
+    assert_eq!(event.member_id, member.id);
+    assert_eq!(event.nickname, "Ann");
+    assert_eq!(event.region, "Asia/Seoul");
+    assert_eq!(event.version, 1);
+    assert_eq!(m.delivery.routing_key.as_str(), MEMBER_CREATED);
+    assert_eq!(
+        props.message_id().as_ref().unwrap().as_str(),
+        event.event_id
+    );
+    assert_eq!(props.kind().as_ref().unwrap().as_str(), MEMBER_CREATED);
+    assert_eq!(
+        props.content_type().as_ref().unwrap().as_str(),
+        CONTENT_TYPE
+    );
+    assert_eq!(*props.delivery_mode(), Some(2), "persistent");
+    assert!(props.timestamp().unwrap() > 0);
+    let headers = props.headers().as_ref().unwrap().inner();
+    assert!(
+        matches!(headers.get("member_id"), Some(AMQPValue::LongString(s)) if s.to_string() == member.id)
+    );
+    assert_eq!(headers.get("version"), Some(&AMQPValue::LongLongInt(1)));
+    // No email or password hash leaves auth.
+    let body = String::from_utf8_lossy(&m.delivery.data);
+    assert!(!body.contains("example.com"));
+    auth.app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_signup_publishes_nothing() {
+    let mut env = TestEnv::new();
+    let queue = TestQueue::bind(&env.amqp_url(), "observer").await;
+    let mut auth = spawn_auth(auth_settings(&mut env)).await;
+    auth.client
+        .sign_up(signup("dup@example.com"))
+        .await
+        .unwrap();
+
+    let err = auth
+        .client
+        .sign_up(signup("DUP@example.com"))
+        .await
+        .expect_err("duplicate email");
+    assert_eq!(err.code(), Code::AlreadyExists);
+
+    let pool = env.pool("auth").await;
+    queue.take(1, WAIT).await;
+    wait_outbox_empty(&pool).await;
+    assert_eq!(
+        queue.depth().await,
+        0,
+        "the rolled-back signup published nothing"
+    );
+    assert_eq!(count(&pool, "members").await, 1);
+}
+
+#[tokio::test]
+async fn bad_input_gets_the_right_status_and_writes_nothing() {
+    let mut env = TestEnv::new();
+    let mut auth = spawn_auth(auth_settings(&mut env)).await;
+    let pool = env.pool("auth").await;
+
+    let cases: Vec<(pb::SignUpRequest, Vec<&str>)> = vec![
+        (
+            pb::SignUpRequest {
+                email: "nope".into(),
+                ..signup("")
+            },
+            vec!["email"],
+        ),
+        (
+            signup(&format!("{}@example.com", "a".repeat(250))),
+            vec!["email"],
+        ),
+        (
+            pb::SignUpRequest {
+                password: "short".into(),
+                ..signup("a@example.com")
+            },
+            vec!["password"],
+        ),
+        (
+            pb::SignUpRequest {
+                password: "x".repeat(129),
+                ..signup("a@example.com")
+            },
+            vec!["password"],
+        ),
+        (
+            pb::SignUpRequest {
+                nickname: "   ".into(),
+                ..signup("a@example.com")
+            },
+            vec!["nickname"],
+        ),
+        (
+            pb::SignUpRequest {
+                nickname: "n".repeat(33),
+                ..signup("a@example.com")
+            },
+            vec!["nickname"],
+        ),
+        (
+            pb::SignUpRequest {
+                nickname: "bell\u{7}".into(),
+                ..signup("a@example.com")
+            },
+            vec!["nickname"],
+        ),
+        (
+            pb::SignUpRequest {
+                region: "Mars/Olympus".into(),
+                ..signup("a@example.com")
+            },
+            vec!["region"],
+        ),
+        (
+            pb::SignUpRequest::default(),
+            vec!["email", "password", "nickname", "region"],
+        ),
+    ];
+    for (req, fields) in cases {
+        let err = auth
+            .client
+            .sign_up(req.clone())
+            .await
+            .expect_err("invalid signup");
+        assert_eq!(err.code(), Code::InvalidArgument, "{req:?}");
+        assert_eq!(violated_fields(&err), fields, "{req:?}");
+    }
+    assert_eq!(count(&pool, "members").await, 0);
+    assert_eq!(count(&pool, "outbox").await, 0);
+
+    // Login: a wrong email and a wrong password are indistinguishable.
+    let member = auth
+        .client
+        .sign_up(signup("b@example.com"))
+        .await
+        .unwrap()
+        .into_inner()
+        .member
+        .unwrap();
+    let wrong_email = auth
+        .client
+        .login(pb::LoginRequest {
+            email: "nobody@example.com".into(),
+            password: "correct horse battery".into(),
+        })
+        .await
+        .unwrap_err();
+    let wrong_password = auth
+        .client
+        .login(pb::LoginRequest {
+            email: "b@example.com".into(),
+            password: "incorrect horse".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(wrong_email.code(), Code::Unauthenticated);
+    assert_eq!(wrong_password.code(), Code::Unauthenticated);
+    assert_eq!(wrong_email.message(), wrong_password.message());
+
+    // GetMember is for trusted services only.
+    let get = |id: &str, token: Option<&str>| {
+        let mut req = Request::new(pb::GetMemberRequest {
+            member_id: id.into(),
+        });
+        if let Some(t) = token {
+            req.metadata_mut()
+                .insert(SERVICE_TOKEN_HEADER, t.parse().unwrap());
+        }
+        req
+    };
+    let mut c = auth.client.clone();
+    assert_eq!(
+        c.get_member(get(&member.id, None))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        c.get_member(get(&member.id, Some("wrong")))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+    let trusted = Some("dev-only-service-token");
+    let malformed = c.get_member(get("not-a-uuid", trusted)).await.unwrap_err();
+    assert_eq!(malformed.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&malformed), vec!["member_id"]);
+    let unknown = uuid::Uuid::new_v4().to_string();
+    assert_eq!(
+        c.get_member(get(&unknown, trusted))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let got = c
+        .get_member(get(&member.id, trusted))
+        .await
+        .unwrap()
+        .into_inner()
+        .member
+        .unwrap();
+    assert_eq!(got, member);
+
+    // UpdateProfile needs the member's own token, and valid fields.
+    let anonymous = c
+        .update_profile(pb::UpdateProfileRequest {
+            nickname: Some("x".into()),
+            region: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+    let token = c
+        .login(pb::LoginRequest {
+            email: "b@example.com".into(),
+            password: "correct horse battery".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    let mut bad = Request::new(pb::UpdateProfileRequest {
+        nickname: None,
+        region: Some("Nowhere/Land".into()),
+    });
+    bad.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let bad = c.update_profile(bad).await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&bad), vec!["region"]);
+
+    let version: i64 = sqlx::query_scalar("SELECT version FROM members")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(version, 1, "rejected updates change nothing");
+}
+
+#[tokio::test]
+async fn update_profile_bumps_the_version_and_emits_member_updated() {
+    let mut env = TestEnv::new();
+    let queue = TestQueue::bind(&env.amqp_url(), "observer").await;
+    let mut auth = spawn_auth(auth_settings(&mut env)).await;
+    auth.client.sign_up(signup("c@example.com")).await.unwrap();
+    let token = auth
+        .client
+        .login(pb::LoginRequest {
+            email: "c@example.com".into(),
+            password: "correct horse battery".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    let mut req = Request::new(pb::UpdateProfileRequest {
+        nickname: Some("Annie".into()),
+        region: Some("Europe/Berlin".into()),
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let member = auth
+        .client
+        .update_profile(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .member
+        .unwrap();
+    assert_eq!(
+        (
+            member.version,
+            member.nickname.as_str(),
+            member.region.as_str()
+        ),
+        (2, "Annie", "Europe/Berlin")
+    );
+
+    let messages = queue.take(2, WAIT).await;
+    assert_eq!(messages[0].delivery.routing_key.as_str(), MEMBER_CREATED);
+    assert_eq!(messages[1].delivery.routing_key.as_str(), MEMBER_UPDATED);
+    let updated = pb::MemberUpdated::decode(messages[1].delivery.data.as_slice()).unwrap();
+    assert_eq!((updated.version, updated.nickname.as_str()), (2, "Annie"));
+}
+
+#[tokio::test]
+async fn fifty_signups_during_a_broker_outage_all_arrive_once_it_returns() {
+    let mut env = TestEnv::new();
+    let queue = TestQueue::bind(&env.amqp_url(), "observer").await;
+    let proxy = TcpProxy::start(&env.amqp_host()).await;
+    let mut settings = auth_settings(&mut env);
+    settings.amqp.url = env.amqp_url_via(&proxy.host()).into();
+    let auth = spawn_auth(settings).await;
+    let pool = env.pool("auth").await;
+
+    proxy.cut();
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let m = auth
+            .client
+            .clone()
+            .sign_up(signup(&format!("m{i}@example.com")))
+            .await
+            .expect("signup works without the broker");
+        ids.push(m.into_inner().member.unwrap().id);
+    }
+    assert_eq!(
+        count(&pool, "outbox").await,
+        50,
+        "events wait in the outbox while the broker is away"
+    );
+    assert_eq!(queue.depth().await, 0);
+
+    proxy.restore();
+    let messages = queue.take(50, WAIT).await;
+    wait_outbox_empty(&pool).await;
+    let mut seen: Vec<String> = messages
+        .iter()
+        .map(|m| {
+            pb::MemberCreated::decode(m.delivery.data.as_slice())
+                .unwrap()
+                .member_id
+        })
+        .collect();
+    seen.sort();
+    ids.sort();
+    assert_eq!(seen, ids, "every signup arrived exactly once");
+    assert_eq!(queue.depth().await, 0);
+}
+
+#[tokio::test]
+async fn two_relays_on_one_database_publish_each_event_once_in_version_order() {
+    let mut env = TestEnv::new();
+    let queue = TestQueue::bind(&env.amqp_url(), "observer").await;
+    let a = spawn_auth(auth_settings(&mut env)).await;
+    let b = spawn_auth(auth_settings(&mut env)).await;
+    let pool = env.pool("auth").await;
+
+    // 20 members, each signed up through one instance and updated 3 times
+    // through alternating instances, all members concurrently.
+    let members = 20;
+    let updates = 3;
+    let mut tasks = Vec::new();
+    for i in 0..members {
+        let clients = [a.client.clone(), b.client.clone()];
+        tasks.push(tokio::spawn(async move {
+            let mut c = clients[i % 2].clone();
+            let email = format!("r{i}@example.com");
+            c.sign_up(signup(&email)).await.unwrap();
+            let token = c
+                .login(pb::LoginRequest {
+                    email,
+                    password: "correct horse battery".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .access_token;
+            for u in 0..updates {
+                let mut c = clients[(i + u + 1) % 2].clone();
+                let mut req = Request::new(pb::UpdateProfileRequest {
+                    nickname: Some(format!("v{}", u + 2)),
+                    region: None,
+                });
+                req.metadata_mut()
+                    .insert("authorization", format!("Bearer {token}").parse().unwrap());
+                c.update_profile(req).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    let total = members * (updates + 1);
+    let messages = queue.take(total, WAIT).await;
+    wait_outbox_empty(&pool).await;
+    assert_eq!(queue.depth().await, 0, "no event was published twice");
+
+    let mut event_ids = std::collections::HashSet::new();
+    let mut versions: HashMap<String, Vec<i64>> = HashMap::new();
+    for m in &messages {
+        let id = m
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .unwrap()
+            .to_string();
+        assert!(event_ids.insert(id), "duplicate event");
+        let e = pb::MemberUpdated::decode(m.delivery.data.as_slice()).unwrap();
+        versions.entry(e.member_id).or_default().push(e.version);
+    }
+    assert_eq!(versions.len(), members);
+    for (member, v) in versions {
+        assert_eq!(v, vec![1, 2, 3, 4], "member {member} events out of order");
+    }
+}
+
+#[tokio::test]
+async fn health_is_not_serving_until_the_database_is_reachable() {
+    let mut env = TestEnv::new();
+    let proxy = TcpProxy::start(&env.pg_host()).await;
+    proxy.cut();
+    let mut settings = auth_settings(&mut env);
+    let db = env
+        .database_url("auth")
+        .replace(&env.pg_host(), &proxy.host());
+    settings.database = memberflow_common::db::DatabaseSettings::with_url(&db);
+    let app = auth::Application::build(settings).await.unwrap();
+    let addr = app.local_addr();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let status = memberflow_tests::apps::health_status(channel.clone(), auth::SERVICE_NAME).await;
+    assert_eq!(status, Some(ServingStatus::NotServing));
+
+    proxy.restore();
+    memberflow_tests::apps::wait_serving(channel, auth::SERVICE_NAME).await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
