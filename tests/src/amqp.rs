@@ -95,3 +95,106 @@ impl TestQueue {
         got
     }
 }
+
+/// Publishes raw bodies straight to `member.events`, as a misbehaving or
+/// replaying producer would, and waits for the broker's confirm.
+pub struct RawPublisher {
+    _conn: Connection,
+    channel: Channel,
+}
+
+impl RawPublisher {
+    pub async fn connect(amqp_url: &str) -> Self {
+        let conn = amqp::connect(amqp_url, "test-publisher")
+            .await
+            .expect("amqp connect");
+        let channel = conn.create_channel().await.expect("channel");
+        channel
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        amqp::declare_exchange(&channel).await.expect("exchange");
+        Self {
+            _conn: conn,
+            channel,
+        }
+    }
+
+    pub async fn publish(&self, routing_key: &str, body: &[u8]) {
+        let confirm = self
+            .channel
+            .basic_publish(
+                EXCHANGE.into(),
+                routing_key.into(),
+                lapin::options::BasicPublishOptions::default(),
+                body,
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(
+            matches!(confirm, lapin::Confirmation::Ack(_)),
+            "{confirm:?}"
+        );
+    }
+
+    /// Publishes a `MemberCreated`/`MemberUpdated`-shaped event.
+    pub async fn member_event(&self, e: &MemberEventFixture) {
+        use prost::Message;
+        let body = memberflow_common::proto::auth::v1::MemberUpdated {
+            event_id: e.event_id.to_string(),
+            member_id: e.member_id.to_string(),
+            nickname: e.nickname.clone(),
+            region: e.region.clone(),
+            version: e.version,
+            occurred_at: Some(memberflow_common::grpc::timestamp(chrono::Utc::now())),
+        }
+        .encode_to_vec();
+        let rk = if e.version == 1 {
+            amqp::MEMBER_CREATED
+        } else {
+            amqp::MEMBER_UPDATED
+        };
+        self.publish(rk, &body).await;
+    }
+
+    /// Messages ready in `queue` (passive declare).
+    pub async fn depth(&self, queue: &str) -> u32 {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("passive declare")
+            .message_count()
+    }
+}
+
+/// A member event a test publishes directly.
+#[derive(Debug, Clone)]
+pub struct MemberEventFixture {
+    pub event_id: uuid::Uuid,
+    pub member_id: uuid::Uuid,
+    pub nickname: String,
+    pub region: String,
+    pub version: i64,
+}
+
+impl MemberEventFixture {
+    pub fn new(member_id: uuid::Uuid, version: i64, region: &str) -> Self {
+        Self {
+            event_id: uuid::Uuid::now_v7(),
+            member_id,
+            nickname: format!("nick-v{version}"),
+            region: region.to_owned(),
+            version,
+        }
+    }
+}

@@ -126,3 +126,75 @@ pub async fn health_status(channel: Channel, service: &str) -> Option<ServingSta
         .status;
     ServingStatus::try_from(status).ok()
 }
+
+/// Settings for a task instance in `env`, on a random port, in `mode`, reading
+/// through to `auth_addr` (e.g. `http://127.0.0.1:50051`).
+pub fn task_settings(
+    env: &mut TestEnv,
+    mode: task::ConsistencyMode,
+    auth_addr: &str,
+) -> task::Settings {
+    let mut s = task::Settings::default();
+    s.server.addr = "127.0.0.1:0".into();
+    s.database = memberflow_common::db::DatabaseSettings::with_url(&env.database_url("task"));
+    s.amqp.url = env.amqp_url().into();
+    s.amqp.backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(300));
+    s.auth.addr = auth_addr.to_owned();
+    s.consistency.mode = mode;
+    s
+}
+
+/// A running task service with handles to observe it.
+pub struct TestTask {
+    pub app: Running,
+    pub channel: Channel,
+    pub stats: std::sync::Arc<task::consumer::ConsumerStats>,
+    pub read_through: task::read_through::ReadThrough,
+}
+
+impl TestTask {
+    /// A client library instance acting for the holder of `token`.
+    pub fn client(&self, token: &str) -> memberflow_common::client::TaskClient {
+        memberflow_common::client::TaskClient::new(self.channel.clone(), token).expect("client")
+    }
+
+    /// Events the consumer has processed so far.
+    pub fn processed(&self) -> u64 {
+        self.stats
+            .processed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Starts task and waits until it reports SERVING (database migrated and
+/// consumer attached).
+pub async fn spawn_task(settings: task::Settings) -> TestTask {
+    let app = task::Application::build(settings)
+        .await
+        .expect("build task");
+    let addr = app.local_addr();
+    let stats = app.stats();
+    let read_through = app.read_through();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let app = Running {
+        addr,
+        shutdown,
+        task: Some(task),
+    };
+    let channel = app.channel().await;
+    wait_serving(channel.clone(), task::SERVICE_NAME).await;
+    TestTask {
+        app,
+        channel,
+        stats,
+        read_through,
+    }
+}
+
+/// Signs a token the way auth does, with the default shared secret.
+pub fn mint_token(member_id: uuid::Uuid, ttl: chrono::Duration) -> String {
+    let keys =
+        memberflow_common::token::TokenKeys::new(&task::settings::TokenSettings::default().secret);
+    keys.issue(member_id, chrono::Utc::now() + ttl)
+}

@@ -1,0 +1,208 @@
+//! `task.v1.TaskService`: proto ↔ domain conversion and the RPC handlers.
+use std::time::Duration;
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::DateTime;
+use memberflow_common::{
+    grpc::{Violations, bearer, timestamp},
+    proto::task::v1::{self as pb, task_service_server::TaskService},
+    token::TokenKeys,
+};
+use sqlx::PgPool;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{
+    Error,
+    domain::{DueLocal, NewTask, ReplicaMember, Task, Title},
+    read_through::{FetchError, ReadThrough},
+    replica,
+    repo::{self, Cursor},
+    settings::ConsistencyMode,
+};
+
+const DEFAULT_PAGE_SIZE: i32 = 20;
+const MAX_PAGE_SIZE: i32 = 100;
+
+/// The RPC handlers and what they need.
+#[derive(Clone)]
+pub struct TaskApi {
+    pub(crate) pool: PgPool,
+    pub(crate) tokens: TokenKeys,
+    pub(crate) mode: ConsistencyMode,
+    pub(crate) retry_after: Duration,
+    pub(crate) read_through: ReadThrough,
+}
+
+impl TryFrom<pb::CreateTaskRequest> for NewTask {
+    type Error = Violations;
+
+    fn try_from(req: pb::CreateTaskRequest) -> Result<Self, Violations> {
+        let mut v = Violations::default();
+        let request_id = v.check(
+            "request_id",
+            Uuid::parse_str(&req.request_id).map_err(|_| "must be a UUID"),
+        );
+        let title = v.check("title", Title::parse(&req.title));
+        let due_local = v.check("due_local", DueLocal::parse(&req.due_local));
+        v.finish()?;
+        Ok(Self {
+            request_id: request_id.expect("checked"),
+            title: title.expect("checked"),
+            due_local: due_local.expect("checked"),
+        })
+    }
+}
+
+impl From<Task> for pb::Task {
+    fn from(t: Task) -> Self {
+        Self {
+            id: t.id.to_string(),
+            member_id: t.member_id.to_string(),
+            title: t.title,
+            due_at: Some(timestamp(t.due_at)),
+            time_zone: t.time_zone,
+            created_at: Some(timestamp(t.created_at)),
+        }
+    }
+}
+
+fn encode_cursor(t: &Task) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}|{}", t.created_at.timestamp_micros(), t.id))
+}
+
+fn decode_cursor(token: &str) -> Option<Cursor> {
+    let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(token).ok()?).ok()?;
+    let (micros, id) = raw.split_once('|')?;
+    Some(Cursor {
+        created_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        id: id.parse().ok()?,
+    })
+}
+
+impl TaskApi {
+    fn authenticate<T>(&self, req: &Request<T>) -> Result<Uuid, Error> {
+        let token = bearer(req.metadata())
+            .ok_or_else(|| Error::Unauthenticated("missing bearer token".into()))?;
+        let id = self
+            .tokens
+            .verify(token)
+            .map_err(|e| Error::Unauthenticated(e.to_string()))?;
+        tracing::Span::current().record("member_id", tracing::field::display(id));
+        Ok(id)
+    }
+
+    /// The member from the replica, or per `consistency.mode` when missing.
+    async fn member(&self, id: Uuid) -> Result<ReplicaMember, Error> {
+        if let Some(m) = replica::find(&self.pool, id).await? {
+            return Ok(m);
+        }
+        let not_ready = Error::UserNotReady {
+            member_id: id,
+            retry_after: self.retry_after,
+        };
+        match self.mode {
+            ConsistencyMode::NotReady => Err(not_ready),
+            ConsistencyMode::ReadThrough => match self.read_through.fetch_and_provision(id).await {
+                Ok(m) => Ok(m),
+                Err(FetchError::NotFound(_)) => Err(Error::NotFound(format!("member {id}"))),
+                Err(FetchError::Unavailable(_)) => Err(not_ready),
+            },
+        }
+    }
+
+    async fn create(&self, member_id: Uuid, new: NewTask) -> Result<Task, Error> {
+        let member = self.member(member_id).await?;
+        let tz: chrono_tz::Tz = member
+            .region
+            .parse()
+            .map_err(|_| anyhow::anyhow!("replica holds an invalid region {:?}", member.region))?;
+        let mut v = Violations::default();
+        let due_at = v.check("due_local", new.due_local.resolve(tz));
+        v.finish()?;
+        let task = repo::create_idempotent(
+            &self.pool,
+            member_id,
+            &new,
+            due_at.expect("checked"),
+            &member.region,
+        )
+        .await?;
+        Ok(task)
+    }
+}
+
+#[tonic::async_trait]
+impl TaskService for TaskApi {
+    #[tracing::instrument(name = "CreateTask", skip_all, fields(member_id, request_id))]
+    async fn create_task(
+        &self,
+        request: Request<pb::CreateTaskRequest>,
+    ) -> Result<Response<pb::CreateTaskResponse>, Status> {
+        let member_id = self.authenticate(&request)?;
+        let new = NewTask::try_from(request.into_inner()).map_err(Error::from)?;
+        tracing::Span::current().record("request_id", tracing::field::display(new.request_id));
+        let task = self.create(member_id, new).await?;
+        Ok(Response::new(pb::CreateTaskResponse {
+            task: Some(task.into()),
+        }))
+    }
+
+    #[tracing::instrument(name = "ListTasks", skip_all, fields(member_id))]
+    async fn list_tasks(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let member_id = self.authenticate(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        if req.page_size < 0 {
+            v.add("page_size", "must not be negative");
+        }
+        let after = if req.page_token.is_empty() {
+            None
+        } else {
+            v.check(
+                "page_token",
+                decode_cursor(&req.page_token).ok_or("is not a token from a previous page"),
+            )
+        };
+        v.finish().map_err(Error::from)?;
+        let size = match req.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let mut tasks = repo::list(&self.pool, member_id, i64::from(size) + 1, after)
+            .await
+            .map_err(Error::from)?;
+        let next_page_token = if tasks.len() > size as usize {
+            tasks.truncate(size as usize);
+            tasks.last().map(encode_cursor).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListTasksResponse {
+            tasks: tasks.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(name = "GetTask", skip_all, fields(member_id))]
+    async fn get_task(
+        &self,
+        request: Request<pb::GetTaskRequest>,
+    ) -> Result<Response<pb::GetTaskResponse>, Status> {
+        let member_id = self.authenticate(&request)?;
+        let raw = request.into_inner().id;
+        let mut v = Violations::default();
+        let id = v.check("id", Uuid::parse_str(&raw).map_err(|_| "must be a UUID"));
+        v.finish().map_err(Error::from)?;
+        let task = repo::get(&self.pool, member_id, id.expect("checked"))
+            .await
+            .map_err(Error::from)?
+            .ok_or_else(|| Error::NotFound(format!("task {raw}")))?;
+        Ok(Response::new(pb::GetTaskResponse {
+            task: Some(task.into()),
+        }))
+    }
+}

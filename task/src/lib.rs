@@ -1,0 +1,15 @@
+//! The task service: members' tasks on top of an idempotent replica of auth's
+//! members. See `startup::Application` for the entry point.
+pub mod consumer;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod read_through;
+pub mod replica;
+pub mod repo;
+pub mod settings;
+pub mod startup;
+
+pub use error::Error;
+pub use settings::{ConsistencyMode, Settings};
+pub use startup::{Application, SERVICE_NAME};

@@ -1,0 +1,85 @@
+//! Task persistence.
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::domain::{NewTask, Task};
+
+const COLUMNS: &str = "id, member_id, title, due_at, time_zone, created_at";
+
+/// Inserts the task, or returns the one an earlier call with the same
+/// `request_id` created (and creates nothing).
+pub async fn create_idempotent(
+    pool: &PgPool,
+    member_id: Uuid,
+    new: &NewTask,
+    due_at: DateTime<Utc>,
+    time_zone: &str,
+) -> sqlx::Result<Task> {
+    let inserted: Option<Task> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO tasks (id, member_id, request_id, title, due_at, time_zone)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (member_id, request_id) DO NOTHING
+         RETURNING {COLUMNS}"
+    )))
+    .bind(Uuid::now_v7())
+    .bind(member_id)
+    .bind(new.request_id)
+    .bind(new.title.as_str())
+    .bind(due_at)
+    .bind(time_zone)
+    .fetch_optional(pool)
+    .await?;
+    match inserted {
+        Some(t) => Ok(t),
+        None => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS} FROM tasks WHERE member_id = $1 AND request_id = $2"
+            )))
+            .bind(member_id)
+            .bind(new.request_id)
+            .fetch_one(pool)
+            .await
+        }
+    }
+}
+
+/// Where the previous page ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+/// One page of the member's tasks, newest first.
+pub async fn list(
+    pool: &PgPool,
+    member_id: Uuid,
+    limit: i64,
+    after: Option<Cursor>,
+) -> sqlx::Result<Vec<Task>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM tasks
+          WHERE member_id = $1
+            AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+          ORDER BY created_at DESC, id DESC
+          LIMIT $4"
+    )))
+    .bind(member_id)
+    .bind(after.map(|c| c.created_at))
+    .bind(after.map(|c| c.id))
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// The task, only if it belongs to `member_id`.
+pub async fn get(pool: &PgPool, member_id: Uuid, id: Uuid) -> sqlx::Result<Option<Task>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM tasks WHERE id = $1 AND member_id = $2"
+    )))
+    .bind(id)
+    .bind(member_id)
+    .fetch_optional(pool)
+    .await
+}

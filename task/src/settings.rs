@@ -1,0 +1,132 @@
+//! Typed settings of the task service (`config/task.toml`, then `TASK__*`).
+use memberflow_common::{db::DatabaseSettings, retry::Backoff, settings::Source};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Everything task can be configured with.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub auth: AuthSettings,
+    pub token: TokenSettings,
+    pub consistency: ConsistencySettings,
+}
+
+impl Settings {
+    /// Defaults, then the file, then `TASK__` environment variables.
+    pub fn load(source: &Source) -> Result<Self, config::ConfigError> {
+        source.load(&[("database.url", "postgres://postgres@127.0.0.1:5432/task")])
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ServerSettings {
+    pub addr: String,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:50052".into(),
+        }
+    }
+}
+
+/// The consumer of `member.events`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct AmqpSettings {
+    pub url: SecretString,
+    /// Unacknowledged deliveries the broker may push at once.
+    pub prefetch: u16,
+    /// Most events applied in one transaction when a backlog exists.
+    pub batch_max: usize,
+    /// Deliveries after which a message that keeps failing is dead-lettered
+    /// (the quorum queue's `x-delivery-limit`).
+    pub delivery_limit: i64,
+    /// Backoff while the database or broker is unreachable.
+    pub backoff: Backoff,
+}
+
+impl Default for AmqpSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            prefetch: 256,
+            batch_max: 256,
+            delivery_limit: 10,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// How task reaches auth for read-through.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct AuthSettings {
+    /// auth's gRPC address, e.g. `http://127.0.0.1:50051`.
+    pub addr: String,
+    /// Sent as `x-service-token`; must equal auth's `token.service_token`.
+    pub service_token: SecretString,
+    /// Deadline of one GetMember call.
+    pub timeout_ms: u64,
+    /// Most GetMember calls in flight at once.
+    pub concurrency_limit: usize,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            addr: "http://127.0.0.1:50051".into(),
+            service_token: SecretString::from("dev-only-service-token"),
+            timeout_ms: 500,
+            concurrency_limit: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct TokenSettings {
+    /// Must equal auth's `token.secret`: task verifies tokens locally.
+    pub secret: SecretString,
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        Self {
+            secret: SecretString::from("dev-only-change-me-0123456789abcdef"),
+        }
+    }
+}
+
+/// What CreateTask does for a member task has not replicated yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsistencyMode {
+    /// Fetch the member from auth and provision it on the spot.
+    ReadThrough,
+    /// Answer UNAVAILABLE / USER_NOT_READY with a retry delay.
+    NotReady,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ConsistencySettings {
+    pub mode: ConsistencyMode,
+    /// The RetryInfo delay sent with USER_NOT_READY.
+    pub retry_after_ms: u64,
+}
+
+impl Default for ConsistencySettings {
+    fn default() -> Self {
+        Self {
+            mode: ConsistencyMode::NotReady,
+            retry_after_ms: 10,
+        }
+    }
+}

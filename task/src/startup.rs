@@ -1,0 +1,143 @@
+//! Builds and runs the task service: gRPC server, database bootstrap and the
+//! event consumer, all stopped by one shutdown token.
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use memberflow_common::{
+    db,
+    grpc::{reflection, set_serving},
+    proto::task::v1::task_service_server::TaskServiceServer,
+    retry::Backoff,
+    shutdown::CancellationToken,
+    token::TokenKeys,
+};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::{
+    consumer::{Consumer, ConsumerStats},
+    grpc::TaskApi,
+    read_through::ReadThrough,
+    settings::Settings,
+};
+
+/// The fully qualified service name, as reported by the health service.
+pub const SERVICE_NAME: &str = "task.v1.TaskService";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/task");
+
+/// A bound, not yet running task service.
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    settings: Settings,
+    pool: PgPool,
+    stats: Arc<ConsumerStats>,
+    read_through: ReadThrough,
+}
+
+impl Application {
+    /// Binds the listener (port 0 allowed); nothing talks to PostgreSQL,
+    /// RabbitMQ or auth until [`Self::run_until_stopped`].
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(&settings.server.addr).await?;
+        let addr = listener.local_addr()?;
+        let pool = settings.database.lazy_pool()?;
+        let read_through = ReadThrough::new(&settings.auth, pool.clone())?;
+        Ok(Self {
+            listener,
+            addr,
+            settings,
+            pool,
+            stats: Arc::default(),
+            read_through,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Consumer counters, shared with the running consumer.
+    pub fn stats(&self) -> Arc<ConsumerStats> {
+        self.stats.clone()
+    }
+
+    /// The read-through client, to observe its calls.
+    pub fn read_through(&self) -> ReadThrough {
+        self.read_through.clone()
+    }
+
+    /// Serves until `shutdown`: stops accepting, finishes in-flight RPCs,
+    /// lets the consumer ack its batch and close its channel, then returns.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            settings,
+            pool,
+            stats,
+            read_through,
+            ..
+        } = self;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_serving(&health, SERVICE_NAME, false).await;
+        let (reflection_v1, reflection_v1alpha) = reflection();
+        let api = TaskApi {
+            pool: pool.clone(),
+            tokens: TokenKeys::new(&settings.token.secret),
+            mode: settings.consistency.mode,
+            retry_after: Duration::from_millis(settings.consistency.retry_after_ms),
+            read_through,
+        };
+        tracing::info!(mode = ?settings.consistency.mode, "consistency mode");
+
+        let server = Server::builder()
+            .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path()))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(TaskServiceServer::new(api))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                shutdown.clone().cancelled_owned(),
+            );
+        let server = tokio::spawn(server);
+
+        let mut consumer_task = None;
+        if db::bootstrap(
+            &settings.database,
+            &pool,
+            &MIGRATOR,
+            Backoff::default(),
+            &shutdown,
+        )
+        .await
+        {
+            let consumer = Consumer::new(pool.clone(), settings.amqp.clone(), stats);
+            let mut attached = consumer.attached();
+            consumer_task = Some(tokio::spawn(consumer.run(shutdown.clone())));
+            // SERVING once the database is migrated and the consumer attached.
+            let health = health.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let attached = tokio::select! {
+                    r = attached.wait_for(|a| *a) => r.is_ok(),
+                    () = shutdown.cancelled() => false,
+                };
+                if attached {
+                    set_serving(&health, SERVICE_NAME, true).await;
+                }
+            });
+        }
+
+        let served = server.await;
+        shutdown.cancel();
+        if let Some(c) = consumer_task {
+            c.await?;
+        }
+        pool.close().await;
+        served??;
+        Ok(())
+    }
+}

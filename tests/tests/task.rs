@@ -1,0 +1,544 @@
+//! The task service against real PostgreSQL, RabbitMQ and (where it matters)
+//! a real auth: consistency modes, idempotent replica, poison, faults.
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use memberflow_common::{
+    client::user_not_ready,
+    grpc::violated_fields,
+    proto::{auth::v1 as auth_pb, task::v1 as pb},
+};
+use memberflow_tests::{
+    amqp::{MemberEventFixture, RawPublisher},
+    apps::{TestTask, auth_settings, mint_token, spawn_auth, spawn_task, task_settings},
+    env::TestEnv,
+    eventually,
+    proxy::TcpProxy,
+};
+use sqlx::PgPool;
+use task::{
+    ConsistencyMode,
+    consumer::{DEAD_LETTER_QUEUE, QUEUE},
+};
+use tonic::Code;
+use tonic_types::StatusExt;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(20);
+const NOWHERE: &str = "http://127.0.0.1:1";
+
+fn create(title: &str, due_local: &str) -> pb::CreateTaskRequest {
+    pb::CreateTaskRequest {
+        request_id: Uuid::new_v4().to_string(),
+        title: title.into(),
+        due_local: due_local.into(),
+    }
+}
+
+async fn scalar(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn wait_processed(task: &TestTask, n: u64) {
+    eventually(&format!("{n} events processed"), WAIT, || async {
+        (task.processed() >= n).then_some(())
+    })
+    .await;
+}
+
+/// Signs up and logs in through auth; returns (member id, token).
+async fn member(
+    auth: &mut memberflow_tests::apps::TestAuth,
+    email: &str,
+    region: &str,
+) -> (String, String) {
+    let m = auth
+        .client
+        .sign_up(auth_pb::SignUpRequest {
+            email: email.into(),
+            password: "correct horse battery".into(),
+            nickname: "Kim".into(),
+            region: region.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .member
+        .unwrap();
+    let token = auth
+        .client
+        .login(auth_pb::LoginRequest {
+            email: email.into(),
+            password: "correct horse battery".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    (m.id, token)
+}
+
+#[tokio::test]
+async fn read_through_creates_on_the_first_try_with_one_call_to_auth() {
+    let mut env = TestEnv::new();
+    // auth's events are held back, so task must read through.
+    let broker = TcpProxy::start(&env.amqp_host()).await;
+    let mut a = auth_settings(&mut env);
+    a.amqp.url = env.amqp_url_via(&broker.host()).into();
+    broker.cut();
+    let mut auth = spawn_auth(a).await;
+    let auth_addr = format!("http://{}", auth.app.addr);
+    let task = spawn_task(task_settings(
+        &mut env,
+        ConsistencyMode::ReadThrough,
+        &auth_addr,
+    ))
+    .await;
+    let (member_id, token) = member(&mut auth, "rt@example.com", "Asia/Seoul").await;
+
+    // Ten concurrent misses for one member: one GetMember call.
+    let retries = Arc::new(Mutex::new(0));
+    let mut calls = Vec::new();
+    for i in 0..10 {
+        let r = retries.clone();
+        let mut client = task
+            .client(&token)
+            .on_retry(Arc::new(move |_| *r.lock().unwrap() += 1));
+        calls.push(tokio::spawn(async move {
+            client
+                .create_task(create(&format!("t{i}"), "2026-12-01T09:00"))
+                .await
+        }));
+    }
+    for c in calls {
+        let t = c.await.unwrap().expect("created on the first try");
+        assert_eq!(t.member_id, member_id);
+        assert_eq!(t.time_zone, "Asia/Seoul");
+    }
+    assert_eq!(
+        *retries.lock().unwrap(),
+        0,
+        "no USER_NOT_READY in read_through mode"
+    );
+    assert_eq!(
+        task.read_through.calls(),
+        1,
+        "concurrent misses share one call"
+    );
+
+    let pool = env.pool("task").await;
+    assert_eq!(scalar(&pool, "SELECT version FROM members").await, 1);
+    let provisioned_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT replicated_at FROM members")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+
+    // The event arrives later and is a no-op.
+    broker.restore();
+    wait_processed(&task, 1).await;
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM inbox").await, 1);
+    let after: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT replicated_at FROM members")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(provisioned_at, after, "the later event changed nothing");
+}
+
+#[tokio::test]
+async fn not_ready_succeeds_through_the_client_backoff() {
+    let mut env = TestEnv::new();
+    let broker = TcpProxy::start(&env.amqp_host()).await;
+    let mut a = auth_settings(&mut env);
+    a.amqp.url = env.amqp_url_via(&broker.host()).into();
+    broker.cut();
+    let mut auth = spawn_auth(a).await;
+    let task = spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await;
+    let (member_id, token) = member(&mut auth, "nr@example.com", "Europe/Paris").await;
+
+    // The first USER_NOT_READY lets the event through.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let broker = Arc::new(broker);
+    let b = broker.clone();
+    let mut client = task.client(&token).on_retry(Arc::new(move |r| {
+        s.lock().unwrap().push(r.delay);
+        b.restore();
+    }));
+    let req = create("after backoff", "2026-12-01T09:00");
+    let t = client
+        .create_task(req.clone())
+        .await
+        .expect("eventually created");
+    assert_eq!(t.member_id, member_id);
+    assert!(
+        !seen.lock().unwrap().is_empty(),
+        "the client retried USER_NOT_READY"
+    );
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .all(|d| *d >= Duration::from_millis(10)),
+        "RetryInfo honoured"
+    );
+    // Retries reused the request_id: one task.
+    let pool = env.pool("task").await;
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM tasks").await, 1);
+}
+
+#[tokio::test]
+async fn not_ready_answers_unavailable_with_error_info_and_retry_info() {
+    let mut env = TestEnv::new();
+    let task = spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await;
+    let member_id = Uuid::new_v4();
+    let token = mint_token(member_id, chrono::Duration::minutes(5));
+    let mut client = task.client(&token).with_deadline(Duration::ZERO);
+
+    let status = client
+        .create_task(create("x", "2026-12-01T09:00"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(status.message().contains(&member_id.to_string()));
+    let info = status.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "USER_NOT_READY");
+    assert_eq!(info.domain, "task.v1");
+    assert_eq!(info.metadata.get("member_id"), Some(&member_id.to_string()));
+    let retry = status.get_details_retry_info().expect("RetryInfo");
+    assert_eq!(retry.retry_delay, Some(Duration::from_millis(10)));
+    assert_eq!(
+        scalar(&env.pool("task").await, "SELECT count(*) FROM tasks").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn read_through_with_auth_unreachable_answers_user_not_ready() {
+    let mut env = TestEnv::new();
+    let task = spawn_task(task_settings(
+        &mut env,
+        ConsistencyMode::ReadThrough,
+        NOWHERE,
+    ))
+    .await;
+    let token = mint_token(Uuid::new_v4(), chrono::Duration::minutes(5));
+    let status = task
+        .client(&token)
+        .with_deadline(Duration::ZERO)
+        .create_task(create("x", "2026-12-01T09:00"))
+        .await
+        .unwrap_err();
+    assert!(user_not_ready(&status).is_some(), "{status:?}");
+    assert_eq!(task.read_through.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_duplicated_event_changes_the_replica_once() {
+    let mut env = TestEnv::new();
+    let task = spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await;
+    let publisher = RawPublisher::connect(&env.amqp_url()).await;
+    let pool = env.pool("task").await;
+    let event = MemberEventFixture::new(Uuid::new_v4(), 1, "Asia/Seoul");
+
+    publisher.member_event(&event).await;
+    wait_processed(&task, 1).await;
+    let first: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT replicated_at FROM members")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    for _ in 0..4 {
+        publisher.member_event(&event).await;
+    }
+    wait_processed(&task, 5).await;
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM members").await, 1);
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM inbox").await, 1);
+    let last: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT replicated_at FROM members")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(first, last, "redeliveries did not touch the row");
+    assert_eq!(publisher.depth(QUEUE).await, 0);
+}
+
+#[tokio::test]
+async fn versions_delivered_3_1_2_leave_the_replica_at_3() {
+    let mut env = TestEnv::new();
+    let task = spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await;
+    let publisher = RawPublisher::connect(&env.amqp_url()).await;
+    let id = Uuid::new_v4();
+    for v in [3, 1, 2] {
+        publisher
+            .member_event(&MemberEventFixture::new(id, v, "Asia/Seoul"))
+            .await;
+    }
+    wait_processed(&task, 3).await;
+    let pool = env.pool("task").await;
+    let (version, nickname): (i64, String) =
+        sqlx::query_as("SELECT version, nickname FROM members")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((version, nickname.as_str()), (3, "nick-v3"));
+}
+
+#[tokio::test]
+async fn a_garbage_body_is_dead_lettered_and_the_consumer_keeps_going() {
+    let mut env = TestEnv::new();
+    let task = spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await;
+    let publisher = RawPublisher::connect(&env.amqp_url()).await;
+    publisher
+        .publish("member.created", b"\xff\xfe definitely not protobuf")
+        .await;
+    publisher.publish("member.deleted", b"").await;
+    let good = MemberEventFixture::new(Uuid::new_v4(), 1, "Asia/Seoul");
+    publisher.member_event(&good).await;
+
+    wait_processed(&task, 1).await;
+    eventually("2 messages in the DLQ", WAIT, || async {
+        (publisher.depth(DEAD_LETTER_QUEUE).await == 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        task.stats
+            .poisoned
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    assert_eq!(publisher.depth(QUEUE).await, 0, "nothing left to requeue");
+    let pool = env.pool("task").await;
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM members").await, 1);
+}
+
+#[tokio::test]
+async fn a_database_cut_during_consumption_loses_no_event() {
+    let mut env = TestEnv::new();
+    let db_proxy = TcpProxy::start(&env.pg_host()).await;
+    let mut s = task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE);
+    let url = env
+        .database_url("task")
+        .replace(&env.pg_host(), &db_proxy.host());
+    s.database = memberflow_common::db::DatabaseSettings::with_url(&url);
+    s.database.acquire_timeout_ms = 500;
+    let task = spawn_task(s).await;
+    let publisher = RawPublisher::connect(&env.amqp_url()).await;
+
+    db_proxy.cut();
+    let events: Vec<_> = (0..50)
+        .map(|_| MemberEventFixture::new(Uuid::new_v4(), 1, "Asia/Seoul"))
+        .collect();
+    for e in &events {
+        publisher.member_event(e).await;
+    }
+    // Every event reached the consumer, which holds them unacked.
+    eventually("all events delivered to the consumer", WAIT, || async {
+        (publisher.depth(QUEUE).await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        task.processed(),
+        0,
+        "nothing can be applied while the database is cut"
+    );
+
+    db_proxy.restore();
+    wait_processed(&task, 50).await;
+    let pool = env.pool("task").await;
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM members").await, 50);
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM inbox").await, 50);
+    assert_eq!(publisher.depth(DEAD_LETTER_QUEUE).await, 0);
+}
+
+/// A task with one replicated member in `region`; returns (task, token, pool).
+async fn with_member(env: &mut TestEnv, region: &str) -> (TestTask, String, PgPool) {
+    let task = spawn_task(task_settings(env, ConsistencyMode::NotReady, NOWHERE)).await;
+    let publisher = RawPublisher::connect(&env.amqp_url()).await;
+    let id = Uuid::new_v4();
+    publisher
+        .member_event(&MemberEventFixture::new(id, 1, region))
+        .await;
+    wait_processed(&task, 1).await;
+    let pool = env.pool("task").await;
+    (task, mint_token(id, chrono::Duration::minutes(5)), pool)
+}
+
+#[tokio::test]
+async fn create_task_is_idempotent_on_request_id() {
+    let mut env = TestEnv::new();
+    let (task, token, pool) = with_member(&mut env, "Asia/Seoul").await;
+    let mut client = task.client(&token);
+    let req = create("pay rent", "2026-12-01T09:00");
+    let first = client.create_task(req.clone()).await.unwrap();
+    let again = client
+        .create_task(pb::CreateTaskRequest {
+            title: "changed".into(),
+            ..req
+        })
+        .await
+        .unwrap();
+    assert_eq!(first, again, "the retry returns the first task");
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM tasks").await, 1);
+    // Seoul is UTC+9 all year.
+    assert_eq!(
+        first.due_at.unwrap().seconds,
+        chrono::DateTime::parse_from_rfc3339("2026-12-01T00:00:00Z")
+            .unwrap()
+            .timestamp()
+    );
+}
+
+#[tokio::test]
+async fn due_at_is_right_on_both_sides_of_a_dst_transition() {
+    let mut env = TestEnv::new();
+    let (task, token, pool) = with_member(&mut env, "America/New_York").await;
+    let mut client = task.client(&token);
+    let utc = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp();
+    for (local, expected) in [
+        ("2026-03-08T01:30", "2026-03-08T06:30:00Z"), // EST, UTC-5
+        ("2026-03-08T03:30", "2026-03-08T07:30:00Z"), // EDT, UTC-4
+        ("2026-11-01T00:30", "2026-11-01T04:30:00Z"), // EDT
+        ("2026-11-01T01:30", "2026-11-01T05:30:00Z"), // ambiguous: the first (EDT)
+        ("2026-11-01T02:30", "2026-11-01T07:30:00Z"), // EST
+    ] {
+        let t = client.create_task(create("dst", local)).await.unwrap();
+        assert_eq!(t.due_at.unwrap().seconds, utc(expected), "{local}");
+        assert_eq!(t.time_zone, "America/New_York");
+    }
+    let gap = client
+        .create_task(create("dst", "2026-03-08T02:30"))
+        .await
+        .unwrap_err();
+    assert_eq!(gap.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&gap), vec!["due_local"]);
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM tasks").await, 5);
+}
+
+#[tokio::test]
+async fn bad_input_and_bad_tokens_are_refused_and_write_nothing() {
+    let mut env = TestEnv::new();
+    let (task, token, pool) = with_member(&mut env, "Asia/Seoul").await;
+    let mut client = task.client(&token);
+    let cases = [
+        (
+            pb::CreateTaskRequest {
+                request_id: "nope".into(),
+                ..create("t", "2026-12-01T09:00")
+            },
+            vec!["request_id"],
+        ),
+        (create("", "2026-12-01T09:00"), vec!["title"]),
+        (create(&"t".repeat(201), "2026-12-01T09:00"), vec!["title"]),
+        (create("t", "2026-12-01 09:00"), vec!["due_local"]),
+        (create("t", "2026-02-30T09:00"), vec!["due_local"]),
+        (
+            pb::CreateTaskRequest::default(),
+            vec!["request_id", "title", "due_local"],
+        ),
+    ];
+    for (req, fields) in cases {
+        let err = client.create_task(req.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{req:?}");
+        assert_eq!(violated_fields(&err), fields, "{req:?}");
+    }
+
+    let member_id =
+        Uuid::parse_str(&scalar_text(&pool, "SELECT id::text FROM members").await).unwrap();
+    let forged = {
+        let keys = memberflow_common::token::TokenKeys::new(&secrecy::SecretString::from(
+            "not-the-shared-secret",
+        ));
+        keys.issue(member_id, chrono::Utc::now() + chrono::Duration::minutes(5))
+    };
+    let expired = mint_token(member_id, chrono::Duration::minutes(-5));
+    for bad in [forged.as_str(), expired.as_str(), "garbage"] {
+        let err = task
+            .client(bad)
+            .create_task(create("t", "2026-12-01T09:00"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+        let err = task
+            .client(bad)
+            .list_tasks(pb::ListTasksRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+    }
+    let mut anonymous =
+        memberflow_common::proto::task::v1::task_service_client::TaskServiceClient::new(
+            task.channel.clone(),
+        );
+    let err = anonymous
+        .create_task(create("t", "2026-12-01T09:00"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM tasks").await, 0);
+}
+
+async fn scalar_text(pool: &PgPool, sql: &str) -> String {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn members_see_only_their_own_tasks_newest_first() {
+    let mut env = TestEnv::new();
+    let task = spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await;
+    let publisher = RawPublisher::connect(&env.amqp_url()).await;
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    publisher
+        .member_event(&MemberEventFixture::new(a, 1, "Asia/Seoul"))
+        .await;
+    publisher
+        .member_event(&MemberEventFixture::new(b, 1, "Asia/Seoul"))
+        .await;
+    wait_processed(&task, 2).await;
+    let mut ca = task.client(&mint_token(a, chrono::Duration::minutes(5)));
+    let mut cb = task.client(&mint_token(b, chrono::Duration::minutes(5)));
+    let mut created = Vec::new();
+    for i in 0..5 {
+        created.push(
+            ca.create_task(create(&format!("a{i}"), "2026-12-01T09:00"))
+                .await
+                .unwrap(),
+        );
+    }
+    let theirs = cb
+        .create_task(create("b", "2026-12-01T09:00"))
+        .await
+        .unwrap();
+
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = ca
+            .list_tasks(pb::ListTasksRequest {
+                page_size: 2,
+                page_token: token,
+            })
+            .await
+            .unwrap();
+        seen.extend(page.tasks.into_iter().map(|t| t.title));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen, vec!["a4", "a3", "a2", "a1", "a0"]);
+    assert_eq!(ca.get_task(&created[0].id).await.unwrap(), created[0]);
+    assert_eq!(
+        ca.get_task(&theirs.id).await.unwrap_err().code(),
+        Code::NotFound
+    );
+}
