@@ -20,10 +20,21 @@ pub const CONTENT_TYPE: &str = "application/x-protobuf";
 /// AMQP `delivery_mode` for persistent messages.
 pub const PERSISTENT: u8 = 2;
 
+/// How long opening a connection may take; a half-open socket must not park
+/// a relay or consumer forever.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Opens a connection whose name shows up in the broker's connection list.
 pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, props).await
+    tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props))
+        .await
+        .map_err(|_| {
+            lapin::Error::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "AMQP connect timed out",
+            ))
+        })?
 }
 
 /// Declares [`EXCHANGE`] (idempotent).

@@ -248,10 +248,18 @@ impl Consumer {
         let tag = consumer.tag();
         self.attached.send_replace(true);
         tracing::info!(queue = QUEUE, "consumer attached");
+        // The delivery stream does not always end when the socket dies; the
+        // connection's events do say so.
+        let mut events = Box::pin(conn.events_listener());
         let mut batches = consumer.ready_chunks(self.cfg.batch_max.max(1));
         let result = loop {
             let batch = tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
+                event = events.next() => match event {
+                    Some(lapin::Event::Error(e)) => break Err(e),
+                    Some(_) => continue,
+                    None => None,
+                },
                 b = batches.next() => b,
             };
             let Some(batch) = batch else {
