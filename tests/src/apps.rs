@@ -3,7 +3,6 @@
 use std::{net::SocketAddr, time::Duration};
 
 use memberflow_common::{proto::auth::v1::auth_service_client::AuthServiceClient, retry::Backoff};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic_health::pb::{
@@ -29,26 +28,63 @@ pub fn auth_settings(env: &mut TestEnv) -> auth::Settings {
     s
 }
 
-/// A running service: dropping it cancels its shutdown token.
+/// A running service on its own runtime and thread, so it can be killed
+/// abruptly (every task dropped mid-flight, sockets closed without AMQP or
+/// PostgreSQL goodbyes), like a crashed process. Dropping it stops it
+/// gracefully.
 pub struct Running {
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    kill: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Running {
+    /// Runs `app` on a fresh two-worker runtime.
+    pub fn start<F, Fut>(addr: SocketAddr, app: F) -> Self
+    where
+        F: FnOnce(CancellationToken) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let shutdown = CancellationToken::new();
+        let (kill, killed) = tokio::sync::oneshot::channel::<()>();
+        let token = shutdown.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let result = rt.block_on(async move {
+                tokio::select! {
+                    r = app(token) => r,
+                    _ = killed => Ok(()),
+                }
+            });
+            rt.shutdown_background();
+            result
+        });
+        Self {
+            addr,
+            shutdown,
+            kill: Some(kill),
+            thread: Some(thread),
+        }
+    }
+
     /// Graceful stop: cancels and waits until the service has returned.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        self.task.take().expect("running").await?
+        let thread = self.thread.take().expect("running");
+        tokio::task::spawn_blocking(move || thread.join().expect("service thread panicked")).await?
     }
 
-    /// Abrupt stop: aborts the service's task mid-flight, like a crash
-    /// (connections are dropped without closing handshakes).
-    pub fn kill(mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
+    /// Abrupt stop: drops the service's runtime with everything in flight.
+    pub async fn kill(mut self) {
+        if let Some(k) = self.kill.take() {
+            let _ = k.send(());
         }
+        let thread = self.thread.take().expect("running");
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
 
     pub async fn channel(&self) -> Channel {
@@ -78,13 +114,7 @@ pub async fn spawn_auth(settings: auth::Settings) -> TestAuth {
         .await
         .expect("build auth");
     let addr = app.local_addr();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    let app = Running {
-        addr,
-        shutdown,
-        task: Some(task),
-    };
+    let app = Running::start(addr, move |token| app.run_until_stopped(token));
     let channel = app.channel().await;
     wait_serving(channel.clone(), auth::SERVICE_NAME).await;
     TestAuth {
@@ -175,13 +205,7 @@ pub async fn spawn_task(settings: task::Settings) -> TestTask {
     let addr = app.local_addr();
     let stats = app.stats();
     let read_through = app.read_through();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    let app = Running {
-        addr,
-        shutdown,
-        task: Some(task),
-    };
+    let app = Running::start(addr, move |token| app.run_until_stopped(token));
     let channel = app.channel().await;
     wait_serving(channel.clone(), task::SERVICE_NAME).await;
     TestTask {

@@ -1,0 +1,462 @@
+//! The whole system: real auth and task over real PostgreSQL and RabbitMQ,
+//! with faults injected for real (a cut TCP proxy, a killed runtime). Each
+//! scenario checks its end state in the databases and the broker.
+use std::{sync::Arc, time::Duration};
+
+use memberflow_common::{
+    client::TaskClient,
+    proto::{auth::v1 as auth_pb, task::v1 as pb},
+    settings::Source,
+};
+use memberflow_tests::{
+    amqp::RawPublisher,
+    apps::{TestTask, auth_settings, spawn_auth, spawn_task, task_settings},
+    env::TestEnv,
+    eventually,
+    proxy::TcpProxy,
+};
+use sqlx::PgPool;
+use task::{
+    ConsistencyMode,
+    consumer::{DEAD_LETTER_QUEUE, QUEUE},
+};
+use tonic::Request;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(60);
+type Row = (Uuid, String, String, i64);
+
+/// Signs up, logs in and creates one task; returns the member id.
+async fn user_flow(auth: TestAuthClient, task: &TestTask, i: usize) -> (String, String) {
+    let mut auth = auth;
+    let email = format!("user{i}@example.com");
+    let member = auth
+        .sign_up(auth_pb::SignUpRequest {
+            email: email.clone(),
+            password: "correct horse battery".into(),
+            nickname: format!("user {i}"),
+            region: "America/New_York".into(),
+        })
+        .await
+        .expect("signup")
+        .into_inner()
+        .member
+        .unwrap();
+    let token = auth
+        .login(auth_pb::LoginRequest {
+            email,
+            password: "correct horse battery".into(),
+        })
+        .await
+        .expect("login")
+        .into_inner()
+        .access_token;
+    let created = client(task, &token)
+        .create_task(pb::CreateTaskRequest {
+            request_id: Uuid::new_v4().to_string(),
+            title: format!("task of {i}"),
+            due_local: "2026-12-24T18:00".into(),
+        })
+        .await
+        .expect("create task");
+    assert_eq!(created.member_id, member.id);
+    (member.id, token)
+}
+
+type TestAuthClient = memberflow_common::proto::auth::v1::auth_service_client::AuthServiceClient<
+    tonic::transport::Channel,
+>;
+
+fn client(task: &TestTask, token: &str) -> TaskClient {
+    task.client(token).with_deadline(Duration::from_secs(45))
+}
+
+async fn members(pool: &PgPool) -> Vec<Row> {
+    sqlx::query_as("SELECT id, nickname, region, version FROM members ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// Waits until task's replica equals auth's members, then returns them.
+async fn replica_converges(auth_db: &PgPool, task_db: &PgPool, expected: usize) -> Vec<Row> {
+    eventually("the replica to equal auth's members", WAIT, || async {
+        let (a, t) = (members(auth_db).await, members(task_db).await);
+        (a.len() == expected && a == t).then_some(a)
+    })
+    .await
+}
+
+async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Every member has exactly one task.
+async fn one_task_each(task_db: &PgPool, n: i64) {
+    assert_eq!(count(task_db, "SELECT count(*) FROM tasks").await, n);
+    assert_eq!(
+        count(task_db, "SELECT count(DISTINCT member_id) FROM tasks").await,
+        n,
+        "duplicate tasks"
+    );
+}
+
+async fn run_flow_in_mode(mode: &str) {
+    let mut env = TestEnv::new();
+    let auth = spawn_auth(auth_settings(&mut env)).await;
+    // The mode comes from a config file, exactly as a user would switch it.
+    let dir = std::env::temp_dir().join(format!("mf-{}", env.id));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("task.toml");
+    std::fs::write(&file, format!("[consistency]\nmode = \"{mode}\"\n")).unwrap();
+    let source = Source {
+        prefix: "MF_E2E_UNUSED",
+        file: Some(file),
+        explicit: true,
+    };
+    let mut settings = task::Settings::load(&source).unwrap();
+    let infra = task_settings(
+        &mut env,
+        settings.consistency.mode,
+        &format!("http://{}", auth.app.addr),
+    );
+    settings.server = infra.server;
+    settings.database = infra.database;
+    settings.amqp = infra.amqp;
+    settings.auth.addr = infra.auth.addr;
+    let task = spawn_task(settings).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let (member_id, token) = user_flow(auth.client.clone(), &task, 0).await;
+    let list = client(&task, &token)
+        .list_tasks(pb::ListTasksRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(list.tasks.len(), 1);
+    assert_eq!(list.tasks[0].member_id, member_id);
+    assert_eq!(list.tasks[0].time_zone, "America/New_York");
+}
+
+#[tokio::test]
+async fn user_flow_in_read_through_mode() {
+    run_flow_in_mode("read_through").await;
+}
+
+#[tokio::test]
+async fn user_flow_in_not_ready_mode() {
+    run_flow_in_mode("not_ready").await;
+}
+
+async fn load(mode: ConsistencyMode) {
+    let n = 200;
+    let mut env = TestEnv::new();
+    let auth = spawn_auth(auth_settings(&mut env)).await;
+    let task = Arc::new(
+        spawn_task(task_settings(
+            &mut env,
+            mode,
+            &format!("http://{}", auth.app.addr),
+        ))
+        .await,
+    );
+    let flows: Vec<_> = (0..n)
+        .map(|i| {
+            let (a, t) = (auth.client.clone(), task.clone());
+            tokio::spawn(async move { user_flow(a, &t, i).await })
+        })
+        .collect();
+    for f in flows {
+        f.await.unwrap();
+    }
+    let (auth_db, task_db) = (env.pool("auth").await, env.pool("task").await);
+    replica_converges(&auth_db, &task_db, n).await;
+    one_task_each(&task_db, n as i64).await;
+}
+
+#[tokio::test]
+async fn load_200_members_in_read_through_mode() {
+    load(ConsistencyMode::ReadThrough).await;
+}
+
+#[tokio::test]
+async fn load_200_members_in_not_ready_mode() {
+    load(ConsistencyMode::NotReady).await;
+}
+
+#[tokio::test]
+async fn broker_cut_mid_run_loses_and_duplicates_nothing() {
+    let n = 100;
+    let mut env = TestEnv::new();
+    let broker = TcpProxy::start(&env.amqp_host()).await;
+    let mut a = auth_settings(&mut env);
+    a.amqp.url = env.amqp_url_via(&broker.host()).into();
+    let auth = spawn_auth(a).await;
+    let mut t = task_settings(&mut env, ConsistencyMode::NotReady, "http://127.0.0.1:1");
+    t.amqp.url = env.amqp_url_via(&broker.host()).into();
+    let task = Arc::new(spawn_task(t).await);
+    let (auth_db, task_db) = (env.pool("auth").await, env.pool("task").await);
+
+    let flows: Vec<_> = (0..n)
+        .map(|i| {
+            let (a, t) = (auth.client.clone(), task.clone());
+            tokio::spawn(async move { user_flow(a, &t, i).await })
+        })
+        .collect();
+    eventually("a third of the signups", WAIT, || async {
+        (count(&auth_db, "SELECT count(*) FROM members").await >= 30).then_some(())
+    })
+    .await;
+    broker.cut();
+    eventually("more signups while cut", WAIT, || async {
+        (count(&auth_db, "SELECT count(*) FROM members").await >= 70).then_some(())
+    })
+    .await;
+    broker.restore();
+    for f in flows {
+        f.await.unwrap();
+    }
+    replica_converges(&auth_db, &task_db, n).await;
+    one_task_each(&task_db, n as i64).await;
+    assert_eq!(
+        count(&task_db, "SELECT count(*) FROM inbox").await,
+        n as i64,
+        "each event applied once"
+    );
+    assert_eq!(count(&auth_db, "SELECT count(*) FROM outbox").await, 0);
+}
+
+#[tokio::test]
+async fn auth_killed_after_commit_before_publish_publishes_after_restart() {
+    let n = 20;
+    let mut env = TestEnv::new();
+    let task = spawn_task(task_settings(
+        &mut env,
+        ConsistencyMode::NotReady,
+        "http://127.0.0.1:1",
+    ))
+    .await;
+    let broker = TcpProxy::start(&env.amqp_host()).await;
+    let mut a = auth_settings(&mut env);
+    a.amqp.url = env.amqp_url_via(&broker.host()).into();
+    broker.cut();
+    let auth = spawn_auth(a.clone()).await;
+    for i in 0..n {
+        auth.client
+            .clone()
+            .sign_up(auth_pb::SignUpRequest {
+                email: format!("k{i}@example.com"),
+                password: "correct horse battery".into(),
+                nickname: "k".into(),
+                region: "Asia/Seoul".into(),
+            })
+            .await
+            .unwrap();
+    }
+    let (auth_db, task_db) = (env.pool("auth").await, env.pool("task").await);
+    assert_eq!(
+        count(&auth_db, "SELECT count(*) FROM outbox").await,
+        n,
+        "committed, not published"
+    );
+    auth.app.kill().await;
+
+    broker.restore();
+    let _restarted = spawn_auth(a).await;
+    replica_converges(&auth_db, &task_db, n as usize).await;
+    assert_eq!(count(&task_db, "SELECT count(*) FROM inbox").await, n);
+    assert_eq!(count(&auth_db, "SELECT count(*) FROM outbox").await, 0);
+    drop(task);
+}
+
+#[tokio::test]
+async fn task_killed_before_ack_gets_the_events_again_without_duplicates() {
+    let n = 20;
+    let mut env = TestEnv::new();
+    let db = TcpProxy::start(&env.pg_host()).await;
+    let mut t = task_settings(&mut env, ConsistencyMode::NotReady, "http://127.0.0.1:1");
+    t.database = memberflow_common::db::DatabaseSettings::with_url(
+        &env.database_url("task").replace(&env.pg_host(), &db.host()),
+    );
+    t.database.acquire_timeout_ms = 500;
+    let task = spawn_task(t.clone()).await;
+    let auth = spawn_auth(auth_settings(&mut env)).await;
+    let publisher = RawPublisher::connect(&env.amqp_url()).await;
+
+    db.cut();
+    for i in 0..n {
+        auth.client
+            .clone()
+            .sign_up(auth_pb::SignUpRequest {
+                email: format!("t{i}@example.com"),
+                password: "correct horse battery".into(),
+                nickname: "t".into(),
+                region: "Asia/Seoul".into(),
+            })
+            .await
+            .unwrap();
+    }
+    // The consumer holds every event, unacked, while its database is away.
+    eventually("all events delivered, none acked", WAIT, || async {
+        (publisher.depth(QUEUE).await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(task.processed(), 0);
+    task.app.kill().await;
+
+    db.restore();
+    let restarted = spawn_task(t).await;
+    let (auth_db, task_db) = (env.pool("auth").await, env.pool("task").await);
+    replica_converges(&auth_db, &task_db, n as usize).await;
+    assert_eq!(
+        count(&task_db, "SELECT count(*) FROM inbox").await,
+        n,
+        "redelivered, applied once"
+    );
+    assert_eq!(restarted.processed(), n as u64);
+}
+
+#[tokio::test]
+async fn two_auth_and_two_task_instances_keep_every_guarantee() {
+    let n = 40;
+    let mut env = TestEnv::new();
+    let auths = [
+        spawn_auth(auth_settings(&mut env)).await,
+        spawn_auth(auth_settings(&mut env)).await,
+    ];
+    let tasks = [
+        Arc::new(
+            spawn_task(task_settings(
+                &mut env,
+                ConsistencyMode::NotReady,
+                "http://127.0.0.1:1",
+            ))
+            .await,
+        ),
+        Arc::new(
+            spawn_task(task_settings(
+                &mut env,
+                ConsistencyMode::NotReady,
+                "http://127.0.0.1:1",
+            ))
+            .await,
+        ),
+    ];
+    let flows: Vec<_> = (0..n)
+        .map(|i| {
+            let (a, b) = (
+                auths[i % 2].client.clone(),
+                auths[(i + 1) % 2].client.clone(),
+            );
+            let t = tasks[i % 2].clone();
+            tokio::spawn(async move {
+                let (_, token) = user_flow(a, &t, i).await;
+                // Two profile changes through the other auth instance.
+                for v in 2..=3 {
+                    let mut req = Request::new(auth_pb::UpdateProfileRequest {
+                        nickname: Some(format!("v{v}")),
+                        region: None,
+                    });
+                    req.metadata_mut()
+                        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+                    b.clone().update_profile(req).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for f in flows {
+        f.await.unwrap();
+    }
+    let (auth_db, task_db) = (env.pool("auth").await, env.pool("task").await);
+    let rows = replica_converges(&auth_db, &task_db, n).await;
+    assert!(
+        rows.iter().all(|r| r.3 == 3 && r.1 == "v3"),
+        "every member at its newest version"
+    );
+    one_task_each(&task_db, n as i64).await;
+    assert_eq!(
+        count(&task_db, "SELECT count(*) FROM inbox").await,
+        3 * n as i64,
+        "each event applied once"
+    );
+}
+
+#[tokio::test]
+async fn poison_published_to_the_exchange_is_dead_lettered_while_events_flow() {
+    let n = 10;
+    let mut env = TestEnv::new();
+    let auth = spawn_auth(auth_settings(&mut env)).await;
+    let task = Arc::new(
+        spawn_task(task_settings(
+            &mut env,
+            ConsistencyMode::NotReady,
+            "http://127.0.0.1:1",
+        ))
+        .await,
+    );
+    let publisher = RawPublisher::connect(&env.amqp_url()).await;
+    for i in 0..n {
+        publisher
+            .publish("member.created", format!("poison {i}").as_bytes())
+            .await;
+        user_flow(auth.client.clone(), &task, i).await;
+    }
+    let (auth_db, task_db) = (env.pool("auth").await, env.pool("task").await);
+    replica_converges(&auth_db, &task_db, n).await;
+    eventually("poison in the DLQ", WAIT, || async {
+        (publisher.depth(DEAD_LETTER_QUEUE).await == n as u32).then_some(())
+    })
+    .await;
+    assert_eq!(publisher.depth(QUEUE).await, 0);
+}
+
+#[tokio::test]
+async fn profile_updates_racing_their_signup_event_end_at_the_newest_version() {
+    let n = 20;
+    let mut env = TestEnv::new();
+    let auth = spawn_auth(auth_settings(&mut env)).await;
+    let task = Arc::new(
+        spawn_task(task_settings(
+            &mut env,
+            ConsistencyMode::ReadThrough,
+            &format!("http://{}", auth.app.addr),
+        ))
+        .await,
+    );
+    let flows: Vec<_> = (0..n)
+        .map(|i| {
+            let (a, t) = (auth.client.clone(), task.clone());
+            tokio::spawn(async move {
+                let (_, token) = user_flow(a.clone(), &t, i).await;
+                let updates: Vec<_> = (0..3)
+                    .map(|u| {
+                        let mut a = a.clone();
+                        let token = token.clone();
+                        tokio::spawn(async move {
+                            let mut req = Request::new(auth_pb::UpdateProfileRequest {
+                                nickname: Some(format!("n{u}")),
+                                region: Some("Europe/Berlin".into()),
+                            });
+                            req.metadata_mut().insert(
+                                "authorization",
+                                format!("Bearer {token}").parse().unwrap(),
+                            );
+                            a.update_profile(req).await.unwrap();
+                        })
+                    })
+                    .collect();
+                for u in updates {
+                    u.await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for f in flows {
+        f.await.unwrap();
+    }
+    let (auth_db, task_db) = (env.pool("auth").await, env.pool("task").await);
+    let rows = replica_converges(&auth_db, &task_db, n).await;
+    assert!(rows.iter().all(|r| r.3 == 4 && r.2 == "Europe/Berlin"));
+}
