@@ -3,17 +3,17 @@
 use std::{collections::HashMap, time::Duration};
 
 use lapin::types::AMQPValue;
-use memberflow_common::{
-    amqp::{CONTENT_TYPE, MEMBER_CREATED, MEMBER_UPDATED},
-    grpc::{SERVICE_TOKEN_HEADER, violated_fields},
-    proto::auth::v1 as pb,
-};
-use memberflow_tests::{
+use memberflow::{
     amqp::TestQueue,
     apps::{auth_settings, spawn_auth},
     env::TestEnv,
     eventually,
     proxy::TcpProxy,
+};
+use memberflow_common::{
+    amqp::{CONTENT_TYPE, MEMBER_CREATED, MEMBER_UPDATED},
+    grpc::{SERVICE_TOKEN_HEADER, violated_fields},
+    proto::auth::v1 as pb,
 };
 use prost::Message;
 use sqlx::PgPool;
@@ -496,11 +496,11 @@ async fn health_is_not_serving_until_the_database_is_reachable() {
         .unwrap();
 
     use tonic_health::pb::health_check_response::ServingStatus;
-    let status = memberflow_tests::apps::health_status(channel.clone(), auth::SERVICE_NAME).await;
+    let status = memberflow::apps::health_status(channel.clone(), auth::SERVICE_NAME).await;
     assert_eq!(status, Some(ServingStatus::NotServing));
 
     proxy.restore();
-    memberflow_tests::apps::wait_serving(channel, auth::SERVICE_NAME).await;
+    memberflow::apps::wait_serving(channel, auth::SERVICE_NAME).await;
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }

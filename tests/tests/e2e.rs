@@ -3,17 +3,17 @@
 //! scenario checks its end state in the databases and the broker.
 use std::{sync::Arc, time::Duration};
 
-use memberflow_common::{
-    client::TaskClient,
-    proto::{auth::v1 as auth_pb, task::v1 as pb},
-    settings::Source,
-};
-use memberflow_tests::{
+use memberflow::{
     amqp::RawPublisher,
     apps::{TestTask, auth_settings, spawn_auth, spawn_task, task_settings},
     env::TestEnv,
     eventually,
     proxy::TcpProxy,
+};
+use memberflow_common::{
+    client::TaskClient,
+    proto::{auth::v1 as auth_pb, task::v1 as pb},
+    settings::Source,
 };
 use sqlx::PgPool;
 use task::{

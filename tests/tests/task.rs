@@ -5,17 +5,17 @@ use std::{
     time::Duration,
 };
 
-use memberflow_common::{
-    client::user_not_ready,
-    grpc::violated_fields,
-    proto::{auth::v1 as auth_pb, task::v1 as pb},
-};
-use memberflow_tests::{
+use memberflow::{
     amqp::{MemberEventFixture, RawPublisher},
     apps::{TestTask, auth_settings, mint_token, spawn_auth, spawn_task, task_settings},
     env::TestEnv,
     eventually,
     proxy::TcpProxy,
+};
+use memberflow_common::{
+    client::user_not_ready,
+    grpc::violated_fields,
+    proto::{auth::v1 as auth_pb, task::v1 as pb},
 };
 use sqlx::PgPool;
 use task::{
@@ -53,7 +53,7 @@ async fn wait_processed(task: &TestTask, n: u64) {
 
 /// Signs up and logs in through auth; returns (member id, token).
 async fn member(
-    auth: &mut memberflow_tests::apps::TestAuth,
+    auth: &mut memberflow::apps::TestAuth,
     email: &str,
     region: &str,
 ) -> (String, String) {

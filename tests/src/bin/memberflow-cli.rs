@@ -1,0 +1,89 @@
+//! The whole user flow from the command line: sign up, log in, create a task,
+//! printing each step, including any USER_NOT_READY retries.
+//!
+//! `cargo run -p memberflow --bin memberflow-cli -- [--auth URL] [--task URL]
+//!  [--email E] [--region ZONE] [--due YYYY-MM-DDTHH:MM]`
+use std::{sync::Arc, time::Instant};
+
+use memberflow_common::{
+    client::TaskClient,
+    proto::{
+        auth::v1::{LoginRequest, SignUpRequest, auth_service_client::AuthServiceClient},
+        task::v1::CreateTaskRequest,
+    },
+};
+use tonic::transport::Channel;
+
+fn arg(name: &str, default: &str) -> String {
+    let mut args = std::env::args().skip_while(|a| a != name);
+    args.next();
+    args.next().unwrap_or_else(|| default.to_owned())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let auth_url = arg("--auth", "http://127.0.0.1:50051");
+    let task_url = arg("--task", "http://127.0.0.1:50052");
+    let email = arg(
+        "--email",
+        &format!("demo-{}@example.com", uuid::Uuid::new_v4().simple()),
+    );
+    let region = arg("--region", "Asia/Seoul");
+    let due = arg("--due", "2026-12-24T18:00");
+    let password = "correct horse battery";
+
+    let mut auth = AuthServiceClient::new(Channel::from_shared(auth_url.clone())?.connect().await?);
+    let started = Instant::now();
+    let member = auth
+        .sign_up(SignUpRequest {
+            email: email.clone(),
+            password: password.into(),
+            nickname: "demo".into(),
+            region: region.clone(),
+        })
+        .await?
+        .into_inner()
+        .member
+        .expect("member");
+    println!(
+        "1. signed up   {} <{}> in {region}, version {}",
+        member.id, member.email, member.version
+    );
+    let login = auth
+        .login(LoginRequest {
+            email,
+            password: password.into(),
+        })
+        .await?
+        .into_inner();
+    println!(
+        "2. logged in   token expires at {:?}",
+        login.expires_at.map(|t| t.seconds)
+    );
+
+    let channel = Channel::from_shared(task_url)?.connect().await?;
+    let mut tasks = TaskClient::new(channel, &login.access_token)?.on_retry(Arc::new(|r| {
+        println!(
+            "   retry {}: {} ({}); waiting {:?}",
+            r.attempt,
+            r.status.code(),
+            r.status.message(),
+            r.delay
+        );
+    }));
+    let task = tasks
+        .create_task(CreateTaskRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            title: "try memberflow".into(),
+            due_local: due.clone(),
+        })
+        .await?;
+    println!(
+        "3. created task {} due {due} {} = {}s UTC, {:?} after signup",
+        task.id,
+        task.time_zone,
+        task.due_at.map(|t| t.seconds).unwrap_or_default(),
+        started.elapsed()
+    );
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! Runs the whole system without Docker, against a local PostgreSQL and
+//! RabbitMQ: `cargo run -p memberflow`.
+//!
+//! It checks both are reachable (and says what to do if not), then starts
+//! auth and task as child processes of itself with prefixed logs. Ctrl-C or
+//! SIGTERM stops both gracefully. `memberflow auth` / `memberflow task` run one
+//! service in the foreground. Config: `config/auth.toml`, `config/task.toml`
+//! and `AUTH__*` / `TASK__*` environment variables.
+use std::process::Stdio;
+
+use memberflow_common::{amqp, settings::Source, shutdown, telemetry};
+use secrecy::ExposeSecret;
+use sqlx::Connection;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match std::env::args().nth(1).as_deref() {
+        Some("auth") => return run_auth().await,
+        Some("task") => return run_task().await,
+        Some("-h" | "--help") => {
+            println!("usage: memberflow [auth|task]\n  no argument: run auth and task together");
+            return Ok(());
+        }
+        _ => {}
+    }
+    let auth_settings = auth::Settings::load(&Source::from_args("AUTH", "config/auth.toml"))?;
+    let task_settings = task::Settings::load(&Source::from_args("TASK", "config/task.toml"))?;
+    preflight(&auth_settings, &task_settings).await?;
+
+    let me = std::env::current_exe()?;
+    let mut children = Vec::new();
+    for service in ["auth", "task"] {
+        let mut child = tokio::process::Command::new(&me)
+            .arg(service)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    println!("[{service}] {line}");
+                }
+            });
+        }
+        children.push((service, child));
+    }
+    println!(
+        "memberflow: auth on {}, task on {} (consistency.mode = {:?}); Ctrl-C stops both",
+        auth_settings.server.addr, task_settings.server.addr, task_settings.consistency.mode
+    );
+
+    let stop = shutdown::on_os_signal();
+    let first_exit = async {
+        let (a, t) = children.split_at_mut(1);
+        tokio::select! {
+            s = a[0].1.wait() => (a[0].0, s),
+            s = t[0].1.wait() => (t[0].0, s),
+        }
+    };
+    tokio::select! {
+        () = stop.cancelled() => {}
+        (service, status) = first_exit => eprintln!("memberflow: {service} exited ({status:?}); stopping the other"),
+    }
+    for (_, child) in &children {
+        if let Some(pid) = child.id() {
+            // Graceful: SIGTERM lets each service drain and close cleanly.
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
+    for (service, mut child) in children {
+        let status = child.wait().await?;
+        println!("memberflow: {service} stopped ({status})");
+    }
+    Ok(())
+}
+
+async fn run_auth() -> anyhow::Result<()> {
+    telemetry::init("info,sqlx=warn,lapin=warn");
+    let settings = auth::Settings::load(&Source::from_args("AUTH", "config/auth.toml"))?;
+    let app = auth::Application::build(settings).await?;
+    tracing::info!(addr = %app.local_addr(), "auth listening");
+    app.run_until_stopped(shutdown::on_os_signal()).await
+}
+
+async fn run_task() -> anyhow::Result<()> {
+    telemetry::init("info,sqlx=warn,lapin=warn");
+    let settings = task::Settings::load(&Source::from_args("TASK", "config/task.toml"))?;
+    let app = task::Application::build(settings).await?;
+    tracing::info!(addr = %app.local_addr(), "task listening");
+    app.run_until_stopped(shutdown::on_os_signal()).await
+}
+
+/// Fails early, with what to do, when PostgreSQL or RabbitMQ is not there.
+async fn preflight(a: &auth::Settings, t: &task::Settings) -> anyhow::Result<()> {
+    for db in [&a.database, &t.database] {
+        let opts = db.connect_options()?.database("postgres");
+        if let Err(e) = sqlx::PgConnection::connect_with(&opts).await {
+            anyhow::bail!(
+                "PostgreSQL is not reachable ({e}).\n  Start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start\n  or with Docker: docker compose up -d postgres\n  or point AUTH__DATABASE__URL / TASK__DATABASE__URL at yours."
+            );
+        }
+    }
+    for url in [a.amqp.url.expose_secret(), t.amqp.url.expose_secret()] {
+        match amqp::connect(url, "memberflow-preflight").await {
+            Ok(c) => {
+                let _ = c.close(200, "preflight".into()).await;
+            }
+            Err(e) => anyhow::bail!(
+                "RabbitMQ is not reachable at {} ({e}).\n  Start it: rabbitmq-server -detached\n  or with Docker: docker compose up -d rabbitmq\n  or point AUTH__AMQP__URL / TASK__AMQP__URL at yours.",
+                amqp::redact_url(url)
+            ),
+        }
+    }
+    Ok(())
+}
