@@ -4,12 +4,13 @@
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio_retry2::strategy::{ExponentialFactorBackoff, jitter};
+use tokio_retry2::strategy::{ExponentialFactorBackoff, jitter_with_bounds};
 
-/// Exponential backoff with full jitter and a cap.
+/// Exponential backoff with "equal jitter" and a cap.
 ///
-/// Full jitter (a uniform draw below the exponential bound) keeps many
-/// clients that failed together from retrying together.
+/// Each delay is drawn uniformly from half to all of the exponential bound:
+/// clients that failed together do not retry together, no retry is hot (near
+/// zero), and no delay exceeds the cap.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct Backoff {
@@ -46,7 +47,7 @@ impl Backoff {
     pub fn delays(&self) -> impl Iterator<Item = Duration> + Send + 'static {
         ExponentialFactorBackoff::from_millis(self.initial_ms.max(1), self.factor.max(1.0))
             .max_delay_millis(self.max_ms.max(self.initial_ms))
-            .map(jitter)
+            .map(jitter_with_bounds(0.5, 1.0))
     }
 
     /// The upper bound of the delays, useful to size deadlines in tests.
@@ -68,7 +69,8 @@ mod tests {
         };
         let delays: Vec<_> = policy.delays().take(20).collect();
         assert!(delays.iter().all(|d| *d <= Duration::from_millis(100)));
-        // The bound doubles: the first delay is at most 10 ms.
-        assert!(delays[0] <= Duration::from_millis(10));
+        // The first delay is within [5, 10] ms; late ones sit near the cap.
+        assert!(delays[0] >= Duration::from_millis(5) && delays[0] <= Duration::from_millis(10));
+        assert!(delays[19] >= Duration::from_millis(50));
     }
 }
