@@ -131,3 +131,16 @@ pub async fn bootstrap(
         }
     }
 }
+
+/// Whether `e` means "the database is not reachable right now" (retry later)
+/// rather than a problem with the query or the data.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+        // Class 08: connection exception; 57P0x: shutting down, cannot connect now.
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
+    }
+}

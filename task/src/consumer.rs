@@ -336,7 +336,7 @@ impl Consumer {
                     last.0.acker.ack(BasicAckOptions { multiple: true }).await?;
                     return Ok(true);
                 }
-                Err(e) if is_transient(&e) => {
+                Err(e) if memberflow_common::db::is_unavailable(&e) => {
                     tracing::warn!(error.cause_chain = %error_chain(&e), "database unavailable; retrying the batch");
                     let d = delays.next().unwrap_or(self.cfg.backoff.max());
                     tokio::select! {
@@ -368,17 +368,5 @@ impl Consumer {
                 }
             }
         }
-    }
-}
-
-/// Errors that mean "the database is not there right now".
-fn is_transient(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
-        sqlx::Error::Database(d) => d
-            .code()
-            // Class 08: connection exception; 57P0x: shutdown / cannot connect now.
-            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
-        _ => false,
     }
 }

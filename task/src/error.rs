@@ -32,11 +32,10 @@ pub enum Error {
 
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                Self::Unavailable(e)
-            }
-            other => Self::Unexpected(other.into()),
+        if memberflow_common::db::is_unavailable(&e) {
+            Self::Unavailable(e)
+        } else {
+            Self::Unexpected(e.into())
         }
     }
 }
