@@ -50,18 +50,7 @@ impl TestQueue {
 
     /// Messages currently in the queue.
     pub async fn depth(&self) -> u32 {
-        self.channel
-            .queue_declare(
-                self.name.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("passive declare")
-            .message_count()
+        queue_depth(&self.channel, &self.name).await
     }
 
     /// Takes (and acks) every message until `n` have been seen, or panics
@@ -160,20 +149,9 @@ impl RawPublisher {
         self.publish(rk, &body).await;
     }
 
-    /// Messages ready in `queue` (passive declare).
+    /// Messages ready in `queue`.
     pub async fn depth(&self, queue: &str) -> u32 {
-        self.channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("passive declare")
-            .message_count()
+        queue_depth(&self.channel, queue).await
     }
 }
 
@@ -197,4 +175,20 @@ impl MemberEventFixture {
             version,
         }
     }
+}
+
+/// Messages ready in `queue`, by passive declare.
+async fn queue_depth(channel: &Channel, queue: &str) -> u32 {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("passive declare")
+        .message_count()
 }

@@ -125,7 +125,7 @@ pub async fn spawn_auth(settings: auth::Settings) -> TestAuth {
 
 /// Polls the health service until `service` is SERVING.
 pub async fn wait_serving(channel: Channel, service: &str) {
-    let mut health = HealthClient::new(channel);
+    let health = HealthClient::new(channel);
     eventually("service SERVING", Duration::from_secs(30), || {
         let mut health = health.clone();
         async move {
@@ -141,7 +141,6 @@ pub async fn wait_serving(channel: Channel, service: &str) {
         }
     })
     .await;
-    let _ = &mut health;
 }
 
 /// The health status of `service`, as an enum value.
