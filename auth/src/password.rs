@@ -1,8 +1,12 @@
 //! Argon2id password hashing, off the async runtime.
+use std::sync::Arc;
+
 use argon2::{
     Algorithm, Argon2, Params, Version,
     password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng},
 };
+
+use tokio::sync::Semaphore;
 
 use crate::{domain::Password, settings::PasswordSettings};
 
@@ -13,6 +17,10 @@ pub struct Hasher {
     /// Verified when the email is unknown, so a wrong email costs as much as a
     /// wrong password and timing does not reveal which members exist.
     dummy_hash: String,
+    /// Bounds hashes in flight: without it every concurrent signup or login
+    /// takes a blocking thread and `memory_kib` of RAM at once (32 clients at
+    /// the production cost peaked above 1 GB).
+    slots: Arc<Semaphore>,
 }
 
 impl Hasher {
@@ -21,14 +29,27 @@ impl Hasher {
             .map_err(|e| anyhow::anyhow!("invalid password hashing cost: {e}"))?;
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let dummy_hash = hash_with(&argon, "dummy password for unknown emails")?;
-        Ok(Self { argon, dummy_hash })
+        let slots = match cfg.max_concurrent {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        Ok(Self {
+            argon,
+            dummy_hash,
+            slots: Arc::new(Semaphore::new(slots)),
+        })
     }
 
     /// Hashes on the blocking pool: Argon2 takes milliseconds of CPU.
     pub async fn hash(&self, password: &Password) -> anyhow::Result<String> {
         let argon = self.argon.clone();
         let password = password.expose().to_owned();
-        tokio::task::spawn_blocking(move || hash_with(&argon, &password)).await?
+        let slot = self.slots.clone().acquire_owned().await?;
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            hash_with(&argon, &password)
+        })
+        .await?
     }
 
     /// Checks `password` against `hash`, or against a dummy hash when the
@@ -37,7 +58,9 @@ impl Hasher {
         let argon = self.argon.clone();
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy_hash.clone());
+        let slot = self.slots.clone().acquire_owned().await?;
         tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let parsed =
                 PasswordHash::new(&hash).map_err(|e| anyhow::anyhow!("stored hash: {e}"))?;
             Ok(known && argon.verify_password(password.as_bytes(), &parsed).is_ok())

@@ -59,6 +59,10 @@ pub struct PasswordSettings {
     pub memory_kib: u32,
     pub iterations: u32,
     pub parallelism: u32,
+    /// Hashes computed at once; 0 means one per CPU. Each takes `memory_kib`
+    /// while it runs, so this bounds the memory signups and logins can take,
+    /// and more than the CPUs only makes every hash slower.
+    pub max_concurrent: usize,
 }
 
 impl Default for PasswordSettings {
@@ -67,6 +71,7 @@ impl Default for PasswordSettings {
             memory_kib: 19_456,
             iterations: 2,
             parallelism: 1,
+            max_concurrent: 0,
         }
     }
 }
