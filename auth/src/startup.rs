@@ -21,7 +21,9 @@ use crate::{grpc::AuthApi, outbox::relay::Relay, password::Hasher, settings::Set
 /// The fully qualified service name, as reported by the health service.
 pub const SERVICE_NAME: &str = "auth.v1.AuthService";
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/auth");
+/// auth's schema (`migrations/auth`), public so tools such as the bench can
+/// prepare a database without starting the service.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/auth");
 
 /// A bound, not yet running auth service.
 pub struct Application {

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 /// Base URLs of the local services; override with `TEST_PG_URL` and
 /// `TEST_AMQP_HOST` (host:port).
-fn pg_base() -> String {
+pub fn pg_base() -> String {
     std::env::var("TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 

@@ -1,0 +1,109 @@
+//! Consumer apply: a queue already holding member events, a tenth of them
+//! duplicates of events before them, then task started against it. The rate
+//! comes from task's own timestamps: the first inbox write to the last
+//! replica write.
+use std::time::Duration;
+
+use memberflow::{env::TestEnv, eventually};
+use memberflow_common::amqp;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::{
+    Lab, broker,
+    report::{Figure, Measure},
+    service::{Service, ServiceProcess},
+    setup,
+};
+
+/// One in this many deliveries repeats an earlier event.
+const DUPLICATE_EVERY: usize = 10;
+
+pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
+    let total = lab.plan.apply_events;
+    let mut env = TestEnv::new();
+    let (_conn, channel) = broker::confirm_channel(&env.amqp_url()).await?;
+    task::consumer::declare_topology(&channel, 10).await?;
+
+    let events: Vec<Vec<u8>> = (0..total - total / DUPLICATE_EVERY)
+        .map(|_| broker::member_created(Uuid::now_v7(), Uuid::now_v7()))
+        .collect();
+    // Every tenth delivery repeats the event five places back; the last
+    // delivery is always a new event, so the last replica write marks the end.
+    let mut deliveries = Vec::with_capacity(total);
+    for (i, body) in events.iter().enumerate() {
+        if i % (DUPLICATE_EVERY - 1) == DUPLICATE_EVERY - 2 {
+            deliveries.push(events[i - 5].clone());
+        }
+        deliveries.push(body.clone());
+    }
+    let total = deliveries.len();
+    let unique = events.len();
+    broker::publish_confirmed(
+        &channel,
+        amqp::EXCHANGE,
+        deliveries
+            .into_iter()
+            .map(|b| (amqp::MEMBER_CREATED.to_owned(), b)),
+        500,
+    )
+    .await?;
+
+    let started = Instant::now();
+    let consumer = ServiceProcess::start(
+        Service::Task,
+        &setup::task(&mut env, "not_ready", "http://127.0.0.1:9"),
+    )
+    .await?;
+    let db = env.pool("task").await;
+    eventually("every event applied", Duration::from_secs(600), || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM members")
+            .fetch_one(&db)
+            .await
+            .ok()?;
+        (n as usize == unique).then_some(())
+    })
+    .await;
+    let wall = started.elapsed();
+    let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+        .fetch_one(&db)
+        .await?;
+    anyhow::ensure!(
+        inbox as usize == unique,
+        "inbox holds {inbox} of {unique} events"
+    );
+    let applying: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM (SELECT max(replicated_at) FROM members)
+                                 - (SELECT min(received_at) FROM inbox))::float8",
+    )
+    .fetch_one(&db)
+    .await?;
+    eventually("queue acked empty", Duration::from_secs(30), || async {
+        (broker::depth(&channel, task::consumer::QUEUE).await.ok()? == 0).then_some(())
+    })
+    .await;
+    let dead = broker::depth(&channel, task::consumer::DEAD_LETTER_QUEUE).await?;
+    anyhow::ensure!(dead == 0, "{dead} events dead-lettered");
+    lab.stop(consumer, "task").await?;
+
+    let per_sec = total as f64 / applying;
+    lab.add(
+        Figure::new(
+            "Consumer apply",
+            format!(
+                "{total} queued events ({} duplicates) → {unique} replica rows, quorum queue, prefetch 256, batches ≤ 256; {:.1} s wall incl. start-up",
+                total - unique,
+                wall.as_secs_f64()
+            ),
+            Measure::Rate { per_sec },
+        )
+        .against(
+            "raw consume, manual ack each",
+            Measure::Rate {
+                per_sec: lab.raw_consume,
+            },
+        )
+        .target("≥ 10,000 events/s", per_sec >= 10_000.0),
+    );
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! The services under measurement run as child processes: the bench binary
+//! re-executed as `bench serve auth|task`, configured only through
+//! `AUTH__*` / `TASK__*` variables. Separate processes give each service its
+//! own address space, so its peak RSS can be read from `/proc`, and keep the
+//! bench's own load generation out of the services' runtimes.
+use std::{net::SocketAddr, process::Stdio, time::Duration};
+
+use anyhow::Context as _;
+use memberflow_common::{settings::Source, shutdown, telemetry};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+use tonic::transport::Channel;
+
+/// Which service a child process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Service {
+    Auth,
+    Task,
+}
+
+impl Service {
+    fn arg(self) -> &'static str {
+        match self {
+            Self::Auth => "auth",
+            Self::Task => "task",
+        }
+    }
+
+    fn env_prefix(self) -> &'static str {
+        match self {
+            Self::Auth => "AUTH__",
+            Self::Task => "TASK__",
+        }
+    }
+
+    fn health_name(self) -> &'static str {
+        match self {
+            Self::Auth => auth::SERVICE_NAME,
+            Self::Task => task::SERVICE_NAME,
+        }
+    }
+}
+
+/// The child side: builds the service from defaults plus the environment,
+/// prints its bound address on the first line of stdout, and serves until
+/// SIGTERM.
+pub(crate) async fn serve(service: &str) -> anyhow::Result<()> {
+    telemetry::init("warn");
+    match service {
+        "auth" => {
+            let app =
+                auth::Application::build(auth::Settings::load(&Source::env_only("AUTH"))?).await?;
+            println!("{}", app.local_addr());
+            app.run_until_stopped(shutdown::on_os_signal()).await
+        }
+        "task" => {
+            let app =
+                task::Application::build(task::Settings::load(&Source::env_only("TASK"))?).await?;
+            println!("{}", app.local_addr());
+            app.run_until_stopped(shutdown::on_os_signal()).await
+        }
+        other => anyhow::bail!("unknown service {other:?}: expected auth or task"),
+    }
+}
+
+/// A running service process, SERVING on `addr`.
+pub(crate) struct ServiceProcess {
+    pub(crate) service: Service,
+    pub(crate) addr: SocketAddr,
+    pub(crate) channel: Channel,
+    child: Child,
+}
+
+impl ServiceProcess {
+    /// Starts `service` with `settings` (keys without the prefix, e.g.
+    /// `("relay__batch_size", "1")`) on a port the OS picks, and waits until
+    /// it reports SERVING. Inherited `AUTH__*`/`TASK__*` variables are
+    /// dropped so runs are reproducible.
+    pub(crate) async fn start(
+        service: Service,
+        settings: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        let prefix = service.env_prefix();
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.args(["serve", service.arg()]);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with(prefix) {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env(format!("{prefix}SERVER__ADDR"), "127.0.0.1:0");
+        for (key, value) in settings {
+            cmd.env(format!("{prefix}{}", key.to_uppercase()), value);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .with_context(|| format!("{} did not start in 30 s", service.arg()))??
+            .with_context(|| format!("{} exited before listening", service.arg()))?;
+        let addr: SocketAddr = first
+            .trim()
+            .parse()
+            .with_context(|| format!("{} printed {first:?}, not its address", service.arg()))?;
+        let name = service.arg();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("[{name}] {line}");
+            }
+        });
+        let channel = Channel::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        memberflow::apps::wait_serving(channel.clone(), service.health_name()).await;
+        Ok(Self {
+            service,
+            addr,
+            channel,
+            child,
+        })
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Peak resident set size so far (`VmHWM`), in MB (10⁶ bytes).
+    pub(crate) fn peak_rss_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()?)).ok()?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024.0 / 1e6)
+    }
+
+    /// Stops gracefully (SIGTERM, as an orchestrator would) and returns the
+    /// peak RSS seen just before.
+    pub(crate) async fn stop(mut self) -> anyhow::Result<f64> {
+        let peak = self.peak_rss_mib().unwrap_or(f64::NAN);
+        if let Some(pid) = self.child.id() {
+            Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await?;
+        }
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .context("service did not stop within 30 s of SIGTERM")??;
+        anyhow::ensure!(
+            status.success(),
+            "{} exited with {status}",
+            self.service.arg()
+        );
+        Ok(peak)
+    }
+}

@@ -1,0 +1,388 @@
+//! The live system: auth and task running together, measured through their
+//! public APIs. Signup throughput and latency, signup → replica propagation,
+//! and CreateTask on a replica hit, a read-through miss and through
+//! USER_NOT_READY back-off.
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use memberflow::{apps::mint_token, env::TestEnv, eventually};
+use memberflow_common::{
+    client::TaskClient,
+    db::{DatabaseSettings, ensure_database},
+    proto::{auth::v1::auth_service_client::AuthServiceClient, task::v1::CreateTaskRequest},
+};
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+use uuid::Uuid;
+
+use crate::{
+    Lab,
+    load::{Run, closed_loop, open_loop},
+    report::{Figure, Measure},
+    service::{Service, ServiceProcess},
+    setup::{self, HashCost, RelayDesign},
+    signup,
+    stats::Latency,
+};
+
+pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
+    let plan = lab.plan.clone();
+    let mut env = TestEnv::new();
+    let bench_cost = HashCost::BENCH;
+    let auth = ServiceProcess::start(
+        Service::Auth,
+        &setup::auth(&mut env, bench_cost, RelayDesign::Batched),
+    )
+    .await?;
+    let task = ServiceProcess::start(
+        Service::Task,
+        &setup::task(&mut env, "not_ready", &auth.url()),
+    )
+    .await?;
+    let signups = AuthServiceClient::new(auth.channel.clone());
+    let task_db = env.pool("task").await;
+
+    // Signup throughput, each level beside the bare transaction at the same
+    // concurrency, run right after it so both see the same machine.
+    let raw_pool = raw_database(&mut env).await?;
+    let mut raw_rates = HashMap::new();
+    let mut members = Vec::new();
+    for &(c, n) in &plan.signups {
+        let svc = closed_loop(c, n, sign_up(&signups, format!("c{c}"))).await?;
+        let pool = raw_pool.clone();
+        let tag = format!("raw-c{c}");
+        let raw = closed_loop(c, n, move |i| {
+            signup::raw_transaction(pool.clone(), signup::request(&tag, i))
+        })
+        .await?;
+        let conditions = format!(
+            "{n} signups, {}, {}; auth relay and task running",
+            clients(c),
+            bench_cost.describe()
+        );
+        let mut rate = Figure::new(
+            format!("Signup throughput, {}", clients(c)),
+            &conditions,
+            Measure::Rate {
+                per_sec: svc.per_sec,
+            },
+        )
+        .against(
+            "same SQL transaction, plain sqlx",
+            Measure::Rate {
+                per_sec: raw.per_sec,
+            },
+        );
+        if c == 8 {
+            rate = rate.target("≥ 0.70× raw at 8 clients", svc.per_sec >= 0.7 * raw.per_sec);
+        }
+        lab.add(rate);
+        lab.add(
+            Figure::new(
+                format!("Signup latency, {}", clients(c)),
+                &conditions,
+                Measure::Latency(svc.latency),
+            )
+            .against(
+                "same SQL transaction, plain sqlx",
+                Measure::Latency(raw.latency),
+            ),
+        );
+        raw_rates.insert(c, raw.per_sec);
+        members.extend(svc.values);
+    }
+
+    // The production hash cost, on a second auth instance over the same
+    // database (its relay stands by: the first instance leads).
+    let prod_cost = HashCost::production();
+    let prod = ServiceProcess::start(
+        Service::Auth,
+        &setup::auth(&mut env, prod_cost, RelayDesign::Batched),
+    )
+    .await?;
+    let prod_signups = AuthServiceClient::new(prod.channel.clone());
+    for &(c, n) in &plan.prod_signups {
+        let svc = closed_loop(c, n, sign_up(&prod_signups, format!("prod-c{c}"))).await?;
+        lab.add(
+            Figure::new(
+                format!("Signup at production hash cost, {}", clients(c)),
+                format!("{n} signups, {}, {}", clients(c), prod_cost.describe()),
+                Measure::Rate {
+                    per_sec: svc.per_sec,
+                },
+            )
+            .against(
+                "same SQL transaction, plain sqlx",
+                Measure::Rate {
+                    per_sec: raw_rates[&c],
+                },
+            ),
+        );
+        lab.add(Figure::new(
+            format!("Signup latency at production hash cost, {}", clients(c)),
+            format!("{n} signups, {}, {}", clients(c), prod_cost.describe()),
+            Measure::Latency(svc.latency),
+        ));
+    }
+    lab.stop(prod, "auth, production hash cost").await?;
+
+    // Propagation with the shipped relay.
+    let mut propagation = Vec::new();
+    for &per_sec in &plan.rates {
+        propagation.push(measure_propagation(&signups, &task_db, per_sec, plan.propagation).await?);
+    }
+
+    // CreateTask on members the replica already holds.
+    let hits = &members[..plan.hits];
+    eventually(
+        "signed-up members replicated",
+        Duration::from_secs(60),
+        || replicated(&task_db, hits),
+    )
+    .await;
+    let hit = create_tasks(&task.channel, hits).await?;
+    let floor = closed_loop(1, plan.hits, {
+        let health = HealthClient::new(task.channel.clone());
+        move |_| {
+            let mut health = health.clone();
+            async move {
+                health.check(HealthCheckRequest::default()).await?;
+                Ok(())
+            }
+        }
+    })
+    .await?;
+    lab.add(
+        Figure::new(
+            "CreateTask, replica hit",
+            format!("{} calls, 1 client, sequential", plan.hits),
+            Measure::Latency(hit),
+        )
+        .against(
+            "empty gRPC call (health check)",
+            Measure::Latency(floor.latency),
+        )
+        .target("p99 ≤ 2 ms", hit.p99_ms <= 2.0),
+    );
+
+    // CreateTask on a task instance that has seen no events (its own empty
+    // vhost), so every first call for a member reads through to auth.
+    let mut cold = TestEnv::new();
+    let reader = ServiceProcess::start(
+        Service::Task,
+        &setup::task(&mut cold, "read_through", &auth.url()),
+    )
+    .await?;
+    let strangers = &members[plan.hits..plan.hits + plan.misses];
+    let miss = create_tasks(&reader.channel, strangers).await?;
+    let provisioned: i64 = sqlx::query_scalar("SELECT count(*) FROM members")
+        .fetch_one(&cold.pool("task").await)
+        .await?;
+    anyhow::ensure!(
+        provisioned as usize == strangers.len(),
+        "expected every call to read through: {provisioned} members provisioned for {} calls",
+        strangers.len()
+    );
+    lab.stop(reader, "task").await?;
+    lab.add(
+        Figure::new(
+            "CreateTask, read_through miss",
+            format!(
+                "{} calls, 1 client, sequential, each member unseen (GetMember, then provision)",
+                plan.misses
+            ),
+            Measure::Latency(miss),
+        )
+        .against("replica hit", Measure::Latency(hit))
+        .target("p99 ≤ 5 ms", miss.p99_ms <= 5.0),
+    );
+
+    // not_ready: CreateTask straight after SignUp, waiting out USER_NOT_READY.
+    let (to_success, retried) = not_ready(&signups, &task.channel, plan.not_ready).await?;
+    lab.add(
+        Figure::new(
+            "CreateTask time to success, not_ready",
+            format!(
+                "{} members, sequential: SignUp, then CreateTask at once via TaskClient (backoff 5 ms → 500 ms, jittered, RetryInfo 10 ms floor); {retried} of them retried",
+                plan.not_ready
+            ),
+            Measure::Latency(to_success),
+        )
+        .against(
+            format!("propagation at {}/s", plan.rates[0]),
+            Measure::Latency(propagation[0].0),
+        )
+        .target("p99 ≤ 50 ms", to_success.p99_ms <= 50.0),
+    );
+
+    // The same offered rates through the common polling relay.
+    lab.stop(auth, "auth").await?;
+    let polling = ServiceProcess::start(
+        Service::Auth,
+        &setup::auth(&mut env, bench_cost, RelayDesign::Polling),
+    )
+    .await?;
+    let polling_signups = AuthServiceClient::new(polling.channel.clone());
+    for (&per_sec, (ours, achieved)) in plan.rates.iter().zip(propagation) {
+        let (theirs, _) =
+            measure_propagation(&polling_signups, &task_db, per_sec, plan.propagation).await?;
+        let mut figure = Figure::new(
+            format!("Propagation signup → replica, {per_sec}/s"),
+            format!(
+                "open loop {:.0} s (achieved {achieved:.0}/s), {}, {}, quorum queue; members.replicated_at − occurred_at",
+                plan.propagation.as_secs_f64(),
+                bench_cost.describe(),
+                RelayDesign::Batched.describe(),
+            ),
+            Measure::Latency(ours),
+        )
+        .against(RelayDesign::Polling.describe(), Measure::Latency(theirs));
+        if per_sec >= 500.0 {
+            figure = figure.target(
+                "p50 ≤ 3 ms, p99 ≤ 15 ms",
+                ours.p50_ms <= 3.0 && ours.p99_ms <= 15.0,
+            );
+        }
+        lab.add(figure);
+    }
+    lab.stop(polling, "auth").await?;
+    lab.stop(task, "task").await?;
+    Ok(())
+}
+
+fn clients(n: usize) -> String {
+    if n == 1 {
+        "1 client".into()
+    } else {
+        format!("{n} clients")
+    }
+}
+
+/// A signup operation for the load generators.
+fn sign_up(
+    client: &AuthServiceClient<Channel>,
+    tag: String,
+) -> impl Fn(usize) -> futures::future::BoxFuture<'static, anyhow::Result<Uuid>>
++ Clone
++ Send
++ Sync
++ 'static {
+    let client = client.clone();
+    move |i| Box::pin(signup::sign_up(client.clone(), signup::request(&tag, i)))
+}
+
+/// A database with auth's schema for the bare-transaction baseline.
+async fn raw_database(env: &mut TestEnv) -> anyhow::Result<PgPool> {
+    let settings = DatabaseSettings::with_url(&env.database_url("raw"));
+    ensure_database(&settings).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(32)
+        .connect_with(settings.connect_options()?)
+        .await?;
+    auth::startup::MIGRATOR.run(&pool).await?;
+    Ok(pool)
+}
+
+/// Signs members up at `per_sec` for `duration`, waits until task holds
+/// them all, and reads each one's commit → applied time from task's replica.
+/// Returns that distribution and the signup rate actually achieved.
+async fn measure_propagation(
+    client: &AuthServiceClient<Channel>,
+    task_db: &PgPool,
+    per_sec: f64,
+    duration: Duration,
+) -> anyhow::Result<(Latency, f64)> {
+    let tag = format!("p{}-{}", per_sec, Uuid::new_v4().simple());
+    let run: Run<Uuid> = open_loop(per_sec, duration, sign_up(client, tag)).await?;
+    let ids = run.values;
+    eventually(
+        "propagated members in task",
+        Duration::from_secs(120),
+        || replicated(task_db, &ids),
+    )
+    .await;
+    let mut ms: Vec<f64> = sqlx::query_scalar(
+        "SELECT (extract(epoch FROM replicated_at - occurred_at) * 1000)::float8
+           FROM members WHERE id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(task_db)
+    .await?;
+    Ok((Latency::of_ms(&mut ms), run.per_sec))
+}
+
+/// `Some` once task's replica holds every member in `ids`.
+async fn replicated(task_db: &PgPool, ids: &[Uuid]) -> Option<()> {
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM members WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_one(task_db)
+        .await
+        .ok()?;
+    (n as usize == ids.len()).then_some(())
+}
+
+fn task_request() -> CreateTaskRequest {
+    CreateTaskRequest {
+        request_id: Uuid::new_v4().to_string(),
+        title: "benchmark task".into(),
+        due_local: "2030-01-15T09:00".into(),
+    }
+}
+
+/// One CreateTask per member, one after another; tokens are minted up front.
+async fn create_tasks(channel: &Channel, members: &[Uuid]) -> anyhow::Result<Latency> {
+    let tokens: Arc<Vec<String>> = Arc::new(
+        members
+            .iter()
+            .map(|id| mint_token(*id, chrono::Duration::hours(1)))
+            .collect(),
+    );
+    let channel = channel.clone();
+    let run = closed_loop(1, members.len(), move |i| {
+        let client = TaskClient::new(channel.clone(), &tokens[i]);
+        async move {
+            client?.create_task(task_request()).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    Ok(run.latency)
+}
+
+/// `n` times: sign a member up, then at once create a task through the
+/// client library, timing only the create (retries included). Returns that
+/// distribution and how many calls needed at least one retry.
+async fn not_ready(
+    signups: &AuthServiceClient<Channel>,
+    task: &Channel,
+    n: usize,
+) -> anyhow::Result<(Latency, usize)> {
+    let (signups, task) = (signups.clone(), task.clone());
+    let run = closed_loop(1, n, move |i| {
+        let (signups, task) = (signups.clone(), task.clone());
+        async move {
+            let id = signup::sign_up(signups, signup::request("not-ready", i)).await?;
+            let retries = Arc::new(AtomicU32::new(0));
+            let counter = retries.clone();
+            let mut client = TaskClient::new(task, &mint_token(id, chrono::Duration::hours(1)))?
+                .on_retry(Arc::new(move |_| {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }));
+            let start = Instant::now();
+            client.create_task(task_request()).await?;
+            Ok((start.elapsed(), retries.load(Ordering::Relaxed)))
+        }
+    })
+    .await?;
+    let times: Vec<Duration> = run.values.iter().map(|(d, _)| *d).collect();
+    let retried = run.values.iter().filter(|(_, r)| *r > 0).count();
+    Ok((Latency::of(&times), retried))
+}
