@@ -132,7 +132,9 @@ impl Lab {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: bench [--quick] [--out FILE.json]\n       bench serve auth|task");
+    eprintln!(
+        "usage: bench [--quick] [--out FILE.json] [--only system|relay|consumer]\n       bench serve auth|task"
+    );
     std::process::exit(2)
 }
 
@@ -144,11 +146,13 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut plan = Plan::full();
     let mut out = PathBuf::from("target/bench.json");
+    let mut only: Option<String> = None;
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
             "--quick" => plan = Plan::quick(),
             "--out" => out = rest.next().map(PathBuf::from).unwrap_or_else(|| usage()),
+            "--only" => only = Some(rest.next().cloned().unwrap_or_else(|| usage())),
             _ => usage(),
         }
     }
@@ -164,9 +168,17 @@ async fn main() -> anyhow::Result<()> {
         peak_rss: Vec::new(),
         raw_consume: f64::NAN,
     };
-    system::run(&mut lab).await?;
-    relay_drain::run(&mut lab).await?;
-    consumer_apply::run(&mut lab).await?;
+    let wanted = |phase: &str| only.as_deref().is_none_or(|o| o == phase);
+    if wanted("system") {
+        system::run(&mut lab).await?;
+    }
+    if wanted("relay") || wanted("consumer") {
+        // The consumer's baseline, raw consumption, is measured here.
+        relay_drain::run(&mut lab).await?;
+    }
+    if wanted("consumer") {
+        consumer_apply::run(&mut lab).await?;
+    }
     lab.add_rss();
 
     let report = Report {
