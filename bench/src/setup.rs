@@ -82,6 +82,22 @@ pub(crate) fn auth(
     s
 }
 
+/// auth on its own database with its broker unreachable: the relay sits in
+/// back-off, so signups measure auth and PostgreSQL without the relay,
+/// RabbitMQ and task sharing the CPUs.
+pub(crate) fn auth_alone(env: &mut TestEnv, cost: HashCost) -> Vec<(&'static str, String)> {
+    let mut s = auth(env, cost, RelayDesign::Batched);
+    for (key, value) in &mut s {
+        match *key {
+            "database__url" => *value = env.database_url("auth_alone"),
+            // Port 1 on loopback: connections are refused at once.
+            "amqp__url" => *value = "amqp://guest:guest@127.0.0.1:1/%2f".into(),
+            _ => {}
+        }
+    }
+    s
+}
+
 /// task's settings against `env`, reading through to `auth_url` if `mode`
 /// says so.
 pub(crate) fn task(env: &mut TestEnv, mode: &str, auth_url: &str) -> Vec<(&'static str, String)> {
