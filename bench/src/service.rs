@@ -45,7 +45,7 @@ impl Service {
 
 /// The child side: builds the service from defaults plus the environment,
 /// prints its bound address on the first line of stdout, and serves until
-/// SIGTERM.
+/// SIGTERM. Logs follow `RUST_LOG`, which the parent sets.
 pub(crate) async fn serve(service: &str) -> anyhow::Result<()> {
     telemetry::init("warn");
     match service {
@@ -82,6 +82,16 @@ impl ServiceProcess {
         service: Service,
         settings: &[(&str, String)],
     ) -> anyhow::Result<Self> {
+        Self::start_logging(service, settings, "warn").await
+    }
+
+    /// [`Self::start`] with the child's log filter, e.g. `error` for a
+    /// process whose warnings are expected.
+    pub(crate) async fn start_logging(
+        service: Service,
+        settings: &[(&str, String)],
+        log: &str,
+    ) -> anyhow::Result<Self> {
         let prefix = service.env_prefix();
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.args(["serve", service.arg()]);
@@ -90,7 +100,8 @@ impl ServiceProcess {
                 cmd.env_remove(key);
             }
         }
-        cmd.env(format!("{prefix}SERVER__ADDR"), "127.0.0.1:0");
+        cmd.env(format!("{prefix}SERVER__ADDR"), "127.0.0.1:0")
+            .env("RUST_LOG", log);
         for (key, value) in settings {
             cmd.env(format!("{prefix}{}", key.to_uppercase()), value);
         }
