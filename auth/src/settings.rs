@@ -105,7 +105,8 @@ pub struct RelaySettings {
     /// Rows per batch; their confirms are pipelined. 1 gives the common
     /// one-confirm-at-a-time design (for benchmarks).
     pub batch_size: i64,
-    /// How long to wait for the broker's confirms of a batch.
+    /// How long one batch may take, publishes and confirms together; past
+    /// it the relay reconnects and republishes what was not confirmed.
     pub confirm_timeout_ms: u64,
     /// Fallback poll; the normal path is woken in-process and by NOTIFY.
     pub poll_interval_ms: u64,

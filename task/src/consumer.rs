@@ -7,9 +7,12 @@
 //!   backoff and stays unacknowledged; a message failing for another reason
 //!   is requeued, and the quorum queue's delivery limit dead-letters it.
 //! * After a broker restart the consumer reconnects and re-declares topology.
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
 use futures::StreamExt;
@@ -183,6 +186,29 @@ pub async fn declare_topology(channel: &Channel, delivery_limit: i64) -> lapin::
         .await
 }
 
+/// How long opening a channel and attaching the consumer (or detaching and
+/// closing at shutdown) may take.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn closed() -> lapin::Error {
+    lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+        lapin::ConnectionState::Closed,
+    ))
+}
+
+/// Resolves when the connection reports an error or its events end.
+async fn connection_lost(
+    events: &mut (impl futures::Stream<Item = lapin::Event> + Unpin),
+) -> lapin::Error {
+    loop {
+        match events.next().await {
+            Some(lapin::Event::Error(e)) => return e,
+            Some(_) => continue,
+            None => return closed(),
+        }
+    }
+}
+
 /// The background consumer of one task instance.
 pub struct Consumer {
     pool: PgPool,
@@ -232,19 +258,27 @@ impl Consumer {
     /// One connection's worth of consuming. `Ok` means shutdown.
     async fn session(&self, shutdown: &CancellationToken) -> lapin::Result<()> {
         let conn = amqp::connect(self.cfg.url.expose_secret(), "task.consumer").await?;
-        let channel = conn.create_channel().await?;
-        declare_topology(&channel, self.cfg.delivery_limit).await?;
-        channel
-            .basic_qos(self.cfg.prefetch, BasicQosOptions::default())
-            .await?;
-        let consumer = channel
-            .basic_consume(
-                QUEUE.into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        // lapin can leave a request pending forever when the socket dies
+        // mid-write, so set-up is bounded like the connect.
+        let setup = async {
+            let channel = conn.create_channel().await?;
+            declare_topology(&channel, self.cfg.delivery_limit).await?;
+            channel
+                .basic_qos(self.cfg.prefetch, BasicQosOptions::default())
+                .await?;
+            let consumer = channel
+                .basic_consume(
+                    QUEUE.into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            lapin::Result::Ok((channel, consumer))
+        };
+        let (channel, consumer) = tokio::time::timeout(SETUP_TIMEOUT, setup)
+            .await
+            .map_err(|_| closed())??;
         let tag = consumer.tag();
         self.attached.send_replace(true);
         tracing::info!(queue = QUEUE, "consumer attached");
@@ -255,30 +289,35 @@ impl Consumer {
         let result = loop {
             let batch = tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
-                event = events.next() => match event {
-                    Some(lapin::Event::Error(e)) => break Err(e),
-                    Some(_) => continue,
-                    None => None,
-                },
+                e = connection_lost(&mut events) => break Err(e),
                 b = batches.next() => b,
             };
             let Some(batch) = batch else {
-                break Err(lapin::Error::from(
-                    lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
-                ));
+                break Err(closed());
             };
             let deliveries = batch.into_iter().collect::<lapin::Result<Vec<_>>>()?;
-            if !self.process(deliveries, shutdown).await? {
+            // Acks on a dead socket may never resolve either. Abandoning the
+            // batch is safe: it was not acked, so it is redelivered, and the
+            // inbox turns whatever was already applied into a no-op.
+            let processed = tokio::select! {
+                r = self.process(deliveries, shutdown) => r?,
+                e = connection_lost(&mut events) => break Err(e),
+            };
+            if !processed {
                 // Shutdown while the database was down: leave them unacked.
                 break Ok(());
             }
         };
         if result.is_ok() {
-            let _ = channel
-                .basic_cancel(tag, BasicCancelOptions::default())
-                .await;
-            let _ = channel.close(200, "task stopping".into()).await;
-            let _ = conn.close(200, "task stopping".into()).await;
+            // Bounded: a dead connection never answers, and shutdown must end.
+            let goodbye = async {
+                let _ = channel
+                    .basic_cancel(tag, BasicCancelOptions::default())
+                    .await;
+                let _ = channel.close(200, "task stopping".into()).await;
+                let _ = conn.close(200, "task stopping".into()).await;
+            };
+            let _ = tokio::time::timeout(SETUP_TIMEOUT, goodbye).await;
         }
         result
     }

@@ -25,7 +25,28 @@ pub struct BatchResult {
     /// too, but republishing them keeps per-member order.
     pub confirmed: usize,
     /// Why the batch stopped short, if it did.
-    pub stopped: Option<&'static str>,
+    pub stopped: Option<Stop>,
+}
+
+/// Why a batch stopped short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Stop {
+    #[error("timed out waiting for the broker")]
+    TimedOut,
+    #[error("unroutable: no queue is bound to the exchange")]
+    Unroutable,
+    #[error("nacked by the broker")]
+    Nacked,
+    #[error("confirms are not enabled on the channel")]
+    NotConfirming,
+}
+
+impl Stop {
+    /// Whether the connection itself is suspect: a broker that does not
+    /// answer in time may sit behind a dead socket lapin has not noticed.
+    pub fn suspect_connection(self) -> bool {
+        matches!(self, Self::TimedOut | Self::NotConfirming)
+    }
 }
 
 impl Publisher {
@@ -48,15 +69,18 @@ impl Publisher {
         self.connection.status().connected() && self.channel.status().connected()
     }
 
-    /// Publishes `rows` in order, then waits for their confirms under one
-    /// deadline. Transport errors are returned; nacks, unroutable returns and
-    /// timeouts end the batch early.
+    /// Publishes `rows` in order and waits for their confirms, all under one
+    /// deadline: lapin can leave a publish pending forever when the socket
+    /// dies mid-write, so nothing here waits unbounded. Transport errors are
+    /// returned; nacks, unroutable returns and timeouts end the batch early.
     pub async fn publish_batch(
         &self,
         rows: &[OutboxRow],
-        confirm_timeout: Duration,
+        timeout: Duration,
     ) -> lapin::Result<BatchResult> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut pending = Vec::with_capacity(rows.len());
+        let mut stopped = None;
         for row in rows {
             let span = tracing::info_span!(
                 "publish",
@@ -65,7 +89,7 @@ impl Publisher {
                 version = row.version,
                 routing_key = %row.routing_key,
             );
-            let confirm = self
+            let publish = self
                 .channel
                 .basic_publish(
                     EXCHANGE.into(),
@@ -79,42 +103,45 @@ impl Publisher {
                     &row.payload,
                     properties(row),
                 )
-                .instrument(span)
-                .await?;
-            pending.push(confirm);
+                .instrument(span);
+            match tokio::time::timeout_at(deadline, publish).await {
+                Ok(confirm) => pending.push(confirm?),
+                Err(_) => {
+                    stopped = Some(Stop::TimedOut);
+                    break;
+                }
+            }
         }
 
-        let deadline = tokio::time::Instant::now() + confirm_timeout;
         let mut confirmed = 0;
         for confirm in pending {
-            let stopped = match tokio::time::timeout_at(deadline, confirm).await {
+            // A confirm that has already arrived counts even past the deadline.
+            let stop = match tokio::time::timeout_at(deadline, confirm).await {
                 Ok(Ok(Confirmation::Ack(None))) => {
                     confirmed += 1;
                     continue;
                 }
-                Ok(Ok(Confirmation::Ack(Some(_)))) => {
-                    "unroutable: no queue is bound to the exchange"
-                }
-                Ok(Ok(Confirmation::Nack(_))) => "nacked by the broker",
-                Ok(Ok(Confirmation::NotRequested)) => "confirms are not enabled",
+                Ok(Ok(Confirmation::Ack(Some(_)))) => Stop::Unroutable,
+                Ok(Ok(Confirmation::Nack(_))) => Stop::Nacked,
+                Ok(Ok(Confirmation::NotRequested)) => Stop::NotConfirming,
                 Ok(Err(e)) => return Err(e),
-                Err(_) => "timed out waiting for confirms",
+                Err(_) => Stop::TimedOut,
             };
             return Ok(BatchResult {
                 confirmed,
-                stopped: Some(stopped),
+                stopped: Some(stop),
             });
         }
-        Ok(BatchResult {
-            confirmed,
-            stopped: None,
-        })
+        Ok(BatchResult { confirmed, stopped })
     }
 
-    /// Closes the channel and connection cleanly.
+    /// Closes the channel and connection cleanly, giving up after a second
+    /// each (a dead connection never answers).
     pub async fn close(self) {
-        let _ = self.channel.close(200, "relay stopping".into()).await;
-        let _ = self.connection.close(200, "relay stopping".into()).await;
+        let grace = Duration::from_secs(1);
+        let _ = tokio::time::timeout(grace, self.channel.close(200, "relay stopping".into())).await;
+        let _ =
+            tokio::time::timeout(grace, self.connection.close(200, "relay stopping".into())).await;
     }
 }
 

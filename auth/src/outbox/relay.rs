@@ -23,7 +23,10 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::{PgConnection, PgPool, postgres::PgListener};
 use tokio::sync::Notify;
 
-use super::{OutboxRow, publisher::Publisher};
+use super::{
+    OutboxRow,
+    publisher::{Publisher, Stop},
+};
 use crate::settings::RelaySettings;
 
 /// Advisory lock key of the relay leader ("memberfr" as bytes).
@@ -49,10 +52,7 @@ pub enum RelayError {
     #[error("broker error")]
     Broker(#[from] lapin::Error),
     #[error("{published} published, then stopped: {reason}")]
-    Incomplete {
-        published: usize,
-        reason: &'static str,
-    },
+    Incomplete { published: usize, reason: Stop },
 }
 
 /// Publishes one batch: reads the oldest rows, publishes them with pipelined
@@ -237,8 +237,13 @@ impl Relay {
                     }
                     sleep_or_cancel(delays.next(), shutdown).await;
                 }
-                Err(e @ RelayError::Incomplete { .. }) => {
+                Err(e @ RelayError::Incomplete { reason, .. }) => {
                     tracing::warn!(error.message = %e, "batch not fully confirmed; retrying the rest");
+                    if reason.suspect_connection()
+                        && let Some(p) = publisher.take()
+                    {
+                        p.close().await;
+                    }
                     sleep_or_cancel(delays.next(), shutdown).await;
                 }
             }
