@@ -7,7 +7,7 @@ use lapin::{
     BasicProperties, Channel, Confirmation, PublisherConfirm,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        ConfirmSelectOptions, QueueDeclareOptions,
+        ConfirmSelectOptions,
     },
     types::FieldTable,
 };
@@ -107,19 +107,4 @@ pub(crate) async fn consume_acked(
         delivery.ack(BasicAckOptions::default()).await?;
     }
     Ok(start.elapsed())
-}
-
-/// Messages ready in `queue`.
-pub(crate) async fn depth(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
-    let q = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(q.message_count())
 }

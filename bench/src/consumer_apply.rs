@@ -4,7 +4,7 @@
 //! replica write.
 use std::time::Duration;
 
-use memberflow::{env::TestEnv, eventually};
+use memberflow::{amqp::queue_depth, env::TestEnv, eventually};
 use memberflow_common::amqp;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -79,10 +79,10 @@ pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
     .fetch_one(&db)
     .await?;
     eventually("queue acked empty", Duration::from_secs(30), || async {
-        (broker::depth(&channel, task::consumer::QUEUE).await.ok()? == 0).then_some(())
+        (queue_depth(&channel, task::consumer::QUEUE).await == 0).then_some(())
     })
     .await;
-    let dead = broker::depth(&channel, task::consumer::DEAD_LETTER_QUEUE).await?;
+    let dead = queue_depth(&channel, task::consumer::DEAD_LETTER_QUEUE).await;
     anyhow::ensure!(dead == 0, "{dead} events dead-lettered");
     lab.stop(consumer, "task").await?;
 

@@ -76,14 +76,16 @@ pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
     )
     .await?;
 
+    let conditions = |rows: usize, design: RelayDesign| {
+        format!(
+            "{rows} committed outbox rows → quorum queue, {}",
+            design.describe()
+        )
+    };
     lab.add(
         Figure::new(
             "Relay drain",
-            format!(
-                "{} committed outbox rows → quorum queue, {}",
-                plan.drain_rows,
-                RelayDesign::Batched.describe()
-            ),
+            conditions(plan.drain_rows, RelayDesign::Batched),
             Measure::Rate { per_sec: ours },
         )
         .against(
@@ -97,11 +99,7 @@ pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
     lab.add(
         Figure::new(
             "Relay drain, common design",
-            format!(
-                "{} committed outbox rows → quorum queue, {}",
-                plan.polling_drain_rows,
-                RelayDesign::Polling.describe()
-            ),
+            conditions(plan.polling_drain_rows, RelayDesign::Polling),
             Measure::Rate { per_sec: polling },
         )
         .against("wake-on-commit relay", Measure::Rate { per_sec: ours }),
@@ -148,7 +146,7 @@ async fn drain(
     let relay =
         ServiceProcess::start(Service::Auth, &setup::auth(env, HashCost::BENCH, design)).await?;
     let per_sec = watch.await??;
-    let delivered = broker::depth(channel, task::consumer::QUEUE).await?;
+    let delivered = memberflow::amqp::queue_depth(channel, task::consumer::QUEUE).await;
     anyhow::ensure!(
         delivered as usize == rows,
         "{delivered} of {rows} outbox rows reached the queue"

@@ -178,7 +178,7 @@ impl MemberEventFixture {
 }
 
 /// Messages ready in `queue`, by passive declare.
-async fn queue_depth(channel: &Channel, queue: &str) -> u32 {
+pub async fn queue_depth(channel: &Channel, queue: &str) -> u32 {
     channel
         .queue_declare(
             queue.into(),
