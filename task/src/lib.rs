@@ -4,6 +4,7 @@ pub mod consumer;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod inbox;
 pub mod read_through;
 pub mod replica;
 pub mod repo;

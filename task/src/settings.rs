@@ -13,6 +13,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub token: TokenSettings,
     pub consistency: ConsistencySettings,
+    pub inbox: InboxSettings,
 }
 
 impl Settings {
@@ -127,6 +128,27 @@ impl Default for ConsistencySettings {
         Self {
             mode: ConsistencyMode::NotReady,
             retry_after_ms: 10,
+        }
+    }
+}
+
+/// How long the inbox remembers applied event ids.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct InboxSettings {
+    /// Ids older than this are forgotten, so the inbox stops growing.
+    /// Redeliveries come within minutes, and a replay older than this is still
+    /// a no-op: the replica ignores any version it already holds.
+    pub retention_secs: u64,
+    /// How often to prune.
+    pub prune_interval_secs: u64,
+}
+
+impl Default for InboxSettings {
+    fn default() -> Self {
+        Self {
+            retention_secs: 7 * 24 * 3600,
+            prune_interval_secs: 3600,
         }
     }
 }

@@ -18,6 +18,7 @@ use tonic::transport::Server;
 use crate::{
     consumer::{Consumer, ConsumerStats},
     grpc::TaskApi,
+    inbox,
     read_through::ReadThrough,
     settings::Settings,
 };
@@ -105,6 +106,7 @@ impl Application {
         let server = tokio::spawn(server);
 
         let mut consumer_task = None;
+        let mut pruner_task = None;
         if db::bootstrap(
             &settings.database,
             &pool,
@@ -114,6 +116,11 @@ impl Application {
         )
         .await
         {
+            pruner_task = Some(tokio::spawn(inbox::run_pruner(
+                pool.clone(),
+                settings.inbox.clone(),
+                shutdown.clone(),
+            )));
             let consumer = Consumer::new(pool.clone(), settings.amqp.clone(), stats);
             let mut attached = consumer.attached();
             consumer_task = Some(tokio::spawn(consumer.run(shutdown.clone())));
@@ -135,6 +142,9 @@ impl Application {
         shutdown.cancel();
         if let Some(c) = consumer_task {
             c.await?;
+        }
+        if let Some(p) = pruner_task {
+            p.await?;
         }
         pool.close().await;
         served??;

@@ -270,6 +270,60 @@ async fn a_duplicated_event_changes_the_replica_once() {
 }
 
 #[tokio::test]
+async fn old_inbox_ids_are_pruned_and_a_replay_after_that_is_still_a_no_op() {
+    let mut env = TestEnv::new();
+    let mut settings = task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE);
+    settings.inbox.retention_secs = 3600;
+    settings.inbox.prune_interval_secs = 1;
+    let task = spawn_task(settings).await;
+    let publisher = RawPublisher::connect(&env.amqp_url()).await;
+    let pool = env.pool("task").await;
+    let old = MemberEventFixture::new(Uuid::new_v4(), 2, "Asia/Seoul");
+    let recent = MemberEventFixture::new(Uuid::new_v4(), 1, "Europe/Paris");
+    publisher.member_event(&old).await;
+    publisher.member_event(&recent).await;
+    wait_processed(&task, 2).await;
+    let applied_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT replicated_at FROM members WHERE id = $1")
+            .bind(old.member_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+
+    // Age one id past the retention; the pruner forgets it, keeps the other.
+    sqlx::query("UPDATE inbox SET received_at = now() - interval '2 hours' WHERE event_id = $1")
+        .bind(old.event_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    eventually("the old inbox id pruned", WAIT, || async {
+        (scalar(&pool, "SELECT count(*) FROM inbox").await == 1).then_some(())
+    })
+    .await;
+    let kept: Uuid = sqlx::query_scalar("SELECT event_id FROM inbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, recent.event_id);
+
+    // The forgotten event comes back (a late replay): the version check
+    // still makes it a no-op.
+    publisher.member_event(&old).await;
+    wait_processed(&task, 3).await;
+    let (version, replicated_at): (i64, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as("SELECT version, replicated_at FROM members WHERE id = $1")
+            .bind(old.member_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (version, replicated_at),
+        (2, applied_at),
+        "replay changed nothing"
+    );
+}
+
+#[tokio::test]
 async fn versions_delivered_3_1_2_leave_the_replica_at_3() {
     let mut env = TestEnv::new();
     let task = spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await;

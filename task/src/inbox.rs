@@ -1,0 +1,53 @@
+//! Inbox retention: the inbox (ids of applied events) is pruned of old ids in
+//! the background, so it does not grow without bound.
+use std::time::Duration;
+
+use memberflow_common::{shutdown::CancellationToken, telemetry::error_chain};
+use sqlx::PgPool;
+
+use crate::settings::InboxSettings;
+
+/// Rows deleted per statement, so no prune holds locks for long.
+const PRUNE_BATCH: i64 = 10_000;
+
+/// Deletes inbox rows received more than `retention` ago; returns how many.
+pub async fn prune(pool: &PgPool, retention: Duration) -> sqlx::Result<u64> {
+    let mut total = 0;
+    loop {
+        let deleted = sqlx::query(
+            "DELETE FROM inbox WHERE event_id IN (
+                 SELECT event_id FROM inbox
+                  WHERE received_at < now() - make_interval(secs => $1)
+                  LIMIT $2)",
+        )
+        .bind(retention.as_secs_f64())
+        .bind(PRUNE_BATCH)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        total += deleted;
+        if deleted < PRUNE_BATCH as u64 {
+            return Ok(total);
+        }
+    }
+}
+
+/// Prunes every `prune_interval_secs` (and once at start) until `shutdown`.
+/// Failures are logged and retried at the next interval: a late prune costs
+/// only disk space.
+pub async fn run_pruner(pool: PgPool, cfg: InboxSettings, shutdown: CancellationToken) {
+    let retention = Duration::from_secs(cfg.retention_secs);
+    let mut every = tokio::time::interval(Duration::from_secs(cfg.prune_interval_secs.max(1)));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        match prune(&pool, retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, "inbox pruned"),
+            Err(e) => tracing::warn!(error.cause_chain = %error_chain(&e), "inbox prune failed"),
+        }
+    }
+}
