@@ -4,17 +4,12 @@ use std::{net::SocketAddr, sync::Arc};
 
 use chrono::Duration;
 use memberflow_common::{
-    db,
-    grpc::{reflection, set_serving},
-    proto::auth::v1::auth_service_server::AuthServiceServer,
-    retry::Backoff,
-    shutdown::CancellationToken,
-    token::TokenKeys,
+    db, grpc::set_serving, proto::auth::v1::auth_service_server::AuthServiceServer, retry::Backoff,
+    shutdown::CancellationToken, token::TokenKeys,
 };
 use sqlx::PgPool;
 use tokio::{net::TcpListener, sync::Notify};
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
 
 use crate::{grpc::AuthApi, outbox::relay::Relay, password::Hasher, settings::Settings};
 
@@ -62,9 +57,7 @@ impl Application {
             pool,
             ..
         } = self;
-        let (health, health_service) = tonic_health::server::health_reporter();
-        set_serving(&health, SERVICE_NAME, false).await;
-        let (reflection_v1, reflection_v1alpha) = reflection();
+        let (health, router) = memberflow_common::grpc::server(SERVICE_NAME).await;
 
         let relay_wake = Arc::new(Notify::new());
         let api = AuthApi {
@@ -76,11 +69,7 @@ impl Application {
             relay_wake: relay_wake.clone(),
         };
 
-        let server = Server::builder()
-            .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path()))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+        let server = router
             .add_service(AuthServiceServer::new(api))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(listener),

@@ -1,10 +1,29 @@
 //! gRPC plumbing both services share: health, reflection, metadata and rich
 //! error details.
-use tonic::{Code, Status, metadata::MetadataMap};
+use tonic::{
+    Code, Status,
+    metadata::MetadataMap,
+    transport::{Server, server::Router},
+};
 use tonic_health::server::HealthReporter;
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 use crate::proto::FILE_DESCRIPTOR_SET;
+
+/// The server both services run, before their own service is added: a
+/// tracing span per RPC, health (NOT_SERVING for `service` until the caller
+/// says otherwise) and reflection v1 + v1alpha.
+pub async fn server(service: &str) -> (HealthReporter, Router) {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_serving(&health, service, false).await;
+    let (reflection_v1, reflection_v1alpha) = reflection();
+    let router = Server::builder()
+        .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    (health, router)
+}
 
 /// Metadata key carrying the service credential on trusted calls.
 pub const SERVICE_TOKEN_HEADER: &str = "x-service-token";

@@ -3,17 +3,12 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use memberflow_common::{
-    db,
-    grpc::{reflection, set_serving},
-    proto::task::v1::task_service_server::TaskServiceServer,
-    retry::Backoff,
-    shutdown::CancellationToken,
-    token::TokenKeys,
+    db, grpc::set_serving, proto::task::v1::task_service_server::TaskServiceServer, retry::Backoff,
+    shutdown::CancellationToken, token::TokenKeys,
 };
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
 
 use crate::{
     consumer::{Consumer, ConsumerStats},
@@ -81,9 +76,7 @@ impl Application {
             read_through,
             ..
         } = self;
-        let (health, health_service) = tonic_health::server::health_reporter();
-        set_serving(&health, SERVICE_NAME, false).await;
-        let (reflection_v1, reflection_v1alpha) = reflection();
+        let (health, router) = memberflow_common::grpc::server(SERVICE_NAME).await;
         let api = TaskApi {
             pool: pool.clone(),
             tokens: TokenKeys::new(&settings.token.secret),
@@ -93,11 +86,7 @@ impl Application {
         };
         tracing::info!(mode = ?settings.consistency.mode, "consistency mode");
 
-        let server = Server::builder()
-            .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path()))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+        let server = router
             .add_service(TaskServiceServer::new(api))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(listener),
