@@ -16,8 +16,9 @@ use crate::{
     setup,
 };
 
-/// One in this many deliveries repeats an earlier event.
-const DUPLICATE_EVERY: usize = 10;
+/// New events per duplicate: nine new, one repeat, so a tenth of the
+/// deliveries are duplicates.
+const NEW_PER_DUPLICATE: usize = 9;
 
 pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
     let total = lab.plan.apply_events;
@@ -25,14 +26,15 @@ pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
     let (_conn, channel) = broker::confirm_channel(&env.amqp_url()).await?;
     task::consumer::declare_topology(&channel, 10).await?;
 
-    let events: Vec<Vec<u8>> = (0..total - total / DUPLICATE_EVERY)
+    let events: Vec<Vec<u8>> = (0..total - total / (NEW_PER_DUPLICATE + 1))
         .map(|_| broker::member_created(Uuid::now_v7(), Uuid::now_v7()))
         .collect();
-    // Every tenth delivery repeats the event five places back; the last
-    // delivery is always a new event, so the last replica write marks the end.
+    // Before every ninth new event goes a repeat of the event five places
+    // back, so the last delivery is always new and the last replica write
+    // marks the end.
     let mut deliveries = Vec::with_capacity(total);
     for (i, body) in events.iter().enumerate() {
-        if i % (DUPLICATE_EVERY - 1) == DUPLICATE_EVERY - 2 {
+        if i % NEW_PER_DUPLICATE == NEW_PER_DUPLICATE - 1 {
             deliveries.push(events[i - 5].clone());
         }
         deliveries.push(body.clone());

@@ -30,7 +30,7 @@ pub const SERVICE_TOKEN_HEADER: &str = "x-service-token";
 
 /// Reflection services for both protocol versions: grpcurl speaks v1, Python's
 /// grpcio and older tools still ask for v1alpha.
-pub fn reflection() -> (
+fn reflection() -> (
     tonic_reflection::server::v1::ServerReflectionServer<
         impl tonic_reflection::server::v1::ServerReflection,
     >,
