@@ -3,12 +3,14 @@ use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use memberflow_common::{
-    grpc::{SERVICE_TOKEN_HEADER, Violations, bearer, timestamp},
+    error::Failure,
+    grpc::{SERVICE_TOKEN_HEADER, Violations, timestamp},
     proto::auth::v1::{self as pb, auth_service_server::AuthService},
     token::TokenKeys,
 };
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
+use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -119,7 +121,7 @@ impl AuthApi {
         let mut tx = self.pool.begin().await?;
         let member = repo::update_profile(&mut tx, member_id, &change)
             .await?
-            .ok_or(Error::MemberNotFound(member_id))?;
+            .ok_or_else(|| Failure::NotFound(format!("member {member_id}")))?;
         let event_id = outbox::enqueue(&mut tx, EventKind::Updated, &member).await?;
         tx.commit().await?;
         self.relay_wake.notify_one();
@@ -127,33 +129,20 @@ impl AuthApi {
         Ok(member)
     }
 
-    fn authenticate_member<T>(&self, req: &Request<T>) -> Result<Uuid, Error> {
-        let token = bearer(req.metadata())
-            .ok_or_else(|| Error::Unauthenticated("missing bearer token".into()))?;
-        self.tokens
-            .verify(token)
-            .map_err(|e| Error::Unauthenticated(e.to_string()))
-    }
-
     fn authenticate_service<T>(&self, req: &Request<T>) -> Result<(), Error> {
         let presented = req
             .metadata()
             .get(SERVICE_TOKEN_HEADER)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| Error::Unauthenticated(format!("missing {SERVICE_TOKEN_HEADER}")))?;
-        if constant_time_eq(
-            presented.as_bytes(),
-            self.service_token.expose_secret().as_bytes(),
-        ) {
+            .ok_or_else(|| Failure::Unauthenticated(format!("missing {SERVICE_TOKEN_HEADER}")))?;
+        // Constant time: the comparison must not reveal how much matched.
+        let expected = self.service_token.expose_secret().as_bytes();
+        if bool::from(presented.as_bytes().ct_eq(expected)) {
             Ok(())
         } else {
-            Err(Error::Unauthenticated("invalid service credential".into()))
+            Err(Failure::Unauthenticated("invalid service credential".into()).into())
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[tonic::async_trait]
@@ -217,7 +206,7 @@ impl AuthService for AuthApi {
         let member = repo::find_member(&self.pool, id)
             .await
             .map_err(Error::from)?
-            .ok_or(Error::MemberNotFound(id))?;
+            .ok_or_else(|| Failure::NotFound(format!("member {id}")))?;
         Ok(Response::new(pb::GetMemberResponse {
             member: Some(member.into()),
         }))
@@ -228,7 +217,10 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::UpdateProfileRequest>,
     ) -> Result<Response<pb::UpdateProfileResponse>, Status> {
-        let member_id = self.authenticate_member(&request)?;
+        let member_id = self
+            .tokens
+            .authenticate(request.metadata())
+            .map_err(Error::from)?;
         tracing::Span::current().record("member_id", tracing::field::display(member_id));
         let change = ProfileChange::try_from(request.into_inner()).map_err(Error::from)?;
         let member = Self::update_profile(self, member_id, change).await?;

@@ -1,5 +1,10 @@
 //! Typed settings of the auth service (`config/auth.toml`, then `AUTH__*`).
-use memberflow_common::{db::DatabaseSettings, retry::Backoff, settings::Source};
+use memberflow_common::{
+    db::DatabaseSettings,
+    retry::Backoff,
+    secrets::{Audit, Refused},
+    settings::{Environment, SettingsError, Source},
+};
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -7,6 +12,9 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct Settings {
+    /// `production` (the default) refuses missing and repository-known
+    /// secrets; `development` accepts them with a warning.
+    pub environment: Environment,
     pub server: ServerSettings,
     pub database: DatabaseSettings,
     pub amqp: AmqpSettings,
@@ -16,9 +24,23 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Defaults, then the file, then `AUTH__` environment variables.
-    pub fn load(source: &Source) -> Result<Self, config::ConfigError> {
-        source.load(&[("database.url", "postgres://postgres@127.0.0.1:5432/auth")])
+    /// Defaults, then `[auth]` of the config files, then `AUTH__`
+    /// environment variables.
+    pub fn load(source: &Source) -> Result<Self, SettingsError> {
+        source.load(
+            "auth",
+            &[("database.url", "postgres://postgres@127.0.0.1:5432/auth")],
+        )
+    }
+
+    /// Refuses known, missing or short secrets in production.
+    pub fn audit(&self) -> Result<(), Refused> {
+        Audit::new(self.environment)
+            .secret("auth.token.secret", &self.token.secret)
+            .secret("auth.token.service_token", &self.token.service_token)
+            .url("auth.amqp.url", &self.amqp.url)
+            .url("auth.database.url", &self.database.url)
+            .finish()
     }
 }
 
@@ -91,9 +113,9 @@ pub struct TokenSettings {
 impl Default for TokenSettings {
     fn default() -> Self {
         Self {
-            secret: SecretString::from("dev-only-change-me-0123456789abcdef"),
+            secret: SecretString::default(),
             ttl_secs: 900,
-            service_token: SecretString::from("dev-only-service-token"),
+            service_token: SecretString::default(),
         }
     }
 }
@@ -114,6 +136,9 @@ pub struct RelaySettings {
     pub wake_on_commit: bool,
     /// How often a non-leader instance tries to take over the relay.
     pub leader_retry_ms: u64,
+    /// Times a row may come back unroutable while the rows around it are
+    /// routed before it is parked in `outbox_parked`.
+    pub park_after_attempts: i32,
     /// Backoff after a failed publish or a lost connection.
     pub backoff: Backoff,
 }
@@ -126,6 +151,7 @@ impl Default for RelaySettings {
             poll_interval_ms: 5_000,
             wake_on_commit: true,
             leader_retry_ms: 1_000,
+            park_after_attempts: 5,
             backoff: Backoff::default(),
         }
     }

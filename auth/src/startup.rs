@@ -4,12 +4,14 @@ use std::{net::SocketAddr, sync::Arc};
 
 use chrono::Duration;
 use memberflow_common::{
-    db, grpc::set_serving, proto::auth::v1::auth_service_server::AuthServiceServer, retry::Backoff,
-    shutdown::CancellationToken, token::TokenKeys,
+    db,
+    grpc::{self, set_serving},
+    proto::auth::v1::auth_service_server::AuthServiceServer,
+    shutdown::CancellationToken,
+    token::TokenKeys,
 };
 use sqlx::PgPool;
 use tokio::{net::TcpListener, sync::Notify};
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::{grpc::AuthApi, outbox::relay::Relay, password::Hasher, settings::Settings};
 
@@ -32,6 +34,7 @@ impl Application {
     /// Binds the listener (port 0 allowed) and prepares a lazy pool; nothing
     /// talks to PostgreSQL or RabbitMQ until [`Self::run_until_stopped`].
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.audit()?;
         let listener = TcpListener::bind(&settings.server.addr).await?;
         let addr = listener.local_addr()?;
         let pool = settings.database.lazy_pool()?;
@@ -57,7 +60,7 @@ impl Application {
             pool,
             ..
         } = self;
-        let (health, router) = memberflow_common::grpc::server(SERVICE_NAME).await;
+        let (health, router) = grpc::server(SERVICE_NAME).await;
 
         let relay_wake = Arc::new(Notify::new());
         let api = AuthApi {
@@ -69,24 +72,14 @@ impl Application {
             relay_wake: relay_wake.clone(),
         };
 
-        let server = router
-            .add_service(AuthServiceServer::new(api))
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                shutdown.clone().cancelled_owned(),
-            );
-        let server = tokio::spawn(server);
+        let server = grpc::spawn(
+            router.add_service(AuthServiceServer::new(api)),
+            listener,
+            &shutdown,
+        );
 
         let mut relay = None;
-        if db::bootstrap(
-            &settings.database,
-            &pool,
-            &MIGRATOR,
-            Backoff::default(),
-            &shutdown,
-        )
-        .await
-        {
+        if db::bootstrap(&settings.database, &pool, &MIGRATOR, &shutdown).await {
             set_serving(&health, SERVICE_NAME, true).await;
             let r = Relay::new(
                 pool.clone(),

@@ -11,14 +11,14 @@ use lapin::{
     },
     types::FieldTable,
 };
-use memberflow_common::{amqp, proto::auth::v1::MemberCreated};
+use memberflow_common::{amqp, proto::auth::v1::MemberChanged};
 use prost::Message as _;
 use tokio::time::Instant;
 use uuid::Uuid;
 
 /// An event body as auth's relay publishes it.
 pub(crate) fn member_created(event_id: Uuid, member_id: Uuid) -> Vec<u8> {
-    MemberCreated {
+    MemberChanged {
         event_id: event_id.to_string(),
         member_id: member_id.to_string(),
         nickname: "bench member".into(),

@@ -4,8 +4,8 @@
 //! replica write.
 use std::time::Duration;
 
-use memberflow::{amqp::queue_depth, env::TestEnv, eventually};
 use memberflow_common::amqp;
+use memberflow_tests::{amqp::queue_depth, env::TestEnv, eventually};
 use tokio::time::Instant;
 use uuid::Uuid;
 

@@ -222,7 +222,7 @@ async fn machine() -> String {
 }
 
 async fn postgres_version() -> Option<String> {
-    let url = format!("{}/postgres", memberflow::env::pg_base());
+    let url = format!("{}/postgres", memberflow_tests::env::pg_base());
     let pool = sqlx::PgPool::connect(&url).await.ok()?;
     sqlx::query_scalar("SHOW server_version")
         .fetch_one(&pool)

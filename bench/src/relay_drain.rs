@@ -6,11 +6,11 @@
 //! acks is measured here too, on the messages the raw publish queued.
 use std::time::Duration;
 
-use memberflow::env::TestEnv;
 use memberflow_common::{
     amqp,
     db::{DatabaseSettings, ensure_database},
 };
+use memberflow_tests::env::TestEnv;
 use sqlx::PgPool;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -146,7 +146,7 @@ async fn drain(
     let relay =
         ServiceProcess::start(Service::Auth, &setup::auth(env, HashCost::BENCH, design)).await?;
     let per_sec = watch.await??;
-    let delivered = memberflow::amqp::queue_depth(channel, task::consumer::QUEUE).await;
+    let delivered = memberflow_tests::amqp::queue_depth(channel, task::consumer::QUEUE).await;
     anyhow::ensure!(
         delivered as usize == rows,
         "{delivered} of {rows} outbox rows reached the queue"

@@ -35,6 +35,22 @@ impl Service {
         }
     }
 
+    /// The development secrets, as `(key, value)` without the prefix: the
+    /// bench runs its services in `development`.
+    fn dev_secrets(self) -> [(&'static str, &'static str); 2] {
+        use memberflow_common::secrets::{DEV_SERVICE_TOKEN, DEV_TOKEN_SECRET};
+        match self {
+            Self::Auth => [
+                ("TOKEN__SECRET", DEV_TOKEN_SECRET),
+                ("TOKEN__SERVICE_TOKEN", DEV_SERVICE_TOKEN),
+            ],
+            Self::Task => [
+                ("TOKEN__SECRET", DEV_TOKEN_SECRET),
+                ("AUTH__SERVICE_TOKEN", DEV_SERVICE_TOKEN),
+            ],
+        }
+    }
+
     fn health_name(self) -> &'static str {
         match self {
             Self::Auth => auth::SERVICE_NAME,
@@ -50,14 +66,12 @@ pub(crate) async fn serve(service: &str) -> anyhow::Result<()> {
     telemetry::init("warn");
     match service {
         "auth" => {
-            let app =
-                auth::Application::build(auth::Settings::load(&Source::env_only("AUTH"))?).await?;
+            let app = auth::Application::build(auth::Settings::load(&Source::env_only())?).await?;
             println!("{}", app.local_addr());
             app.run_until_stopped(shutdown::on_os_signal()).await
         }
         "task" => {
-            let app =
-                task::Application::build(task::Settings::load(&Source::env_only("TASK"))?).await?;
+            let app = task::Application::build(task::Settings::load(&Source::env_only())?).await?;
             println!("{}", app.local_addr());
             app.run_until_stopped(shutdown::on_os_signal()).await
         }
@@ -101,7 +115,11 @@ impl ServiceProcess {
             }
         }
         cmd.env(format!("{prefix}SERVER__ADDR"), "127.0.0.1:0")
+            .env(format!("{prefix}ENVIRONMENT"), "development")
             .env("RUST_LOG", log);
+        for (key, value) in service.dev_secrets() {
+            cmd.env(format!("{prefix}{key}"), value);
+        }
         for (key, value) in settings {
             cmd.env(format!("{prefix}{}", key.to_uppercase()), value);
         }
@@ -128,7 +146,7 @@ impl ServiceProcess {
         let channel = Channel::from_shared(format!("http://{addr}"))?
             .connect()
             .await?;
-        memberflow::apps::wait_serving(channel.clone(), service.health_name()).await;
+        memberflow_tests::apps::wait_serving(channel.clone(), service.health_name()).await;
         Ok(Self {
             service,
             addr,

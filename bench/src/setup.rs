@@ -1,6 +1,6 @@
 //! How the bench configures the services it starts: the hash costs and relay
 //! designs it compares, as `AUTH__*` / `TASK__*` settings.
-use memberflow::env::TestEnv;
+use memberflow_tests::env::TestEnv;
 
 /// An Argon2id cost.
 #[derive(Debug, Clone, Copy)]
@@ -19,7 +19,7 @@ impl HashCost {
         parallelism: 1,
     };
 
-    /// What `config/auth.toml` ships with.
+    /// What `config/base.toml` ships with.
     pub(crate) fn production() -> Self {
         let p = auth::settings::PasswordSettings::default();
         Self {

@@ -11,12 +11,12 @@ use std::{
     time::Duration,
 };
 
-use memberflow::{apps::mint_token, env::TestEnv, eventually};
 use memberflow_common::{
     client::TaskClient,
     db::{DatabaseSettings, ensure_database},
     proto::{auth::v1::auth_service_client::AuthServiceClient, task::v1::CreateTaskRequest},
 };
+use memberflow_tests::{apps::mint_token, env::TestEnv, eventually};
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::time::Instant;
 use tonic::transport::Channel;

@@ -11,9 +11,9 @@ use lapin::{
 
 /// Durable topic exchange carrying member events.
 pub const EXCHANGE: &str = "member.events";
-/// Routing key of `auth.v1.MemberCreated`.
+/// Routing key of a `auth.v1.MemberChanged` at signup (version 1).
 pub const MEMBER_CREATED: &str = "member.created";
-/// Routing key of `auth.v1.MemberUpdated`.
+/// Routing key of a `auth.v1.MemberChanged` after a profile change.
 pub const MEMBER_UPDATED: &str = "member.updated";
 /// Content type of every event body.
 pub const CONTENT_TYPE: &str = "application/x-protobuf";

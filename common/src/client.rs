@@ -11,15 +11,13 @@ use tonic::{Code, Request, Status, metadata::MetadataValue, transport::Channel};
 use tonic_types::StatusExt;
 
 use crate::{
+    error::USER_NOT_READY,
     proto::task::v1::{
         CreateTaskRequest, GetTaskRequest, ListTasksRequest, ListTasksResponse, Task,
         task_service_client::TaskServiceClient,
     },
     retry::Backoff,
 };
-
-/// `ErrorInfo.reason` the client waits out.
-pub const USER_NOT_READY: &str = "USER_NOT_READY";
 
 /// One USER_NOT_READY answer and the wait before the next attempt.
 #[derive(Debug, Clone)]

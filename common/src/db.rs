@@ -100,17 +100,17 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// Creates the database if needed and runs `migrator`, retrying with
-/// `backoff` while PostgreSQL is unreachable. Returns `false` if `shutdown`
-/// came first. Services report NOT_SERVING until this returns `true`.
+/// Creates the database if needed and runs `migrator`, retrying with the
+/// default backoff while PostgreSQL is unreachable. Returns `false` if
+/// `shutdown` came first. Services report NOT_SERVING until this returns
+/// `true`.
 pub async fn bootstrap(
     settings: &DatabaseSettings,
     pool: &PgPool,
     migrator: &sqlx::migrate::Migrator,
-    backoff: crate::retry::Backoff,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> bool {
-    let mut delays = backoff.delays();
+    let mut retrying = crate::retry::Backoff::default().retrying();
     loop {
         let attempt = async {
             ensure_database(settings).await?;
@@ -124,23 +124,90 @@ pub async fn bootstrap(
                 "database not ready; retrying"
             ),
         }
-        let delay = delays.next().unwrap_or(backoff.max());
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = shutdown.cancelled() => return false,
+        if !retrying.wait(shutdown).await {
+            return false;
         }
     }
 }
 
-/// Whether `e` means "the database is not reachable right now" (retry later)
-/// rather than a problem with the query or the data.
-pub fn is_unavailable(e: &sqlx::Error) -> bool {
+/// Whether a database failure passes by itself, so the work should be
+/// retried as it is, or says something about the work (bad data, a bug), so
+/// retrying cannot help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Connection trouble, contention, resource limits, a failover: retry.
+    Transient,
+    /// The statement or its data is wrong: retrying repeats the failure.
+    Permanent,
+}
+
+/// The one classification of database errors, for both services: the
+/// consumer's retry, the relay's and the status an RPC answers.
+pub fn classify(e: &sqlx::Error) -> Fault {
     match e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
-        // Class 08: connection exception; 57P0x: shutting down, cannot connect now.
-        sqlx::Error::Database(d) => d
-            .code()
-            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
-        _ => false,
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_) => Fault::Transient,
+        sqlx::Error::Database(d) => d.code().map_or(Fault::Permanent, |c| classify_sqlstate(&c)),
+        _ => Fault::Permanent,
+    }
+}
+
+/// Classifies a PostgreSQL SQLSTATE (see the PostgreSQL manual, appendix A).
+pub fn classify_sqlstate(code: &str) -> Fault {
+    const TRANSIENT_CLASSES: [&str; 2] = [
+        "08", // connection exception
+        "53", // insufficient resources: too many connections, disk full, out of memory
+    ];
+    const TRANSIENT_CODES: [&str; 8] = [
+        "40001", // serialization_failure
+        "40P01", // deadlock_detected
+        "55P03", // lock_not_available
+        "57014", // query_canceled (statement_timeout, pg_cancel_backend)
+        "57P01", // admin_shutdown
+        "57P02", // crash_shutdown
+        "57P03", // cannot_connect_now
+        "25006", // read_only_sql_transaction: a standby, right after a failover
+    ];
+    if TRANSIENT_CLASSES.iter().any(|c| code.starts_with(c)) || TRANSIENT_CODES.contains(&code) {
+        Fault::Transient
+    } else {
+        Fault::Permanent
+    }
+}
+
+/// Whether `e` passes by itself (see [`classify`]).
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    classify(e) == Fault::Transient
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_are_classified() {
+        for code in [
+            "08000", "08006", "40001", "40P01", "53300", "53100", "53200", "55P03", "57014",
+            "57P01", "57P02", "57P03", "25006",
+        ] {
+            assert_eq!(classify_sqlstate(code), Fault::Transient, "{code}");
+        }
+        for code in [
+            "22001", "22P02", "23505", "23502", "42P01", "42703", "XX000",
+        ] {
+            assert_eq!(classify_sqlstate(code), Fault::Permanent, "{code}");
+        }
+    }
+
+    #[test]
+    fn transport_errors_are_transient() {
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(is_transient(&sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset
+        ))));
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
     }
 }

@@ -4,9 +4,11 @@
 pub mod amqp;
 pub mod client;
 pub mod db;
+pub mod error;
 pub mod grpc;
 pub mod proto;
 pub mod retry;
+pub mod secrets;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

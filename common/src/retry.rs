@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tokio_retry2::strategy::{ExponentialFactorBackoff, jitter_with_bounds};
+use tokio_util::sync::CancellationToken;
 
 /// Exponential backoff with "equal jitter" and a cap.
 ///
@@ -54,6 +55,55 @@ impl Backoff {
     pub fn max(&self) -> Duration {
         Duration::from_millis(self.max_ms)
     }
+
+    /// A fresh run of retries under this policy.
+    pub fn retrying(&self) -> Retrying {
+        Retrying {
+            policy: *self,
+            delays: Box::new(self.delays()),
+        }
+    }
+}
+
+/// One run of retries: each failure waits the next, longer delay, unless
+/// shutdown comes first; a success starts the run over ([`Self::reset`]).
+/// Every loop that waits on something outside the process uses this.
+pub struct Retrying {
+    policy: Backoff,
+    delays: Box<dyn Iterator<Item = Duration> + Send + Sync>,
+}
+
+impl std::fmt::Debug for Retrying {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retrying")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Retrying {
+    /// Back to the first, shortest delay.
+    pub fn reset(&mut self) {
+        self.delays = Box::new(self.policy.delays());
+    }
+
+    /// The next delay of the run.
+    pub fn next_delay(&mut self) -> Duration {
+        self.delays.next().unwrap_or(self.policy.max())
+    }
+
+    /// Sleeps for the next delay; `false` if `shutdown` came first.
+    pub async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
+        sleep_or_cancel(self.next_delay(), shutdown).await
+    }
+}
+
+/// Sleeps for `d`; `false` if `shutdown` came first.
+pub async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(d) => true,
+        () = shutdown.cancelled() => false,
+    }
 }
 
 #[cfg(test)]
@@ -72,5 +122,19 @@ mod tests {
         // The first delay is within [5, 10] ms; late ones sit near the cap.
         assert!(delays[0] >= Duration::from_millis(5) && delays[0] <= Duration::from_millis(10));
         assert!(delays[19] >= Duration::from_millis(50));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_waits_longer_each_time_and_stops_at_shutdown() {
+        let mut run = Backoff::new(Duration::from_millis(10), Duration::from_millis(40)).retrying();
+        let shutdown = CancellationToken::new();
+        let start = tokio::time::Instant::now();
+        assert!(run.wait(&shutdown).await);
+        assert!(run.wait(&shutdown).await);
+        assert!(start.elapsed() >= Duration::from_millis(15));
+        shutdown.cancel();
+        assert!(!run.wait(&shutdown).await, "shutdown ends the wait");
+        run.reset();
+        assert!(run.next_delay() <= Duration::from_millis(10));
     }
 }

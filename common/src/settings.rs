@@ -1,84 +1,256 @@
-//! Layered configuration: compiled-in defaults, then a TOML file, then
-//! environment variables with a service prefix and `__` as the separator
-//! (`AUTH__SERVER__ADDR` sets `server.addr`).
-use std::path::{Path, PathBuf};
+//! Layered configuration, one set of files for both services:
+//!
+//! 1. compiled-in defaults (every settings struct is `#[serde(default)]`);
+//! 2. `<dir>/base.toml`;
+//! 3. `<dir>/<environment>.toml`, where `environment` is `development` or
+//!    `production` (the default, so a forgotten setting fails safe);
+//! 4. environment variables with the service's prefix and `__` as the
+//!    separator: `AUTH__SERVER__ADDR` sets `[auth.server] addr`.
+//!
+//! Each service reads its own table (`[auth]` or `[task]`) of those files.
+//! The folder comes from `--config DIR`, then `MEMBERFLOW_CONFIG`, then the
+//! nearest `config/` beside or above the running binary, then the workspace
+//! the binary was built from. The current directory is never guessed.
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
-use serde::de::DeserializeOwned;
+use serde::{Deserialize, de::DeserializeOwned};
+
+/// The env var naming the config folder when no `--config` flag is given.
+pub const CONFIG_ENV: &str = "MEMBERFLOW_CONFIG";
+
+/// The `--config DIR` flag every binary takes.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigArg {
+    /// Folder holding base.toml and <environment>.toml [default: $MEMBERFLOW_CONFIG, else the
+    /// config/ folder beside or above this binary]
+    #[arg(long, value_name = "DIR")]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    /// The [`Source`] this flag names (see [`Source::locate`]).
+    pub fn source(&self) -> Result<Source, SettingsError> {
+        Source::locate(self.config.clone())
+    }
+}
+
+/// Which rules a service runs under.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    /// Repository dev values are accepted, with a warning.
+    Development,
+    /// Secrets must be real; the default.
+    #[default]
+    Production,
+}
+
+impl Environment {
+    /// The name used in files and env vars.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Development => "development",
+            Self::Production => "production",
+        }
+    }
+}
 
 /// Where a service reads its settings from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Source {
-    /// Env prefix, e.g. `AUTH`.
-    pub prefix: &'static str,
-    /// The file, if any. Missing files are an error only when named explicitly.
-    pub file: Option<PathBuf>,
-    /// Whether `file` was named by the user (flag or `<PREFIX>_CONFIG`).
-    pub explicit: bool,
+    /// Folder holding `base.toml` and `<environment>.toml`; `None` reads the
+    /// environment variables only (the bench's child processes).
+    pub dir: Option<PathBuf>,
+    /// Variables to read instead of the process environment (tests).
+    pub vars: Option<HashMap<String, String>>,
+}
+
+/// Why no settings could be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error(
+        "no config folder: pass --config DIR or set {CONFIG_ENV} (no config/base.toml beside or above {0}, nor in the workspace it was built from)"
+    )]
+    NotFound(PathBuf),
+    #[error("config folder {0}: {1}")]
+    Invalid(PathBuf, #[source] Box<config::ConfigError>),
+    #[error(transparent)]
+    Config(Box<config::ConfigError>),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl From<config::ConfigError> for SettingsError {
+    fn from(e: config::ConfigError) -> Self {
+        Self::Config(Box::new(e))
+    }
 }
 
 impl Source {
-    /// Picks the file from `--config PATH`, then `<PREFIX>_CONFIG`, then the
-    /// conventional `config/<service>.toml` if it exists.
-    pub fn from_args(prefix: &'static str, conventional: &str) -> Self {
-        let mut args = std::env::args().skip(1);
-        let mut flag = None;
-        while let Some(a) = args.next() {
-            if a == "--config" {
-                flag = args.next().map(PathBuf::from);
-            } else if let Some(p) = a.strip_prefix("--config=") {
-                flag = Some(PathBuf::from(p));
+    /// The folder named by `flag`, else by [`CONFIG_ENV`], else the nearest
+    /// `config/` holding `base.toml` beside or above the running binary.
+    pub fn locate(flag: Option<PathBuf>) -> Result<Self, SettingsError> {
+        let dir = match flag.or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from)) {
+            Some(dir) => dir,
+            None => {
+                let exe = std::env::current_exe()?;
+                // Beside or above the binary (an installed layout, or
+                // `target/` inside the workspace), else the workspace this
+                // binary was built from (a `CARGO_TARGET_DIR` elsewhere).
+                let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+                exe.ancestors()
+                    .skip(1)
+                    .map(|a| a.join("config"))
+                    .chain([workspace])
+                    .find(|c| c.join("base.toml").is_file())
+                    .ok_or(SettingsError::NotFound(exe))?
             }
-        }
-        let from_env = std::env::var_os(format!("{prefix}_CONFIG")).map(PathBuf::from);
-        match flag.or(from_env) {
-            Some(file) => Self {
-                prefix,
-                file: Some(file),
-                explicit: true,
-            },
-            None => Self {
-                prefix,
-                file: Some(PathBuf::from(conventional)),
-                explicit: false,
-            },
-        }
+        };
+        Ok(Self::dir(dir))
     }
 
-    /// Only environment variables on top of the defaults.
-    pub fn env_only(prefix: &'static str) -> Self {
+    /// Files from `dir`, then the process environment.
+    pub fn dir(dir: impl Into<PathBuf>) -> Self {
         Self {
-            prefix,
-            file: None,
-            explicit: false,
+            dir: Some(dir.into()),
+            vars: None,
         }
     }
 
-    /// Reads the layers into `T`. `T` and its parts are `#[serde(default)]`,
-    /// so their `Default` impls are the bottom layer; `defaults` sets keys whose
-    /// default depends on the service (e.g. `database.url`).
+    /// Sets the variable `key` unless the environment already does: the
+    /// launcher, the tests and the bench run in `development` this way
+    /// without touching the process environment.
+    pub fn with_default_var(mut self, key: &str, value: &str) -> Self {
+        self.vars
+            .get_or_insert_with(|| std::env::vars().collect())
+            .entry(key.to_owned())
+            .or_insert_with(|| value.to_owned());
+        self
+    }
+
+    /// Only environment variables on top of the compiled-in defaults.
+    pub fn env_only() -> Self {
+        Self::default()
+    }
+
+    /// Reads `service`'s table through the layers into `T`. `defaults` sets
+    /// keys whose default depends on the service (e.g. `database.url`).
     pub fn load<T: DeserializeOwned>(
         &self,
+        service: &str,
         defaults: &[(&str, &str)],
-    ) -> Result<T, config::ConfigError> {
-        let mut builder = config::Config::builder();
-        for (key, value) in defaults {
-            builder = builder.set_default(*key, *value)?;
+    ) -> Result<T, SettingsError> {
+        let prefix = format!("{}__", service.to_ascii_uppercase());
+        let vars: HashMap<String, String> = match &self.vars {
+            Some(v) => v.clone(),
+            None => std::env::vars().collect(),
         }
-        if let Some(file) = &self.file {
-            builder = builder.add_source(
-                config::File::from(Path::new(file))
-                    .format(config::FileFormat::Toml)
-                    .required(self.explicit),
-            );
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(&prefix))
+        .collect();
+        let layers = |environment: Option<&str>| -> Result<config::Config, SettingsError> {
+            let mut b = config::Config::builder()
+                .set_default(format!("{service}.environment"), "production")?;
+            for (key, value) in defaults {
+                b = b.set_default(format!("{service}.{key}"), *value)?;
+            }
+            if let Some(dir) = &self.dir {
+                b = b.add_source(toml(&dir.join("base.toml")));
+                if let Some(env) = environment {
+                    b = b.add_source(toml(&dir.join(format!("{env}.toml"))));
+                }
+            }
+            // No prefix: the variables were filtered above, and the service
+            // name stays as the first key (`auth.server.addr`).
+            let env = config::Environment::default()
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(vars.clone()));
+            b.add_source(env).build().map_err(|e| match &self.dir {
+                Some(d) => SettingsError::Invalid(d.clone(), Box::new(e)),
+                None => e.into(),
+            })
+        };
+        let environment: Environment = layers(None)?.get(&format!("{service}.environment"))?;
+        Ok(layers(Some(environment.as_str()))?.get(service)?)
+    }
+}
+
+fn toml(path: &Path) -> config::File<config::FileSourceFile, config::FileFormat> {
+    config::File::from(path)
+        .format(config::FileFormat::Toml)
+        .required(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(default)]
+    struct Demo {
+        environment: Environment,
+        server: Server,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(default)]
+    struct Server {
+        addr: String,
+        port: u16,
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> Source {
+        Source {
+            dir: None,
+            vars: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
         }
-        builder
-            .add_source(
-                config::Environment::with_prefix(self.prefix)
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true),
-            )
-            .build()?
-            .try_deserialize()
+    }
+
+    #[test]
+    fn production_is_the_default_and_env_vars_reach_nested_keys() {
+        let s: Demo = vars(&[("DEMO__SERVER__PORT", "7"), ("OTHER__SERVER__PORT", "9")])
+            .load("demo", &[("server.addr", "x")])
+            .unwrap();
+        assert_eq!(s.environment, Environment::Production);
+        assert_eq!(s.server.port, 7);
+        assert_eq!(s.server.addr, "x");
+    }
+
+    #[test]
+    fn environment_selects_the_file_layer() {
+        let dir = std::env::temp_dir().join(format!("mf-settings-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("base.toml"),
+            "[demo.server]\naddr = \"base\"\nport = 1\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("development.toml"),
+            "[demo.server]\naddr = \"dev\"\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("production.toml"), "").unwrap();
+        let mut source = Source::dir(&dir);
+        source.vars = Some(HashMap::new());
+        let prod: Demo = source.load("demo", &[]).unwrap();
+        assert_eq!((prod.server.addr.as_str(), prod.server.port), ("base", 1));
+        source.vars = Some(HashMap::from([(
+            "DEMO__ENVIRONMENT".to_owned(),
+            "development".to_owned(),
+        )]));
+        let dev: Demo = source.load("demo", &[]).unwrap();
+        assert_eq!(dev.environment, Environment::Development);
+        assert_eq!((dev.server.addr.as_str(), dev.server.port), ("dev", 1));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -6,6 +6,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::{error::Failure, grpc::bearer};
+
 const ISSUER: &str = "memberflow-auth";
 const AUDIENCE: &str = "memberflow";
 
@@ -69,6 +71,16 @@ impl TokenKeys {
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing with an in-memory key cannot fail")
+    }
+
+    /// The member id of the `authorization: Bearer <token>` in `metadata`,
+    /// checked as [`Self::verify`] does. Both services authenticate members
+    /// with this one rule.
+    pub fn authenticate(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Uuid, Failure> {
+        let token = bearer(metadata)
+            .ok_or_else(|| Failure::Unauthenticated("missing bearer token".into()))?;
+        self.verify(token)
+            .map_err(|e| Failure::Unauthenticated(e.to_string()))
     }
 
     /// Checks signature, issuer, audience and expiry; returns the member id.

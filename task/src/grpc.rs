@@ -4,7 +4,8 @@ use std::time::Duration;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::DateTime;
 use memberflow_common::{
-    grpc::{Violations, bearer, timestamp},
+    error::Failure,
+    grpc::{Violations, timestamp},
     proto::task::v1::{self as pb, task_service_server::TaskService},
     token::TokenKeys,
 };
@@ -82,12 +83,7 @@ fn decode_cursor(token: &str) -> Option<Cursor> {
 
 impl TaskApi {
     fn authenticate<T>(&self, req: &Request<T>) -> Result<Uuid, Error> {
-        let token = bearer(req.metadata())
-            .ok_or_else(|| Error::Unauthenticated("missing bearer token".into()))?;
-        let id = self
-            .tokens
-            .verify(token)
-            .map_err(|e| Error::Unauthenticated(e.to_string()))?;
+        let id = self.tokens.authenticate(req.metadata())?;
         tracing::Span::current().record("member_id", tracing::field::display(id));
         Ok(id)
     }
@@ -105,7 +101,9 @@ impl TaskApi {
             ConsistencyMode::NotReady => Err(not_ready),
             ConsistencyMode::ReadThrough => match self.read_through.fetch_and_provision(id).await {
                 Ok(m) => Ok(m),
-                Err(FetchError::NotFound(_)) => Err(Error::NotFound(format!("member {id}"))),
+                Err(FetchError::NotFound(_)) => {
+                    Err(Failure::NotFound(format!("member {id}")).into())
+                }
                 Err(FetchError::Unavailable(_)) => Err(not_ready),
             },
         }
@@ -116,7 +114,7 @@ impl TaskApi {
         let tz: chrono_tz::Tz = member
             .region
             .parse()
-            .map_err(|_| anyhow::anyhow!("replica holds an invalid region {:?}", member.region))?;
+            .map_err(|_| Error::UnknownRegion(member.region.clone()))?;
         let mut v = Violations::default();
         let due_at = v.check("due_local", new.due_local.resolve(tz));
         v.finish()?;
@@ -200,7 +198,7 @@ impl TaskService for TaskApi {
         let task = repo::get(&self.pool, member_id, id.expect("checked"))
             .await
             .map_err(Error::from)?
-            .ok_or_else(|| Error::NotFound(format!("task {raw}")))?;
+            .ok_or_else(|| Failure::NotFound(format!("task {raw}")))?;
         Ok(Response::new(pb::GetTaskResponse {
             task: Some(task.into()),
         }))

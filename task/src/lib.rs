@@ -1,6 +1,7 @@
 //! The task service: members' tasks on top of an idempotent replica of auth's
 //! members. See `startup::Application` for the entry point.
 pub mod consumer;
+pub mod dlq;
 pub mod domain;
 pub mod error;
 pub mod grpc;

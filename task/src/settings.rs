@@ -1,5 +1,10 @@
 //! Typed settings of the task service (`config/task.toml`, then `TASK__*`).
-use memberflow_common::{db::DatabaseSettings, retry::Backoff, settings::Source};
+use memberflow_common::{
+    db::DatabaseSettings,
+    retry::Backoff,
+    secrets::{Audit, Refused},
+    settings::{Environment, SettingsError, Source},
+};
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -7,6 +12,9 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct Settings {
+    /// `production` (the default) refuses missing and repository-known
+    /// secrets; `development` accepts them with a warning.
+    pub environment: Environment,
     pub server: ServerSettings,
     pub database: DatabaseSettings,
     pub amqp: AmqpSettings,
@@ -17,9 +25,23 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Defaults, then the file, then `TASK__` environment variables.
-    pub fn load(source: &Source) -> Result<Self, config::ConfigError> {
-        source.load(&[("database.url", "postgres://postgres@127.0.0.1:5432/task")])
+    /// Defaults, then `[task]` of the config files, then `TASK__`
+    /// environment variables.
+    pub fn load(source: &Source) -> Result<Self, SettingsError> {
+        source.load(
+            "task",
+            &[("database.url", "postgres://postgres@127.0.0.1:5432/task")],
+        )
+    }
+
+    /// Refuses known, missing or short secrets in production.
+    pub fn audit(&self) -> Result<(), Refused> {
+        Audit::new(self.environment)
+            .secret("task.token.secret", &self.token.secret)
+            .secret("task.auth.service_token", &self.auth.service_token)
+            .url("task.amqp.url", &self.amqp.url)
+            .url("task.database.url", &self.database.url)
+            .finish()
     }
 }
 
@@ -83,26 +105,18 @@ impl Default for AuthSettings {
     fn default() -> Self {
         Self {
             addr: "http://127.0.0.1:50051".into(),
-            service_token: SecretString::from("dev-only-service-token"),
+            service_token: SecretString::default(),
             timeout_ms: 500,
             concurrency_limit: 64,
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct TokenSettings {
     /// Must equal auth's `token.secret`: task verifies tokens locally.
     pub secret: SecretString,
-}
-
-impl Default for TokenSettings {
-    fn default() -> Self {
-        Self {
-            secret: SecretString::from("dev-only-change-me-0123456789abcdef"),
-        }
-    }
 }
 
 /// What CreateTask does for a member task has not replicated yet.

@@ -3,12 +3,14 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use memberflow_common::{
-    db, grpc::set_serving, proto::task::v1::task_service_server::TaskServiceServer, retry::Backoff,
-    shutdown::CancellationToken, token::TokenKeys,
+    db,
+    grpc::{self, set_serving},
+    proto::task::v1::task_service_server::TaskServiceServer,
+    shutdown::CancellationToken,
+    token::TokenKeys,
 };
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::{
     consumer::{Consumer, ConsumerStats},
@@ -37,6 +39,7 @@ impl Application {
     /// Binds the listener (port 0 allowed); nothing talks to PostgreSQL,
     /// RabbitMQ or auth until [`Self::run_until_stopped`].
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.audit()?;
         let listener = TcpListener::bind(&settings.server.addr).await?;
         let addr = listener.local_addr()?;
         let pool = settings.database.lazy_pool()?;
@@ -76,7 +79,7 @@ impl Application {
             read_through,
             ..
         } = self;
-        let (health, router) = memberflow_common::grpc::server(SERVICE_NAME).await;
+        let (health, router) = grpc::server(SERVICE_NAME).await;
         let api = TaskApi {
             pool: pool.clone(),
             tokens: TokenKeys::new(&settings.token.secret),
@@ -86,25 +89,15 @@ impl Application {
         };
         tracing::info!(mode = ?settings.consistency.mode, "consistency mode");
 
-        let server = router
-            .add_service(TaskServiceServer::new(api))
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                shutdown.clone().cancelled_owned(),
-            );
-        let server = tokio::spawn(server);
+        let server = grpc::spawn(
+            router.add_service(TaskServiceServer::new(api)),
+            listener,
+            &shutdown,
+        );
 
         let mut consumer_task = None;
         let mut pruner_task = None;
-        if db::bootstrap(
-            &settings.database,
-            &pool,
-            &MIGRATOR,
-            Backoff::default(),
-            &shutdown,
-        )
-        .await
-        {
+        if db::bootstrap(&settings.database, &pool, &MIGRATOR, &shutdown).await {
             pruner_task = Some(tokio::spawn(inbox::run_pruner(
                 pool.clone(),
                 settings.inbox.clone(),

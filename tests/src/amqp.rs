@@ -88,8 +88,8 @@ impl TestQueue {
 /// Publishes raw bodies straight to `member.events`, as a misbehaving or
 /// replaying producer would, and waits for the broker's confirm.
 pub struct RawPublisher {
-    _conn: Connection,
-    channel: Channel,
+    pub conn: Connection,
+    pub channel: Channel,
 }
 
 impl RawPublisher {
@@ -103,10 +103,7 @@ impl RawPublisher {
             .await
             .expect("confirms");
         amqp::declare_exchange(&channel).await.expect("exchange");
-        Self {
-            _conn: conn,
-            channel,
-        }
+        Self { conn, channel }
     }
 
     pub async fn publish(&self, routing_key: &str, body: &[u8]) {
@@ -129,10 +126,10 @@ impl RawPublisher {
         );
     }
 
-    /// Publishes a `MemberCreated`/`MemberUpdated`-shaped event.
+    /// Publishes a `MemberChanged` event.
     pub async fn member_event(&self, e: &MemberEventFixture) {
         use prost::Message;
-        let body = memberflow_common::proto::auth::v1::MemberUpdated {
+        let body = memberflow_common::proto::auth::v1::MemberChanged {
             event_id: e.event_id.to_string(),
             member_id: e.member_id.to_string(),
             nickname: e.nickname.clone(),

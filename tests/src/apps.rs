@@ -2,7 +2,12 @@
 //! their health check says SERVING.
 use std::{net::SocketAddr, time::Duration};
 
-use memberflow_common::{proto::auth::v1::auth_service_client::AuthServiceClient, retry::Backoff};
+use memberflow_common::{
+    proto::auth::v1::auth_service_client::AuthServiceClient,
+    retry::Backoff,
+    secrets::{DEV_SERVICE_TOKEN, DEV_TOKEN_SECRET},
+    settings::Environment,
+};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic_health::pb::{
@@ -16,7 +21,12 @@ pub const TEST_ARGON2_MEMORY_KIB: u32 = 64;
 
 /// Settings for an auth instance in `env`, on a random port.
 pub fn auth_settings(env: &mut TestEnv) -> auth::Settings {
-    let mut s = auth::Settings::default();
+    let mut s = auth::Settings {
+        environment: Environment::Development,
+        ..Default::default()
+    };
+    s.token.secret = DEV_TOKEN_SECRET.into();
+    s.token.service_token = DEV_SERVICE_TOKEN.into();
     s.server.addr = "127.0.0.1:0".into();
     s.database = memberflow_common::db::DatabaseSettings::with_url(&env.database_url("auth"));
     s.amqp.url = env.amqp_url().into();
@@ -163,7 +173,12 @@ pub fn task_settings(
     mode: task::ConsistencyMode,
     auth_addr: &str,
 ) -> task::Settings {
-    let mut s = task::Settings::default();
+    let mut s = task::Settings {
+        environment: Environment::Development,
+        ..Default::default()
+    };
+    s.token.secret = DEV_TOKEN_SECRET.into();
+    s.auth.service_token = DEV_SERVICE_TOKEN.into();
     s.server.addr = "127.0.0.1:0".into();
     s.database = memberflow_common::db::DatabaseSettings::with_url(&env.database_url("task"));
     s.amqp.url = env.amqp_url().into();
@@ -215,9 +230,9 @@ pub async fn spawn_task(settings: task::Settings) -> TestTask {
     }
 }
 
-/// Signs a token the way auth does, with the default shared secret.
+/// Signs a token the way auth does, with the development secret the test
+/// services use.
 pub fn mint_token(member_id: uuid::Uuid, ttl: chrono::Duration) -> String {
-    let keys =
-        memberflow_common::token::TokenKeys::new(&task::settings::TokenSettings::default().secret);
+    let keys = memberflow_common::token::TokenKeys::new(&DEV_TOKEN_SECRET.into());
     keys.issue(member_id, chrono::Utc::now() + ttl)
 }

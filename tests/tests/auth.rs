@@ -3,17 +3,17 @@
 use std::{collections::HashMap, time::Duration};
 
 use lapin::types::AMQPValue;
-use memberflow::{
+use memberflow_common::{
+    amqp::{CONTENT_TYPE, MEMBER_CREATED, MEMBER_UPDATED},
+    grpc::{SERVICE_TOKEN_HEADER, violated_fields},
+    proto::auth::v1 as pb,
+};
+use memberflow_tests::{
     amqp::TestQueue,
     apps::{auth_settings, spawn_auth},
     env::TestEnv,
     eventually,
     proxy::TcpProxy,
-};
-use memberflow_common::{
-    amqp::{CONTENT_TYPE, MEMBER_CREATED, MEMBER_UPDATED},
-    grpc::{SERVICE_TOKEN_HEADER, violated_fields},
-    proto::auth::v1 as pb,
 };
 use prost::Message;
 use sqlx::PgPool;
@@ -71,7 +71,7 @@ async fn signup_publishes_exactly_one_event_with_its_properties() {
 
     let m = &messages[0];
     let props = &m.delivery.properties;
-    let event = pb::MemberCreated::decode(m.delivery.data.as_slice()).expect("protobuf body");
+    let event = pb::MemberChanged::decode(m.delivery.data.as_slice()).expect("protobuf body");
     assert_eq!(event.member_id, member.id);
     assert_eq!(event.nickname, "Ann");
     assert_eq!(event.region, "Asia/Seoul");
@@ -357,7 +357,7 @@ async fn update_profile_bumps_the_version_and_emits_member_updated() {
     let messages = queue.take(2, WAIT).await;
     assert_eq!(messages[0].delivery.routing_key.as_str(), MEMBER_CREATED);
     assert_eq!(messages[1].delivery.routing_key.as_str(), MEMBER_UPDATED);
-    let updated = pb::MemberUpdated::decode(messages[1].delivery.data.as_slice()).unwrap();
+    let updated = pb::MemberChanged::decode(messages[1].delivery.data.as_slice()).unwrap();
     assert_eq!((updated.version, updated.nickname.as_str()), (2, "Annie"));
 }
 
@@ -395,7 +395,7 @@ async fn fifty_signups_during_a_broker_outage_all_arrive_once_it_returns() {
     let mut seen: Vec<String> = messages
         .iter()
         .map(|m| {
-            pb::MemberCreated::decode(m.delivery.data.as_slice())
+            pb::MemberChanged::decode(m.delivery.data.as_slice())
                 .unwrap()
                 .member_id
         })
@@ -466,7 +466,7 @@ async fn two_relays_on_one_database_publish_each_event_once_in_version_order() {
             .unwrap()
             .to_string();
         assert!(event_ids.insert(id), "duplicate event");
-        let e = pb::MemberUpdated::decode(m.delivery.data.as_slice()).unwrap();
+        let e = pb::MemberChanged::decode(m.delivery.data.as_slice()).unwrap();
         versions.entry(e.member_id).or_default().push(e.version);
     }
     assert_eq!(versions.len(), members);
@@ -496,11 +496,11 @@ async fn health_is_not_serving_until_the_database_is_reachable() {
         .unwrap();
 
     use tonic_health::pb::health_check_response::ServingStatus;
-    let status = memberflow::apps::health_status(channel.clone(), auth::SERVICE_NAME).await;
+    let status = memberflow_tests::apps::health_status(channel.clone(), auth::SERVICE_NAME).await;
     assert_eq!(status, Some(ServingStatus::NotServing));
 
     proxy.restore();
-    memberflow::apps::wait_serving(channel, auth::SERVICE_NAME).await;
+    memberflow_tests::apps::wait_serving(channel, auth::SERVICE_NAME).await;
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }

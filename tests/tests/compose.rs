@@ -57,6 +57,8 @@ fn compose_file_names_every_service_port_and_setting() {
         "AUTH__SERVER__ADDR",
         "AUTH__DATABASE__URL",
         "AUTH__AMQP__URL",
+        "AUTH__TOKEN__SECRET",
+        "AUTH__TOKEN__SERVICE_TOKEN",
     ] {
         assert!(a[key].is_string(), "{key}");
     }
@@ -66,6 +68,8 @@ fn compose_file_names_every_service_port_and_setting() {
         "TASK__DATABASE__URL",
         "TASK__AMQP__URL",
         "TASK__AUTH__ADDR",
+        "TASK__TOKEN__SECRET",
+        "TASK__AUTH__SERVICE_TOKEN",
     ] {
         assert!(t[key].is_string(), "{key}");
     }
@@ -74,26 +78,86 @@ fn compose_file_names_every_service_port_and_setting() {
         Some("${CONSISTENCY_MODE:-not_ready}"),
         "one variable switches the mode"
     );
+    // Secrets come from the environment or .env, and compose refuses to
+    // start without them; no file the images copy carries one.
+    for (svc, key) in [
+        ("auth", "AUTH__TOKEN__SECRET"),
+        ("auth", "AUTH__TOKEN__SERVICE_TOKEN"),
+        ("auth", "AUTH__AMQP__URL"),
+        ("task", "TASK__TOKEN__SECRET"),
+        ("task", "TASK__AUTH__SERVICE_TOKEN"),
+        ("task", "TASK__AMQP__URL"),
+    ] {
+        let value = s[svc]["environment"][key].as_str().unwrap();
+        assert!(value.contains(":?"), "{key} is required: {value}");
+        assert!(!value.contains("guest:guest"), "{key}: {value}");
+    }
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    for file in ["auth/Dockerfile", "task/Dockerfile"] {
+        let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+        assert!(
+            !text.contains("development.toml"),
+            "{file} copies dev secrets"
+        );
+    }
+    for file in ["base.toml", "production.toml"] {
+        let text = std::fs::read_to_string(format!("{root}/config/{file}")).unwrap();
+        for known in [
+            memberflow_common::secrets::DEV_TOKEN_SECRET,
+            memberflow_common::secrets::DEV_SERVICE_TOKEN,
+        ] {
+            assert!(!text.contains(known), "config/{file} carries a secret");
+        }
+    }
 }
 
 #[test]
 fn config_files_load_into_settings() {
-    use memberflow_common::settings::Source;
+    use memberflow_common::settings::{Environment, Source};
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../config");
-    let auth = auth::Settings::load(&Source {
-        prefix: "MF_UNUSED",
-        file: Some(format!("{dir}/auth.toml").into()),
-        explicit: true,
-    })
-    .unwrap();
+    let source = |environment: &str| {
+        let mut s = Source::dir(dir);
+        s.vars = Some(
+            [
+                ("AUTH__ENVIRONMENT".to_owned(), environment.to_owned()),
+                ("TASK__ENVIRONMENT".to_owned(), environment.to_owned()),
+            ]
+            .into(),
+        );
+        s
+    };
+    let auth = auth::Settings::load(&source("development")).unwrap();
+    assert_eq!(auth.environment, Environment::Development);
     assert_eq!(auth.server.addr, "127.0.0.1:50051");
-    let task = task::Settings::load(&Source {
-        prefix: "MF_UNUSED",
-        file: Some(format!("{dir}/task.toml").into()),
-        explicit: true,
-    })
-    .unwrap();
+    auth.audit().expect("development accepts the dev secrets");
+    let task = task::Settings::load(&source("development")).unwrap();
     assert_eq!(task.server.addr, "127.0.0.1:50052");
     assert_eq!(task.consistency.mode, task::ConsistencyMode::NotReady);
     assert_eq!(task.auth.addr, "http://127.0.0.1:50051");
+    task.audit().expect("development accepts the dev secrets");
+
+    // Production carries no secret in the files, so start-up is refused,
+    // naming the keys to set.
+    let auth = auth::Settings::load(&source("production")).unwrap();
+    let refused = auth.audit().unwrap_err().to_string();
+    assert!(refused.contains("auth.token.secret"), "{refused}");
+    assert!(refused.contains("auth.token.service_token"), "{refused}");
+    let task = task::Settings::load(&source("production")).unwrap();
+    let refused = task.audit().unwrap_err().to_string();
+    assert!(refused.contains("task.token.secret"), "{refused}");
+    assert!(refused.contains("task.auth.service_token"), "{refused}");
+}
+
+#[test]
+fn the_default_environment_is_production() {
+    let s = auth::Settings::load(&memberflow_common::settings::Source {
+        dir: None,
+        vars: Some(Default::default()),
+    })
+    .unwrap();
+    assert_eq!(
+        s.environment,
+        memberflow_common::settings::Environment::Production
+    );
+    assert!(s.audit().is_err(), "no secret configured: refused");
 }

@@ -3,17 +3,17 @@
 //! scenario checks its end state in the databases and the broker.
 use std::{sync::Arc, time::Duration};
 
-use memberflow::{
+use memberflow_common::{
+    client::TaskClient,
+    proto::{auth::v1 as auth_pb, task::v1 as pb},
+    settings::Source,
+};
+use memberflow_tests::{
     amqp::RawPublisher,
     apps::{TestTask, auth_settings, spawn_auth, spawn_task, task_settings},
     env::TestEnv,
     eventually,
     proxy::TcpProxy,
-};
-use memberflow_common::{
-    client::TaskClient,
-    proto::{auth::v1 as auth_pb, task::v1 as pb},
-    settings::Source,
 };
 use sqlx::PgPool;
 use task::{
@@ -110,13 +110,17 @@ async fn run_flow_in_mode(mode: &str) {
     // The mode comes from a config file, exactly as a user would switch it.
     let dir = std::env::temp_dir().join(format!("mf-{}", env.id));
     std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("task.toml");
-    std::fs::write(&file, format!("[consistency]\nmode = \"{mode}\"\n")).unwrap();
-    let source = Source {
-        prefix: "MF_E2E_UNUSED",
-        file: Some(file),
-        explicit: true,
-    };
+    for (file, text) in [
+        (
+            "base.toml",
+            format!("[task.consistency]\nmode = \"{mode}\"\n"),
+        ),
+        ("development.toml", String::new()),
+    ] {
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+    let mut source = Source::dir(&dir);
+    source.vars = Some([("TASK__ENVIRONMENT".into(), "development".into())].into());
     let mut settings = task::Settings::load(&source).unwrap();
     let infra = task_settings(
         &mut env,
@@ -126,7 +130,8 @@ async fn run_flow_in_mode(mode: &str) {
     settings.server = infra.server;
     settings.database = infra.database;
     settings.amqp = infra.amqp;
-    settings.auth.addr = infra.auth.addr;
+    settings.auth = infra.auth;
+    settings.token = infra.token;
     let task = spawn_task(settings).await;
     std::fs::remove_dir_all(&dir).unwrap();
 

@@ -5,17 +5,17 @@ use std::{
     time::Duration,
 };
 
-use memberflow::{
+use memberflow_common::{
+    client::user_not_ready,
+    grpc::violated_fields,
+    proto::{auth::v1 as auth_pb, task::v1 as pb},
+};
+use memberflow_tests::{
     amqp::{MemberEventFixture, RawPublisher},
     apps::{TestTask, auth_settings, mint_token, spawn_auth, spawn_task, task_settings},
     env::TestEnv,
     eventually,
     proxy::TcpProxy,
-};
-use memberflow_common::{
-    client::user_not_ready,
-    grpc::violated_fields,
-    proto::{auth::v1 as auth_pb, task::v1 as pb},
 };
 use sqlx::PgPool;
 use task::{
@@ -53,7 +53,7 @@ async fn wait_processed(task: &TestTask, n: u64) {
 
 /// Signs up and logs in through auth; returns (member id, token).
 async fn member(
-    auth: &mut memberflow::apps::TestAuth,
+    auth: &mut memberflow_tests::apps::TestAuth,
     email: &str,
     region: &str,
 ) -> (String, String) {
@@ -345,31 +345,58 @@ async fn versions_delivered_3_1_2_leave_the_replica_at_3() {
 }
 
 #[tokio::test]
-async fn a_garbage_body_is_dead_lettered_and_the_consumer_keeps_going() {
+async fn garbage_is_dead_lettered_with_its_reason_and_unknown_kinds_are_skipped() {
     let mut env = TestEnv::new();
     let task = spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await;
     let publisher = RawPublisher::connect(&env.amqp_url()).await;
     publisher
         .publish("member.created", b"\xff\xfe definitely not protobuf")
         .await;
+    // A kind a newer auth might add: acked and counted, never dead-lettered.
     publisher.publish("member.deleted", b"").await;
-    let good = MemberEventFixture::new(Uuid::new_v4(), 1, "Asia/Seoul");
+    // A zone this host's tzdata does not know is kept as given.
+    let good = MemberEventFixture::new(Uuid::new_v4(), 1, "Mars/Olympus_Mons");
     publisher.member_event(&good).await;
 
     wait_processed(&task, 1).await;
-    eventually("2 messages in the DLQ", WAIT, || async {
-        (publisher.depth(DEAD_LETTER_QUEUE).await == 2).then_some(())
+    let dead = eventually("1 message in the DLQ", WAIT, || async {
+        let dead = task::dlq::list(&publisher.conn).await.expect("list");
+        (dead.len() == 1).then_some(dead)
     })
     .await;
-    assert_eq!(
-        task.stats
-            .poisoned
-            .load(std::sync::atomic::Ordering::Relaxed),
-        2
+    assert_eq!(dead[0].routing_key, "member.created");
+    assert!(
+        dead[0].reason.contains("not a valid protobuf event"),
+        "{:?}",
+        dead[0]
     );
+    let stat = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(stat(&task.stats.poisoned), 1);
+    eventually("the unknown kind is counted", WAIT, || async {
+        (stat(&task.stats.unknown) == 1).then_some(())
+    })
+    .await;
     assert_eq!(publisher.depth(QUEUE).await, 0, "nothing left to requeue");
     let pool = env.pool("task").await;
-    assert_eq!(scalar(&pool, "SELECT count(*) FROM members").await, 1);
+    let region: String = sqlx::query_scalar("SELECT region FROM members")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(region, "Mars/Olympus_Mons");
+
+    // The task cannot be placed in a zone nobody here knows: a clear
+    // FAILED_PRECONDITION, not INTERNAL.
+    let token = mint_token(good.member_id, chrono::Duration::minutes(5));
+    let err = task
+        .client(&token)
+        .create_task(pb::CreateTaskRequest {
+            request_id: Uuid::new_v4().to_string(),
+            title: "t".into(),
+            due_local: "2026-12-24T18:00".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
 }
 
 #[tokio::test]

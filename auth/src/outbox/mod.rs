@@ -2,6 +2,7 @@
 //! them ([`enqueue`]) and published by the [`relay::Relay`] after commit.
 pub mod publisher;
 pub mod relay;
+pub mod settle;
 
 use chrono::{DateTime, Utc};
 use memberflow_common::{
@@ -31,29 +32,18 @@ impl EventKind {
     }
 }
 
-/// Encodes the event for `member` at its current version.
-pub fn encode(kind: EventKind, event_id: Uuid, member: &Member) -> Vec<u8> {
-    let occurred_at = Some(timestamp(member.updated_at));
-    match kind {
-        EventKind::Created => pb::MemberCreated {
-            event_id: event_id.to_string(),
-            member_id: member.id.to_string(),
-            nickname: member.nickname.clone(),
-            region: member.region.clone(),
-            version: member.version,
-            occurred_at,
-        }
-        .encode_to_vec(),
-        EventKind::Updated => pb::MemberUpdated {
-            event_id: event_id.to_string(),
-            member_id: member.id.to_string(),
-            nickname: member.nickname.clone(),
-            region: member.region.clone(),
-            version: member.version,
-            occurred_at,
-        }
-        .encode_to_vec(),
+/// Encodes the event for `member` at its current version; the kind travels
+/// in the routing key, not the body.
+pub fn encode(event_id: Uuid, member: &Member) -> Vec<u8> {
+    pb::MemberChanged {
+        event_id: event_id.to_string(),
+        member_id: member.id.to_string(),
+        nickname: member.nickname.clone(),
+        region: member.region.clone(),
+        version: member.version,
+        occurred_at: Some(timestamp(member.updated_at)),
     }
+    .encode_to_vec()
 }
 
 /// Writes the event for `member` into the outbox, inside the caller's
@@ -72,7 +62,7 @@ pub async fn enqueue(
     .bind(kind.routing_key())
     .bind(member.id)
     .bind(member.version)
-    .bind(encode(kind, event_id, member))
+    .bind(encode(event_id, member))
     .bind(member.updated_at)
     .execute(conn)
     .await?;
@@ -89,4 +79,6 @@ pub struct OutboxRow {
     pub version: i64,
     pub payload: Vec<u8>,
     pub occurred_at: DateTime<Utc>,
+    /// Times this row failed on its own (see [`settle`]).
+    pub attempts: i32,
 }

@@ -9,7 +9,7 @@ use lapin::{
 use memberflow_common::amqp::{self, CONTENT_TYPE, EXCHANGE, PERSISTENT};
 use tracing::Instrument;
 
-use super::OutboxRow;
+use super::{OutboxRow, settle::Delivery};
 
 /// A confirm-mode channel on its own connection.
 pub struct Publisher {
@@ -17,36 +17,13 @@ pub struct Publisher {
     channel: Channel,
 }
 
-/// How far a batch got.
-#[derive(Debug, PartialEq, Eq)]
-pub struct BatchResult {
-    /// Rows confirmed by the broker, counted from the start of the batch.
-    /// Only this prefix may be deleted: later rows may have been confirmed
-    /// too, but republishing them keeps per-member order.
-    pub confirmed: usize,
-    /// Why the batch stopped short, if it did.
-    pub stopped: Option<Stop>,
-}
-
-/// Why a batch stopped short.
+/// Why a batch went wrong as a whole: the connection is suspect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Stop {
     #[error("timed out waiting for the broker")]
     TimedOut,
-    #[error("unroutable: no queue is bound to the exchange")]
-    Unroutable,
-    #[error("nacked by the broker")]
-    Nacked,
     #[error("confirms are not enabled on the channel")]
     NotConfirming,
-}
-
-impl Stop {
-    /// Whether the connection itself is suspect: a broker that does not
-    /// answer in time may sit behind a dead socket lapin has not noticed.
-    pub fn suspect_connection(self) -> bool {
-        matches!(self, Self::TimedOut | Self::NotConfirming)
-    }
 }
 
 impl Publisher {
@@ -71,13 +48,14 @@ impl Publisher {
 
     /// Publishes `rows` in order and waits for their confirms, all under one
     /// deadline: lapin can leave a publish pending forever when the socket
-    /// dies mid-write, so nothing here waits unbounded. Transport errors are
-    /// returned; nacks, unroutable returns and timeouts end the batch early.
+    /// dies mid-write, so nothing here waits unbounded. Returns the broker's
+    /// answer per row, and why the batch stopped short, if it did. Transport
+    /// errors are returned as errors.
     pub async fn publish_batch(
         &self,
         rows: &[OutboxRow],
         timeout: Duration,
-    ) -> lapin::Result<BatchResult> {
+    ) -> lapin::Result<(Vec<Delivery>, Option<Stop>)> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut pending = Vec::with_capacity(rows.len());
         let mut stopped = None;
@@ -94,7 +72,7 @@ impl Publisher {
                 .basic_publish(
                     EXCHANGE.into(),
                     row.routing_key.as_str().into(),
-                    // Unroutable events (no queue bound yet) come back and stay
+                    // Unroutable events (no queue bound) come back and stay
                     // in the outbox instead of vanishing.
                     BasicPublishOptions {
                         mandatory: true,
@@ -113,26 +91,27 @@ impl Publisher {
             }
         }
 
-        let mut confirmed = 0;
+        let mut answers = Vec::with_capacity(rows.len());
         for confirm in pending {
             // A confirm that has already arrived counts even past the deadline.
-            let stop = match tokio::time::timeout_at(deadline, confirm).await {
-                Ok(Ok(Confirmation::Ack(None))) => {
-                    confirmed += 1;
-                    continue;
+            let answer = match tokio::time::timeout_at(deadline, confirm).await {
+                Ok(Ok(Confirmation::Ack(None))) => Delivery::Confirmed,
+                Ok(Ok(Confirmation::Ack(Some(_)))) => Delivery::Unroutable,
+                Ok(Ok(Confirmation::Nack(_))) => Delivery::Nacked,
+                Ok(Ok(Confirmation::NotRequested)) => {
+                    stopped = Some(Stop::NotConfirming);
+                    Delivery::Unconfirmed
                 }
-                Ok(Ok(Confirmation::Ack(Some(_)))) => Stop::Unroutable,
-                Ok(Ok(Confirmation::Nack(_))) => Stop::Nacked,
-                Ok(Ok(Confirmation::NotRequested)) => Stop::NotConfirming,
                 Ok(Err(e)) => return Err(e),
-                Err(_) => Stop::TimedOut,
+                Err(_) => {
+                    stopped = Some(Stop::TimedOut);
+                    Delivery::Unconfirmed
+                }
             };
-            return Ok(BatchResult {
-                confirmed,
-                stopped: Some(stop),
-            });
+            answers.push(answer);
         }
-        Ok(BatchResult { confirmed, stopped })
+        answers.resize(rows.len(), Delivery::Unconfirmed);
+        Ok((answers, stopped))
     }
 
     /// Closes the channel and connection cleanly, giving up after a second

@@ -16,18 +16,30 @@
 //! # Wake-ups
 //! Commits in this process wake the relay at once; LISTEN/NOTIFY wakes it for
 //! other instances' commits; a slow poll catches anything missed.
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use memberflow_common::{retry::Backoff, shutdown::CancellationToken, telemetry::error_chain};
+use memberflow_common::{
+    retry::{Backoff, sleep_or_cancel},
+    shutdown::CancellationToken,
+    telemetry::error_chain,
+};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{PgConnection, PgPool, postgres::PgListener};
 use tokio::sync::Notify;
+use uuid::Uuid;
 
 use super::{
     OutboxRow,
     publisher::{Publisher, Stop},
+    settle::{RowState, settle},
 };
 use crate::settings::RelaySettings;
+
+/// How often the relay repeats that nothing is routable.
+const TOPOLOGY_WARN_EVERY: Duration = Duration::from_secs(30);
 
 /// Advisory lock key of the relay leader ("memberfr" as bytes).
 pub const LEADER_LOCK_KEY: i64 = 0x6d65_6d62_6572_6672;
@@ -35,10 +47,26 @@ pub const LEADER_LOCK_KEY: i64 = 0x6d65_6d62_6572_6672;
 pub const NOTIFY_CHANNEL: &str = "auth_outbox";
 
 /// What one step of the relay did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Rows confirmed and deleted.
+    pub published: usize,
+    /// Rows that failed on their own and were kept, one attempt more.
+    pub blamed: usize,
+    /// Rows parked: failed too often, or held behind a parked row of their
+    /// member.
+    pub parked: usize,
+    /// Nothing was routable: every row kept, none blamed.
+    pub topology_fault: bool,
+    /// The batch stopped short (timeout, no confirms): reconnect.
+    pub stopped: Option<Stop>,
+}
+
+/// What one step found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// This many rows were confirmed and deleted.
-    Published(usize),
+    /// A batch was published; see the report.
+    Batch(Report),
     /// The outbox was empty.
     Empty,
 }
@@ -51,43 +79,114 @@ pub enum RelayError {
     Database(#[from] sqlx::Error),
     #[error("broker error")]
     Broker(#[from] lapin::Error),
-    #[error("{published} published, then stopped: {reason}")]
-    Incomplete { published: usize, reason: Stop },
 }
 
-/// Publishes one batch: reads the oldest rows, publishes them with pipelined
-/// confirms, and deletes the confirmed prefix. `conn` must be the leader's.
+/// Why a row was parked without failing itself.
+pub const HELD_BEHIND: &str = "held behind a parked event of the same member";
+
+/// Publishes one batch: reads the oldest rows, parks those whose member has
+/// a parked row, publishes the rest with pipelined confirms, and settles
+/// each row by the broker's answer (see [`settle`]). `conn` must be the
+/// leader's.
 pub async fn relay_once(
     conn: &mut PgConnection,
     publisher: &Publisher,
-    batch_size: i64,
-    confirm_timeout: Duration,
+    cfg: &RelaySettings,
 ) -> Result<Outcome, RelayError> {
-    let rows: Vec<OutboxRow> = sqlx::query_as(
-        "SELECT id, event_id, routing_key, member_id, version, payload, occurred_at
+    let mut rows: Vec<OutboxRow> = sqlx::query_as(
+        "SELECT id, event_id, routing_key, member_id, version, payload, occurred_at, attempts
            FROM outbox ORDER BY id LIMIT $1",
     )
-    .bind(batch_size)
+    .bind(cfg.batch_size)
     .fetch_all(&mut *conn)
     .await?;
     if rows.is_empty() {
         return Ok(Outcome::Empty);
     }
-    let result = publisher.publish_batch(&rows, confirm_timeout).await?;
-    let ids: Vec<i64> = rows[..result.confirmed].iter().map(|r| r.id).collect();
-    if !ids.is_empty() {
+    let mut report = Report::default();
+    let members: Vec<Uuid> = rows.iter().map(|r| r.member_id).collect();
+    let held: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT DISTINCT member_id FROM outbox_parked WHERE member_id = ANY($1)",
+    )
+    .bind(&members)
+    .fetch_all(&mut *conn)
+    .await?;
+    if !held.is_empty() {
+        report.parked += park(conn, &[], &held, HELD_BEHIND).await?;
+        rows.retain(|r| !held.contains(&r.member_id));
+    }
+    let timeout = Duration::from_millis(cfg.confirm_timeout_ms);
+    let (answers, stopped) = publisher.publish_batch(&rows, timeout).await?;
+    let states: Vec<RowState> = rows
+        .iter()
+        .map(|r| RowState {
+            id: r.id,
+            attempts: r.attempts,
+        })
+        .collect();
+    let plan = settle(&states, &answers, cfg.park_after_attempts);
+    if !plan.delete.is_empty() {
         sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-            .bind(&ids)
+            .bind(&plan.delete)
             .execute(&mut *conn)
             .await?;
     }
-    match result.stopped {
-        None => Ok(Outcome::Published(ids.len())),
-        Some(reason) => Err(RelayError::Incomplete {
-            published: ids.len(),
-            reason,
-        }),
+    if !plan.blame.is_empty() {
+        sqlx::query(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1)",
+        )
+        .bind(&plan.blame)
+        .bind(UNROUTABLE)
+        .execute(&mut *conn)
+        .await?;
     }
+    if !plan.park.is_empty() {
+        let parked_members: Vec<Uuid> = rows
+            .iter()
+            .filter(|r| plan.park.contains(&r.id))
+            .map(|r| r.member_id)
+            .collect();
+        report.parked += park(conn, &plan.park, &parked_members, UNROUTABLE).await?;
+        tracing::warn!(rows = ?plan.park, "parked outbox rows that kept failing; see `memberflow-admin outbox parked`");
+    }
+    report.published = plan.delete.len();
+    report.blamed = plan.blame.len();
+    report.topology_fault = plan.topology_fault;
+    report.stopped = stopped;
+    Ok(Outcome::Batch(report))
+}
+
+/// The error a row that came back unroutable is blamed with.
+const UNROUTABLE: &str = "unroutable: no queue is bound for its routing key";
+
+/// Moves the rows `ids`, and every outbox row of `members`, to
+/// `outbox_parked`: the rows named get `reason` and one more attempt, the
+/// others [`HELD_BEHIND`]. Returns how many rows moved.
+async fn park(
+    conn: &mut PgConnection,
+    ids: &[i64],
+    members: &[Uuid],
+    reason: &str,
+) -> sqlx::Result<usize> {
+    let moved = sqlx::query(
+        "WITH moved AS (
+             DELETE FROM outbox WHERE id = ANY($1) OR member_id = ANY($2) RETURNING *
+         )
+         INSERT INTO outbox_parked
+             (id, event_id, routing_key, member_id, version, payload, occurred_at, attempts, last_error)
+         SELECT id, event_id, routing_key, member_id, version, payload, occurred_at,
+                attempts + (id = ANY($1))::int,
+                CASE WHEN id = ANY($1) THEN $3 ELSE $4 END
+           FROM moved
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(ids)
+    .bind(members)
+    .bind(reason)
+    .bind(HELD_BEHIND)
+    .execute(conn)
+    .await?;
+    Ok(moved.rows_affected() as usize)
 }
 
 /// Tries to become the relay leader on `conn`.
@@ -132,7 +231,7 @@ impl Relay {
                 shutdown.clone(),
             ));
         }
-        let mut delays = self.cfg.backoff.delays();
+        let mut retrying = self.cfg.backoff.retrying();
         while !shutdown.is_cancelled() {
             let Some(mut leader) = self.become_leader(&shutdown).await else {
                 break;
@@ -149,7 +248,7 @@ impl Relay {
                     tracing::warn!(error.cause_chain = %error_chain(&e), "relay lost its database connection; stepping down");
                     // Dropping the connection releases the lock server-side.
                     drop(leader);
-                    sleep_or_cancel(delays.next(), &shutdown).await;
+                    retrying.wait(&shutdown).await;
                 }
             }
         }
@@ -158,7 +257,7 @@ impl Relay {
 
     /// Waits until this instance holds the leader lock, or shutdown.
     async fn become_leader(&self, shutdown: &CancellationToken) -> Option<PgConnection> {
-        let mut delays = self.cfg.backoff.delays();
+        let mut retrying = self.cfg.backoff.retrying();
         let retry = Duration::from_millis(self.cfg.leader_retry_ms);
         loop {
             let attempt = async {
@@ -168,10 +267,10 @@ impl Relay {
             };
             let wait = match attempt.await {
                 Ok(Some(conn)) => return Some(conn),
-                Ok(None) => Some(retry),
+                Ok(None) => retry,
                 Err(e) => {
                     tracing::warn!(error.cause_chain = %error_chain(&e), "cannot reach the database for the relay lock");
-                    delays.next()
+                    retrying.next_delay()
                 }
             };
             if !sleep_or_cancel(wait, shutdown).await {
@@ -188,9 +287,9 @@ impl Relay {
         shutdown: &CancellationToken,
     ) -> Result<(), sqlx::Error> {
         let mut publisher: Option<Publisher> = None;
-        let mut delays = self.cfg.backoff.delays();
+        let mut retrying = self.cfg.backoff.retrying();
         let poll = Duration::from_millis(self.cfg.poll_interval_ms);
-        let confirm_timeout = Duration::from_millis(self.cfg.confirm_timeout_ms);
+        let mut topology_warned = None;
         let result = loop {
             if shutdown.is_cancelled() {
                 break Ok(());
@@ -208,25 +307,48 @@ impl Relay {
                         }
                         Err(e) => {
                             tracing::warn!(error.cause_chain = %error_chain(&e), "relay cannot reach the broker; backing off");
-                            sleep_or_cancel(delays.next(), shutdown).await;
+                            retrying.wait(shutdown).await;
                             continue;
                         }
                     }
                 }
             };
-            let step = relay_once(leader, &p, self.cfg.batch_size, confirm_timeout).await;
+            let step = relay_once(leader, &p, &self.cfg).await;
             publisher = Some(p);
             match step {
-                Ok(Outcome::Published(n)) => {
-                    tracing::debug!(published = n, "relayed a batch");
-                    delays = self.cfg.backoff.delays();
-                }
                 Ok(Outcome::Empty) => {
-                    delays = self.cfg.backoff.delays();
+                    retrying.reset();
                     tokio::select! {
                         () = self.wake.notified(), if self.cfg.wake_on_commit => {}
                         () = tokio::time::sleep(poll) => {}
                         () = shutdown.cancelled() => {}
+                    }
+                }
+                Ok(Outcome::Batch(report)) => {
+                    tracing::debug!(?report, "relayed a batch");
+                    if report.topology_fault {
+                        // Once per interval, not once per retry.
+                        if topology_warned
+                            .is_none_or(|at: Instant| at.elapsed() >= TOPOLOGY_WARN_EVERY)
+                        {
+                            topology_warned = Some(Instant::now());
+                            tracing::warn!(
+                                "nothing in the outbox is routable: no queue is bound to member.events yet; keeping every row"
+                            );
+                        }
+                    } else {
+                        topology_warned = None;
+                    }
+                    if let Some(stop) = report.stopped {
+                        tracing::warn!(reason = %stop, published = report.published, "batch not fully confirmed; reconnecting");
+                        if let Some(p) = publisher.take() {
+                            p.close().await;
+                        }
+                    }
+                    if report.topology_fault || report.stopped.is_some() || report.blamed > 0 {
+                        retrying.wait(shutdown).await;
+                    } else {
+                        retrying.reset();
                     }
                 }
                 Err(RelayError::Database(e)) => break Err(e),
@@ -235,16 +357,7 @@ impl Relay {
                     if let Some(p) = publisher.take() {
                         p.close().await;
                     }
-                    sleep_or_cancel(delays.next(), shutdown).await;
-                }
-                Err(e @ RelayError::Incomplete { reason, .. }) => {
-                    tracing::warn!(error.message = %e, "batch not fully confirmed; retrying the rest");
-                    if reason.suspect_connection()
-                        && let Some(p) = publisher.take()
-                    {
-                        p.close().await;
-                    }
-                    sleep_or_cancel(delays.next(), shutdown).await;
+                    retrying.wait(shutdown).await;
                 }
             }
         };
@@ -263,7 +376,7 @@ async fn forward_notifications(
     backoff: Backoff,
     shutdown: CancellationToken,
 ) {
-    let mut delays = backoff.delays();
+    let mut retrying = backoff.retrying();
     while !shutdown.is_cancelled() {
         let listener = async {
             let mut l = PgListener::connect_with(&pool).await?;
@@ -272,7 +385,7 @@ async fn forward_notifications(
         };
         match listener.await {
             Ok(mut l) => {
-                delays = backoff.delays();
+                retrying.reset();
                 wake.notify_one();
                 loop {
                     tokio::select! {
@@ -291,16 +404,6 @@ async fn forward_notifications(
                 tracing::warn!(error.cause_chain = %error_chain(&e), "cannot LISTEN for outbox notifications");
             }
         }
-        sleep_or_cancel(delays.next(), &shutdown).await;
-    }
-}
-
-/// Sleeps for `d` (a missing delay means the cap was reached: 5 s); returns
-/// `false` if shutdown came first.
-async fn sleep_or_cancel(d: Option<Duration>, shutdown: &CancellationToken) -> bool {
-    let d = d.unwrap_or(Duration::from_secs(5));
-    tokio::select! {
-        () = tokio::time::sleep(d) => true,
-        () = shutdown.cancelled() => false,
+        retrying.wait(&shutdown).await;
     }
 }

@@ -4,34 +4,68 @@
 //! It checks both are reachable (and says what to do if not), then starts
 //! auth and task as child processes of itself with prefixed logs. Ctrl-C or
 //! SIGTERM stops both gracefully. `memberflow auth` / `memberflow task` run one
-//! service in the foreground. Config: `config/auth.toml`, `config/task.toml`
-//! and `AUTH__*` / `TASK__*` environment variables.
+//! service in the foreground. Config: `config/` (or `--config DIR`) and
+//! `AUTH__*` / `TASK__*` environment variables.
+//!
+//! The launcher is for a developer's machine: unless told otherwise it runs
+//! both services in the `development` environment, where the repository's
+//! dev secrets are accepted (with a warning). The service binaries on their
+//! own default to `production`.
 use std::process::Stdio;
 
-use memberflow_common::{amqp, settings::Source, shutdown, telemetry};
+use clap::{Parser, Subcommand};
+use memberflow_common::{
+    amqp,
+    settings::{ConfigArg, Source},
+    shutdown, telemetry,
+};
 use secrecy::ExposeSecret;
 use sqlx::Connection;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+/// Runs auth and task together (or one of them) against a local PostgreSQL
+/// and RabbitMQ.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(subcommand)]
+    only: Option<Only>,
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum Only {
+    /// Run the auth service alone, in the foreground.
+    Auth,
+    /// Run the task service alone, in the foreground.
+    Task,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match std::env::args().nth(1).as_deref() {
-        Some("auth") => return run_auth().await,
-        Some("task") => return run_task().await,
-        Some("-h" | "--help") => {
-            println!("usage: memberflow [auth|task]\n  no argument: run auth and task together");
-            return Ok(());
-        }
-        _ => {}
+    let args = Args::parse();
+    let source = args
+        .config
+        .source()?
+        .with_default_var("AUTH__ENVIRONMENT", "development")
+        .with_default_var("TASK__ENVIRONMENT", "development");
+    match args.only {
+        Some(Only::Auth) => return run_auth(&source).await,
+        Some(Only::Task) => return run_task(&source).await,
+        None => {}
     }
-    let auth_settings = auth::Settings::load(&Source::from_args("AUTH", "config/auth.toml"))?;
-    let task_settings = task::Settings::load(&Source::from_args("TASK", "config/task.toml"))?;
+    let auth_settings = auth::Settings::load(&source)?;
+    let task_settings = task::Settings::load(&source)?;
     preflight(&auth_settings, &task_settings).await?;
 
     let me = std::env::current_exe()?;
+    let config_dir = source.dir.clone().expect("located");
     let mut children = Vec::new();
     for service in ["auth", "task"] {
         let mut child = tokio::process::Command::new(&me)
+            .arg("--config")
+            .arg(&config_dir)
             .arg(service)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -91,17 +125,17 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_auth() -> anyhow::Result<()> {
+async fn run_auth(source: &Source) -> anyhow::Result<()> {
     telemetry::init("info,sqlx=warn,lapin=warn");
-    let settings = auth::Settings::load(&Source::from_args("AUTH", "config/auth.toml"))?;
+    let settings = auth::Settings::load(source)?;
     let app = auth::Application::build(settings).await?;
     tracing::info!(addr = %app.local_addr(), "auth listening");
     app.run_until_stopped(shutdown::on_os_signal()).await
 }
 
-async fn run_task() -> anyhow::Result<()> {
+async fn run_task(source: &Source) -> anyhow::Result<()> {
     telemetry::init("info,sqlx=warn,lapin=warn");
-    let settings = task::Settings::load(&Source::from_args("TASK", "config/task.toml"))?;
+    let settings = task::Settings::load(source)?;
     let app = task::Application::build(settings).await?;
     tracing::info!(addr = %app.local_addr(), "task listening");
     app.run_until_stopped(shutdown::on_os_signal()).await

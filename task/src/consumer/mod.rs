@@ -1,0 +1,364 @@
+//! Consumes `member.events` into the replica.
+//!
+//! * Acks only after the transaction that applied the event has committed.
+//! * What to do with each delivery and each batch is decided by the pure
+//!   rules in [`plan`]; this module carries them out:
+//!   - a transient database fault (see `common::db::classify`) retries the
+//!     batch in-process with backoff, unacked, for as long as it lasts;
+//!   - a permanent one isolates the bad event, which alone is dead-lettered
+//!     with its reason in the [`REASON_HEADER`] header;
+//!   - an unknown event kind is acked and counted.
+//! * After a broker restart the consumer reconnects and re-declares topology.
+pub mod plan;
+pub mod topology;
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::StreamExt;
+use lapin::{
+    Channel,
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions,
+        BasicQosOptions, ConfirmSelectOptions,
+    },
+    types::{AMQPValue, FieldTable},
+};
+use memberflow_common::{amqp, db, shutdown::CancellationToken, telemetry::error_chain};
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use self::plan::{Outcome, Plan, Triage};
+pub use self::topology::{
+    DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, QUEUE, REASON_HEADER, declare_topology,
+};
+use crate::{
+    replica::{self, MemberEvent},
+    settings::AmqpSettings,
+};
+
+/// Counters for logs, tests and benchmarks.
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    /// Events applied (including duplicates skipped by the inbox).
+    pub processed: AtomicU64,
+    /// Messages sent to the DLQ (poison, or failing alone for good).
+    pub poisoned: AtomicU64,
+    /// Events of a kind this task does not know, acked and skipped.
+    pub unknown: AtomicU64,
+    /// Transient faults that made a batch wait and retry.
+    pub retries: AtomicU64,
+    /// Transactions committed.
+    pub batches: AtomicU64,
+}
+
+/// How long opening a channel and attaching the consumer (or detaching and
+/// closing at shutdown) may take.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn closed() -> lapin::Error {
+    lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+        lapin::ConnectionState::Closed,
+    ))
+}
+
+/// Resolves when the connection reports an error or its events end.
+async fn connection_lost(
+    events: &mut (impl futures::Stream<Item = lapin::Event> + Unpin),
+) -> lapin::Error {
+    loop {
+        match events.next().await {
+            Some(lapin::Event::Error(e)) => return e,
+            Some(_) => continue,
+            None => return closed(),
+        }
+    }
+}
+
+/// The background consumer of one task instance.
+pub struct Consumer {
+    pool: PgPool,
+    cfg: AmqpSettings,
+    stats: Arc<ConsumerStats>,
+    /// Set to `true` while a consumer is attached to the queue.
+    attached: watch::Sender<bool>,
+}
+
+impl Consumer {
+    pub fn new(pool: PgPool, cfg: AmqpSettings, stats: Arc<ConsumerStats>) -> Self {
+        Self {
+            pool,
+            cfg,
+            stats,
+            attached: watch::Sender::new(false),
+        }
+    }
+
+    /// Watches whether the consumer is attached (drives health).
+    pub fn attached(&self) -> watch::Receiver<bool> {
+        self.attached.subscribe()
+    }
+
+    /// Consumes until `shutdown`: the batch in hand is finished and acked,
+    /// then the consumer is cancelled and the channel closed cleanly.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut retrying = self.cfg.backoff.retrying();
+        while !shutdown.is_cancelled() {
+            match self.session(&shutdown).await {
+                Ok(()) => break,
+                Err(e) => {
+                    self.attached.send_replace(false);
+                    tracing::warn!(error.cause_chain = %error_chain(&e), "consumer lost the broker; reconnecting");
+                    if !retrying.wait(&shutdown).await {
+                        break;
+                    }
+                }
+            }
+        }
+        self.attached.send_replace(false);
+        tracing::info!("consumer stopped");
+    }
+
+    /// One connection's worth of consuming. `Ok` means shutdown.
+    async fn session(&self, shutdown: &CancellationToken) -> lapin::Result<()> {
+        let conn = amqp::connect(self.cfg.url.expose_secret(), "task.consumer").await?;
+        // lapin can leave a request pending forever when the socket dies
+        // mid-write, so set-up is bounded like the connect.
+        let setup = async {
+            let channel = conn.create_channel().await?;
+            declare_topology(&channel, self.cfg.delivery_limit).await?;
+            channel
+                .basic_qos(self.cfg.prefetch, BasicQosOptions::default())
+                .await?;
+            // Dead-lettering publishes with confirms on a channel of its own,
+            // so the original is acked only once the DLQ holds the copy.
+            let dead_letters = conn.create_channel().await?;
+            dead_letters
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            let consumer = channel
+                .basic_consume(
+                    QUEUE.into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            lapin::Result::Ok((channel, dead_letters, consumer))
+        };
+        let (channel, dead_letters, consumer) = tokio::time::timeout(SETUP_TIMEOUT, setup)
+            .await
+            .map_err(|_| closed())??;
+        let tag = consumer.tag();
+        self.attached.send_replace(true);
+        tracing::info!(queue = QUEUE, "consumer attached");
+        // The delivery stream does not always end when the socket dies; the
+        // connection's events do say so.
+        let mut events = Box::pin(conn.events_listener());
+        let mut batches = consumer.ready_chunks(self.cfg.batch_max.max(1));
+        let result = loop {
+            let batch = tokio::select! {
+                () = shutdown.cancelled() => break Ok(()),
+                e = connection_lost(&mut events) => break Err(e),
+                b = batches.next() => b,
+            };
+            let Some(batch) = batch else {
+                break Err(closed());
+            };
+            let deliveries = batch.into_iter().collect::<lapin::Result<Vec<_>>>()?;
+            // Acks on a dead socket may never resolve either. Abandoning the
+            // batch is safe: it was not acked, so it is redelivered, and the
+            // inbox turns whatever was already applied into a no-op.
+            let settled = tokio::select! {
+                r = self.process(deliveries, &dead_letters, shutdown) => r?,
+                e = connection_lost(&mut events) => break Err(e),
+            };
+            if !settled {
+                // Shutdown while a fault lasted: leave the batch unacked.
+                break Ok(());
+            }
+        };
+        if result.is_ok() {
+            // Bounded: a dead connection never answers, and shutdown must end.
+            let goodbye = async {
+                let _ = channel
+                    .basic_cancel(tag, BasicCancelOptions::default())
+                    .await;
+                let _ = dead_letters.close(200, "task stopping".into()).await;
+                let _ = channel.close(200, "task stopping".into()).await;
+                let _ = conn.close(200, "task stopping".into()).await;
+            };
+            let _ = tokio::time::timeout(SETUP_TIMEOUT, goodbye).await;
+        }
+        result
+    }
+
+    /// Settles one batch of deliveries as [`plan`] decides. Returns `false`
+    /// if shutdown came while a transient fault lasted; what was not settled
+    /// by then stays unacked.
+    async fn process(
+        &self,
+        deliveries: Vec<Delivery>,
+        dead_letters: &Channel,
+        shutdown: &CancellationToken,
+    ) -> lapin::Result<bool> {
+        let mut batch = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            // The kind is the `type` property the relay sets, else the routing
+            // key: a replayed message arrives with the queue's name as its key.
+            let kind = d
+                .properties
+                .kind()
+                .as_ref()
+                .map_or(d.routing_key.as_str(), |k| k.as_str());
+            match plan::triage(kind, &d.data) {
+                Triage::Apply(event) => batch.push((d, event)),
+                Triage::Unknown(kind) => {
+                    self.stats.unknown.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(routing_key = %kind, message_id = ?d.properties.message_id(), "skipping an event kind this version does not know");
+                    d.acker.ack(BasicAckOptions::default()).await?;
+                }
+                Triage::Poison(reason) => {
+                    self.dead_letter(dead_letters, &d, &reason.to_string())
+                        .await?;
+                }
+            }
+        }
+        if batch.is_empty() {
+            return Ok(true);
+        }
+        // Parts still to settle, in delivery order: the whole batch first,
+        // single events after an isolation.
+        let mut parts: VecDeque<&[(Delivery, MemberEvent)]> = VecDeque::from([batch.as_slice()]);
+        let mut retrying = self.cfg.backoff.retrying();
+        while let Some(&part) = parts.front() {
+            let events: Vec<MemberEvent> = part.iter().map(|(_, e)| e.clone()).collect();
+            let span = apply_span(&events);
+            let outcome = match replica::apply(&self.pool, &events)
+                .instrument(span.clone())
+                .await
+            {
+                Ok(changed) => {
+                    span.in_scope(|| tracing::debug!(changed, "applied"));
+                    Outcome::Committed
+                }
+                Err(e) => Outcome::Failed {
+                    fault: db::classify(&e),
+                    reason: error_chain(&e),
+                },
+            };
+            match plan::plan(part.len(), &outcome) {
+                Plan::Ack => {
+                    self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .processed
+                        .fetch_add(part.len() as u64, Ordering::Relaxed);
+                    // Deliveries on one channel are acked in order, and all
+                    // before this part are settled: one multiple-ack will do.
+                    let (last, _) = part.last().expect("parts are never empty");
+                    last.acker
+                        .ack(BasicAckOptions {
+                            multiple: part.len() > 1,
+                        })
+                        .await?;
+                    parts.pop_front();
+                    retrying.reset();
+                }
+                Plan::Retry => {
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    if let Outcome::Failed { reason, .. } = &outcome {
+                        span.in_scope(|| tracing::warn!(error.cause_chain = %reason, "transient database fault; retrying the batch"));
+                    }
+                    if !retrying.wait(shutdown).await {
+                        return Ok(false);
+                    }
+                }
+                Plan::Isolate => {
+                    span.in_scope(|| {
+                        tracing::warn!("batch failed; applying its events one by one")
+                    });
+                    parts.pop_front();
+                    for i in (0..part.len()).rev() {
+                        parts.push_front(&part[i..=i]);
+                    }
+                }
+                Plan::DeadLetter(reason) => {
+                    self.dead_letter(dead_letters, &part[0].0, &reason).await?;
+                    parts.pop_front();
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Copies `d` to the dead-letter exchange with its properties, headers
+    /// and routing key, plus [`REASON_HEADER`]; acks the original once the
+    /// broker has confirmed the copy.
+    async fn dead_letter(
+        &self,
+        channel: &Channel,
+        d: &Delivery,
+        reason: &str,
+    ) -> lapin::Result<()> {
+        self.stats.poisoned.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            reason,
+            routing_key = %d.routing_key,
+            message_id = ?d.properties.message_id(),
+            "dead-lettering a message that cannot be applied"
+        );
+        let mut headers = d.properties.headers().clone().unwrap_or_default();
+        headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
+        let properties = d.properties.clone().with_headers(headers);
+        let confirm = tokio::time::timeout(SETUP_TIMEOUT, async {
+            channel
+                .basic_publish(
+                    DEAD_LETTER_EXCHANGE.into(),
+                    d.routing_key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &d.data,
+                    properties,
+                )
+                .await?
+                .await
+        })
+        .await
+        .map_err(|_| closed())??;
+        if !confirm.is_ack() {
+            // Not in the DLQ: leave the original to be redelivered.
+            return Err(closed());
+        }
+        d.acker.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+}
+
+/// The span of one apply: how many events, and the range of member ids.
+fn apply_span(events: &[MemberEvent]) -> tracing::Span {
+    let first = events.iter().map(|e| e.member_id).min();
+    let last = events.iter().map(|e| e.member_id).max();
+    let span = tracing::info_span!(
+        "apply",
+        events = events.len(),
+        member_id.first = tracing::field::Empty,
+        member_id.last = tracing::field::Empty,
+        event_id = tracing::field::Empty,
+    );
+    if let (Some(first), Some(last)) = (first, last) {
+        span.record("member_id.first", tracing::field::display(first));
+        span.record("member_id.last", tracing::field::display(last));
+    }
+    if let [one] = events {
+        span.record("event_id", tracing::field::display(one.event_id));
+    }
+    span
+}

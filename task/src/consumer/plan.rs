@@ -1,0 +1,227 @@
+//! The consumer's decisions, apart from their effects: what a delivery is,
+//! and what to do with a batch once applying it has succeeded or failed. The
+//! loop in [`super`] only carries these out, so every rule here has a unit
+//! test that needs neither a broker nor a database.
+use memberflow_common::{
+    amqp::{MEMBER_CREATED, MEMBER_UPDATED},
+    db::Fault,
+    grpc::from_timestamp,
+    proto::auth::v1 as pb,
+};
+use prost::Message;
+use uuid::Uuid;
+
+use crate::replica::MemberEvent;
+
+/// Longest nickname auth accepts, in characters.
+const MAX_NICKNAME_CHARS: usize = 32;
+/// Longest region name kept; IANA names are far shorter.
+const MAX_REGION_CHARS: usize = 64;
+
+/// What one delivery is, from its routing key and body alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Triage {
+    /// A valid member event, to apply.
+    Apply(MemberEvent),
+    /// A kind of event this version of task does not know, from a newer auth:
+    /// acked and counted, so a new kind never poisons an older consumer.
+    Unknown(String),
+    /// Can never be applied: dead-lettered with this reason.
+    Poison(Poison),
+}
+
+/// Why a message is poison.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Poison {
+    #[error("body is not a valid protobuf event: {0}")]
+    Undecodable(String),
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        field: &'static str,
+        reason: &'static str,
+    },
+}
+
+/// Sorts a delivery into [`Triage`]. Unknown protobuf fields are ignored by
+/// decoding, which is what lets auth add fields. The region is kept as given:
+/// a zone this host's tzdata does not know yet is resolved (or refused) when
+/// a task is created, not dropped here.
+pub fn triage(routing_key: &str, body: &[u8]) -> Triage {
+    match routing_key {
+        MEMBER_CREATED | MEMBER_UPDATED => match decode(body) {
+            Ok(event) => Triage::Apply(event),
+            Err(poison) => Triage::Poison(poison),
+        },
+        other => Triage::Unknown(other.to_owned()),
+    }
+}
+
+fn decode(body: &[u8]) -> Result<MemberEvent, Poison> {
+    let e = pb::MemberChanged::decode(body).map_err(|e| Poison::Undecodable(e.to_string()))?;
+    let invalid = |field, reason| Poison::Invalid { field, reason };
+    let event_id = Uuid::parse_str(&e.event_id).map_err(|_| invalid("event_id", "not a UUID"))?;
+    let member_id =
+        Uuid::parse_str(&e.member_id).map_err(|_| invalid("member_id", "not a UUID"))?;
+    if e.version < 1 {
+        return Err(invalid("version", "must be at least 1"));
+    }
+    if e.nickname.trim().is_empty() || e.nickname.chars().count() > MAX_NICKNAME_CHARS {
+        return Err(invalid("nickname", "must be 1 to 32 characters"));
+    }
+    if e.region.trim().is_empty() || e.region.chars().count() > MAX_REGION_CHARS {
+        return Err(invalid("region", "must be 1 to 64 characters"));
+    }
+    let occurred_at = e
+        .occurred_at
+        .as_ref()
+        .and_then(from_timestamp)
+        .ok_or_else(|| invalid("occurred_at", "missing or out of range"))?;
+    Ok(MemberEvent {
+        event_id,
+        member_id,
+        nickname: e.nickname,
+        region: e.region,
+        version: e.version,
+        occurred_at,
+    })
+}
+
+/// How applying a batch went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The transaction committed.
+    Committed,
+    /// It failed; `reason` is the error's cause chain.
+    Failed { fault: Fault, reason: String },
+}
+
+/// What to do with a batch after trying to apply it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Ack every delivery of the batch.
+    Ack,
+    /// Wait out the backoff and apply the same batch again. Nothing is acked,
+    /// rejected or requeued, so the delivery count does not move however long
+    /// the fault lasts; a shutdown meanwhile leaves the batch for redelivery.
+    Retry,
+    /// Apply each event in a transaction of its own, to find the bad one.
+    Isolate,
+    /// Dead-letter this single event, with the reason.
+    DeadLetter(String),
+}
+
+/// The rule: commit → ack; a transient fault → retry the batch as it is; a
+/// permanent fault → isolate, and dead-letter only an event that fails alone.
+pub fn plan(batch_len: usize, outcome: &Outcome) -> Plan {
+    match outcome {
+        Outcome::Committed => Plan::Ack,
+        Outcome::Failed {
+            fault: Fault::Transient,
+            ..
+        } => Plan::Retry,
+        Outcome::Failed {
+            fault: Fault::Permanent,
+            ..
+        } if batch_len > 1 => Plan::Isolate,
+        Outcome::Failed {
+            fault: Fault::Permanent,
+            reason,
+        } => Plan::DeadLetter(reason.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use memberflow_common::grpc::timestamp;
+
+    fn body(f: impl FnOnce(&mut pb::MemberChanged)) -> Vec<u8> {
+        let mut e = pb::MemberChanged {
+            event_id: Uuid::now_v7().to_string(),
+            member_id: Uuid::now_v7().to_string(),
+            nickname: "Ann".into(),
+            region: "Asia/Seoul".into(),
+            version: 1,
+            occurred_at: Some(timestamp(chrono::Utc::now())),
+        };
+        f(&mut e);
+        e.encode_to_vec()
+    }
+
+    #[test]
+    fn valid_events_of_both_kinds_are_applied() {
+        for key in [MEMBER_CREATED, MEMBER_UPDATED] {
+            assert!(
+                matches!(triage(key, &body(|_| {})), Triage::Apply(_)),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_kinds_are_skipped_not_poison() {
+        assert_eq!(
+            triage("member.sessions_revoked", &body(|_| {})),
+            Triage::Unknown("member.sessions_revoked".into())
+        );
+        assert_eq!(
+            triage("member.renamed", b"not even protobuf"),
+            Triage::Unknown("member.renamed".into())
+        );
+    }
+
+    #[test]
+    fn a_zone_unknown_to_this_tzdata_is_kept_as_given() {
+        let Triage::Apply(e) = triage(MEMBER_UPDATED, &body(|e| e.region = "Mars/Olympus".into()))
+        else {
+            panic!("an unknown zone is not poison");
+        };
+        assert_eq!(e.region, "Mars/Olympus");
+    }
+
+    #[test]
+    fn broken_events_are_poison() {
+        let cases: [(&str, Vec<u8>); 6] = [
+            ("garbage", vec![0xff, 0xff, 0xff]),
+            ("event id", body(|e| e.event_id = "x".into())),
+            ("member id", body(|e| e.member_id = String::new())),
+            ("version", body(|e| e.version = 0)),
+            ("nickname", body(|e| e.nickname = " ".into())),
+            ("timestamp", body(|e| e.occurred_at = None)),
+        ];
+        for (what, bytes) in cases {
+            assert!(
+                matches!(triage(MEMBER_CREATED, &bytes), Triage::Poison(_)),
+                "{what}"
+            );
+        }
+    }
+
+    fn failed(fault: Fault) -> Outcome {
+        Outcome::Failed {
+            fault,
+            reason: "boom".into(),
+        }
+    }
+
+    #[test]
+    fn a_committed_batch_is_acked() {
+        assert_eq!(plan(1, &Outcome::Committed), Plan::Ack);
+        assert_eq!(plan(200, &Outcome::Committed), Plan::Ack);
+    }
+
+    #[test]
+    fn transient_faults_retry_the_batch_whatever_its_size() {
+        assert_eq!(plan(1, &failed(Fault::Transient)), Plan::Retry);
+        assert_eq!(plan(200, &failed(Fault::Transient)), Plan::Retry);
+    }
+
+    #[test]
+    fn permanent_faults_isolate_then_dead_letter_the_one_that_fails_alone() {
+        assert_eq!(plan(2, &failed(Fault::Permanent)), Plan::Isolate);
+        assert_eq!(
+            plan(1, &failed(Fault::Permanent)),
+            Plan::DeadLetter("boom".into())
+        );
+    }
+}

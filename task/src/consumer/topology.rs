@@ -1,0 +1,73 @@
+//! What task declares on the broker: its quorum queue bound to
+//! `member.events`, and the dead-letter exchange and queue behind it.
+use lapin::{
+    Channel, ExchangeKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable},
+};
+use memberflow_common::amqp::{self, EXCHANGE};
+
+/// The queue task consumes, bound to `member.events` with `member.*`.
+pub const QUEUE: &str = "task.member-events";
+/// Where permanently bad messages go.
+pub const DEAD_LETTER_EXCHANGE: &str = "task.member-events.dlx";
+/// The dead-letter queue; `memberflow-admin dlq list` shows it.
+pub const DEAD_LETTER_QUEUE: &str = "task.member-events.dlq";
+/// Header a dead-lettered message carries: why it could not be applied.
+pub const REASON_HEADER: &str = "x-memberflow-reason";
+
+/// Declares everything task consumes from (idempotent).
+pub async fn declare_topology(channel: &Channel, delivery_limit: i64) -> lapin::Result<()> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    amqp::declare_exchange(channel).await?;
+    channel
+        .exchange_declare(
+            DEAD_LETTER_EXCHANGE.into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let mut quorum = FieldTable::default();
+    quorum.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    channel
+        .queue_declare(DEAD_LETTER_QUEUE.into(), durable, quorum.clone())
+        .await?;
+    channel
+        .queue_bind(
+            DEAD_LETTER_QUEUE.into(),
+            DEAD_LETTER_EXCHANGE.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut args = quorum;
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()),
+    );
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(delivery_limit),
+    );
+    channel.queue_declare(QUEUE.into(), durable, args).await?;
+    channel
+        .queue_bind(
+            QUEUE.into(),
+            EXCHANGE.into(),
+            "member.*".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
