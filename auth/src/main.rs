@@ -13,7 +13,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    telemetry::init("info,sqlx=warn,lapin=warn");
+    telemetry::init(telemetry::DEFAULT_FILTER);
     let settings = Settings::load(&args.config.source()?)?;
     let app = Application::build(settings).await?;
     tracing::info!(addr = %app.local_addr(), "auth listening");

@@ -1,6 +1,12 @@
 //! Tracing bootstrap shared by the binaries and the tests.
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
+/// The log filter of every binary unless `RUST_LOG` says otherwise. lapin
+/// is held to errors: it logs every message the broker returns (an
+/// unroutable outbox row on each retry) at WARN, payload and all, and the
+/// relay reports those itself.
+pub const DEFAULT_FILTER: &str = "info,sqlx=warn,lapin=error";
+
 /// Installs a fmt subscriber filtered by `RUST_LOG` (or `default_filter`).
 ///
 /// Safe to call more than once: later calls are no-ops, which lets every test
@@ -21,7 +27,7 @@ pub fn init(default_filter: &str) {
 /// Test output stays silent unless `TEST_LOG` is set.
 pub fn init_for_tests() {
     if std::env::var_os("TEST_LOG").is_some() {
-        init("info,sqlx=warn,lapin=warn");
+        init(DEFAULT_FILTER);
     }
 }
 

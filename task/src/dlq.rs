@@ -79,7 +79,7 @@ pub async fn replay(conn: &Connection, ids: &[String]) -> lapin::Result<Replayed
                     QUEUE.into(),
                     BasicPublishOptions::default(),
                     &m.delivery.data,
-                    without_reason(&m.delivery.properties),
+                    for_replay(&m),
                 )
                 .await?
                 .await
@@ -161,7 +161,12 @@ fn describe(m: &BasicGetMessage) -> DeadLetter {
     }
 }
 
-fn without_reason(p: &BasicProperties) -> BasicProperties {
+/// The properties a replayed message goes back with: the original ones less
+/// the dead-letter headers. The message reaches the queue under the queue's
+/// name, so its event kind travels in `type`, set from the original routing
+/// key when the publisher left it empty (the relay always sets it).
+fn for_replay(m: &BasicGetMessage) -> BasicProperties {
+    let p = &m.delivery.properties;
     let mut headers = FieldTable::default();
     if let Some(h) = p.headers() {
         for (k, v) in h.inner() {
@@ -170,5 +175,9 @@ fn without_reason(p: &BasicProperties) -> BasicProperties {
             }
         }
     }
-    p.clone().with_headers(headers)
+    let p = p.clone().with_headers(headers);
+    match p.kind() {
+        Some(_) => p,
+        None => p.with_type(m.delivery.routing_key.clone()),
+    }
 }

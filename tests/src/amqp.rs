@@ -18,6 +18,11 @@ pub struct TestQueue {
 impl TestQueue {
     /// Declares the exchange and a queue bound to it with `member.*`.
     pub async fn bind(amqp_url: &str, name: &str) -> Self {
+        Self::bind_to(amqp_url, name, "member.*").await
+    }
+
+    /// Declares the exchange and a queue bound to it with `pattern`.
+    pub async fn bind_to(amqp_url: &str, name: &str, pattern: &str) -> Self {
         let conn = amqp::connect(amqp_url, "test-observer")
             .await
             .expect("amqp connect");
@@ -35,7 +40,7 @@ impl TestQueue {
             .queue_bind(
                 name.into(),
                 EXCHANGE.into(),
-                "member.*".into(),
+                pattern.into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )

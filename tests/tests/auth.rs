@@ -504,3 +504,90 @@ async fn health_is_not_serving_until_the_database_is_reachable() {
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn an_unroutable_row_is_parked_without_holding_back_the_rows_behind_it() {
+    let mut env = TestEnv::new();
+    let observer = TestQueue::bind(&env.amqp_url(), "observer").await;
+    let mut settings = auth_settings(&mut env);
+    settings.relay.park_after_attempts = 2;
+    let mut auth = spawn_auth(settings).await;
+    let pool = env.pool("auth").await;
+
+    // A row no queue is bound for, at the head of the outbox.
+    let stuck_member = uuid::Uuid::new_v4();
+    let stuck_id: i64 = sqlx::query_scalar(
+        "INSERT INTO outbox (event_id, routing_key, member_id, version, payload, occurred_at)
+         VALUES (gen_random_uuid(), 'billing.invoice.created', $1, 1, '\\x00', now())
+         RETURNING id",
+    )
+    .bind(stuck_member)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+
+    // Signups keep flowing past it until the relay parks it.
+    let mut signed_up = 0;
+    eventually("the unroutable row parked", WAIT, || {
+        signed_up += 1;
+        let mut client = auth.client.clone();
+        let pool = pool.clone();
+        let email = format!("flow{signed_up}@example.com");
+        async move {
+            client.sign_up(signup(&email)).await.expect("signup");
+            (count(&pool, "outbox_parked").await == 1).then_some(())
+        }
+    })
+    .await;
+    observer.take(signed_up, WAIT).await;
+    wait_outbox_empty(&pool).await;
+    assert_eq!(observer.depth().await, 0, "each signup published once");
+    let parked = auth::outbox::parked::list(&pool).await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].id, stuck_id);
+    assert_eq!(parked[0].routing_key, "billing.invoice.created");
+    assert!(parked[0].attempts >= 2, "{parked:?}");
+    assert!(parked[0].last_error.contains("unroutable"), "{parked:?}");
+
+    // A later event of the same member must not overtake the parked one:
+    // it is held behind it.
+    sqlx::query(
+        "INSERT INTO outbox (event_id, routing_key, member_id, version, payload, occurred_at)
+         VALUES (gen_random_uuid(), 'member.updated', $1, 2, '\\x00', now())",
+    )
+    .bind(stuck_member)
+    .execute(&pool)
+    .await
+    .unwrap();
+    eventually("the member's later row held", WAIT, || async {
+        (count(&pool, "outbox_parked").await == 2).then_some(())
+    })
+    .await;
+    let held = auth::outbox::parked::list(&pool).await.unwrap();
+    assert_eq!(held[1].last_error, auth::outbox::relay::HELD_BEHIND);
+    assert_eq!(observer.depth().await, 0, "nothing of the member overtook");
+    auth.client
+        .sign_up(signup("later@example.com"))
+        .await
+        .unwrap();
+    observer.take(1, WAIT).await;
+
+    // Once a queue is bound, replaying the parked row delivers it, and the
+    // row held behind it after it.
+    let billing = TestQueue::bind_to(&env.amqp_url(), "billing", "billing.#").await;
+    let replayed = auth::outbox::parked::replay(&pool, &[stuck_id])
+        .await
+        .unwrap();
+    assert_eq!(replayed.len(), 2, "the row and the one held behind it");
+    billing.take(1, WAIT).await;
+    observer.take(1, WAIT).await;
+    wait_outbox_empty(&pool).await;
+    assert_eq!(count(&pool, "outbox_parked").await, 0);
+    assert!(
+        auth::outbox::parked::replay(&pool, &[stuck_id])
+            .await
+            .unwrap()
+            .is_empty(),
+        "a second replay changes nothing"
+    );
+}

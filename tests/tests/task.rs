@@ -623,3 +623,123 @@ async fn members_see_only_their_own_tasks_newest_first() {
         Code::NotFound
     );
 }
+
+/// Makes every write to task's `members` fail with `sqlstate` until dropped.
+async fn inject_fault(pool: &PgPool, sqlstate: &str) {
+    let sql = format!(
+        "CREATE OR REPLACE FUNCTION fault() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+             RAISE EXCEPTION 'injected {sqlstate}' USING ERRCODE = '{sqlstate}'; END $$;
+         CREATE TRIGGER fault BEFORE INSERT OR UPDATE ON members
+             FOR EACH ROW EXECUTE FUNCTION fault();"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+async fn clear_fault(pool: &PgPool) {
+    sqlx::raw_sql("DROP TRIGGER fault ON members; DROP FUNCTION fault();")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn transient_database_faults_are_waited_out_and_dead_letter_nothing() {
+    let mut env = TestEnv::new();
+    let task = spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await;
+    let publisher = RawPublisher::connect(&env.amqp_url()).await;
+    let pool = env.pool("task").await;
+    let retries = || {
+        task.stats
+            .retries
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let mut sent = 0;
+    for sqlstate in ["40001", "40P01", "53300", "55P03", "57014", "25006"] {
+        inject_fault(&pool, sqlstate).await;
+        let before = retries();
+        for _ in 0..5 {
+            publisher
+                .member_event(&MemberEventFixture::new(Uuid::new_v4(), 1, "Asia/Seoul"))
+                .await;
+        }
+        sent += 5;
+        // The fault is seen and retried more than the delivery limit allows
+        // redeliveries (10) before it ends.
+        eventually(&format!("{sqlstate} retried"), WAIT, || async {
+            (retries() >= before + 12).then_some(())
+        })
+        .await;
+        assert_eq!(
+            scalar(&pool, "SELECT count(*) FROM members").await,
+            sent - 5,
+            "{sqlstate}: nothing applied while the fault lasts"
+        );
+        clear_fault(&pool).await;
+        wait_processed(&task, sent as u64).await;
+    }
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM members").await, sent);
+    assert_eq!(publisher.depth(DEAD_LETTER_QUEUE).await, 0);
+    assert_eq!(publisher.depth(QUEUE).await, 0);
+}
+
+#[tokio::test]
+async fn a_permanently_failing_event_is_isolated_and_dead_lettered_alone() {
+    let mut env = TestEnv::new();
+    let mut settings = task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE);
+    settings.amqp.batch_max = 50;
+    let task = spawn_task(settings).await;
+    let publisher = RawPublisher::connect(&env.amqp_url()).await;
+    let pool = env.pool("task").await;
+    // A check violation (23514) for one nickname only: a data error.
+    sqlx::raw_sql(
+        "CREATE FUNCTION fault() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+             IF NEW.nickname = 'nick-v7' THEN
+                 RAISE EXCEPTION 'injected check violation' USING ERRCODE = '23514';
+             END IF;
+             RETURN NEW; END $$;
+         CREATE TRIGGER fault BEFORE INSERT OR UPDATE ON members
+             FOR EACH ROW EXECUTE FUNCTION fault();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let bad = MemberEventFixture::new(Uuid::new_v4(), 7, "Asia/Seoul");
+    for i in 0..20 {
+        if i == 10 {
+            publisher.member_event(&bad).await;
+        }
+        publisher
+            .member_event(&MemberEventFixture::new(Uuid::new_v4(), 1, "Asia/Seoul"))
+            .await;
+    }
+    let dead = eventually("the bad event dead-lettered", WAIT, || async {
+        let dead = task::dlq::list(&publisher.conn).await.expect("list");
+        (dead.len() == 1).then_some(dead)
+    })
+    .await;
+    assert!(
+        dead[0].reason.contains("23514") || dead[0].reason.contains("check violation"),
+        "{dead:?}"
+    );
+    wait_processed(&task, 20).await;
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM members").await, 20);
+
+    // Fixed (the trigger dropped), the event replays once; a second replay
+    // changes nothing.
+    clear_fault(&pool).await;
+    let replayed = task::dlq::replay(&publisher.conn, &[]).await.unwrap();
+    assert_eq!(replayed.replayed.len(), 1);
+    wait_processed(&task, 21).await;
+    let version: i64 = sqlx::query_scalar("SELECT version FROM members WHERE id = $1")
+        .bind(bad.member_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(version, 7);
+    let again = task::dlq::replay(&publisher.conn, &[]).await.unwrap();
+    assert!(again.replayed.is_empty());
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM inbox").await, 21);
+}

@@ -1,5 +1,6 @@
 //! The transactional outbox: events are written with the change that caused
 //! them ([`enqueue`]) and published by the [`relay::Relay`] after commit.
+pub mod parked;
 pub mod publisher;
 pub mod relay;
 pub mod settle;

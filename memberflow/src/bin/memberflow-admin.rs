@@ -6,6 +6,8 @@
 //! ```text
 //! memberflow-admin dlq list
 //! memberflow-admin dlq replay [--id MESSAGE_ID]...
+//! memberflow-admin outbox parked
+//! memberflow-admin outbox replay [--id N]...
 //! ```
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -26,6 +28,22 @@ enum Command {
     /// task's dead-letter queue (`task.member-events.dlq`).
     #[command(subcommand)]
     Dlq(Dlq),
+    /// auth's outbox: rows the relay parked.
+    #[command(subcommand)]
+    Outbox(Outbox),
+}
+
+#[derive(Subcommand)]
+enum Outbox {
+    /// One line per parked row: id, event id, routing key, member id, version, attempts, error.
+    Parked,
+    /// Put parked rows back in the outbox (all, or those named, with the
+    /// rest of their member's parked rows); the relay publishes them.
+    Replay {
+        /// An id from `outbox parked`; repeat for several. Default: all.
+        #[arg(long = "id", value_name = "N")]
+        ids: Vec<i64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -96,6 +114,52 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
             let _ = conn.close(200, "done".into()).await;
         }
+        Command::Outbox(cmd) => {
+            let settings = auth::Settings::load(&source)?;
+            let pool = connect_db(&settings.database).await?;
+            match cmd {
+                Outbox::Parked => {
+                    let rows = auth::outbox::parked::list(&pool).await?;
+                    for r in &rows {
+                        println!(
+                            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                            r.id,
+                            r.event_id,
+                            r.routing_key,
+                            r.member_id,
+                            r.version,
+                            r.attempts,
+                            r.last_error
+                        );
+                    }
+                    eprintln!("{} parked row(s)", rows.len());
+                }
+                Outbox::Replay { ids } => {
+                    let rows = auth::outbox::parked::replay(&pool, &ids).await?;
+                    for r in &rows {
+                        println!(
+                            "replayed {} ({} v{} of member {})",
+                            r.id, r.routing_key, r.version, r.member_id
+                        );
+                    }
+                    eprintln!("{} row(s) back in the outbox", rows.len());
+                    for id in ids.iter().filter(|i| !rows.iter().any(|r| r.id == **i)) {
+                        eprintln!("{id}: not parked (already replayed?)");
+                    }
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// A connection pool to `db`, failing fast with a clear message.
+async fn connect_db(db: &memberflow_common::db::DatabaseSettings) -> anyhow::Result<sqlx::PgPool> {
+    let name = db.database_name()?;
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect_with(db.connect_options()?)
+        .await
+        .with_context(|| format!("PostgreSQL database {name:?} is not reachable"))
 }

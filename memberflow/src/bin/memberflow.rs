@@ -126,7 +126,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run_auth(source: &Source) -> anyhow::Result<()> {
-    telemetry::init("info,sqlx=warn,lapin=warn");
+    telemetry::init(telemetry::DEFAULT_FILTER);
     let settings = auth::Settings::load(source)?;
     let app = auth::Application::build(settings).await?;
     tracing::info!(addr = %app.local_addr(), "auth listening");
@@ -134,7 +134,7 @@ async fn run_auth(source: &Source) -> anyhow::Result<()> {
 }
 
 async fn run_task(source: &Source) -> anyhow::Result<()> {
-    telemetry::init("info,sqlx=warn,lapin=warn");
+    telemetry::init(telemetry::DEFAULT_FILTER);
     let settings = task::Settings::load(source)?;
     let app = task::Application::build(settings).await?;
     tracing::info!(addr = %app.local_addr(), "task listening");
