@@ -139,6 +139,10 @@ pub struct RelaySettings {
     /// Times a row may come back unroutable while the rows around it are
     /// routed before it is parked in `outbox_parked`.
     pub park_after_attempts: i32,
+    /// `statement_timeout` (and idle-in-transaction timeout) of the leader's
+    /// session; a relay step that takes longer than a few of these makes the
+    /// leader step down.
+    pub statement_timeout_ms: u64,
     /// Backoff after a failed publish or a lost connection.
     pub backoff: Backoff,
 }
@@ -152,6 +156,7 @@ impl Default for RelaySettings {
             wake_on_commit: true,
             leader_retry_ms: 1_000,
             park_after_attempts: 5,
+            statement_timeout_ms: 10_000,
             backoff: Backoff::default(),
         }
     }

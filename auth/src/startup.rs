@@ -83,6 +83,7 @@ impl Application {
             set_serving(&health, SERVICE_NAME, true).await;
             let r = Relay::new(
                 pool.clone(),
+                settings.database.connect_options()?,
                 settings.amqp.url.clone(),
                 settings.relay.clone(),
                 relay_wake,

@@ -591,3 +591,64 @@ async fn an_unroutable_row_is_parked_without_holding_back_the_rows_behind_it() {
         "a second replay changes nothing"
     );
 }
+
+/// The pid of the session holding the relay's leader lock, once one does.
+async fn leader_pid(pool: &PgPool) -> i32 {
+    eventually("a relay leader", WAIT, || async {
+        sqlx::query_scalar::<_, i32>(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_killed_leader_session_hands_over_and_the_outbox_drains() {
+    let mut env = TestEnv::new();
+    let observer = TestQueue::bind(&env.amqp_url(), "observer").await;
+    let a = spawn_auth(auth_settings(&mut env)).await;
+    let b = spawn_auth(auth_settings(&mut env)).await;
+    let pool = env.pool("auth").await;
+    let old = leader_pid(&pool).await;
+    let app: String =
+        sqlx::query_scalar("SELECT application_name FROM pg_stat_activity WHERE pid = $1")
+            .bind(old)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(app, "memberflow-relay");
+    // Standbys keep one session for their lock attempts: one per instance.
+    eventually("one relay session per instance", WAIT, || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE application_name = 'memberflow-relay' AND datname = current_database()",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (n == 2).then_some(())
+    })
+    .await;
+
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(old)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(killed);
+    for i in 0..20 {
+        let mut c = [a.client.clone(), b.client.clone()][i % 2].clone();
+        c.sign_up(signup(&format!("k{i}@example.com")))
+            .await
+            .unwrap();
+    }
+    observer.take(20, WAIT).await;
+    wait_outbox_empty(&pool).await;
+    let new = leader_pid(&pool).await;
+    assert_ne!(new, old, "a new session leads");
+    assert_eq!(observer.depth().await, 0, "each event published once");
+}

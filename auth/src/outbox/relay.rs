@@ -27,7 +27,10 @@ use memberflow_common::{
     telemetry::error_chain,
 };
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::{PgConnection, PgPool, postgres::PgListener};
+use sqlx::{
+    Connection, PgConnection, PgPool,
+    postgres::{PgConnectOptions, PgListener},
+};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -189,6 +192,33 @@ async fn park(
     Ok(moved.rows_affected() as usize)
 }
 
+/// How long opening the leader's connection may take.
+const LEADER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The leader's session settings. Leadership is a session-level advisory
+/// lock, so it lasts exactly as long as PostgreSQL believes the session is
+/// alive:
+/// * server-side TCP keepalive (idle 5 s, then 3 probes 2 s apart) ends the
+///   session of a leader whose host or network died silently within about
+///   11 s, which frees the lock for a standby;
+/// * `statement_timeout` and `idle_in_transaction_session_timeout` keep a
+///   stuck leader from holding locks or rows.
+pub fn leader_session(db: PgConnectOptions, cfg: &RelaySettings) -> PgConnectOptions {
+    db.application_name("memberflow-relay").options([
+        (
+            "statement_timeout",
+            format!("{}ms", cfg.statement_timeout_ms),
+        ),
+        (
+            "idle_in_transaction_session_timeout",
+            format!("{}ms", cfg.statement_timeout_ms),
+        ),
+        ("tcp_keepalives_idle", "5".to_owned()),
+        ("tcp_keepalives_interval", "2".to_owned()),
+        ("tcp_keepalives_count", "3".to_owned()),
+    ])
+}
+
 /// Tries to become the relay leader on `conn`.
 pub async fn try_lead(conn: &mut PgConnection) -> sqlx::Result<bool> {
     sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
@@ -200,6 +230,8 @@ pub async fn try_lead(conn: &mut PgConnection) -> sqlx::Result<bool> {
 /// The background relay of one auth instance.
 pub struct Relay {
     pool: PgPool,
+    /// The leader's own session, hardened by [`leader_session`].
+    leader_options: PgConnectOptions,
     amqp_url: SecretString,
     cfg: RelaySettings,
     wake: Arc<Notify>,
@@ -209,12 +241,14 @@ impl Relay {
     /// `wake` is notified by the RPC handlers after each commit.
     pub fn new(
         pool: PgPool,
+        db: PgConnectOptions,
         amqp_url: SecretString,
         cfg: RelaySettings,
         wake: Arc<Notify>,
     ) -> Self {
         Self {
             pool,
+            leader_options: leader_session(db, &cfg),
             amqp_url,
             cfg,
             wake,
@@ -255,19 +289,31 @@ impl Relay {
         tracing::info!("outbox relay stopped");
     }
 
-    /// Waits until this instance holds the leader lock, or shutdown.
+    /// Waits until this instance holds the leader lock, or shutdown. A
+    /// standby keeps one connection for its attempts rather than opening one
+    /// per attempt.
     async fn become_leader(&self, shutdown: &CancellationToken) -> Option<PgConnection> {
         let mut retrying = self.cfg.backoff.retrying();
         let retry = Duration::from_millis(self.cfg.leader_retry_ms);
+        let mut standby: Option<PgConnection> = None;
         loop {
-            let attempt = async {
-                let mut conn = self.pool.acquire().await?.detach();
-                let led = try_lead(&mut conn).await?;
-                Ok::<_, sqlx::Error>(led.then_some(conn))
+            let conn = match standby.take() {
+                Some(c) => Ok(c),
+                None => self.connect_leader().await,
             };
-            let wait = match attempt.await {
-                Ok(Some(conn)) => return Some(conn),
-                Ok(None) => retry,
+            let attempt = match conn {
+                Ok(mut c) => match try_lead(&mut c).await {
+                    Ok(true) => return Some(c),
+                    Ok(false) => {
+                        standby = Some(c);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            let wait = match attempt {
+                Ok(()) => retry,
                 Err(e) => {
                     tracing::warn!(error.cause_chain = %error_chain(&e), "cannot reach the database for the relay lock");
                     retrying.next_delay()
@@ -277,6 +323,15 @@ impl Relay {
                 return None;
             }
         }
+    }
+
+    async fn connect_leader(&self) -> sqlx::Result<PgConnection> {
+        tokio::time::timeout(
+            LEADER_CONNECT_TIMEOUT,
+            PgConnection::connect_with(&self.leader_options),
+        )
+        .await
+        .map_err(|_| sqlx::Error::PoolTimedOut)?
     }
 
     /// Publishes while leader. Returns `Ok` on shutdown and `Err` when the
@@ -290,6 +345,9 @@ impl Relay {
         let mut retrying = self.cfg.backoff.retrying();
         let poll = Duration::from_millis(self.cfg.poll_interval_ms);
         let mut topology_warned = None;
+        // A step is a few statements and one confirmed batch.
+        let step_bound =
+            Duration::from_millis(3 * self.cfg.statement_timeout_ms + self.cfg.confirm_timeout_ms);
         let result = loop {
             if shutdown.is_cancelled() {
                 break Ok(());
@@ -313,7 +371,16 @@ impl Relay {
                     }
                 }
             };
-            let step = relay_once(leader, &p, &self.cfg).await;
+            // Bounded on the client side too: a session that died without a
+            // word answers nothing, and this leader must stop, not hang.
+            let step = tokio::time::timeout(step_bound, relay_once(leader, &p, &self.cfg))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(RelayError::Database(sqlx::Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the leader's database session stopped answering",
+                    ))))
+                });
             publisher = Some(p);
             match step {
                 Ok(Outcome::Empty) => {
