@@ -3,6 +3,7 @@ use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use memberflow_common::{
+    digest::{self, parse_bound},
     error::Failure,
     grpc::{SERVICE_TOKEN_HEADER, Violations, timestamp},
     proto::auth::v1::{self as pb, auth_service_server::AuthService},
@@ -227,5 +228,125 @@ impl AuthService for AuthApi {
         Ok(Response::new(pb::UpdateProfileResponse {
             member: Some(member.into()),
         }))
+    }
+
+    type ListMembersStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<pb::ListMembersResponse, Status>> + Send>,
+    >;
+
+    #[tracing::instrument(name = "ListMembers", skip_all)]
+    async fn list_members(
+        &self,
+        request: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<Self::ListMembersStream>, Status> {
+        self.authenticate_service(&request)?;
+        let q = MemberQuery::try_from(request.into_inner()).map_err(Error::from)?;
+        let pool = self.pool.clone();
+        // Keyset paging: each page starts after the last id sent, so the
+        // stream reads each member once and a reader can resume anywhere.
+        let pages = futures::stream::try_unfold(Some(q.after), move |after| {
+            let pool = pool.clone();
+            let ids = q.ids.clone();
+            async move {
+                let Some(after) = after else { return Ok(None) };
+                let rows = repo::member_states(&pool, after, q.until, &ids, q.page_size)
+                    .await
+                    .map_err(|e| Status::from(Error::from(e)))?;
+                if rows.is_empty() {
+                    return Ok(None);
+                }
+                let next = (rows.len() as i64 == q.page_size).then(|| rows[rows.len() - 1].id);
+                let page = pb::ListMembersResponse {
+                    members: rows.into_iter().map(Into::into).collect(),
+                };
+                Ok(Some((page, next)))
+            }
+        });
+        Ok(Response::new(Box::pin(pages)))
+    }
+
+    #[tracing::instrument(name = "DigestMembers", skip_all)]
+    async fn digest_members(
+        &self,
+        request: Request<pb::DigestMembersRequest>,
+    ) -> Result<Response<pb::DigestMembersResponse>, Status> {
+        self.authenticate_service(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        let after = v.check("after_id", parse_bound(&req.after_id, digest::FIRST));
+        let until = v.check("until_id", parse_bound(&req.until_id, digest::LAST));
+        if !(0..=1024).contains(&req.buckets) {
+            v.add("buckets", "must be 0 (the default, 64) to 1024");
+        }
+        v.finish().map_err(Error::from)?;
+        let buckets = if req.buckets == 0 { 64 } else { req.buckets };
+        let digest = repo::digest(
+            &self.pool,
+            after.expect("checked"),
+            until.expect("checked"),
+            buckets,
+        )
+        .await
+        .map_err(Error::from)?;
+        Ok(Response::new(pb::DigestMembersResponse {
+            buckets: digest
+                .into_iter()
+                .map(|b| pb::MemberBucket {
+                    after_id: b.after.to_string(),
+                    until_id: b.until.to_string(),
+                    count: b.count,
+                    hash: b.hash,
+                })
+                .collect(),
+        }))
+    }
+}
+
+/// A validated ListMembers request.
+struct MemberQuery {
+    after: Uuid,
+    until: Uuid,
+    ids: Vec<Uuid>,
+    page_size: i64,
+}
+
+impl TryFrom<pb::ListMembersRequest> for MemberQuery {
+    type Error = Violations;
+
+    fn try_from(req: pb::ListMembersRequest) -> Result<Self, Violations> {
+        let mut v = Violations::default();
+        let after = v.check("after_id", parse_bound(&req.after_id, digest::FIRST));
+        let until = v.check("until_id", parse_bound(&req.until_id, digest::LAST));
+        let ids: Vec<Uuid> = req
+            .member_ids
+            .iter()
+            .filter_map(|raw| v.check("member_ids", Uuid::parse_str(raw)))
+            .collect();
+        if !(0..=5000).contains(&req.page_size) {
+            v.add("page_size", "must be 0 (the default, 1000) to 5000");
+        }
+        v.finish()?;
+        Ok(Self {
+            after: after.expect("checked"),
+            until: until.expect("checked"),
+            ids,
+            page_size: if req.page_size == 0 {
+                1000
+            } else {
+                i64::from(req.page_size)
+            },
+        })
+    }
+}
+
+impl From<repo::MemberState> for pb::MemberState {
+    fn from(m: repo::MemberState) -> Self {
+        Self {
+            id: m.id.to_string(),
+            nickname: m.nickname,
+            region: m.region,
+            version: m.version,
+            updated_at: Some(timestamp(m.updated_at)),
+        }
     }
 }

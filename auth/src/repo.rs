@@ -77,3 +77,76 @@ pub fn on_constraint(e: &sqlx::Error, name: &str) -> bool {
         .and_then(|d| d.constraint())
         .is_some_and(|c| c == name)
 }
+
+/// The replicable state of one member.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct MemberState {
+    pub id: Uuid,
+    pub nickname: String,
+    pub region: String,
+    pub version: i64,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Up to `limit` members in `(after, until]`, in id order, only `ids` when
+/// not empty. One keyset step of ListMembers.
+pub async fn member_states(
+    pool: &PgPool,
+    after: Uuid,
+    until: Uuid,
+    ids: &[Uuid],
+    limit: i64,
+) -> sqlx::Result<Vec<MemberState>> {
+    sqlx::query_as(
+        "SELECT id, nickname, region, version, updated_at FROM members
+          WHERE id > $1 AND id <= $2 AND (cardinality($3::uuid[]) = 0 OR id = ANY($3))
+          ORDER BY id LIMIT $4",
+    )
+    .bind(after)
+    .bind(until)
+    .bind(ids)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Splits `(after, until]` into up to `buckets` buckets of about equal size
+/// and digests each, in one indexed scan. The buckets are consecutive and
+/// cover the whole range; none when it holds no member.
+pub async fn digest(
+    pool: &PgPool,
+    after: Uuid,
+    until: Uuid,
+    buckets: i32,
+) -> sqlx::Result<Vec<memberflow_common::digest::Bucket>> {
+    // PostgreSQL has no max(uuid); the canonical text sorts the same way.
+    let rows: Vec<(Uuid, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT max(id::text)::uuid, count(*), sum(h)::text FROM (
+             SELECT id, {hash} AS h, ntile($3) OVER (ORDER BY id) AS b
+               FROM members WHERE id > $1 AND id <= $2) x
+          GROUP BY b ORDER BY b",
+        hash = memberflow_common::digest::ROW_HASH_SQL
+    )))
+    .bind(after)
+    .bind(until)
+    .bind(buckets)
+    .fetch_all(pool)
+    .await?;
+    let last = rows.len().saturating_sub(1);
+    let mut lower = after;
+    Ok(rows
+        .into_iter()
+        .enumerate()
+        .map(|(i, (max_id, count, hash))| {
+            let upper = if i == last { until } else { max_id };
+            let b = memberflow_common::digest::Bucket {
+                after: lower,
+                until: upper,
+                count,
+                hash,
+            };
+            lower = upper;
+            b
+        })
+        .collect())
+}

@@ -4,6 +4,7 @@
 pub mod amqp;
 pub mod client;
 pub mod db;
+pub mod digest;
 pub mod error;
 pub mod grpc;
 pub mod proto;

@@ -7,8 +7,10 @@ pub mod error;
 pub mod grpc;
 pub mod inbox;
 pub mod read_through;
+pub mod reconcile;
 pub mod replica;
 pub mod repo;
+pub mod resync;
 pub mod settings;
 pub mod startup;
 

@@ -129,7 +129,7 @@ impl ReadThrough {
                 .and_then(from_timestamp)
                 .unwrap_or_else(chrono::Utc::now),
         };
-        replica::provision(&self.pool, &m)
+        replica::upsert(&self.pool, std::slice::from_ref(&m))
             .await
             .map_err(|e| FetchError::Unavailable(format!("provisioning failed: {e}")))?;
         // Another writer may have provisioned a newer version meanwhile.

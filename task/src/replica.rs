@@ -6,6 +6,18 @@ use uuid::Uuid;
 
 use crate::domain::ReplicaMember;
 
+/// The version guard every writer of the replica goes through (events,
+/// read-through, resync, the reconciler): a row only ever moves to a newer
+/// version. It is what lets a snapshot row and an event commute, so resync
+/// needs no watermark.
+const UPSERT_IF_NEWER: &str = "ON CONFLICT (id) DO UPDATE
+            SET nickname = EXCLUDED.nickname,
+                region = EXCLUDED.region,
+                version = EXCLUDED.version,
+                occurred_at = EXCLUDED.occurred_at,
+                replicated_at = clock_timestamp()
+          WHERE members.version < EXCLUDED.version";
+
 /// A decoded, validated member event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberEvent {
@@ -36,7 +48,7 @@ pub async fn apply(pool: &PgPool, events: &[MemberEvent]) -> sqlx::Result<u64> {
         versions.push(e.version);
         occurred.push(e.occurred_at);
     }
-    let done = sqlx::query(
+    let done = sqlx::query(sqlx::AssertSqlSafe(format!(
         "WITH batch AS (
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[], $6::timestamptz[])
                  AS e(event_id, member_id, nickname, region, version, occurred_at)
@@ -49,14 +61,8 @@ pub async fn apply(pool: &PgPool, events: &[MemberEvent]) -> sqlx::Result<u64> {
          SELECT DISTINCT ON (b.member_id) b.member_id, b.nickname, b.region, b.version, b.occurred_at
            FROM batch b JOIN fresh f USING (event_id)
           ORDER BY b.member_id, b.version DESC
-         ON CONFLICT (id) DO UPDATE
-            SET nickname = EXCLUDED.nickname,
-                region = EXCLUDED.region,
-                version = EXCLUDED.version,
-                occurred_at = EXCLUDED.occurred_at,
-                replicated_at = clock_timestamp()
-          WHERE members.version < EXCLUDED.version",
-    )
+         {UPSERT_IF_NEWER}"
+    )))
     .bind(&event_ids)
     .bind(&member_ids)
     .bind(&nicknames)
@@ -68,26 +74,61 @@ pub async fn apply(pool: &PgPool, events: &[MemberEvent]) -> sqlx::Result<u64> {
     Ok(done.rows_affected())
 }
 
-/// Inserts a member fetched from auth (read-through) at its version, so the
-/// event that follows becomes a no-op; never moves a row backwards.
-pub async fn provision<'e>(db: impl PgExecutor<'e>, m: &ReplicaMember) -> sqlx::Result<()> {
-    sqlx::query(
+/// Writes members read from auth (read-through, resync, the reconciler)
+/// through the version guard, in one statement; returns how many rows
+/// changed. Never moves a row backwards, so it is safe while events flow.
+pub async fn upsert<'e>(db: impl PgExecutor<'e>, members: &[ReplicaMember]) -> sqlx::Result<u64> {
+    let ids: Vec<Uuid> = members.iter().map(|m| m.id).collect();
+    let nicknames: Vec<&str> = members.iter().map(|m| m.nickname.as_str()).collect();
+    let regions: Vec<&str> = members.iter().map(|m| m.region.as_str()).collect();
+    let versions: Vec<i64> = members.iter().map(|m| m.version).collect();
+    let occurred: Vec<DateTime<Utc>> = members.iter().map(|m| m.occurred_at).collect();
+    let done = sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO members (id, nickname, region, version, occurred_at)
-         VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (id) DO UPDATE
-            SET nickname = EXCLUDED.nickname, region = EXCLUDED.region,
-                version = EXCLUDED.version, occurred_at = EXCLUDED.occurred_at,
-                replicated_at = clock_timestamp()
-          WHERE members.version < EXCLUDED.version",
-    )
-    .bind(m.id)
-    .bind(&m.nickname)
-    .bind(&m.region)
-    .bind(m.version)
-    .bind(m.occurred_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::timestamptz[])
+         {UPSERT_IF_NEWER}"
+    )))
+    .bind(&ids)
+    .bind(&nicknames)
+    .bind(&regions)
+    .bind(&versions)
+    .bind(&occurred)
     .execute(db)
     .await?;
-    Ok(())
+    Ok(done.rows_affected())
+}
+
+/// `(id, version)` of the replica rows in `(after, until]`, in id order.
+pub async fn versions<'e>(
+    db: impl PgExecutor<'e>,
+    after: Uuid,
+    until: Uuid,
+) -> sqlx::Result<Vec<(Uuid, i64)>> {
+    sqlx::query_as("SELECT id, version FROM members WHERE id > $1 AND id <= $2 ORDER BY id")
+        .bind(after)
+        .bind(until)
+        .fetch_all(db)
+        .await
+}
+
+/// The replica's digest of each range `(after, until]` in `bounds`, computed
+/// as auth computes its own (see `common::digest`): `(count, hash)` each.
+/// Each row is read once, through the primary key.
+pub async fn digest(pool: &PgPool, bounds: &[(Uuid, Uuid)]) -> sqlx::Result<Vec<(i64, String)>> {
+    let (after, until): (Vec<Uuid>, Vec<Uuid>) = bounds.iter().copied().unzip();
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT x.n, x.hash
+           FROM UNNEST($1::uuid[], $2::uuid[]) WITH ORDINALITY AS b(lo, hi, i)
+          CROSS JOIN LATERAL (
+                SELECT count(*) AS n, coalesce(sum({hash}), 0)::text AS hash
+                  FROM members WHERE id > b.lo AND id <= b.hi) x
+          ORDER BY b.i",
+        hash = memberflow_common::digest::ROW_HASH_SQL
+    )))
+    .bind(&after)
+    .bind(&until)
+    .fetch_all(pool)
+    .await
 }
 
 pub async fn find<'e>(db: impl PgExecutor<'e>, id: Uuid) -> sqlx::Result<Option<ReplicaMember>> {

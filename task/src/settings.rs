@@ -22,6 +22,7 @@ pub struct Settings {
     pub token: TokenSettings,
     pub consistency: ConsistencySettings,
     pub inbox: InboxSettings,
+    pub reconcile: ReconcileSettings,
 }
 
 impl Settings {
@@ -164,5 +165,20 @@ impl Default for InboxSettings {
             retention_secs: 7 * 24 * 3600,
             prune_interval_secs: 3600,
         }
+    }
+}
+
+/// The periodic comparison of the replica with auth.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ReconcileSettings {
+    /// Seconds between passes; 0 turns the reconciler off. A pass that finds
+    /// nothing reads each replica row once, through the primary key.
+    pub interval_secs: u64,
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        Self { interval_secs: 600 }
     }
 }

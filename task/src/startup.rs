@@ -17,13 +17,17 @@ use crate::{
     grpc::TaskApi,
     inbox,
     read_through::ReadThrough,
+    reconcile::{self, ReconcileStats},
+    resync::AuthSource,
     settings::Settings,
 };
 
 /// The fully qualified service name, as reported by the health service.
 pub const SERVICE_NAME: &str = "task.v1.TaskService";
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/task");
+/// task's schema (`migrations/task`), public so tools (the admin command, the
+/// bench) can prepare a database without starting the service.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/task");
 
 /// A bound, not yet running task service.
 pub struct Application {
@@ -32,7 +36,9 @@ pub struct Application {
     settings: Settings,
     pool: PgPool,
     stats: Arc<ConsumerStats>,
+    reconcile_stats: Arc<ReconcileStats>,
     read_through: ReadThrough,
+    source: AuthSource,
 }
 
 impl Application {
@@ -44,12 +50,15 @@ impl Application {
         let addr = listener.local_addr()?;
         let pool = settings.database.lazy_pool()?;
         let read_through = ReadThrough::new(&settings.auth, pool.clone())?;
+        let source = AuthSource::new(&settings.auth)?;
         Ok(Self {
             listener,
             addr,
             settings,
             pool,
             stats: Arc::default(),
+            reconcile_stats: Arc::default(),
+            source,
             read_through,
         })
     }
@@ -61,6 +70,11 @@ impl Application {
     /// Consumer counters, shared with the running consumer.
     pub fn stats(&self) -> Arc<ConsumerStats> {
         self.stats.clone()
+    }
+
+    /// Reconciler counters, shared with the running reconciler.
+    pub fn reconcile_stats(&self) -> Arc<ReconcileStats> {
+        self.reconcile_stats.clone()
     }
 
     /// The read-through client, to observe its calls.
@@ -76,7 +90,9 @@ impl Application {
             settings,
             pool,
             stats,
+            reconcile_stats,
             read_through,
+            source,
             ..
         } = self;
         let (health, router) = grpc::server(SERVICE_NAME).await;
@@ -97,10 +113,18 @@ impl Application {
 
         let mut consumer_task = None;
         let mut pruner_task = None;
+        let mut reconciler_task = None;
         if db::bootstrap(&settings.database, &pool, &MIGRATOR, &shutdown).await {
             pruner_task = Some(tokio::spawn(inbox::run_pruner(
                 pool.clone(),
                 settings.inbox.clone(),
+                shutdown.clone(),
+            )));
+            reconciler_task = Some(tokio::spawn(reconcile::run(
+                pool.clone(),
+                source,
+                settings.reconcile.clone(),
+                reconcile_stats,
                 shutdown.clone(),
             )));
             let consumer = Consumer::new(pool.clone(), settings.amqp.clone(), stats);
@@ -125,8 +149,8 @@ impl Application {
         if let Some(c) = consumer_task {
             c.await?;
         }
-        if let Some(p) = pruner_task {
-            p.await?;
+        for t in [pruner_task, reconciler_task].into_iter().flatten() {
+            t.await?;
         }
         pool.close().await;
         served??;

@@ -193,6 +193,7 @@ pub struct TestTask {
     pub app: Running,
     pub channel: Channel,
     pub stats: std::sync::Arc<task::consumer::ConsumerStats>,
+    pub reconcile_stats: std::sync::Arc<task::reconcile::ReconcileStats>,
     pub read_through: task::read_through::ReadThrough,
 }
 
@@ -218,6 +219,7 @@ pub async fn spawn_task(settings: task::Settings) -> TestTask {
         .expect("build task");
     let addr = app.local_addr();
     let stats = app.stats();
+    let reconcile_stats = app.reconcile_stats();
     let read_through = app.read_through();
     let app = Running::start(addr, move |token| app.run_until_stopped(token));
     let channel = app.channel().await;
@@ -226,6 +228,7 @@ pub async fn spawn_task(settings: task::Settings) -> TestTask {
         app,
         channel,
         stats,
+        reconcile_stats,
         read_through,
     }
 }

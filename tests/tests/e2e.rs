@@ -465,3 +465,140 @@ async fn profile_updates_racing_their_signup_event_end_at_the_newest_version() {
     let rows = replica_converges(&auth_db, &task_db, n).await;
     assert!(rows.iter().all(|r| r.3 == 4 && r.2 == "Europe/Berlin"));
 }
+
+/// Puts `n` members straight into auth's table, bypassing the outbox, as a
+/// restore or a lost event would leave them: the replica never hears of them.
+async fn seed_auth_members(auth_db: &PgPool, n: i64) {
+    sqlx::query(
+        "INSERT INTO members (id, email, password_hash, nickname, region, version)
+         SELECT gen_random_uuid(), 'seed' || g || '@example.com', 'not-a-hash',
+                'seed ' || g, 'Asia/Seoul', 1 + g % 3
+           FROM generate_series(1, $1) g",
+    )
+    .bind(n)
+    .execute(auth_db)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn resync_fills_an_emptied_replica_while_signups_flow() {
+    let mut env = TestEnv::new();
+    let auth = spawn_auth(auth_settings(&mut env)).await;
+    let settings = task_settings(
+        &mut env,
+        ConsistencyMode::NotReady,
+        &format!("http://{}", auth.app.addr),
+    );
+    let source = task::resync::AuthSource::new(&settings.auth).unwrap();
+    let _task = spawn_task(settings).await;
+    let (auth_db, task_db) = (env.pool("auth").await, env.pool("task").await);
+    seed_auth_members(&auth_db, 10_000).await;
+
+    // 200 signups a second flow through the pipeline during the resync.
+    let flowing = tokio_util::sync::CancellationToken::new();
+    let signups = {
+        let flowing = flowing.clone();
+        let mut client = auth.client.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(5));
+            let mut n = 0usize;
+            while !flowing.is_cancelled() {
+                every.tick().await;
+                client
+                    .sign_up(auth_pb::SignUpRequest {
+                        email: format!("live{n}@example.com"),
+                        password: "correct horse battery".into(),
+                        nickname: format!("live {n}"),
+                        region: "Europe/Paris".into(),
+                    })
+                    .await
+                    .expect("signup");
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut pages = 0;
+    let done = task::resync::resync(&task_db, &source, task::resync::Scope::All, |_| {
+        pages += 1;
+    })
+    .await
+    .unwrap();
+    flowing.cancel();
+    let live = signups.await.unwrap();
+    assert!(
+        live > 0 && done.read >= 10_000,
+        "{done:?}, {live} live signups"
+    );
+    assert!(pages >= 10, "a page at a time");
+    assert!(done.total.unwrap() >= 10_000);
+    let all = replica_converges(&auth_db, &task_db, 10_000 + live).await;
+    assert_eq!(all.len(), 10_000 + live);
+    assert_eq!(
+        task::resync::checkpoint(&task_db).await.unwrap(),
+        None,
+        "a finished resync leaves no checkpoint"
+    );
+}
+
+#[tokio::test]
+async fn the_reconciler_repairs_corrupted_rows_and_touches_no_correct_one() {
+    let mut env = TestEnv::new();
+    let auth = spawn_auth(auth_settings(&mut env)).await;
+    let mut settings = task_settings(
+        &mut env,
+        ConsistencyMode::NotReady,
+        &format!("http://{}", auth.app.addr),
+    );
+    let source = task::resync::AuthSource::new(&settings.auth).unwrap();
+    let interval = Duration::from_secs(3);
+    settings.reconcile.interval_secs = interval.as_secs();
+    let task = spawn_task(settings).await;
+    let (auth_db, task_db) = (env.pool("auth").await, env.pool("task").await);
+    seed_auth_members(&auth_db, 4_000).await;
+    task::resync::resync(&task_db, &source, task::resync::Scope::All, |_| {})
+        .await
+        .unwrap();
+    replica_converges(&auth_db, &task_db, 4_000).await;
+
+    // 5%: 100 rows deleted, 100 moved to an older version with wrong data.
+    sqlx::raw_sql(
+        "DELETE FROM members WHERE id IN (SELECT id FROM members ORDER BY id LIMIT 100);
+         UPDATE members SET version = version - 1, nickname = 'corrupt'
+          WHERE id IN (SELECT id FROM members WHERE version > 1 ORDER BY id DESC LIMIT 100);",
+    )
+    .execute(&task_db)
+    .await
+    .unwrap();
+    let untouched: Vec<(Uuid, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT id, replicated_at FROM members WHERE nickname <> 'corrupt' ORDER BY id",
+    )
+    .fetch_all(&task_db)
+    .await
+    .unwrap();
+    assert_eq!(untouched.len(), 3_800);
+    let before = task
+        .reconcile_stats
+        .repaired
+        .load(std::sync::atomic::Ordering::Relaxed);
+
+    let stats = task.reconcile_stats.clone();
+    eventually("the reconciler's repair", interval * 3, || async {
+        (stats.repaired.load(std::sync::atomic::Ordering::Relaxed) >= before + 200).then_some(())
+    })
+    .await;
+    assert_eq!(members(&auth_db).await, members(&task_db).await);
+    let after: Vec<(Uuid, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT id, replicated_at FROM members WHERE id = ANY($1) ORDER BY id")
+            .bind(untouched.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+            .fetch_all(&task_db)
+            .await
+            .unwrap();
+    assert_eq!(after, untouched, "no correct row was rewritten");
+    assert_eq!(
+        stats.repaired.load(std::sync::atomic::Ordering::Relaxed),
+        before + 200,
+        "exactly the corrupted rows"
+    );
+}

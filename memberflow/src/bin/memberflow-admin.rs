@@ -4,6 +4,7 @@
 //! what it changed, and exits non-zero when it could not.
 //!
 //! ```text
+//! memberflow-admin resync [--member ID]...
 //! memberflow-admin dlq list
 //! memberflow-admin dlq replay [--id MESSAGE_ID]...
 //! memberflow-admin outbox parked
@@ -25,6 +26,13 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Bring task's replica up to auth: every member (resuming an interrupted
+    /// run), or the members named. Safe while events flow.
+    Resync {
+        /// A member id; repeat for several. Default: every member.
+        #[arg(long = "member", value_name = "ID")]
+        members: Vec<uuid::Uuid>,
+    },
     /// task's dead-letter queue (`task.member-events.dlq`).
     #[command(subcommand)]
     Dlq(Dlq),
@@ -72,6 +80,31 @@ async fn main() -> std::process::ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     let source = args.config.source()?;
     match args.command {
+        Command::Resync { members } => {
+            let settings = task::Settings::load(&source)?;
+            let pool = connect_db(&settings.database).await?;
+            task::startup::MIGRATOR.run(&pool).await?;
+            let auth = task::resync::AuthSource::new(&settings.auth)?;
+            let scope = if members.is_empty() {
+                task::resync::Scope::All
+            } else {
+                task::resync::Scope::Members(members)
+            };
+            let mut show = Progress::new();
+            let done = task::resync::resync(&pool, &auth, scope, |p| show.update(p))
+                .await
+                .with_context(|| {
+                    format!(
+                        "resync from auth at {} failed; run it again to resume",
+                        settings.auth.addr
+                    )
+                })?;
+            show.finish();
+            println!(
+                "resync done: {} member(s) read from auth, {} replica row(s) changed",
+                done.read, done.changed
+            );
+        }
         Command::Dlq(cmd) => {
             let settings = task::Settings::load(&source)?;
             let url = settings.amqp.url.expose_secret();
@@ -162,4 +195,52 @@ async fn connect_db(db: &memberflow_common::db::DatabaseSettings) -> anyhow::Res
         .connect_with(db.connect_options()?)
         .await
         .with_context(|| format!("PostgreSQL database {name:?} is not reachable"))
+}
+
+/// Resync progress: a bar on a terminal, a plain line every 10,000 members in
+/// a pipe or a log.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    last_line: u64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} members  {per_sec}  eta {eta}",
+                )
+                .expect("a valid template"),
+            );
+            bar
+        });
+        Self { bar, last_line: 0 }
+    }
+
+    fn update(&mut self, p: task::resync::Progress) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_length(p.total.unwrap_or(p.read).max(p.read));
+                bar.set_position(p.read);
+            }
+            None if p.read >= self.last_line + 10_000 => {
+                self.last_line = p.read;
+                eprintln!(
+                    "resync: {} of {} members read, {} changed",
+                    p.read,
+                    p.total.map_or("?".to_owned(), |t| t.to_string()),
+                    p.changed
+                );
+            }
+            None => {}
+        }
+    }
+
+    fn finish(self) {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
