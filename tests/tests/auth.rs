@@ -652,3 +652,100 @@ async fn a_killed_leader_session_hands_over_and_the_outbox_drains() {
     assert_ne!(new, old, "a new session leads");
     assert_eq!(observer.depth().await, 0, "each event published once");
 }
+
+/// `msg` with the service credential task presents.
+fn trusted<T>(msg: T) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.metadata_mut().insert(
+        SERVICE_TOKEN_HEADER,
+        memberflow_common::secrets::DEV_SERVICE_TOKEN
+            .parse()
+            .unwrap(),
+    );
+    req
+}
+
+#[tokio::test]
+async fn list_and_digest_members_are_for_trusted_services_and_check_their_input() {
+    use futures::StreamExt;
+    let mut env = TestEnv::new();
+    let mut auth = spawn_auth(auth_settings(&mut env)).await;
+    for i in 0..5 {
+        auth.client
+            .sign_up(signup(&format!("l{i}@example.com")))
+            .await
+            .unwrap();
+    }
+    let err = auth
+        .client
+        .list_members(pb::ListMembersRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = auth
+        .client
+        .digest_members(pb::DigestMembersRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    let bad = auth
+        .client
+        .list_members(trusted(pb::ListMembersRequest {
+            after_id: "nope".into(),
+            member_ids: vec!["also-nope".into()],
+            page_size: 9_999,
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert_eq!(
+        violated_fields(&bad),
+        ["after_id", "member_ids", "page_size"]
+    );
+    let bad = auth
+        .client
+        .digest_members(trusted(pb::DigestMembersRequest {
+            buckets: 5_000,
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&bad), ["buckets"]);
+
+    // Pages of 2 in id order, resumable from any id.
+    let mut stream = auth
+        .client
+        .list_members(trusted(pb::ListMembersRequest {
+            page_size: 2,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut pages = Vec::new();
+    while let Some(page) = stream.next().await {
+        pages.push(page.unwrap().members);
+    }
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);
+    let ids: Vec<String> = pages.concat().into_iter().map(|m| m.id).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted);
+
+    let digest = auth
+        .client
+        .digest_members(trusted(pb::DigestMembersRequest {
+            buckets: 2,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .buckets;
+    assert_eq!(digest.iter().map(|b| b.count).sum::<i64>(), 5);
+    assert_eq!(digest[0].after_id, uuid::Uuid::nil().to_string());
+    assert_eq!(digest[1].after_id, digest[0].until_id, "consecutive");
+    assert_eq!(digest[1].until_id, uuid::Uuid::max().to_string());
+}

@@ -1,0 +1,118 @@
+//! `memberflow-admin` as an operator runs it: the real binary, configured
+//! by the repository's config folder plus `TASK__*` / `AUTH__*` variables,
+//! against a real system.
+use std::{process::Output, time::Duration};
+
+use memberflow_common::secrets::{DEV_SERVICE_TOKEN, DEV_TOKEN_SECRET};
+use memberflow_tests::{
+    apps::{auth_settings, spawn_auth, spawn_task, task_settings},
+    env::TestEnv,
+};
+use task::ConsistencyMode;
+
+const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config");
+
+async fn admin(vars: &[(String, String)], args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_memberflow-admin"));
+    cmd.arg("--config").arg(CONFIG).args(args);
+    cmd.env("AUTH__ENVIRONMENT", "development")
+        .env("TASK__ENVIRONMENT", "development");
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("admin finished")
+        .expect("admin ran")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test]
+async fn resync_dlq_and_outbox_commands_work_and_fail_loudly() {
+    let mut env = TestEnv::new();
+    let auth = spawn_auth(auth_settings(&mut env)).await;
+    let auth_addr = format!("http://{}", auth.app.addr);
+    let _task = spawn_task(task_settings(
+        &mut env,
+        ConsistencyMode::NotReady,
+        &auth_addr,
+    ))
+    .await;
+    let auth_db = env.pool("auth").await;
+    sqlx::query(
+        "INSERT INTO members (id, email, password_hash, nickname, region)
+         SELECT gen_random_uuid(), 'seed' || g || '@example.com', 'x', 'seed', 'Asia/Seoul'
+           FROM generate_series(1, 50) g",
+    )
+    .execute(&auth_db)
+    .await
+    .unwrap();
+    let vars = vec![
+        ("TASK__DATABASE__URL".to_owned(), env.database_url("task")),
+        ("TASK__AMQP__URL".to_owned(), env.amqp_url()),
+        ("TASK__AUTH__ADDR".to_owned(), auth_addr),
+        (
+            "TASK__AUTH__SERVICE_TOKEN".to_owned(),
+            DEV_SERVICE_TOKEN.to_owned(),
+        ),
+        (
+            "TASK__TOKEN__SECRET".to_owned(),
+            DEV_TOKEN_SECRET.to_owned(),
+        ),
+        ("AUTH__DATABASE__URL".to_owned(), env.database_url("auth")),
+    ];
+
+    let out = admin(&vars, &["resync"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("50 member(s) read from auth, 50 replica row(s) changed"),
+        "{}",
+        text(&out)
+    );
+    let again = admin(&vars, &["resync"]).await;
+    assert!(
+        text(&again).contains("0 replica row(s) changed"),
+        "{}",
+        text(&again)
+    );
+
+    let out = admin(&vars, &["dlq", "list"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("0 message(s) in task.member-events.dlq"),
+        "{}",
+        text(&out)
+    );
+
+    let out = admin(&vars, &["outbox", "parked"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("0 parked row(s)"), "{}", text(&out));
+
+    // A dependency that is not there: non-zero, and says which.
+    let mut broken = vars.clone();
+    broken.push((
+        "TASK__AMQP__URL".to_owned(),
+        "amqp://guest:guest@127.0.0.1:1/%2f".to_owned(),
+    ));
+    let out = admin(&broken, &["dlq", "list"]).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("RabbitMQ is not reachable"),
+        "{}",
+        text(&out)
+    );
+    broken.push((
+        "AUTH__DATABASE__URL".to_owned(),
+        "postgres://postgres@127.0.0.1:1/auth".to_owned(),
+    ));
+    let out = admin(&broken, &["outbox", "parked"]).await;
+    assert!(!out.status.success());
+    assert!(text(&out).contains("is not reachable"), "{}", text(&out));
+}
