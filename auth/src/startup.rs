@@ -1,19 +1,25 @@
 //! Builds and runs the auth service: the gRPC server, database bootstrap and
 //! the outbox relay, all stopped by one shutdown token.
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use chrono::Duration;
 use memberflow_common::{
-    db,
-    grpc::{self, set_serving},
-    proto::auth::v1::auth_service_server::AuthServiceServer,
-    shutdown::CancellationToken,
+    db, grpc, proto::auth::v1::auth_service_server::AuthServiceServer, shutdown::CancellationToken,
     token::TokenKeys,
 };
 use sqlx::PgPool;
 use tokio::{net::TcpListener, sync::Notify};
 
 use crate::{grpc::AuthApi, outbox::relay::Relay, password::Hasher, settings::Settings};
+
+/// How often health re-checks the database.
+const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The fully qualified service name, as reported by the health service.
 pub const SERVICE_NAME: &str = "auth.v1.AuthService";
@@ -72,15 +78,30 @@ impl Application {
             relay_wake: relay_wake.clone(),
         };
 
+        let migrated = Arc::new(AtomicBool::new(false));
         let server = grpc::spawn(
-            router.add_service(AuthServiceServer::new(api)),
+            router.add_service(AuthServiceServer::with_interceptor(
+                api,
+                grpc::until_ready(migrated.clone()),
+            )),
             listener,
             &shutdown,
         );
 
         let mut relay = None;
         if db::bootstrap(&settings.database, &pool, &MIGRATOR, &shutdown).await {
-            set_serving(&health, SERVICE_NAME, true).await;
+            migrated.store(true, Ordering::Release);
+            let probe = pool.clone();
+            tokio::spawn(grpc::report_health(
+                health,
+                SERVICE_NAME,
+                HEALTH_EVERY,
+                shutdown.clone(),
+                move || {
+                    let probe = probe.clone();
+                    async move { db::is_alive(&probe).await }
+                },
+            ));
             let r = Relay::new(
                 pool.clone(),
                 settings.database.connect_options()?,

@@ -130,6 +130,15 @@ pub async fn bootstrap(
     }
 }
 
+/// Whether `pool` answers a trivial query within a second (health checks).
+pub async fn is_alive(pool: &PgPool) -> bool {
+    let ping = sqlx::query("SELECT 1").execute(pool);
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), ping).await,
+        Ok(Ok(_))
+    )
+}
+
 /// Whether a database failure passes by itself, so the work should be
 /// retried as it is, or says something about the work (bad data, a bug), so
 /// retrying cannot help.

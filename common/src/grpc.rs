@@ -72,6 +72,57 @@ fn reflection() -> (
     (v1, v1alpha)
 }
 
+/// Keeps `service`'s health status equal to `ready()`, checked every
+/// `every`, until `shutdown`; logs each change. Health tells the truth both
+/// ways: NOT_SERVING while a dependency is gone, SERVING again once it is
+/// back.
+pub async fn report_health<F, Fut>(
+    health: HealthReporter,
+    service: &'static str,
+    every: std::time::Duration,
+    shutdown: CancellationToken,
+    mut ready: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut last = None;
+    loop {
+        let now = ready().await;
+        if last != Some(now) {
+            set_serving(&health, service, now).await;
+            if last.is_some() {
+                if now {
+                    tracing::info!(service, "SERVING again");
+                } else {
+                    tracing::warn!(service, "NOT_SERVING: a dependency is unavailable");
+                }
+            }
+            last = Some(now);
+        }
+        if !crate::retry::sleep_or_cancel(every, &shutdown).await {
+            return;
+        }
+    }
+}
+
+/// Refuses every call with UNAVAILABLE until `ready` is set (the database
+/// is migrated), rather than letting an RPC fail on a missing table as
+/// INTERNAL.
+pub fn until_ready(
+    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Clone {
+    move |req| {
+        if ready.load(std::sync::atomic::Ordering::Acquire) {
+            Ok(req)
+        } else {
+            Err(Status::unavailable(
+                "starting: the database is not reachable or not migrated yet",
+            ))
+        }
+    }
+}
+
 /// Marks `service` and the whole server (`""`) as serving or not.
 pub async fn set_serving(reporter: &HealthReporter, service: &str, serving: bool) {
     let status = if serving {

@@ -74,6 +74,9 @@ pub struct AmqpSettings {
     pub delivery_limit: i64,
     /// Backoff while the database or broker is unreachable.
     pub backoff: Backoff,
+    /// How long the consumer may be detached from the broker before health
+    /// says NOT_SERVING.
+    pub detached_grace_secs: u64,
 }
 
 impl Default for AmqpSettings {
@@ -84,6 +87,7 @@ impl Default for AmqpSettings {
             batch_max: 256,
             delivery_limit: 10,
             backoff: Backoff::default(),
+            detached_grace_secs: 10,
         }
     }
 }

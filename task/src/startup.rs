@@ -1,12 +1,16 @@
 //! Builds and runs the task service: gRPC server, database bootstrap and the
 //! event consumer, all stopped by one shutdown token.
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use memberflow_common::{
-    db,
-    grpc::{self, set_serving},
-    proto::task::v1::task_service_server::TaskServiceServer,
-    shutdown::CancellationToken,
+    db, grpc, proto::task::v1::task_service_server::TaskServiceServer, shutdown::CancellationToken,
     token::TokenKeys,
 };
 use sqlx::PgPool;
@@ -21,6 +25,9 @@ use crate::{
     resync::AuthSource,
     settings::Settings,
 };
+
+/// How often health re-checks the database and the consumer.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
 /// The fully qualified service name, as reported by the health service.
 pub const SERVICE_NAME: &str = "task.v1.TaskService";
@@ -105,8 +112,12 @@ impl Application {
         };
         tracing::info!(mode = ?settings.consistency.mode, "consistency mode");
 
+        let migrated = Arc::new(AtomicBool::new(false));
         let server = grpc::spawn(
-            router.add_service(TaskServiceServer::new(api)),
+            router.add_service(TaskServiceServer::with_interceptor(
+                api,
+                grpc::until_ready(migrated.clone()),
+            )),
             listener,
             &shutdown,
         );
@@ -115,6 +126,7 @@ impl Application {
         let mut pruner_task = None;
         let mut reconciler_task = None;
         if db::bootstrap(&settings.database, &pool, &MIGRATOR, &shutdown).await {
+            migrated.store(true, Ordering::Release);
             pruner_task = Some(tokio::spawn(inbox::run_pruner(
                 pool.clone(),
                 settings.inbox.clone(),
@@ -128,20 +140,34 @@ impl Application {
                 shutdown.clone(),
             )));
             let consumer = Consumer::new(pool.clone(), settings.amqp.clone(), stats);
-            let mut attached = consumer.attached();
+            let attached = consumer.attached();
             consumer_task = Some(tokio::spawn(consumer.run(shutdown.clone())));
-            // SERVING once the database is migrated and the consumer attached.
-            let health = health.clone();
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                let attached = tokio::select! {
-                    r = attached.wait_for(|a| *a) => r.is_ok(),
-                    () = shutdown.cancelled() => false,
-                };
-                if attached {
-                    set_serving(&health, SERVICE_NAME, true).await;
-                }
-            });
+            // SERVING while the database answers and the consumer is attached,
+            // or has been detached for less than the grace period (a broker
+            // restart should not flap every instance out of a load balancer).
+            let grace = Duration::from_secs(settings.amqp.detached_grace_secs);
+            let probe = pool.clone();
+            let mut detached_since: Option<Instant> = Some(Instant::now());
+            let mut ever_attached = false;
+            tokio::spawn(grpc::report_health(
+                health,
+                SERVICE_NAME,
+                HEALTH_EVERY,
+                shutdown.clone(),
+                move || {
+                    let probe = probe.clone();
+                    let now_attached = *attached.borrow();
+                    ever_attached |= now_attached;
+                    detached_since = match (now_attached, detached_since) {
+                        (true, _) => None,
+                        (false, None) => Some(Instant::now()),
+                        (false, since) => since,
+                    };
+                    let consumer_ok =
+                        ever_attached && detached_since.is_none_or(|since| since.elapsed() < grace);
+                    async move { consumer_ok && db::is_alive(&probe).await }
+                },
+            ));
         }
 
         let served = server.await;

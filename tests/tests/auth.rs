@@ -476,7 +476,7 @@ async fn two_relays_on_one_database_publish_each_event_once_in_version_order() {
 }
 
 #[tokio::test]
-async fn health_is_not_serving_until_the_database_is_reachable() {
+async fn health_follows_the_database_both_ways_and_early_rpcs_are_unavailable() {
     let mut env = TestEnv::new();
     let proxy = TcpProxy::start(&env.pg_host()).await;
     proxy.cut();
@@ -498,7 +498,29 @@ async fn health_is_not_serving_until_the_database_is_reachable() {
     use tonic_health::pb::health_check_response::ServingStatus;
     let status = memberflow_tests::apps::health_status(channel.clone(), auth::SERVICE_NAME).await;
     assert_eq!(status, Some(ServingStatus::NotServing));
+    // An RPC before the migrations ran: UNAVAILABLE, not INTERNAL.
+    let mut client = pb::auth_service_client::AuthServiceClient::new(channel.clone());
+    let early = client
+        .sign_up(signup("early@example.com"))
+        .await
+        .unwrap_err();
+    assert_eq!(early.code(), Code::Unavailable, "{early:?}");
 
+    proxy.restore();
+    memberflow_tests::apps::wait_serving(channel.clone(), auth::SERVICE_NAME).await;
+    client.sign_up(signup("early@example.com")).await.unwrap();
+
+    // Losing the database later turns health back to NOT_SERVING, and
+    // recovering it to SERVING.
+    proxy.cut();
+    eventually("NOT_SERVING while the database is cut", WAIT, || {
+        let channel = channel.clone();
+        async move {
+            let s = memberflow_tests::apps::health_status(channel, auth::SERVICE_NAME).await;
+            (s == Some(ServingStatus::NotServing)).then_some(())
+        }
+    })
+    .await;
     proxy.restore();
     memberflow_tests::apps::wait_serving(channel, auth::SERVICE_NAME).await;
     shutdown.cancel();

@@ -743,3 +743,24 @@ async fn a_permanently_failing_event_is_isolated_and_dead_lettered_alone() {
     assert!(again.replayed.is_empty());
     assert_eq!(scalar(&pool, "SELECT count(*) FROM inbox").await, 21);
 }
+
+#[tokio::test]
+async fn health_is_not_serving_while_the_consumer_is_detached_past_its_grace() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut env = TestEnv::new();
+    let broker = TcpProxy::start(&env.amqp_host()).await;
+    let mut settings = task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE);
+    settings.amqp.url = env.amqp_url_via(&broker.host()).into();
+    settings.amqp.detached_grace_secs = 1;
+    let task = spawn_task(settings).await;
+
+    broker.cut();
+    eventually("NOT_SERVING once detached past the grace", WAIT, || async {
+        let s =
+            memberflow_tests::apps::health_status(task.channel.clone(), task::SERVICE_NAME).await;
+        (s == Some(ServingStatus::NotServing)).then_some(())
+    })
+    .await;
+    broker.restore();
+    memberflow_tests::apps::wait_serving(task.channel.clone(), task::SERVICE_NAME).await;
+}
