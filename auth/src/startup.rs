@@ -103,8 +103,7 @@ impl Application {
                 },
             ));
             let r = Relay::new(
-                pool.clone(),
-                settings.database.connect_options()?,
+                settings.database.direct_connect_options()?,
                 settings.amqp.url.clone(),
                 settings.relay.clone(),
                 relay_wake,

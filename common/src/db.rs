@@ -20,6 +20,10 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     /// How long an RPC waits for a pooled connection before failing.
     pub acquire_timeout_ms: u64,
+    /// A direct connection to PostgreSQL for what needs a real session
+    /// (auth's relay: its session advisory lock and LISTEN), when `url` goes
+    /// through a transaction-pooling PgBouncer. Unset: `url` is used.
+    pub direct_url: Option<SecretString>,
 }
 
 impl Default for DatabaseSettings {
@@ -37,6 +41,7 @@ impl DatabaseSettings {
             url: SecretString::from(url.to_owned()),
             max_connections: 10,
             acquire_timeout_ms: 3_000,
+            direct_url: None,
         }
     }
 
@@ -45,6 +50,16 @@ impl DatabaseSettings {
         Ok(PgConnectOptions::from_str(self.url.expose_secret())?
             .log_statements(tracing::log::LevelFilter::Trace)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1)))
+    }
+
+    /// Options for a session of its own: `direct_url` if set, else `url`.
+    pub fn direct_connect_options(&self) -> Result<PgConnectOptions, sqlx::Error> {
+        match &self.direct_url {
+            Some(direct) => Ok(PgConnectOptions::from_str(direct.expose_secret())?
+                .log_statements(tracing::log::LevelFilter::Trace)
+                .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1))),
+            None => self.connect_options(),
+        }
     }
 
     /// A pool that connects on first use, so a service can start (and report

@@ -4,6 +4,7 @@
 pub mod amqp;
 pub mod apps;
 pub mod env;
+pub mod pgbouncer;
 pub mod proxy;
 
 use std::{future::Future, time::Duration};

@@ -771,3 +771,61 @@ async fn list_and_digest_members_are_for_trusted_services_and_check_their_input(
     assert_eq!(digest[1].after_id, digest[0].until_id, "consecutive");
     assert_eq!(digest[1].until_id, uuid::Uuid::max().to_string());
 }
+
+#[tokio::test]
+async fn behind_pgbouncer_in_transaction_mode_the_relay_uses_its_direct_url() {
+    use sqlx::Row;
+    let mut env = TestEnv::new();
+    let bouncer = memberflow_tests::pgbouncer::PgBouncer::start(&env.pg_host()).await;
+    let observer = TestQueue::bind(&env.amqp_url(), "observer").await;
+    let mut settings = auth_settings(&mut env);
+    let direct = env.database_url("auth");
+    let pooled = direct.replace(&env.pg_host(), &bouncer.host());
+    settings.database = memberflow_common::db::DatabaseSettings::with_url(&pooled);
+    settings.database.direct_url = Some(direct.into());
+    let auth = spawn_auth(settings).await;
+
+    for i in 0..30 {
+        auth.client
+            .clone()
+            .sign_up(signup(&format!("b{i}@example.com")))
+            .await
+            .unwrap();
+    }
+    observer.take(30, WAIT).await;
+    let pool = env.pool("auth").await;
+    wait_outbox_empty(&pool).await;
+    assert_eq!(observer.depth().await, 0, "each event once");
+
+    // The RPCs went through PgBouncer; the relay's sessions did not.
+    let admin = format!("postgres://postgres@{}/pgbouncer", bouncer.host());
+    let mut console = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .unwrap();
+    let clients = sqlx::raw_sql("SHOW CLIENTS")
+        .fetch_all(&mut console)
+        .await
+        .unwrap();
+    let names: Vec<String> = clients
+        .iter()
+        .filter_map(|r| r.try_get::<String, _>("application_name").ok())
+        .collect();
+    assert!(
+        clients.iter().any(|r| r
+            .try_get::<String, _>("database")
+            .is_ok_and(|d| d.starts_with("mf_auth"))),
+        "auth's pool goes through PgBouncer: {names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n.starts_with("memberflow-")),
+        "no relay session through PgBouncer: {names:?}"
+    );
+    let leader_app: String = sqlx::query_scalar(
+        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+          WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database()",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(leader_app, "memberflow-relay");
+}

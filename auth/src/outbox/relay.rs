@@ -29,7 +29,7 @@ use memberflow_common::{
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{
     Connection, PgConnection, PgPool,
-    postgres::{PgConnectOptions, PgListener},
+    postgres::{PgConnectOptions, PgListener, PgPoolOptions},
 };
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -229,7 +229,6 @@ pub async fn try_lead(conn: &mut PgConnection) -> sqlx::Result<bool> {
 
 /// The background relay of one auth instance.
 pub struct Relay {
-    pool: PgPool,
     /// The leader's own session, hardened by [`leader_session`].
     leader_options: PgConnectOptions,
     amqp_url: SecretString,
@@ -238,16 +237,16 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// `wake` is notified by the RPC handlers after each commit.
+    /// `wake` is notified by the RPC handlers after each commit. `db` must
+    /// reach PostgreSQL directly (not through a transaction pooler): the
+    /// leader lock and LISTEN live in a session.
     pub fn new(
-        pool: PgPool,
         db: PgConnectOptions,
         amqp_url: SecretString,
         cfg: RelaySettings,
         wake: Arc<Notify>,
     ) -> Self {
         Self {
-            pool,
             leader_options: leader_session(db, &cfg),
             amqp_url,
             cfg,
@@ -258,8 +257,14 @@ impl Relay {
     /// Runs until `shutdown`; an in-flight batch is finished first.
     pub async fn run(self, shutdown: CancellationToken) {
         if self.cfg.wake_on_commit {
+            // LISTEN needs a session: the direct connection, never a pooler.
+            let listen = PgPoolOptions::new().max_connections(1).connect_lazy_with(
+                self.leader_options
+                    .clone()
+                    .application_name("memberflow-listen"),
+            );
             tokio::spawn(forward_notifications(
-                self.pool.clone(),
+                listen,
                 self.wake.clone(),
                 self.cfg.backoff,
                 shutdown.clone(),
