@@ -10,6 +10,7 @@ mod broker;
 mod consumer_apply;
 mod load;
 mod relay_drain;
+mod replica_repair;
 mod report;
 mod service;
 mod setup;
@@ -36,6 +37,10 @@ struct Plan {
     drain_rows: usize,
     polling_drain_rows: usize,
     apply_events: usize,
+    /// Members a resync copies.
+    resync_members: i64,
+    /// Replica sizes a no-difference reconcile pass is timed on.
+    reconcile_members: Vec<i64>,
     hits: usize,
     misses: usize,
     not_ready: usize,
@@ -52,6 +57,8 @@ impl Plan {
             drain_rows: 100_000,
             polling_drain_rows: 10_000,
             apply_events: 100_000,
+            resync_members: 100_000,
+            reconcile_members: vec![100_000, 1_000_000],
             hits: 2_000,
             misses: 1_000,
             not_ready: 300,
@@ -69,6 +76,8 @@ impl Plan {
             drain_rows: 10_000,
             polling_drain_rows: 1_000,
             apply_events: 10_000,
+            resync_members: 10_000,
+            reconcile_members: vec![10_000],
             hits: 200,
             misses: 100,
             not_ready: 30,
@@ -133,7 +142,7 @@ impl Lab {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench [--quick] [--out FILE.json] [--only system|relay|consumer]\n       bench serve auth|task"
+        "usage: bench [--quick] [--out FILE.json] [--only system|relay|consumer|replica]\n       bench serve auth|task"
     );
     std::process::exit(2)
 }
@@ -178,6 +187,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted("consumer") {
         consumer_apply::run(&mut lab).await?;
+    }
+    if wanted("replica") {
+        replica_repair::run(&mut lab).await?;
     }
     lab.add_rss();
 

@@ -20,6 +20,11 @@ pub(crate) enum Measure {
     Memory {
         mb: f64,
     },
+    /// One pass of a job: how long it took and how many rows it read.
+    Pass {
+        secs: f64,
+        rows_read: u64,
+    },
 }
 
 impl Measure {
@@ -33,6 +38,9 @@ impl Measure {
                 ms(l.max_ms)
             ),
             Self::Memory { mb } => format!("{mb:.1} MB"),
+            Self::Pass { secs, rows_read } => {
+                format!("{secs:.2} s, {} rows read", thousands(*rows_read as f64))
+            }
         }
     }
 

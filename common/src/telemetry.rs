@@ -24,6 +24,22 @@ pub fn init(default_filter: &str) {
         .try_init();
 }
 
+/// [`init`], logging to stderr: for a process whose stdout is a protocol
+/// (the bench's child services print their address there).
+pub fn init_stderr(default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            fmt::layer()
+                .with_target(false)
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .try_init();
+}
+
 /// Test output stays silent unless `TEST_LOG` is set.
 pub fn init_for_tests() {
     if std::env::var_os("TEST_LOG").is_some() {
