@@ -56,23 +56,29 @@ def main():
     request_type = message_factory.GetMessageClass(descriptor.input_type)
     response_type = message_factory.GetMessageClass(descriptor.output_type)
     request = json_format.Parse(data, request_type())
-    call = channel.unary_unary(
+    # Server-streaming methods print one JSON object per message, as grpcurl
+    # does; their saved state is the list of messages.
+    streaming = descriptor.server_streaming
+    call = (channel.unary_stream if streaming else channel.unary_unary)(
         f"/{service}/{method}",
         request_serializer=request_type.SerializeToString,
         response_deserializer=response_type.FromString,
     )
     try:
-        response = call(request, metadata=headers, timeout=10)
+        answer = call(request, metadata=headers, timeout=10)
+        responses = list(answer) if streaming else [answer]
     except grpc.RpcError as e:
         code = e.code().name.replace("_", " ").title().replace(" ", "")
         print(f"ERROR:\n  Code: {code}\n  Message: {e.details()}", file=sys.stderr)
         sys.exit(1)
-    text = json_format.MessageToJson(response, indent=2)
-    print(text)
+    texts = [json_format.MessageToJson(r, indent=2) for r in responses]
+    for text in texts:
+        print(text)
     state = os.environ.get("MEMBERFLOW_SHIM_STATE")
     if state:
+        saved = [json.loads(t) for t in texts]
         with open(os.path.join(state, f"{method}.json"), "w") as f:
-            json.dump(json.loads(text), f)
+            json.dump(saved if streaming else saved[0], f)
 
 
 if __name__ == "__main__":
