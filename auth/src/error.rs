@@ -5,12 +5,13 @@ use tonic::Status;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// What every service answers alike.
+    #[error(transparent)]
+    Common(Failure),
     #[error("a member with this email already exists")]
     EmailTaken,
     #[error("invalid email or password")]
     BadCredentials,
-    #[error(transparent)]
-    Common(Failure),
 }
 
 memberflow_common::service_error!(Error);

@@ -1,6 +1,6 @@
 use auth::{Application, Settings};
 use clap::Parser;
-use memberflow_common::{settings::ConfigArg, shutdown, telemetry};
+use memberflow_common::{settings::ConfigArg, settings::ServiceSettings as _, shutdown, telemetry};
 
 /// The auth service: members, access tokens and the outbox relay.
 #[derive(Parser)]

@@ -1,9 +1,8 @@
-//! Typed settings of the auth service (`config/auth.toml`, then `AUTH__*`).
+//! Typed settings of the auth service (`[auth]` of `config/*.toml`, then `AUTH__*`).
 use memberflow_common::{
     db::DatabaseSettings,
     retry::Backoff,
-    secrets::{Audit, Refused},
-    settings::{Environment, SettingsError, Source},
+    settings::{Environment, ServerSettings},
 };
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -23,41 +22,10 @@ pub struct Settings {
     pub relay: RelaySettings,
 }
 
-impl Settings {
-    /// Defaults, then `[auth]` of the config files, then `AUTH__`
-    /// environment variables.
-    pub fn load(source: &Source) -> Result<Self, SettingsError> {
-        source.load(
-            "auth",
-            &[("database.url", "postgres://postgres@127.0.0.1:5432/auth")],
-        )
-    }
-
-    /// Refuses known, missing or short secrets in production.
-    pub fn audit(&self) -> Result<(), Refused> {
-        Audit::new(self.environment)
-            .secret("auth.token.secret", &self.token.secret)
-            .secret("auth.token.service_token", &self.token.service_token)
-            .url("auth.amqp.url", &self.amqp.url)
-            .url("auth.database.url", &self.database.url)
-            .finish()
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
-pub struct ServerSettings {
-    /// Listen address; port 0 picks a free port (tests).
-    pub addr: String,
-}
-
-impl Default for ServerSettings {
-    fn default() -> Self {
-        Self {
-            addr: "127.0.0.1:50051".into(),
-        }
-    }
-}
+memberflow_common::service_settings!(Settings, "auth", 50051, secrets: [
+    "token.secret" => token.secret,
+    "token.service_token" => token.service_token,
+]);
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]

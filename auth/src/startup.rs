@@ -1,25 +1,18 @@
 //! Builds and runs the auth service: the gRPC server, database bootstrap and
 //! the outbox relay, all stopped by one shutdown token.
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use chrono::Duration;
 use memberflow_common::{
-    db, grpc, proto::auth::v1::auth_service_server::AuthServiceServer, shutdown::CancellationToken,
+    grpc,
+    proto::auth::v1::auth_service_server::AuthServiceServer,
+    shutdown::CancellationToken,
+    startup::{Gate, Prepared, spawn_health},
     token::TokenKeys,
 };
-use sqlx::PgPool;
-use tokio::{net::TcpListener, sync::Notify};
+use tokio::sync::Notify;
 
 use crate::{grpc::AuthApi, outbox::relay::Relay, password::Hasher, settings::Settings};
-
-/// How often health re-checks the database.
-const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The fully qualified service name, as reported by the health service.
 pub const SERVICE_NAME: &str = "auth.v1.AuthService";
@@ -30,42 +23,33 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/aut
 
 /// A bound, not yet running auth service.
 pub struct Application {
-    listener: TcpListener,
-    addr: SocketAddr,
-    settings: Settings,
-    pool: PgPool,
+    prepared: Prepared<Settings>,
 }
 
 impl Application {
-    /// Binds the listener (port 0 allowed) and prepares a lazy pool; nothing
-    /// talks to PostgreSQL or RabbitMQ until [`Self::run_until_stopped`].
+    /// Audits the settings, binds the listener (port 0 allowed) and prepares
+    /// a lazy pool; nothing talks to PostgreSQL or RabbitMQ until
+    /// [`Self::run_until_stopped`].
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        settings.audit()?;
-        let listener = TcpListener::bind(&settings.server.addr).await?;
-        let addr = listener.local_addr()?;
-        let pool = settings.database.lazy_pool()?;
         Ok(Self {
-            listener,
-            addr,
-            settings,
-            pool,
+            prepared: Prepared::new(settings).await?,
         })
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.prepared.addr
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, finishes
     /// in-flight RPCs, lets the relay finish its batch, and returns.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self {
+        let Prepared {
             listener,
             settings,
             pool,
             ..
-        } = self;
+        } = self.prepared;
         let (health, router) = grpc::server(SERVICE_NAME).await;
 
         let relay_wake = Arc::new(Notify::new());
@@ -78,30 +62,21 @@ impl Application {
             relay_wake: relay_wake.clone(),
         };
 
-        let migrated = Arc::new(AtomicBool::new(false));
+        let gate = Gate::default();
         let server = grpc::spawn(
-            router.add_service(AuthServiceServer::with_interceptor(
-                api,
-                grpc::until_ready(migrated.clone()),
-            )),
+            router.add_service(AuthServiceServer::with_interceptor(api, gate.interceptor())),
             listener,
             &shutdown,
         );
 
         let mut relay = None;
-        if db::bootstrap(&settings.database, &pool, &MIGRATOR, &shutdown).await {
-            migrated.store(true, Ordering::Release);
-            let probe = pool.clone();
-            tokio::spawn(grpc::report_health(
-                health,
-                SERVICE_NAME,
-                HEALTH_EVERY,
-                shutdown.clone(),
-                move || {
-                    let probe = probe.clone();
-                    async move { db::is_alive(&probe).await }
-                },
-            ));
+        if gate
+            .migrate_then_open(&settings.database, &pool, &MIGRATOR, &shutdown)
+            .await
+        {
+            spawn_health(health, SERVICE_NAME, pool.clone(), shutdown.clone(), || {
+                true
+            });
             let r = Relay::new(
                 settings.database.direct_connect_options()?,
                 settings.amqp.url.clone(),

@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, process::Stdio, time::Duration};
 
 use anyhow::Context as _;
-use memberflow_common::{settings::Source, shutdown, telemetry};
+use memberflow_common::{settings::ServiceSettings as _, settings::Source, shutdown, telemetry};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},

@@ -47,17 +47,13 @@ impl DatabaseSettings {
 
     /// Parsed connect options; the URL is never logged.
     pub fn connect_options(&self) -> Result<PgConnectOptions, sqlx::Error> {
-        Ok(PgConnectOptions::from_str(self.url.expose_secret())?
-            .log_statements(tracing::log::LevelFilter::Trace)
-            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1)))
+        parse(&self.url)
     }
 
     /// Options for a session of its own: `direct_url` if set, else `url`.
     pub fn direct_connect_options(&self) -> Result<PgConnectOptions, sqlx::Error> {
         match &self.direct_url {
-            Some(direct) => Ok(PgConnectOptions::from_str(direct.expose_secret())?
-                .log_statements(tracing::log::LevelFilter::Trace)
-                .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1))),
+            Some(direct) => parse(direct),
             None => self.connect_options(),
         }
     }
@@ -79,6 +75,14 @@ impl DatabaseSettings {
             .unwrap_or("postgres")
             .to_owned())
     }
+}
+
+/// Connect options from a URL, with statements logged at TRACE and slow
+/// ones (over a second) at WARN.
+fn parse(url: &SecretString) -> Result<PgConnectOptions, sqlx::Error> {
+    Ok(PgConnectOptions::from_str(url.expose_secret())?
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1)))
 }
 
 /// Creates the target database if it does not exist, through the `postgres`

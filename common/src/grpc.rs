@@ -106,23 +106,6 @@ pub async fn report_health<F, Fut>(
     }
 }
 
-/// Refuses every call with UNAVAILABLE until `ready` is set (the database
-/// is migrated), rather than letting an RPC fail on a missing table as
-/// INTERNAL.
-pub fn until_ready(
-    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Clone {
-    move |req| {
-        if ready.load(std::sync::atomic::Ordering::Acquire) {
-            Ok(req)
-        } else {
-            Err(Status::unavailable(
-                "starting: the database is not reachable or not migrated yet",
-            ))
-        }
-    }
-}
-
 /// Marks `service` and the whole server (`""`) as serving or not.
 pub async fn set_serving(reporter: &HealthReporter, service: &str, serving: bool) {
     let status = if serving {

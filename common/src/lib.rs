@@ -12,5 +12,6 @@ pub mod retry;
 pub mod secrets;
 pub mod settings;
 pub mod shutdown;
+pub mod startup;
 pub mod telemetry;
 pub mod token;

@@ -16,10 +16,117 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use secrecy::SecretString;
 use serde::{Deserialize, de::DeserializeOwned};
+
+use crate::secrets::{Audit, Refused};
 
 /// The env var naming the config folder when no `--config` flag is given.
 pub const CONFIG_ENV: &str = "MEMBERFLOW_CONFIG";
+
+/// What a service's settings tell the rules both services share: how they
+/// are loaded and how they are audited before start-up.
+pub trait ServiceSettings: DeserializeOwned + Sized {
+    /// The table in the config files, and the env prefix (`auth`: `AUTH__`).
+    const SERVICE: &'static str;
+    /// The port when nothing sets `server.addr`.
+    const PORT: u16;
+
+    /// What the start-up audit looks at.
+    fn audited(&self) -> Audited<'_>;
+    fn server(&self) -> &ServerSettings;
+    fn database(&self) -> &crate::db::DatabaseSettings;
+
+    /// Defaults, then the service's table of the config files, then its
+    /// environment variables.
+    fn load(source: &Source) -> Result<Self, SettingsError> {
+        let addr = format!("127.0.0.1:{}", Self::PORT);
+        let db = format!("postgres://postgres@127.0.0.1:5432/{}", Self::SERVICE);
+        source.load(
+            Self::SERVICE,
+            &[
+                ("server.addr", addr.as_str()),
+                ("database.url", db.as_str()),
+            ],
+        )
+    }
+
+    /// Refuses known, missing or short secrets (and default broker
+    /// credentials off loopback) in production; warns in development.
+    fn audit(&self) -> Result<(), Refused> {
+        let key = |k: &str| format!("{}.{k}", Self::SERVICE);
+        let audited = self.audited();
+        let mut audit = Audit::new(audited.environment);
+        for (k, secret) in audited.secrets {
+            audit = audit.secret(&key(k), secret);
+        }
+        for (k, url) in audited.urls {
+            audit = audit.url(&key(k), url);
+        }
+        audit.finish()
+    }
+}
+
+/// Implements [`ServiceSettings`] for a service's settings struct, which has
+/// `environment`, `server`, `database` and `amqp.url` like every service; the
+/// secrets are named by key and field path:
+///
+/// ```ignore
+/// memberflow_common::service_settings!(Settings, "auth", 50051, secrets: [
+///     "token.secret" => token.secret,
+/// ]);
+/// ```
+#[macro_export]
+macro_rules! service_settings {
+    ($settings:ty, $service:literal, $port:literal, secrets: [$($key:literal => $first:ident $(. $rest:ident)*),* $(,)?]) => {
+        impl $crate::settings::ServiceSettings for $settings {
+            const SERVICE: &'static str = $service;
+            const PORT: u16 = $port;
+
+            fn server(&self) -> &$crate::settings::ServerSettings {
+                &self.server
+            }
+
+            fn database(&self) -> &$crate::db::DatabaseSettings {
+                &self.database
+            }
+
+            fn audited(&self) -> $crate::settings::Audited<'_> {
+                $crate::settings::Audited {
+                    environment: self.environment,
+                    secrets: vec![$(($key, &self.$first $(.$rest)*)),*],
+                    urls: vec![("amqp.url", &self.amqp.url), ("database.url", &self.database.url)],
+                }
+            }
+        }
+    };
+}
+
+/// A service's environment, secrets and credentials-bearing URLs, each by
+/// its key below the service's table.
+#[derive(Debug)]
+pub struct Audited<'a> {
+    pub environment: Environment,
+    pub secrets: Vec<(&'static str, &'a SecretString)>,
+    pub urls: Vec<(&'static str, &'a SecretString)>,
+}
+
+/// `[server]`: where a service listens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ServerSettings {
+    /// Listen address; port 0 picks a free port (tests). Each service's
+    /// default port comes from its `load` defaults and `base.toml`.
+    pub addr: String,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:0".into(),
+        }
+    }
+}
 
 /// The `--config DIR` flag every binary takes.
 #[derive(Debug, Clone, Default, clap::Args)]

@@ -1,4 +1,6 @@
 //! Tracing bootstrap shared by the binaries and the tests.
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// The log filter of every binary unless `RUST_LOG` says otherwise. lapin
@@ -7,26 +9,33 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 /// relay reports those itself.
 pub const DEFAULT_FILTER: &str = "info,sqlx=warn,lapin=error";
 
-/// Installs a fmt subscriber filtered by `RUST_LOG` (or `default_filter`).
+/// Installs a fmt subscriber on stdout, filtered by `RUST_LOG` (or
+/// `default_filter`).
 ///
 /// Safe to call more than once: later calls are no-ops, which lets every test
 /// call it.
 pub fn init(default_filter: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            fmt::layer()
-                .with_target(false)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())),
-        )
-        .try_init();
+    install(
+        default_filter,
+        std::io::stdout,
+        std::io::stdout().is_terminal(),
+    );
 }
 
 /// [`init`], logging to stderr: for a process whose stdout is a protocol
 /// (the bench's child services print their address there).
 pub fn init_stderr(default_filter: &str) {
+    install(
+        default_filter,
+        std::io::stderr,
+        std::io::stderr().is_terminal(),
+    );
+}
+
+fn install<W>(default_filter: &str, writer: W, ansi: bool)
+where
+    W: for<'w> fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let _ = tracing_subscriber::registry()
@@ -34,8 +43,8 @@ pub fn init_stderr(default_filter: &str) {
         .with(
             fmt::layer()
                 .with_target(false)
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+                .with_writer(writer)
+                .with_ansi(ansi),
         )
         .try_init();
 }

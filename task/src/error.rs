@@ -9,6 +9,9 @@ use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// What every service answers alike.
+    #[error(transparent)]
+    Common(Failure),
     #[error("member {member_id} is not ready yet; retry after {retry_after:?}")]
     UserNotReady {
         member_id: Uuid,
@@ -18,8 +21,6 @@ pub enum Error {
     /// run newer tzdata); the event was kept, the task cannot be placed.
     #[error("the member's region {0:?} is not a time zone this service knows")]
     UnknownRegion(String),
-    #[error(transparent)]
-    Common(Failure),
 }
 
 memberflow_common::service_error!(Error);

@@ -1,5 +1,5 @@
 use clap::Parser;
-use memberflow_common::{settings::ConfigArg, shutdown, telemetry};
+use memberflow_common::{settings::ConfigArg, settings::ServiceSettings as _, shutdown, telemetry};
 use task::{Application, Settings};
 
 /// The task service: the member replica and members' tasks.

@@ -1,9 +1,8 @@
-//! Typed settings of the task service (`config/task.toml`, then `TASK__*`).
+//! Typed settings of the task service (`[task]` of `config/*.toml`, then `TASK__*`).
 use memberflow_common::{
     db::DatabaseSettings,
     retry::Backoff,
-    secrets::{Audit, Refused},
-    settings::{Environment, SettingsError, Source},
+    settings::{Environment, ServerSettings},
 };
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -16,49 +15,20 @@ pub struct Settings {
     /// secrets; `development` accepts them with a warning.
     pub environment: Environment,
     pub server: ServerSettings,
+    /// What CreateTask does for a member not replicated yet.
+    pub consistency: ConsistencySettings,
     pub database: DatabaseSettings,
     pub amqp: AmqpSettings,
     pub auth: AuthSettings,
     pub token: TokenSettings,
-    pub consistency: ConsistencySettings,
     pub inbox: InboxSettings,
     pub reconcile: ReconcileSettings,
 }
 
-impl Settings {
-    /// Defaults, then `[task]` of the config files, then `TASK__`
-    /// environment variables.
-    pub fn load(source: &Source) -> Result<Self, SettingsError> {
-        source.load(
-            "task",
-            &[("database.url", "postgres://postgres@127.0.0.1:5432/task")],
-        )
-    }
-
-    /// Refuses known, missing or short secrets in production.
-    pub fn audit(&self) -> Result<(), Refused> {
-        Audit::new(self.environment)
-            .secret("task.token.secret", &self.token.secret)
-            .secret("task.auth.service_token", &self.auth.service_token)
-            .url("task.amqp.url", &self.amqp.url)
-            .url("task.database.url", &self.database.url)
-            .finish()
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
-pub struct ServerSettings {
-    pub addr: String,
-}
-
-impl Default for ServerSettings {
-    fn default() -> Self {
-        Self {
-            addr: "127.0.0.1:50052".into(),
-        }
-    }
-}
+memberflow_common::service_settings!(Settings, "task", 50052, secrets: [
+    "token.secret" => token.secret,
+    "auth.service_token" => auth.service_token,
+]);
 
 /// The consumer of `member.events`.
 #[derive(Debug, Clone, Deserialize)]

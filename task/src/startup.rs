@@ -2,22 +2,20 @@
 //! event consumer, all stopped by one shutdown token.
 use std::{
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use memberflow_common::{
-    db, grpc, proto::task::v1::task_service_server::TaskServiceServer, shutdown::CancellationToken,
+    grpc,
+    proto::task::v1::task_service_server::TaskServiceServer,
+    shutdown::CancellationToken,
+    startup::{Gate, Prepared, spawn_health},
     token::TokenKeys,
 };
-use sqlx::PgPool;
-use tokio::net::TcpListener;
 
 use crate::{
-    consumer::{Consumer, ConsumerStats},
+    consumer::{Attachment, Consumer, ConsumerStats},
     grpc::TaskApi,
     inbox,
     read_through::ReadThrough,
@@ -25,9 +23,6 @@ use crate::{
     resync::AuthSource,
     settings::Settings,
 };
-
-/// How often health re-checks the database and the consumer.
-const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
 /// The fully qualified service name, as reported by the health service.
 pub const SERVICE_NAME: &str = "task.v1.TaskService";
@@ -38,10 +33,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/tas
 
 /// A bound, not yet running task service.
 pub struct Application {
-    listener: TcpListener,
-    addr: SocketAddr,
-    settings: Settings,
-    pool: PgPool,
+    prepared: Prepared<Settings>,
     stats: Arc<ConsumerStats>,
     reconcile_stats: Arc<ReconcileStats>,
     read_through: ReadThrough,
@@ -49,20 +41,14 @@ pub struct Application {
 }
 
 impl Application {
-    /// Binds the listener (port 0 allowed); nothing talks to PostgreSQL,
-    /// RabbitMQ or auth until [`Self::run_until_stopped`].
+    /// Audits the settings and binds the listener (port 0 allowed); nothing
+    /// talks to PostgreSQL, RabbitMQ or auth until [`Self::run_until_stopped`].
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        settings.audit()?;
-        let listener = TcpListener::bind(&settings.server.addr).await?;
-        let addr = listener.local_addr()?;
-        let pool = settings.database.lazy_pool()?;
-        let read_through = ReadThrough::new(&settings.auth, pool.clone())?;
-        let source = AuthSource::new(&settings.auth)?;
+        let prepared = Prepared::new(settings).await?;
+        let read_through = ReadThrough::new(&prepared.settings.auth, prepared.pool.clone())?;
+        let source = AuthSource::new(&prepared.settings.auth)?;
         Ok(Self {
-            listener,
-            addr,
-            settings,
-            pool,
+            prepared,
             stats: Arc::default(),
             reconcile_stats: Arc::default(),
             source,
@@ -70,8 +56,9 @@ impl Application {
         })
     }
 
+    /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.prepared.addr
     }
 
     /// Consumer counters, shared with the running consumer.
@@ -93,14 +80,17 @@ impl Application {
     /// lets the consumer ack its batch and close its channel, then returns.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
-            listener,
-            settings,
-            pool,
+            prepared:
+                Prepared {
+                    listener,
+                    settings,
+                    pool,
+                    ..
+                },
             stats,
             reconcile_stats,
             read_through,
             source,
-            ..
         } = self;
         let (health, router) = grpc::server(SERVICE_NAME).await;
         let api = TaskApi {
@@ -112,12 +102,9 @@ impl Application {
         };
         tracing::info!(mode = ?settings.consistency.mode, "consistency mode");
 
-        let migrated = Arc::new(AtomicBool::new(false));
+        let gate = Gate::default();
         let server = grpc::spawn(
-            router.add_service(TaskServiceServer::with_interceptor(
-                api,
-                grpc::until_ready(migrated.clone()),
-            )),
+            router.add_service(TaskServiceServer::with_interceptor(api, gate.interceptor())),
             listener,
             &shutdown,
         );
@@ -125,8 +112,10 @@ impl Application {
         let mut consumer_task = None;
         let mut pruner_task = None;
         let mut reconciler_task = None;
-        if db::bootstrap(&settings.database, &pool, &MIGRATOR, &shutdown).await {
-            migrated.store(true, Ordering::Release);
+        if gate
+            .migrate_then_open(&settings.database, &pool, &MIGRATOR, &shutdown)
+            .await
+        {
             pruner_task = Some(tokio::spawn(inbox::run_pruner(
                 pool.clone(),
                 settings.inbox.clone(),
@@ -142,32 +131,15 @@ impl Application {
             let consumer = Consumer::new(pool.clone(), settings.amqp.clone(), stats);
             let attached = consumer.attached();
             consumer_task = Some(tokio::spawn(consumer.run(shutdown.clone())));
-            // SERVING while the database answers and the consumer is attached,
-            // or has been detached for less than the grace period (a broker
-            // restart should not flap every instance out of a load balancer).
-            let grace = Duration::from_secs(settings.amqp.detached_grace_secs);
-            let probe = pool.clone();
-            let mut detached_since: Option<Instant> = Some(Instant::now());
-            let mut ever_attached = false;
-            tokio::spawn(grpc::report_health(
+            let mut attachment =
+                Attachment::new(Duration::from_secs(settings.amqp.detached_grace_secs));
+            spawn_health(
                 health,
                 SERVICE_NAME,
-                HEALTH_EVERY,
+                pool.clone(),
                 shutdown.clone(),
-                move || {
-                    let probe = probe.clone();
-                    let now_attached = *attached.borrow();
-                    ever_attached |= now_attached;
-                    detached_since = match (now_attached, detached_since) {
-                        (true, _) => None,
-                        (false, None) => Some(Instant::now()),
-                        (false, since) => since,
-                    };
-                    let consumer_ok =
-                        ever_attached && detached_since.is_none_or(|since| since.elapsed() < grace);
-                    async move { consumer_ok && db::is_alive(&probe).await }
-                },
-            ));
+                move || attachment.healthy(*attached.borrow(), Instant::now()),
+            );
         }
 
         let served = server.await;

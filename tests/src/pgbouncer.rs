@@ -17,7 +17,8 @@ pub struct PgBouncer {
 
 impl PgBouncer {
     /// Starts one forwarding every database to `upstream` (`host:port`) as
-    /// user `postgres`, in `pool_mode = transaction`.
+    /// user `postgres`, in `pool_mode = transaction`, with one server
+    /// connection per database.
     pub async fn start(upstream: &str) -> Self {
         let (host, pg_port) = upstream.rsplit_once(':').expect("host:port");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -33,7 +34,7 @@ impl PgBouncer {
                 "[databases]\n* = host={host} port={pg_port} user=postgres\n\
                  [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
                  unix_socket_dir =\nauth_type = any\npool_mode = transaction\n\
-                 admin_users = postgres\nmax_client_conn = 200\ndefault_pool_size = 10\n\
+                 admin_users = postgres\nmax_client_conn = 200\ndefault_pool_size = 1\n\
                  ignore_startup_parameters = extra_float_digits,options\n\
                  logfile = {log}\npidfile = {pid}\n",
                 log = dir.join("pgbouncer.log").display(),

@@ -783,6 +783,11 @@ async fn behind_pgbouncer_in_transaction_mode_the_relay_uses_its_direct_url() {
     let pooled = direct.replace(&env.pg_host(), &bouncer.host());
     settings.database = memberflow_common::db::DatabaseSettings::with_url(&pooled);
     settings.database.direct_url = Some(direct.into());
+    // Debian's PgBouncer (1.18) cannot carry sqlx's named prepared
+    // statements across server connections; one client on one server
+    // connection (default_pool_size = 1 in the kit) keeps the RPC path sound.
+    // What this test is about is the relay's sessions, which must go direct.
+    settings.database.max_connections = 1;
     let auth = spawn_auth(settings).await;
 
     for i in 0..30 {

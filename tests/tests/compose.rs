@@ -1,5 +1,6 @@
 //! docker-compose.yml cannot be run here (no Docker engine), so the suite
 //! parses it and checks what it promises: services, ports, env, healthchecks.
+use memberflow_common::settings::ServiceSettings as _;
 use serde_yaml::Value;
 
 fn compose() -> Value {

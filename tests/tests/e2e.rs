@@ -6,6 +6,7 @@ use std::{sync::Arc, time::Duration};
 use memberflow_common::{
     client::TaskClient,
     proto::{auth::v1 as auth_pb, task::v1 as pb},
+    settings::ServiceSettings as _,
     settings::Source,
 };
 use memberflow_tests::{

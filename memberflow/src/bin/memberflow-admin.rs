@@ -12,7 +12,7 @@
 //! ```
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use memberflow_common::{amqp, settings::ConfigArg};
+use memberflow_common::{amqp, settings::ConfigArg, settings::ServiceSettings as _};
 use secrecy::ExposeSecret;
 
 #[derive(Parser)]

@@ -16,6 +16,7 @@ use std::process::Stdio;
 use clap::{Parser, Subcommand};
 use memberflow_common::{
     amqp,
+    settings::ServiceSettings as _,
     settings::{ConfigArg, Source},
     shutdown, telemetry,
 };

@@ -342,6 +342,39 @@ impl Consumer {
     }
 }
 
+/// Whether the consumer counts as healthy: attached, or detached for less
+/// than a grace period since it was last attached (a broker restart should
+/// not flap every instance out of a load balancer). Never healthy before its
+/// first attach.
+#[derive(Debug)]
+pub struct Attachment {
+    grace: Duration,
+    ever_attached: bool,
+    detached_since: Option<std::time::Instant>,
+}
+
+impl Attachment {
+    pub fn new(grace: Duration) -> Self {
+        Self {
+            grace,
+            ever_attached: false,
+            detached_since: None,
+        }
+    }
+
+    /// Records whether the consumer is attached `now`; returns whether that
+    /// is healthy.
+    pub fn healthy(&mut self, attached: bool, now: std::time::Instant) -> bool {
+        if attached {
+            self.ever_attached = true;
+            self.detached_since = None;
+            return true;
+        }
+        let since = *self.detached_since.get_or_insert(now);
+        self.ever_attached && now.duration_since(since) < self.grace
+    }
+}
+
 /// The span of one apply: how many events, and the range of member ids.
 fn apply_span(events: &[MemberEvent]) -> tracing::Span {
     let first = events.iter().map(|e| e.member_id).min();
@@ -361,4 +394,25 @@ fn apply_span(events: &[MemberEvent]) -> tracing::Span {
         span.record("event_id", tracing::field::display(one.event_id));
     }
     span
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::Attachment;
+
+    #[test]
+    fn healthy_while_attached_or_briefly_detached_never_before_the_first_attach() {
+        let t0 = Instant::now();
+        let s = |n| t0 + Duration::from_secs(n);
+        let mut a = Attachment::new(Duration::from_secs(10));
+        assert!(!a.healthy(false, s(0)), "not yet attached");
+        assert!(a.healthy(true, s(1)));
+        assert!(a.healthy(false, s(2)), "detached, within the grace");
+        assert!(a.healthy(false, s(11)));
+        assert!(!a.healthy(false, s(12)), "detached past the grace");
+        assert!(a.healthy(true, s(13)), "back");
+        assert!(a.healthy(false, s(14)), "a new grace");
+    }
 }

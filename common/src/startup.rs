@@ -1,0 +1,112 @@
+//! What every service's `Application::build` does first, before its own
+//! parts: refuse unsafe settings, bind the listener (port 0 allowed, so tests
+//! learn the real port from [`Prepared::addr`]) and prepare a database pool
+//! that connects on first use, so a service starts, and reports NOT_SERVING,
+//! while PostgreSQL is still down.
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Status};
+use tonic_health::server::HealthReporter;
+
+use crate::{
+    db::{self, DatabaseSettings},
+    settings::ServiceSettings,
+};
+
+/// How often health re-checks a service's dependencies.
+pub const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
+/// A service's audited settings, bound listener and lazy pool.
+#[derive(Debug)]
+pub struct Prepared<S> {
+    pub listener: TcpListener,
+    /// The address actually bound.
+    pub addr: SocketAddr,
+    pub settings: S,
+    pub pool: PgPool,
+}
+
+impl<S: ServiceSettings> Prepared<S> {
+    pub async fn new(settings: S) -> anyhow::Result<Self> {
+        settings.audit()?;
+        let listener = TcpListener::bind(&settings.server().addr).await?;
+        let addr = listener.local_addr()?;
+        let pool = settings.database().lazy_pool()?;
+        Ok(Self {
+            listener,
+            addr,
+            settings,
+            pool,
+        })
+    }
+}
+
+/// Holds RPCs back until the database is migrated: until then they get
+/// UNAVAILABLE rather than failing on a missing table as INTERNAL.
+#[derive(Debug, Clone, Default)]
+pub struct Gate(Arc<AtomicBool>);
+
+impl Gate {
+    /// The interceptor to put on the service.
+    pub fn interceptor(
+        &self,
+    ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + use<> {
+        let open = self.0.clone();
+        move |req| {
+            if open.load(Ordering::Acquire) {
+                Ok(req)
+            } else {
+                Err(Status::unavailable(
+                    "starting: the database is not reachable or not migrated yet",
+                ))
+            }
+        }
+    }
+
+    /// Creates and migrates the database, retrying while it is unreachable
+    /// (see [`db::bootstrap`]), then lets RPCs through. `false` if shutdown
+    /// came first.
+    pub async fn migrate_then_open(
+        &self,
+        settings: &DatabaseSettings,
+        pool: &PgPool,
+        migrator: &sqlx::migrate::Migrator,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let migrated = db::bootstrap(settings, pool, migrator, shutdown).await;
+        self.0.store(migrated, Ordering::Release);
+        migrated
+    }
+}
+
+/// Reports `service` SERVING while its database answers and `also()` holds,
+/// re-checked every [`HEALTH_EVERY`] until `shutdown`.
+pub fn spawn_health(
+    health: HealthReporter,
+    service: &'static str,
+    pool: PgPool,
+    shutdown: CancellationToken,
+    mut also: impl FnMut() -> bool + Send + 'static,
+) {
+    tokio::spawn(crate::grpc::report_health(
+        health,
+        service,
+        HEALTH_EVERY,
+        shutdown,
+        move || {
+            let pool = pool.clone();
+            let others = also();
+            async move { others && db::is_alive(&pool).await }
+        },
+    ));
+}
