@@ -603,3 +603,51 @@ async fn the_reconciler_repairs_corrupted_rows_and_touches_no_correct_one() {
         "exactly the corrupted rows"
     );
 }
+
+#[tokio::test]
+async fn an_interrupted_resync_resumes_from_its_checkpoint() {
+    let mut env = TestEnv::new();
+    let auth = spawn_auth(auth_settings(&mut env)).await;
+    let settings = task_settings(
+        &mut env,
+        ConsistencyMode::NotReady,
+        &format!("http://{}", auth.app.addr),
+    );
+    let source = task::resync::AuthSource::new(&settings.auth).unwrap();
+    let _task = spawn_task(settings).await;
+    let (auth_db, task_db) = (env.pool("auth").await, env.pool("task").await);
+    seed_auth_members(&auth_db, 3_000).await;
+    // As a run stopped after its first 1,000 members leaves it.
+    let stopped_at: Uuid =
+        sqlx::query_scalar("SELECT id FROM members ORDER BY id OFFSET 999 LIMIT 1")
+            .fetch_one(&auth_db)
+            .await
+            .unwrap();
+    sqlx::query("INSERT INTO resync_checkpoint (name, last_id) VALUES ('full', $1)")
+        .bind(stopped_at)
+        .execute(&task_db)
+        .await
+        .unwrap();
+
+    let done = task::resync::resync(&task_db, &source, task::resync::Scope::All, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(done.read, 2_000, "only what came after the checkpoint");
+    assert_eq!(count(&task_db, "SELECT count(*) FROM members").await, 2_000);
+    assert_eq!(task::resync::checkpoint(&task_db).await.unwrap(), None);
+
+    // Chosen members only.
+    let chosen: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM members ORDER BY id LIMIT 3")
+        .fetch_all(&auth_db)
+        .await
+        .unwrap();
+    let done = task::resync::resync(
+        &task_db,
+        &source,
+        task::resync::Scope::Members(chosen.clone()),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!((done.read, done.changed), (3, 3));
+}
