@@ -3,6 +3,7 @@
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod metrics;
 pub mod outbox;
 pub mod password;
 pub mod repo;

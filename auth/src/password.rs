@@ -7,6 +7,8 @@ use argon2::{
     password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString, rand_core::OsRng},
 };
 
+use prometheus_client::metrics::gauge::Gauge;
+
 use crate::{domain::Password, settings::PasswordSettings};
 
 /// Hashes and verifies passwords with a configured cost.
@@ -22,10 +24,12 @@ pub struct Hasher {
     /// freed buffers in many malloc arenas: auth peaked near 1 GB RSS under 32
     /// concurrent signups at the production cost.)
     pool: Arc<rayon_core::ThreadPool>,
+    /// Hashes submitted and not yet started (`memberflow_password_hash_queue`).
+    queued: Gauge,
 }
 
 impl Hasher {
-    pub fn new(cfg: &PasswordSettings) -> anyhow::Result<Self> {
+    pub fn new(cfg: &PasswordSettings, queued: Gauge) -> anyhow::Result<Self> {
         let params = Params::new(cfg.memory_kib, cfg.iterations, cfg.parallelism, None)
             .map_err(|e| anyhow::anyhow!("invalid password hashing cost: {e}"))?;
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
@@ -43,6 +47,7 @@ impl Hasher {
             argon,
             dummy_hash,
             pool: Arc::new(pool),
+            queued,
         })
     }
 
@@ -68,7 +73,10 @@ impl Hasher {
         work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let queued = self.queued.clone();
+        queued.inc();
         self.pool.spawn(move || {
+            queued.dec();
             let _ = tx.send(work());
         });
         rx.await?

@@ -1,5 +1,6 @@
 //! Typed settings of the auth service (`[auth]` of `config/*.toml`, then `AUTH__*`).
 use memberflow_common::{
+    admin_http::MetricsSettings,
     db::DatabaseSettings,
     retry::Backoff,
     settings::{Environment, ServerSettings},
@@ -15,6 +16,8 @@ pub struct Settings {
     /// secrets; `development` accepts them with a warning.
     pub environment: Environment,
     pub server: ServerSettings,
+    /// The admin HTTP endpoint: `/metrics`, `/livez`, `/readyz`.
+    pub metrics: MetricsSettings,
     pub database: DatabaseSettings,
     pub amqp: AmqpSettings,
     pub password: PasswordSettings,
@@ -22,7 +25,7 @@ pub struct Settings {
     pub relay: RelaySettings,
 }
 
-memberflow_common::service_settings!(Settings, "auth", 50051, secrets: [
+memberflow_common::service_settings!(Settings, "auth", 50051, metrics: 9091, secrets: [
     "token.secret" => token.secret,
     "token.service_token" => token.service_token,
 ]);

@@ -7,12 +7,18 @@ use memberflow_common::{
     grpc,
     proto::auth::v1::auth_service_server::AuthServiceServer,
     shutdown::CancellationToken,
-    startup::{Gate, Prepared, spawn_health},
+    startup::{Gate, Prepared, Started, spawn_health},
     token::TokenKeys,
 };
 use tokio::sync::Notify;
 
-use crate::{grpc::AuthApi, outbox::relay::Relay, password::Hasher, settings::Settings};
+use crate::{
+    grpc::AuthApi,
+    metrics::AuthMetrics,
+    outbox::relay::{Relay, watch_outbox},
+    password::Hasher,
+    settings::Settings,
+};
 
 /// The fully qualified service name, as reported by the health service.
 pub const SERVICE_NAME: &str = "auth.v1.AuthService";
@@ -41,21 +47,29 @@ impl Application {
         self.prepared.addr
     }
 
+    /// The admin endpoint's address (`/metrics`, `/livez`, `/readyz`).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.prepared.metrics_addr
+    }
+
     /// Serves until `shutdown` is cancelled, then stops accepting, finishes
     /// in-flight RPCs, lets the relay finish its batch, and returns.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Prepared {
+        let Started {
             listener,
             settings,
             pool,
-            ..
-        } = self.prepared;
-        let (health, router) = grpc::server(SERVICE_NAME).await;
+            registry,
+            ready,
+            health,
+            router,
+        } = self.prepared.start(SERVICE_NAME, &shutdown).await;
+        let metrics = AuthMetrics::register(&registry);
 
         let relay_wake = Arc::new(Notify::new());
         let api = AuthApi {
             pool: pool.clone(),
-            hasher: Hasher::new(&settings.password)?,
+            hasher: Hasher::new(&settings.password, metrics.password_hash_queue.clone())?,
             tokens: TokenKeys::new(&settings.token.secret),
             token_ttl: Duration::seconds(settings.token.ttl_secs),
             service_token: settings.token.service_token.clone(),
@@ -74,15 +88,22 @@ impl Application {
             .migrate_then_open(&settings.database, &pool, &MIGRATOR, &shutdown)
             .await
         {
-            spawn_health(health, SERVICE_NAME, pool.clone(), shutdown.clone(), || {
-                true
-            });
+            spawn_health(
+                health,
+                SERVICE_NAME,
+                pool.clone(),
+                ready,
+                shutdown.clone(),
+                || true,
+            );
             let r = Relay::new(
                 settings.database.direct_connect_options()?,
                 settings.amqp.url.clone(),
                 settings.relay.clone(),
                 relay_wake,
+                metrics.clone(),
             );
+            tokio::spawn(watch_outbox(pool.clone(), metrics, shutdown.clone()));
             relay = Some(tokio::spawn(r.run(shutdown.clone())));
         }
 

@@ -115,6 +115,7 @@ impl ServiceProcess {
             }
         }
         cmd.env(format!("{prefix}SERVER__ADDR"), "127.0.0.1:0")
+            .env(format!("{prefix}METRICS__ADDR"), "127.0.0.1:0")
             .env(format!("{prefix}ENVIRONMENT"), "development")
             .env("RUST_LOG", log);
         for (key, value) in service.dev_secrets() {

@@ -1,5 +1,7 @@
 //! gRPC plumbing both services share: health, reflection, metadata and rich
 //! error details.
+use std::convert::Infallible;
+
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -12,18 +14,29 @@ use tonic::{
 };
 use tonic_health::server::HealthReporter;
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+use tower::layer::util::{Identity, Stack};
 
-use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::{
+    metrics::{GrpcMetrics, GrpcMetricsLayer, RecordedBody},
+    proto::FILE_DESCRIPTOR_SET,
+};
+
+/// The body of every response the metrics layer passes on.
+type ResponseBody = RecordedBody<tonic::body::Body>;
 
 /// The server both services run, before their own service is added: a
-/// tracing span per RPC, health (NOT_SERVING for `service` until the caller
+/// tracing span and the gRPC metrics per RPC, health (NOT_SERVING for `service` until the caller
 /// says otherwise) and reflection v1 + v1alpha.
-pub async fn server(service: &str) -> (HealthReporter, Router) {
+pub async fn server(
+    service: &str,
+    metrics: GrpcMetrics,
+) -> (HealthReporter, Router<Stack<GrpcMetricsLayer, Identity>>) {
     let (health, health_service) = tonic_health::server::health_reporter();
     set_serving(&health, service, false).await;
     let (reflection_v1, reflection_v1alpha) = reflection();
     let router = Server::builder()
         .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path()))
+        .layer(GrpcMetricsLayer(metrics))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
@@ -37,11 +50,22 @@ pub async fn server(service: &str) -> (HealthReporter, Router) {
 /// `Server::tcp_nodelay` for a listener passed in, and with Nagle on, a
 /// response written in several segments waits for the client's delayed ACK:
 /// about 40 ms per successful Login through grpcio (tonic's own client hid it).
-pub fn spawn(
-    router: Router,
+pub fn spawn<L>(
+    router: Router<L>,
     listener: TcpListener,
     shutdown: &CancellationToken,
-) -> JoinHandle<Result<(), tonic::transport::Error>> {
+) -> JoinHandle<Result<(), tonic::transport::Error>>
+where
+    L: tower::Layer<tonic::service::Routes> + Send + 'static,
+    L::Service: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<ResponseBody>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Future: Send + 'static,
+{
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned()))
 }
@@ -80,6 +104,7 @@ pub async fn report_health<F, Fut>(
     health: HealthReporter,
     service: &'static str,
     every: std::time::Duration,
+    readiness: crate::admin_http::Readiness,
     shutdown: CancellationToken,
     mut ready: F,
 ) where
@@ -91,6 +116,7 @@ pub async fn report_health<F, Fut>(
         let now = ready().await;
         if last != Some(now) {
             set_serving(&health, service, now).await;
+            readiness.store(now, std::sync::atomic::Ordering::Release);
             if last.is_some() {
                 if now {
                     tracing::info!(service, "SERVING again");

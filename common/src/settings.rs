@@ -31,10 +31,13 @@ pub trait ServiceSettings: DeserializeOwned + Sized {
     const SERVICE: &'static str;
     /// The port when nothing sets `server.addr`.
     const PORT: u16;
+    /// The admin HTTP port when nothing sets `metrics.addr`.
+    const METRICS_PORT: u16;
 
     /// What the start-up audit looks at.
     fn audited(&self) -> Audited<'_>;
     fn server(&self) -> &ServerSettings;
+    fn metrics(&self) -> &crate::admin_http::MetricsSettings;
     fn database(&self) -> &crate::db::DatabaseSettings;
 
     /// Defaults, then the service's table of the config files, then its
@@ -68,23 +71,29 @@ pub trait ServiceSettings: DeserializeOwned + Sized {
 }
 
 /// Implements [`ServiceSettings`] for a service's settings struct, which has
-/// `environment`, `server`, `database` and `amqp.url` like every service; the
+/// `environment`, `server`, `metrics`, `database` and `amqp.url` like every
+/// service; the
 /// secrets are named by key and field path:
 ///
 /// ```ignore
-/// memberflow_common::service_settings!(Settings, "auth", 50051, secrets: [
+/// memberflow_common::service_settings!(Settings, "auth", 50051, metrics: 9091, secrets: [
 ///     "token.secret" => token.secret,
 /// ]);
 /// ```
 #[macro_export]
 macro_rules! service_settings {
-    ($settings:ty, $service:literal, $port:literal, secrets: [$($key:literal => $first:ident $(. $rest:ident)*),* $(,)?]) => {
+    ($settings:ty, $service:literal, $port:literal, metrics: $metrics_port:literal, secrets: [$($key:literal => $first:ident $(. $rest:ident)*),* $(,)?]) => {
         impl $crate::settings::ServiceSettings for $settings {
             const SERVICE: &'static str = $service;
             const PORT: u16 = $port;
+            const METRICS_PORT: u16 = $metrics_port;
 
             fn server(&self) -> &$crate::settings::ServerSettings {
                 &self.server
+            }
+
+            fn metrics(&self) -> &$crate::admin_http::MetricsSettings {
+                &self.metrics
             }
 
             fn database(&self) -> &$crate::db::DatabaseSettings {

@@ -19,21 +19,31 @@ use tonic::{Request, Status};
 use tonic_health::server::HealthReporter;
 
 use crate::{
+    admin_http::Readiness,
     db::{self, DatabaseSettings},
+    metrics::{GrpcMetrics, SharedRegistry},
     settings::ServiceSettings,
 };
 
 /// How often health re-checks a service's dependencies.
 pub const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
-/// A service's audited settings, bound listener and lazy pool.
+/// A service's audited settings, bound listeners, lazy pool and metrics.
 #[derive(Debug)]
 pub struct Prepared<S> {
     pub listener: TcpListener,
-    /// The address actually bound.
+    /// The gRPC address actually bound.
     pub addr: SocketAddr,
+    /// The admin HTTP endpoint (`/metrics`, `/livez`, `/readyz`).
+    pub metrics_listener: TcpListener,
+    pub metrics_addr: SocketAddr,
     pub settings: S,
     pub pool: PgPool,
+    /// This instance's metrics; every part registers its own.
+    pub registry: SharedRegistry,
+    pub grpc_metrics: GrpcMetrics,
+    /// What `/readyz` answers: gRPC health's SERVING.
+    pub ready: Readiness,
 }
 
 impl<S: ServiceSettings> Prepared<S> {
@@ -41,13 +51,60 @@ impl<S: ServiceSettings> Prepared<S> {
         settings.audit()?;
         let listener = TcpListener::bind(&settings.server().addr).await?;
         let addr = listener.local_addr()?;
+        let metrics_listener = TcpListener::bind(&settings.metrics().addr).await?;
+        let metrics_addr = metrics_listener.local_addr()?;
         let pool = settings.database().lazy_pool()?;
+        let registry = crate::metrics::registry();
+        let grpc_metrics = GrpcMetrics::register(&registry);
         Ok(Self {
             listener,
             addr,
+            metrics_listener,
+            metrics_addr,
             settings,
             pool,
+            registry,
+            grpc_metrics,
+            ready: Readiness::default(),
         })
+    }
+}
+
+/// A prepared service once its servers exist: the gRPC router (health,
+/// reflection and metrics in place, the service's own still to add) and the
+/// admin endpoint, already serving.
+pub struct Started<S> {
+    pub listener: TcpListener,
+    pub settings: S,
+    pub pool: PgPool,
+    pub registry: SharedRegistry,
+    pub ready: Readiness,
+    pub health: HealthReporter,
+    pub router: tonic::transport::server::Router<
+        tower::layer::util::Stack<crate::metrics::GrpcMetricsLayer, tower::layer::util::Identity>,
+    >,
+}
+
+impl<S: ServiceSettings> Prepared<S> {
+    /// Builds the gRPC router for `service` and starts the admin endpoint,
+    /// which stops with `shutdown`.
+    pub async fn start(self, service: &str, shutdown: &CancellationToken) -> Started<S> {
+        let (health, router) = crate::grpc::server(service, self.grpc_metrics).await;
+        tokio::spawn(crate::admin_http::serve(
+            self.metrics_listener,
+            self.registry.clone(),
+            self.ready.clone(),
+            shutdown.clone(),
+        ));
+        Started {
+            listener: self.listener,
+            settings: self.settings,
+            pool: self.pool,
+            registry: self.registry,
+            ready: self.ready,
+            health,
+            router,
+        }
     }
 }
 
@@ -95,6 +152,7 @@ pub fn spawn_health(
     health: HealthReporter,
     service: &'static str,
     pool: PgPool,
+    ready: Readiness,
     shutdown: CancellationToken,
     mut also: impl FnMut() -> bool + Send + 'static,
 ) {
@@ -102,6 +160,7 @@ pub fn spawn_health(
         health,
         service,
         HEALTH_EVERY,
+        ready,
         shutdown,
         move || {
             let pool = pool.clone();

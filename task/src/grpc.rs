@@ -16,6 +16,7 @@ use uuid::Uuid;
 use crate::{
     Error,
     domain::{DueLocal, NewTask, ReplicaMember, Task, Title},
+    metrics::{ReadThroughResult, TaskMetrics},
     read_through::{FetchError, ReadThrough},
     replica,
     repo::{self, Cursor},
@@ -33,6 +34,7 @@ pub struct TaskApi {
     pub(crate) mode: ConsistencyMode,
     pub(crate) retry_after: Duration,
     pub(crate) read_through: ReadThrough,
+    pub(crate) metrics: TaskMetrics,
 }
 
 impl TryFrom<pb::CreateTaskRequest> for NewTask {
@@ -97,16 +99,27 @@ impl TaskApi {
             member_id: id,
             retry_after: self.retry_after,
         };
-        match self.mode {
+        let fetched = match self.mode {
             ConsistencyMode::NotReady => Err(not_ready),
             ConsistencyMode::ReadThrough => match self.read_through.fetch_and_provision(id).await {
-                Ok(m) => Ok(m),
+                Ok(m) => {
+                    self.metrics.read_through(ReadThroughResult::ok);
+                    Ok(m)
+                }
                 Err(FetchError::NotFound(_)) => {
+                    self.metrics.read_through(ReadThroughResult::not_found);
                     Err(Failure::NotFound(format!("member {id}")).into())
                 }
-                Err(FetchError::Unavailable(_)) => Err(not_ready),
+                Err(FetchError::Unavailable(_)) => {
+                    self.metrics.read_through(ReadThroughResult::unavailable);
+                    Err(not_ready)
+                }
             },
+        };
+        if let Err(Error::UserNotReady { .. }) = &fetched {
+            self.metrics.user_not_ready.inc();
         }
+        fetched
     }
 
     async fn create(&self, member_id: Uuid, new: NewTask) -> Result<Task, Error> {

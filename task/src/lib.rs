@@ -6,6 +6,7 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod inbox;
+pub mod metrics;
 pub mod read_through;
 pub mod reconcile;
 pub mod replica;

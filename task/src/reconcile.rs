@@ -28,7 +28,10 @@ use memberflow_common::{
 use sqlx::{Connection, PgPool};
 use uuid::Uuid;
 
-use crate::{domain::ReplicaMember, replica, resync::AuthSource, settings::ReconcileSettings};
+use crate::{
+    domain::ReplicaMember, metrics::TaskMetrics, replica, resync::AuthSource,
+    settings::ReconcileSettings,
+};
 
 /// Advisory lock key of the reconciler ("mfrecncl").
 const LOCK_KEY: i64 = 0x6d66_7265_636e_636c;
@@ -166,6 +169,7 @@ pub async fn run(
     source: AuthSource,
     cfg: ReconcileSettings,
     stats: Arc<ReconcileStats>,
+    metrics: TaskMetrics,
     shutdown: CancellationToken,
 ) {
     if cfg.interval_secs == 0 {
@@ -186,6 +190,8 @@ pub async fn run(
                 let found = pass.missing + pass.stale + pass.unexplained;
                 stats.found.fetch_add(found, Ordering::Relaxed);
                 stats.repaired.fetch_add(pass.repaired, Ordering::Relaxed);
+                metrics.reconcile_found.inc_by(found);
+                metrics.reconcile_repaired.inc_by(pass.repaired);
                 if found > 0 {
                     tracing::warn!(
                         ?pass,

@@ -29,11 +29,20 @@ pub struct MemberEvent {
     pub occurred_at: DateTime<Utc>,
 }
 
+/// What applying a batch did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Applied {
+    /// Events not in the inbox before (the rest were duplicates).
+    pub fresh: u64,
+    /// For each replica row that changed, `replicated_at - occurred_at` in
+    /// seconds; fresh events that changed nothing were stale.
+    pub lags: Vec<f64>,
+}
+
 /// Applies `events` in one statement (so in one transaction): events already
 /// in the inbox are skipped, the rest are recorded there, and each member
 /// moves to its newest version if that is newer than what the replica holds.
-/// Returns how many replica rows changed.
-pub async fn apply(pool: &PgPool, events: &[MemberEvent]) -> sqlx::Result<u64> {
+pub async fn apply(pool: &PgPool, events: &[MemberEvent]) -> sqlx::Result<Applied> {
     let mut event_ids = Vec::with_capacity(events.len());
     let mut member_ids = Vec::with_capacity(events.len());
     let mut nicknames = Vec::with_capacity(events.len());
@@ -48,7 +57,7 @@ pub async fn apply(pool: &PgPool, events: &[MemberEvent]) -> sqlx::Result<u64> {
         versions.push(e.version);
         occurred.push(e.occurred_at);
     }
-    let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let (fresh, lags): (i64, Vec<f64>) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH batch AS (
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[], $6::timestamptz[])
                  AS e(event_id, member_id, nickname, region, version, occurred_at)
@@ -56,12 +65,16 @@ pub async fn apply(pool: &PgPool, events: &[MemberEvent]) -> sqlx::Result<u64> {
              INSERT INTO inbox (event_id) SELECT event_id FROM batch
              ON CONFLICT DO NOTHING
              RETURNING event_id
+         ), changed AS (
+             INSERT INTO members (id, nickname, region, version, occurred_at)
+             SELECT DISTINCT ON (b.member_id) b.member_id, b.nickname, b.region, b.version, b.occurred_at
+               FROM batch b JOIN fresh f USING (event_id)
+              ORDER BY b.member_id, b.version DESC
+             {UPSERT_IF_NEWER}
+             RETURNING extract(epoch FROM replicated_at - occurred_at)::float8 AS lag
          )
-         INSERT INTO members (id, nickname, region, version, occurred_at)
-         SELECT DISTINCT ON (b.member_id) b.member_id, b.nickname, b.region, b.version, b.occurred_at
-           FROM batch b JOIN fresh f USING (event_id)
-          ORDER BY b.member_id, b.version DESC
-         {UPSERT_IF_NEWER}"
+         SELECT (SELECT count(*) FROM fresh),
+                coalesce((SELECT array_agg(lag) FROM changed), '{{}}')"
     )))
     .bind(&event_ids)
     .bind(&member_ids)
@@ -69,9 +82,12 @@ pub async fn apply(pool: &PgPool, events: &[MemberEvent]) -> sqlx::Result<u64> {
     .bind(&regions)
     .bind(&versions)
     .bind(&occurred)
-    .execute(pool)
+    .fetch_one(pool)
     .await?;
-    Ok(done.rows_affected())
+    Ok(Applied {
+        fresh: fresh as u64,
+        lags,
+    })
 }
 
 /// Writes members read from auth (read-through, resync, the reconciler)

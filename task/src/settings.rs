@@ -1,5 +1,6 @@
 //! Typed settings of the task service (`[task]` of `config/*.toml`, then `TASK__*`).
 use memberflow_common::{
+    admin_http::MetricsSettings,
     db::DatabaseSettings,
     retry::Backoff,
     settings::{Environment, ServerSettings},
@@ -15,6 +16,8 @@ pub struct Settings {
     /// secrets; `development` accepts them with a warning.
     pub environment: Environment,
     pub server: ServerSettings,
+    /// The admin HTTP endpoint: `/metrics`, `/livez`, `/readyz`.
+    pub metrics: MetricsSettings,
     /// What CreateTask does for a member not replicated yet.
     pub consistency: ConsistencySettings,
     pub database: DatabaseSettings,
@@ -25,7 +28,7 @@ pub struct Settings {
     pub reconcile: ReconcileSettings,
 }
 
-memberflow_common::service_settings!(Settings, "task", 50052, secrets: [
+memberflow_common::service_settings!(Settings, "task", 50052, metrics: 9092, secrets: [
     "token.secret" => token.secret,
     "auth.service_token" => auth.service_token,
 ]);

@@ -10,7 +10,7 @@ use memberflow_common::{
     grpc,
     proto::task::v1::task_service_server::TaskServiceServer,
     shutdown::CancellationToken,
-    startup::{Gate, Prepared, spawn_health},
+    startup::{Gate, Prepared, Started, spawn_health},
     token::TokenKeys,
 };
 
@@ -18,6 +18,7 @@ use crate::{
     consumer::{Attachment, Consumer, ConsumerStats},
     grpc::TaskApi,
     inbox,
+    metrics::TaskMetrics,
     read_through::ReadThrough,
     reconcile::{self, ReconcileStats},
     resync::AuthSource,
@@ -61,6 +62,11 @@ impl Application {
         self.prepared.addr
     }
 
+    /// The admin endpoint's address (`/metrics`, `/livez`, `/readyz`).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.prepared.metrics_addr
+    }
+
     /// Consumer counters, shared with the running consumer.
     pub fn stats(&self) -> Arc<ConsumerStats> {
         self.stats.clone()
@@ -80,20 +86,24 @@ impl Application {
     /// lets the consumer ack its batch and close its channel, then returns.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
-            prepared:
-                Prepared {
-                    listener,
-                    settings,
-                    pool,
-                    ..
-                },
+            prepared,
             stats,
             reconcile_stats,
             read_through,
             source,
         } = self;
-        let (health, router) = grpc::server(SERVICE_NAME).await;
+        let Started {
+            listener,
+            settings,
+            pool,
+            registry,
+            ready,
+            health,
+            router,
+        } = prepared.start(SERVICE_NAME, &shutdown).await;
+        let metrics = TaskMetrics::register(&registry);
         let api = TaskApi {
+            metrics: metrics.clone(),
             pool: pool.clone(),
             tokens: TokenKeys::new(&settings.token.secret),
             mode: settings.consistency.mode,
@@ -126,9 +136,10 @@ impl Application {
                 source,
                 settings.reconcile.clone(),
                 reconcile_stats,
+                metrics.clone(),
                 shutdown.clone(),
             )));
-            let consumer = Consumer::new(pool.clone(), settings.amqp.clone(), stats);
+            let consumer = Consumer::new(pool.clone(), settings.amqp.clone(), stats, metrics);
             let attached = consumer.attached();
             consumer_task = Some(tokio::spawn(consumer.run(shutdown.clone())));
             let mut attachment =
@@ -137,6 +148,7 @@ impl Application {
                 health,
                 SERVICE_NAME,
                 pool.clone(),
+                ready,
                 shutdown.clone(),
                 move || attachment.healthy(*attached.borrow(), Instant::now()),
             );

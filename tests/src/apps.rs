@@ -115,6 +115,8 @@ impl Drop for Running {
 /// A running auth service with a typed client.
 pub struct TestAuth {
     pub app: Running,
+    /// The admin endpoint: `/metrics`, `/livez`, `/readyz`.
+    pub metrics_addr: SocketAddr,
     pub client: AuthServiceClient<Channel>,
 }
 
@@ -124,11 +126,13 @@ pub async fn spawn_auth(settings: auth::Settings) -> TestAuth {
         .await
         .expect("build auth");
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     let app = Running::start(addr, move |token| app.run_until_stopped(token));
     let channel = app.channel().await;
     wait_serving(channel.clone(), auth::SERVICE_NAME).await;
     TestAuth {
         app,
+        metrics_addr,
         client: AuthServiceClient::new(channel),
     }
 }
@@ -191,6 +195,8 @@ pub fn task_settings(
 /// A running task service with handles to observe it.
 pub struct TestTask {
     pub app: Running,
+    /// The admin endpoint: `/metrics`, `/livez`, `/readyz`.
+    pub metrics_addr: SocketAddr,
     pub channel: Channel,
     pub stats: std::sync::Arc<task::consumer::ConsumerStats>,
     pub reconcile_stats: std::sync::Arc<task::reconcile::ReconcileStats>,
@@ -218,6 +224,7 @@ pub async fn spawn_task(settings: task::Settings) -> TestTask {
         .await
         .expect("build task");
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     let stats = app.stats();
     let reconcile_stats = app.reconcile_stats();
     let read_through = app.read_through();
@@ -226,6 +233,7 @@ pub async fn spawn_task(settings: task::Settings) -> TestTask {
     wait_serving(channel.clone(), task::SERVICE_NAME).await;
     TestTask {
         app,
+        metrics_addr,
         channel,
         stats,
         reconcile_stats,

@@ -4,7 +4,9 @@
 pub mod amqp;
 pub mod apps;
 pub mod env;
+pub mod http;
 pub mod pgbouncer;
+pub mod prometheus;
 pub mod proxy;
 
 use std::{future::Future, time::Duration};

@@ -34,8 +34,35 @@ fn compose_file_names_every_service_port_and_setting() {
             .contains("management")
     );
     assert!(strings(&s["rabbitmq"]["ports"]).contains(&"15672:15672".to_owned()));
-    assert_eq!(strings(&s["auth"]["ports"]), vec!["50051:50051"]);
-    assert_eq!(strings(&s["task"]["ports"]), vec!["50052:50052"]);
+    assert_eq!(
+        strings(&s["auth"]["ports"]),
+        vec!["50051:50051", "9091:9091"]
+    );
+    assert_eq!(
+        strings(&s["task"]["ports"]),
+        vec!["50052:50052", "9092:9092"]
+    );
+    // Prometheus scrapes both admin endpoints; Grafana gets the datasource
+    // and the dashboard from the repository.
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let scrape =
+        std::fs::read_to_string(format!("{root}/deploy/prometheus/prometheus.yml")).unwrap();
+    assert!(
+        scrape.contains("auth:9091") && scrape.contains("task:9092"),
+        "{scrape}"
+    );
+    assert!(strings(&s["prometheus"]["ports"]).contains(&"9090:9090".to_owned()));
+    assert!(strings(&s["grafana"]["ports"]).contains(&"3000:3000".to_owned()));
+    for volume in strings(&s["prometheus"]["volumes"])
+        .into_iter()
+        .chain(strings(&s["grafana"]["volumes"]))
+    {
+        let local = volume.split(':').next().unwrap();
+        assert!(
+            std::path::Path::new(&format!("{root}/{local}")).exists(),
+            "{volume} mounts a missing path"
+        );
+    }
     for (svc, dockerfile) in [("auth", "auth/Dockerfile"), ("task", "task/Dockerfile")] {
         assert_eq!(s[svc]["build"]["dockerfile"].as_str(), Some(dockerfile));
         let path = format!("{}/../{dockerfile}", env!("CARGO_MANIFEST_DIR"));

@@ -39,7 +39,7 @@ use super::{
     publisher::{Publisher, Stop},
     settle::{RowState, settle},
 };
-use crate::settings::RelaySettings;
+use crate::{metrics::AuthMetrics, settings::RelaySettings};
 
 /// How often the relay repeats that nothing is routable.
 const TOPOLOGY_WARN_EVERY: Duration = Duration::from_secs(30);
@@ -52,6 +52,9 @@ pub const NOTIFY_CHANNEL: &str = "auth_outbox";
 /// What one step of the relay did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Report {
+    /// Rows published in this batch (not counting rows held behind a parked
+    /// row).
+    pub attempted: usize,
     /// Rows confirmed and deleted.
     pub published: usize,
     /// Rows that failed on their own and were kept, one attempt more.
@@ -152,6 +155,7 @@ pub async fn relay_once(
         report.parked += park(conn, &plan.park, &parked_members, UNROUTABLE).await?;
         tracing::warn!(rows = ?plan.park, "parked outbox rows that kept failing; see `memberflow-admin outbox parked`");
     }
+    report.attempted = rows.len();
     report.published = plan.delete.len();
     report.blamed = plan.blame.len();
     report.topology_fault = plan.topology_fault;
@@ -229,6 +233,7 @@ pub async fn try_lead(conn: &mut PgConnection) -> sqlx::Result<bool> {
 
 /// The background relay of one auth instance.
 pub struct Relay {
+    metrics: AuthMetrics,
     /// The leader's own session, hardened by [`leader_session`].
     leader_options: PgConnectOptions,
     amqp_url: SecretString,
@@ -245,8 +250,10 @@ impl Relay {
         amqp_url: SecretString,
         cfg: RelaySettings,
         wake: Arc<Notify>,
+        metrics: AuthMetrics,
     ) -> Self {
         Self {
+            metrics,
             leader_options: leader_session(db, &cfg),
             amqp_url,
             cfg,
@@ -276,7 +283,10 @@ impl Relay {
                 break;
             };
             tracing::info!("outbox relay is the leader for this database");
-            match self.lead(&mut leader, &shutdown).await {
+            self.metrics.relay_leader.set(1);
+            let led = self.lead(&mut leader, &shutdown).await;
+            self.metrics.relay_leader.set(0);
+            match led {
                 Ok(()) => {
                     let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
                         .bind(LEADER_LOCK_KEY)
@@ -378,6 +388,7 @@ impl Relay {
             };
             // Bounded on the client side too: a session that died without a
             // word answers nothing, and this leader must stop, not hang.
+            let started = Instant::now();
             let step = tokio::time::timeout(step_bound, relay_once(leader, &p, &self.cfg))
                 .await
                 .unwrap_or_else(|_| {
@@ -398,6 +409,13 @@ impl Relay {
                 }
                 Ok(Outcome::Batch(report)) => {
                     tracing::debug!(?report, "relayed a batch");
+                    self.metrics
+                        .relay_batch
+                        .observe(started.elapsed().as_secs_f64());
+                    self.metrics.relay_published.inc_by(report.published as u64);
+                    self.metrics
+                        .relay_publish_failures
+                        .inc_by((report.attempted - report.published) as u64);
                     if report.topology_fault {
                         // Once per interval, not once per retry.
                         if topology_warned
@@ -425,6 +443,7 @@ impl Relay {
                 }
                 Err(RelayError::Database(e)) => break Err(e),
                 Err(e @ RelayError::Broker(_)) => {
+                    self.metrics.relay_publish_failures.inc();
                     tracing::warn!(error.cause_chain = %error_chain(&e), "publish failed; reconnecting");
                     if let Some(p) = publisher.take() {
                         p.close().await;
@@ -477,5 +496,39 @@ async fn forward_notifications(
             }
         }
         retrying.wait(&shutdown).await;
+    }
+}
+
+/// How often the outbox gauges are refreshed.
+const GAUGES_EVERY: Duration = Duration::from_secs(5);
+
+/// Keeps the outbox gauges current until `shutdown`, with one cheap query
+/// per interval rather than one per scrape.
+pub async fn watch_outbox(pool: PgPool, metrics: AuthMetrics, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(GAUGES_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let read: sqlx::Result<(i64, f64, i64)> = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM outbox),
+                    coalesce((SELECT extract(epoch FROM now() - occurred_at)::float8
+                                FROM outbox ORDER BY id LIMIT 1), 0),
+                    (SELECT count(*) FROM outbox_parked)",
+        )
+        .fetch_one(&pool)
+        .await;
+        match read {
+            Ok((pending, oldest, parked)) => {
+                metrics.outbox_pending.set(pending);
+                metrics.outbox_oldest_age.set(oldest.max(0.0));
+                metrics.outbox_parked.set(parked);
+            }
+            Err(e) => {
+                tracing::debug!(error.cause_chain = %error_chain(&e), "outbox gauges not refreshed")
+            }
+        }
     }
 }

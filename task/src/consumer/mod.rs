@@ -27,7 +27,7 @@ use lapin::{
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions,
-        BasicQosOptions, ConfirmSelectOptions,
+        BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
     },
     types::{AMQPValue, FieldTable},
 };
@@ -42,6 +42,7 @@ pub use self::topology::{
     DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, QUEUE, REASON_HEADER, declare_topology,
 };
 use crate::{
+    metrics::{EventOutcome, TaskMetrics},
     replica::{self, MemberEvent},
     settings::AmqpSettings,
 };
@@ -60,6 +61,9 @@ pub struct ConsumerStats {
     /// Transactions committed.
     pub batches: AtomicU64,
 }
+
+/// How often the DLQ depth gauge is refreshed.
+const DLQ_GAUGE_EVERY: Duration = Duration::from_secs(10);
 
 /// How long opening a channel and attaching the consumer (or detaching and
 /// closing at shutdown) may take.
@@ -87,6 +91,7 @@ async fn connection_lost(
 /// The background consumer of one task instance.
 pub struct Consumer {
     pool: PgPool,
+    metrics: TaskMetrics,
     cfg: AmqpSettings,
     stats: Arc<ConsumerStats>,
     /// Set to `true` while a consumer is attached to the queue.
@@ -94,13 +99,24 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    pub fn new(pool: PgPool, cfg: AmqpSettings, stats: Arc<ConsumerStats>) -> Self {
+    pub fn new(
+        pool: PgPool,
+        cfg: AmqpSettings,
+        stats: Arc<ConsumerStats>,
+        metrics: TaskMetrics,
+    ) -> Self {
         Self {
             pool,
+            metrics,
             cfg,
             stats,
             attached: watch::Sender::new(false),
         }
+    }
+
+    fn set_attached(&self, attached: bool) {
+        self.attached.send_replace(attached);
+        self.metrics.consumer_attached.set(i64::from(attached));
     }
 
     /// Watches whether the consumer is attached (drives health).
@@ -116,7 +132,7 @@ impl Consumer {
             match self.session(&shutdown).await {
                 Ok(()) => break,
                 Err(e) => {
-                    self.attached.send_replace(false);
+                    self.set_attached(false);
                     tracing::warn!(error.cause_chain = %error_chain(&e), "consumer lost the broker; reconnecting");
                     if !retrying.wait(&shutdown).await {
                         break;
@@ -124,7 +140,7 @@ impl Consumer {
                 }
             }
         }
-        self.attached.send_replace(false);
+        self.set_attached(false);
         tracing::info!("consumer stopped");
     }
 
@@ -159,16 +175,33 @@ impl Consumer {
             .await
             .map_err(|_| closed())??;
         let tag = consumer.tag();
-        self.attached.send_replace(true);
+        self.set_attached(true);
         tracing::info!(queue = QUEUE, "consumer attached");
         // The delivery stream does not always end when the socket dies; the
         // connection's events do say so.
         let mut events = Box::pin(conn.events_listener());
         let mut batches = consumer.ready_chunks(self.cfg.batch_max.max(1));
+        let mut dlq_every = tokio::time::interval(DLQ_GAUGE_EVERY);
         let result = loop {
             let batch = tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
                 e = connection_lost(&mut events) => break Err(e),
+                _ = dlq_every.tick() => {
+                    // One passive declare per interval, not per scrape.
+                    let depth = tokio::time::timeout(
+                        SETUP_TIMEOUT,
+                        channel.queue_declare(
+                            DEAD_LETTER_QUEUE.into(),
+                            QueueDeclareOptions { passive: true, ..Default::default() },
+                            FieldTable::default(),
+                        ),
+                    )
+                    .await;
+                    if let Ok(Ok(q)) = depth {
+                        self.metrics.dlq_messages.set(i64::from(q.message_count()));
+                    }
+                    continue;
+                }
                 b = batches.next() => b,
             };
             let Some(batch) = batch else {
@@ -224,6 +257,7 @@ impl Consumer {
                 Triage::Apply(event) => batch.push((d, event)),
                 Triage::Unknown(kind) => {
                     self.stats.unknown.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.events(EventOutcome::unknown, 1);
                     tracing::info!(routing_key = %kind, message_id = ?d.properties.message_id(), "skipping an event kind this version does not know");
                     d.acker.ack(BasicAckOptions::default()).await?;
                 }
@@ -247,8 +281,16 @@ impl Consumer {
                 .instrument(span.clone())
                 .await
             {
-                Ok(changed) => {
+                Ok(applied) => {
+                    let changed = applied.lags.len() as u64;
                     span.in_scope(|| tracing::debug!(changed, "applied"));
+                    let m = &self.metrics;
+                    m.events(EventOutcome::applied, changed);
+                    m.events(EventOutcome::stale, applied.fresh - changed);
+                    m.events(EventOutcome::duplicate, events.len() as u64 - applied.fresh);
+                    for lag in applied.lags {
+                        m.replication_lag.observe(lag.max(0.0));
+                    }
                     Outcome::Committed
                 }
                 Err(e) => Outcome::Failed {
@@ -310,6 +352,7 @@ impl Consumer {
         reason: &str,
     ) -> lapin::Result<()> {
         self.stats.poisoned.fetch_add(1, Ordering::Relaxed);
+        self.metrics.events(EventOutcome::poison, 1);
         tracing::warn!(
             reason,
             routing_key = %d.routing_key,

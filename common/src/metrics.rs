@@ -1,0 +1,297 @@
+//! Prometheus metrics: one [`Registry`] per service instance (tests run
+//! several instances in one process), the gRPC server metrics every service
+//! records through one tower layer, and the names go-grpc-prometheus made
+//! the convention, so existing dashboards work:
+//! `grpc_server_handled_total{grpc_type,grpc_service,grpc_method,grpc_code}`
+//! and `grpc_server_handling_seconds{grpc_type,grpc_service,grpc_method}`.
+use std::{
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use http_body::{Body, Frame};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+
+/// A service instance's metrics registry, shared by everything that records.
+pub type SharedRegistry = Arc<Mutex<Registry>>;
+
+/// A new, empty registry.
+pub fn registry() -> SharedRegistry {
+    Arc::new(Mutex::new(Registry::default()))
+}
+
+/// The registry in Prometheus text format.
+pub fn render(registry: &SharedRegistry) -> String {
+    let mut out = String::new();
+    let registry = registry.lock().expect("metrics registry poisoned");
+    prometheus_client::encoding::text::encode(&mut out, &registry)
+        .expect("writing to a String cannot fail");
+    out
+}
+
+/// Latency buckets for RPCs and batches, in seconds: 0.5 ms to 10 s.
+pub fn latency_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ]
+    .into_iter()
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Handled {
+    grpc_type: &'static str,
+    grpc_service: String,
+    grpc_method: String,
+    grpc_code: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Handling {
+    grpc_type: &'static str,
+    grpc_service: String,
+    grpc_method: String,
+}
+
+/// The gRPC server metrics of one service instance.
+#[derive(Clone)]
+pub struct GrpcMetrics {
+    handled: Family<Handled, Counter>,
+    handling: Family<Handling, Histogram>,
+}
+
+impl std::fmt::Debug for GrpcMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GrpcMetrics")
+    }
+}
+
+impl GrpcMetrics {
+    /// Registers the two families in `registry`.
+    pub fn register(registry: &SharedRegistry) -> Self {
+        let m = Self {
+            handled: Family::default(),
+            handling: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
+        };
+        let mut r = registry.lock().expect("metrics registry poisoned");
+        r.register(
+            "grpc_server_handled",
+            "RPCs completed on the server, by status code",
+            m.handled.clone(),
+        );
+        r.register(
+            "grpc_server_handling_seconds",
+            "Time from an RPC's arrival to its status",
+            m.handling.clone(),
+        );
+        m
+    }
+
+    fn record(&self, rpc: &Rpc, code: tonic::Code, seconds: f64) {
+        self.handled
+            .get_or_create(&Handled {
+                grpc_type: rpc.kind,
+                grpc_service: rpc.service.clone(),
+                grpc_method: rpc.method.clone(),
+                grpc_code: code_name(code),
+            })
+            .inc();
+        self.handling
+            .get_or_create(&Handling {
+                grpc_type: rpc.kind,
+                grpc_service: rpc.service.clone(),
+                grpc_method: rpc.method.clone(),
+            })
+            .observe(seconds);
+    }
+}
+
+/// The `grpc_code` label: the code's name as go-grpc-prometheus writes it.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "Canceled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// One RPC being handled.
+struct Rpc {
+    kind: &'static str,
+    service: String,
+    method: String,
+    started: Instant,
+    metrics: GrpcMetrics,
+}
+
+impl Rpc {
+    fn from_path(path: &str, metrics: GrpcMetrics) -> Self {
+        let (service, method) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or(("unknown", "unknown"));
+        // Only ListMembers streams from the server here; everything else is
+        // unary. The type label is kept for dashboards that group by it.
+        let kind =
+            if method == "ListMembers" || method == "Watch" || method == "ServerReflectionInfo" {
+                "server_stream"
+            } else {
+                "unary"
+            };
+        Self {
+            kind,
+            service: service.to_owned(),
+            method: method.to_owned(),
+            started: Instant::now(),
+            metrics,
+        }
+    }
+
+    fn finish(self, code: tonic::Code) {
+        self.metrics
+            .record(&self, code, self.started.elapsed().as_secs_f64());
+    }
+}
+
+fn status_of(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(tonic::Code::from_i32)
+}
+
+/// A tower layer recording [`GrpcMetrics`] for every RPC the server handles:
+/// the status from the response headers (an immediate error) or trailers
+/// (the normal end), the time until then.
+#[derive(Debug, Clone)]
+pub struct GrpcMetricsLayer(pub GrpcMetrics);
+
+impl<S> tower::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcMetricsService {
+            inner,
+            metrics: self.0.clone(),
+        }
+    }
+}
+
+/// See [`GrpcMetricsLayer`].
+#[derive(Debug, Clone)]
+pub struct GrpcMetricsService<S> {
+    inner: S,
+    metrics: GrpcMetrics,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for GrpcMetricsService<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    ResBody: Body + Send + 'static,
+{
+    type Response = http::Response<RecordedBody<ResBody>>;
+    type Error = S::Error;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        let rpc = Rpc::from_path(req.uri().path(), self.metrics.clone());
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let res = fut.await?;
+            let (parts, body) = res.into_parts();
+            let rpc = match status_of(&parts.headers) {
+                // Trailers-only: the status is already known.
+                Some(code) => {
+                    rpc.finish(code);
+                    None
+                }
+                None => Some(rpc),
+            };
+            Ok(http::Response::from_parts(
+                parts,
+                RecordedBody {
+                    inner: Box::pin(body),
+                    rpc,
+                },
+            ))
+        })
+    }
+}
+
+/// A response body that records its RPC when the trailers carry the status.
+pub struct RecordedBody<B> {
+    inner: Pin<Box<B>>,
+    rpc: Option<Rpc>,
+}
+
+impl<B: Body> Body for RecordedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = self.inner.as_mut().poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(status_of)
+                    && let Some(rpc) = self.rpc.take()
+                {
+                    rpc.finish(code);
+                }
+            }
+            Poll::Ready(Some(Err(_))) | Poll::Ready(None) => {
+                if let Some(rpc) = self.rpc.take() {
+                    rpc.finish(tonic::Code::Unknown);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for RecordedBody<B> {
+    /// A client that goes away before the end: cancelled.
+    fn drop(&mut self) {
+        if let Some(rpc) = self.rpc.take() {
+            rpc.finish(tonic::Code::Cancelled);
+        }
+    }
+}

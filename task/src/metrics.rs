@@ -1,0 +1,162 @@
+//! task's own metrics, beside the gRPC ones every service has: what the
+//! consumer does with each event, how far behind the replica is, and how
+//! often a client had to wait for it.
+use memberflow_common::metrics::SharedRegistry;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+};
+
+/// What became of one consumed event.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum EventOutcome {
+    /// It moved the replica to a newer version.
+    applied,
+    /// Its id was already in the inbox: a redelivery.
+    duplicate,
+    /// New, but the replica already held that version or a newer one.
+    stale,
+    /// Dead-lettered: undecodable, invalid, or failing alone for good.
+    poison,
+    /// A kind this task does not know; acked and skipped.
+    unknown,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: EventOutcome,
+}
+
+/// How a read-through ended.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ReadThroughResult {
+    ok,
+    not_found,
+    unavailable,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadThroughLabel {
+    result: ReadThroughResult,
+}
+
+/// Replication lag buckets, in seconds: 1 ms to 5 minutes.
+fn lag_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+        300.0,
+    ]
+    .into_iter()
+}
+
+/// The metrics of one task instance.
+#[derive(Debug, Clone)]
+pub struct TaskMetrics {
+    events: Family<Outcome, Counter>,
+    /// `memberflow_replication_lag_seconds`: replicated_at − occurred_at of
+    /// each applied event.
+    pub replication_lag: Histogram,
+    /// `memberflow_dlq_messages`: messages in the dead-letter queue.
+    pub dlq_messages: Gauge,
+    /// `memberflow_user_not_ready_total`.
+    pub user_not_ready: Counter,
+    read_through: Family<ReadThroughLabel, Counter>,
+    /// `memberflow_consumer_attached`: 1 while the consumer is attached.
+    pub consumer_attached: Gauge,
+    /// `memberflow_reconcile_found_total`: divergent rows found.
+    pub reconcile_found: Counter,
+    /// `memberflow_reconcile_repaired_total`: rows rewritten to repair them.
+    pub reconcile_repaired: Counter,
+}
+
+impl TaskMetrics {
+    /// Registers every metric in `registry`.
+    pub fn register(registry: &SharedRegistry) -> Self {
+        let m = Self {
+            events: Family::default(),
+            replication_lag: Histogram::new(lag_buckets()),
+            dlq_messages: Gauge::default(),
+            user_not_ready: Counter::default(),
+            read_through: Family::default(),
+            consumer_attached: Gauge::default(),
+            reconcile_found: Counter::default(),
+            reconcile_repaired: Counter::default(),
+        };
+        // Every known label value starts at 0, so rates and dashboards see
+        // the series before its first event.
+        for outcome in [
+            EventOutcome::applied,
+            EventOutcome::duplicate,
+            EventOutcome::stale,
+            EventOutcome::poison,
+            EventOutcome::unknown,
+        ] {
+            let _ = m.events.get_or_create(&Outcome { outcome });
+        }
+        for result in [
+            ReadThroughResult::ok,
+            ReadThroughResult::not_found,
+            ReadThroughResult::unavailable,
+        ] {
+            let _ = m.read_through.get_or_create(&ReadThroughLabel { result });
+        }
+        let mut r = registry.lock().expect("metrics registry poisoned");
+        r.register(
+            "memberflow_consumer_events",
+            "Consumed events by outcome",
+            m.events.clone(),
+        );
+        r.register(
+            "memberflow_replication_lag_seconds",
+            "From the change in auth to its replica write, per applied event",
+            m.replication_lag.clone(),
+        );
+        r.register(
+            "memberflow_dlq_messages",
+            "Messages in task.member-events.dlq",
+            m.dlq_messages.clone(),
+        );
+        r.register(
+            "memberflow_user_not_ready",
+            "USER_NOT_READY answers",
+            m.user_not_ready.clone(),
+        );
+        r.register(
+            "memberflow_read_through",
+            "Read-through fetches from auth, by result",
+            m.read_through.clone(),
+        );
+        r.register(
+            "memberflow_consumer_attached",
+            "1 while the consumer is attached to its queue",
+            m.consumer_attached.clone(),
+        );
+        r.register(
+            "memberflow_reconcile_found",
+            "Replica rows the reconciler found diverged from auth",
+            m.reconcile_found.clone(),
+        );
+        r.register(
+            "memberflow_reconcile_repaired",
+            "Replica rows the reconciler rewrote",
+            m.reconcile_repaired.clone(),
+        );
+        m
+    }
+
+    /// Counts `n` events with `outcome`.
+    pub fn events(&self, outcome: EventOutcome, n: u64) {
+        if n > 0 {
+            self.events.get_or_create(&Outcome { outcome }).inc_by(n);
+        }
+    }
+
+    /// Counts one read-through.
+    pub fn read_through(&self, result: ReadThroughResult) {
+        self.read_through
+            .get_or_create(&ReadThroughLabel { result })
+            .inc();
+    }
+}

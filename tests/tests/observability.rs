@@ -1,0 +1,161 @@
+//! Metrics as an operator sees them: a real Prometheus scrapes both
+//! services while members sign up and create tasks, and its query API must
+//! show the figures moving; the Grafana dashboard only queries metrics the
+//! services really export.
+use std::{collections::BTreeSet, time::Duration};
+
+use memberflow_common::proto::{auth::v1 as auth_pb, task::v1 as pb};
+use memberflow_tests::{
+    apps::{auth_settings, spawn_auth, spawn_task, task_settings},
+    env::TestEnv,
+    eventually, http,
+    prometheus::Prometheus,
+};
+use task::ConsistencyMode;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(60);
+const MEMBERS: usize = 5;
+
+#[tokio::test]
+async fn prometheus_sees_the_pipeline_move() {
+    let mut env = TestEnv::new();
+    let mut auth = spawn_auth(auth_settings(&mut env)).await;
+    let task = spawn_task(task_settings(
+        &mut env,
+        ConsistencyMode::NotReady,
+        &format!("http://{}", auth.app.addr),
+    ))
+    .await;
+    let prometheus =
+        Prometheus::start(&[("auth", auth.metrics_addr), ("task", task.metrics_addr)]).await;
+
+    for i in 0..MEMBERS {
+        let email = format!("p{i}@example.com");
+        auth.client
+            .sign_up(auth_pb::SignUpRequest {
+                email: email.clone(),
+                password: "correct horse battery".into(),
+                nickname: format!("p{i}"),
+                region: "Europe/Paris".into(),
+            })
+            .await
+            .unwrap();
+        let token = auth
+            .client
+            .login(auth_pb::LoginRequest {
+                email,
+                password: "correct horse battery".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .access_token;
+        task.client(&token)
+            .create_task(pb::CreateTaskRequest {
+                request_id: Uuid::new_v4().to_string(),
+                title: "t".into(),
+                due_local: "2026-12-24T18:00".into(),
+            })
+            .await
+            .unwrap();
+    }
+
+    let n = MEMBERS as f64;
+    let wait_for = |query: &'static str, expect: f64| {
+        let prometheus = &prometheus;
+        async move {
+            eventually(&format!("{query} == {expect}"), WAIT, || async move {
+                (prometheus.sum(query).await == Some(expect)).then_some(())
+            })
+            .await
+        }
+    };
+    wait_for("memberflow_relay_published_total{job=\"auth\"}", n).await;
+    wait_for(
+        "grpc_server_handled_total{job=\"task\",grpc_method=\"CreateTask\",grpc_code=\"OK\"}",
+        n,
+    )
+    .await;
+    wait_for(
+        "memberflow_consumer_events_total{job=\"task\",outcome=\"applied\"}",
+        n,
+    )
+    .await;
+    // One lag observation per applied event.
+    wait_for("memberflow_replication_lag_seconds_count{job=\"task\"}", n).await;
+    wait_for("memberflow_relay_leader{job=\"auth\"}", 1.0).await;
+    wait_for("memberflow_consumer_attached{job=\"task\"}", 1.0).await;
+    wait_for("memberflow_outbox_pending{job=\"auth\"}", 0.0).await;
+    // The retries the client made are the USER_NOT_READY answers counted.
+    let not_ready = prometheus
+        .sum("grpc_server_handled_total{job=\"task\",grpc_method=\"CreateTask\",grpc_code=\"Unavailable\"}")
+        .await
+        .unwrap_or(0.0);
+    wait_for_value(
+        &prometheus,
+        "memberflow_user_not_ready_total{job=\"task\"}",
+        not_ready,
+    )
+    .await;
+
+    // Liveness and readiness over HTTP, apart from gRPC health.
+    for addr in [auth.metrics_addr, task.metrics_addr] {
+        assert_eq!(http::get(addr, "/livez").await.unwrap().0, 200);
+        assert_eq!(http::get(addr, "/readyz").await.unwrap().0, 200);
+        assert_eq!(http::get(addr, "/nope").await.unwrap().0, 404);
+    }
+
+    // Every metric the Grafana dashboard queries is one the services export.
+    let mut exported = String::new();
+    for addr in [auth.metrics_addr, task.metrics_addr] {
+        exported.push_str(&http::get(addr, "/metrics").await.unwrap().1);
+    }
+    if std::env::var_os("TEST_LOG").is_some() {
+        eprintln!("{exported}");
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/grafana/dashboards/memberflow.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut queried = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            queried.extend(metric_names(target["expr"].as_str().unwrap()));
+        }
+    }
+    assert!(queried.len() >= 10, "{queried:?}");
+    for name in &queried {
+        // A sample line, or the family's TYPE line when it has no sample yet
+        // (OpenMetrics names a counter's family without `_total`).
+        let family = ["_total", "_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        assert!(
+            exported.lines().any(|l| l.starts_with(&format!("{name} "))
+                || l.starts_with(&format!("{name}{{"))
+                || l.starts_with(&format!("# TYPE {family} "))),
+            "the dashboard queries {name}, which no service exports"
+        );
+    }
+}
+
+async fn wait_for_value(prometheus: &Prometheus, query: &str, expect: f64) {
+    eventually(&format!("{query} == {expect}"), WAIT, || async move {
+        (prometheus.sum(query).await.unwrap_or(0.0) == expect).then_some(())
+    })
+    .await;
+}
+
+/// The metric names in a PromQL expression: identifiers that name ours.
+fn metric_names(expr: &str) -> Vec<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|w| w.starts_with("memberflow_") || w.starts_with("grpc_server_"))
+        .map(str::to_owned)
+        .collect()
+}
