@@ -12,4 +12,4 @@ pub mod startup;
 
 pub use error::Error;
 pub use settings::Settings;
-pub use startup::{Application, SERVICE_NAME};
+pub use startup::{Application, SERVICE_NAME, serve};

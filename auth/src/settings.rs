@@ -4,6 +4,7 @@ use memberflow_common::{
     db::DatabaseSettings,
     retry::Backoff,
     settings::{Environment, ServerSettings},
+    telemetry::TelemetrySettings,
 };
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -18,6 +19,8 @@ pub struct Settings {
     pub server: ServerSettings,
     /// The admin HTTP endpoint: `/metrics`, `/livez`, `/readyz`.
     pub metrics: MetricsSettings,
+    /// Span export (OTLP); trace context flows either way.
+    pub telemetry: TelemetrySettings,
     pub database: DatabaseSettings,
     pub amqp: AmqpSettings,
     pub password: PasswordSettings,

@@ -118,3 +118,20 @@ impl Application {
         Ok(())
     }
 }
+
+/// Runs auth as a process does: logs and traces per `settings.telemetry`,
+/// serves until SIGTERM or Ctrl-C, then flushes the spans still buffered.
+/// The `auth` binary and the launcher both call this.
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    memberflow_common::telemetry::init(
+        memberflow_common::telemetry::DEFAULT_FILTER,
+        &settings.telemetry,
+    );
+    let app = Application::build(settings).await?;
+    tracing::info!(addr = %app.local_addr(), metrics = %app.metrics_addr(), "auth listening");
+    let served = app
+        .run_until_stopped(memberflow_common::shutdown::on_os_signal())
+        .await;
+    memberflow_common::telemetry::flush();
+    served
+}

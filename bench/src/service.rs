@@ -63,7 +63,7 @@ impl Service {
 /// prints its bound address on the first line of stdout, and serves until
 /// SIGTERM. Logs follow `RUST_LOG`, which the parent sets.
 pub(crate) async fn serve(service: &str) -> anyhow::Result<()> {
-    telemetry::init_stderr("warn");
+    telemetry::init_stderr("warn", &Default::default());
     match service {
         "auth" => {
             let app = auth::Application::build(auth::Settings::load(&Source::env_only())?).await?;

@@ -35,7 +35,21 @@ pub async fn server(
     set_serving(&health, service, false).await;
     let (reflection_v1, reflection_v1alpha) = reflection();
     let router = Server::builder()
-        .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path()))
+        .trace_fn(|req| {
+            let span = tracing::info_span!(
+                "grpc",
+                otel.name = %req.uri().path().trim_start_matches('/'),
+                otel.kind = "server",
+                rpc.system = "grpc",
+                path = %req.uri().path(),
+                trace_id = tracing::field::Empty,
+            );
+            crate::trace_context::continue_trace(
+                &span,
+                crate::trace_context::from_headers(req.headers()),
+            );
+            span
+        })
         .layer(GrpcMetricsLayer(metrics))
         .add_service(health_service)
         .add_service(reflection_v1)

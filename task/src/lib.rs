@@ -17,4 +17,4 @@ pub mod startup;
 
 pub use error::Error;
 pub use settings::{ConsistencyMode, Settings};
-pub use startup::{Application, SERVICE_NAME};
+pub use startup::{Application, SERVICE_NAME, serve};

@@ -1,8 +1,7 @@
 use clap::Parser;
-use memberflow_common::{settings::ConfigArg, settings::ServiceSettings as _, shutdown, telemetry};
-use task::{Application, Settings};
+use memberflow_common::settings::{ConfigArg, ServiceSettings as _};
 
-/// The task service: the member replica and members' tasks.
+/// The task service: the member replica and members’ tasks.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
@@ -13,9 +12,5 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    telemetry::init(telemetry::DEFAULT_FILTER);
-    let settings = Settings::load(&args.config.source()?)?;
-    let app = Application::build(settings).await?;
-    tracing::info!(addr = %app.local_addr(), "task listening");
-    app.run_until_stopped(shutdown::on_os_signal()).await
+    task::serve(task::Settings::load(&args.config.source()?)?).await
 }

@@ -109,6 +109,8 @@ impl ReadThrough {
                 FetchError::Unavailable("service token is not valid metadata".into())
             })?;
         req.metadata_mut().insert(SERVICE_TOKEN_HEADER, token);
+        // auth's GetMember span joins the caller's trace.
+        memberflow_common::trace_context::inject_metadata(req.metadata_mut());
         let member = match self.client.clone().get_member(req).await {
             Ok(r) => r.into_inner().member,
             Err(s) if s.code() == Code::NotFound => return Err(FetchError::NotFound(id)),

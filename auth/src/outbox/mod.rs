@@ -10,6 +10,7 @@ use memberflow_common::{
     amqp::{MEMBER_CREATED, MEMBER_UPDATED},
     grpc::timestamp,
     proto::auth::v1 as pb,
+    trace_context,
 };
 use prost::Message;
 use sqlx::PgConnection;
@@ -55,9 +56,12 @@ pub async fn enqueue(
     member: &Member,
 ) -> sqlx::Result<Uuid> {
     let event_id = Uuid::now_v7();
+    // The trace of the change rides with its event.
+    let trace = trace_context::current();
     sqlx::query(
-        "INSERT INTO outbox (event_id, routing_key, member_id, version, payload, occurred_at)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO outbox (event_id, routing_key, member_id, version, payload, occurred_at,
+                             traceparent, tracestate)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(event_id)
     .bind(kind.routing_key())
@@ -65,6 +69,8 @@ pub async fn enqueue(
     .bind(member.version)
     .bind(encode(event_id, member))
     .bind(member.updated_at)
+    .bind(trace.traceparent)
+    .bind(trace.tracestate)
     .execute(conn)
     .await?;
     Ok(event_id)
@@ -82,4 +88,17 @@ pub struct OutboxRow {
     pub occurred_at: DateTime<Utc>,
     /// Times this row failed on its own (see [`settle`]).
     pub attempts: i32,
+    /// The trace context of the change that wrote it.
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+impl OutboxRow {
+    /// The trace this row's event belongs to.
+    pub fn trace(&self) -> trace_context::Carrier {
+        trace_context::Carrier {
+            traceparent: self.traceparent.clone(),
+            tracestate: self.tracestate.clone(),
+        }
+    }
 }

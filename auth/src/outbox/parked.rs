@@ -48,8 +48,10 @@ pub async fn replay(pool: &PgPool, ids: &[i64]) -> sqlx::Result<Vec<ParkedRow>> 
     let moving: Vec<i64> = rows.iter().map(|r| r.id).collect();
     sqlx::query(
         "WITH moved AS (DELETE FROM outbox_parked WHERE id = ANY($1) RETURNING *)
-         INSERT INTO outbox (event_id, routing_key, member_id, version, payload, occurred_at)
-         SELECT event_id, routing_key, member_id, version, payload, occurred_at
+         INSERT INTO outbox (event_id, routing_key, member_id, version, payload, occurred_at,
+                             traceparent, tracestate)
+         SELECT event_id, routing_key, member_id, version, payload, occurred_at,
+                traceparent, tracestate
            FROM moved ORDER BY id",
     )
     .bind(&moving)

@@ -6,7 +6,10 @@ use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{AMQPValue, FieldTable},
 };
-use memberflow_common::amqp::{self, CONTENT_TYPE, EXCHANGE, PERSISTENT};
+use memberflow_common::{
+    amqp::{self, CONTENT_TYPE, EXCHANGE, PERSISTENT},
+    trace_context,
+};
 use tracing::Instrument;
 
 use super::{OutboxRow, settle::Delivery};
@@ -60,13 +63,23 @@ impl Publisher {
         let mut pending = Vec::with_capacity(rows.len());
         let mut stopped = None;
         for row in rows {
+            // The publish continues the trace of the change that wrote the
+            // row; the consumer continues it from this span.
             let span = tracing::info_span!(
-                "publish",
+                "publish member.events",
+                otel.kind = "producer",
+                messaging.system = "rabbitmq",
+                messaging.operation.type = "publish",
+                messaging.destination.name = EXCHANGE,
+                messaging.rabbitmq.destination.routing_key = %row.routing_key,
+                messaging.message.id = %row.event_id,
                 event_id = %row.event_id,
                 member_id = %row.member_id,
                 version = row.version,
-                routing_key = %row.routing_key,
+                trace_id = tracing::field::Empty,
             );
+            trace_context::continue_trace(&span, trace_context::context_of(&row.trace()));
+            let trace = trace_context::carrier_of(&span);
             let publish = self
                 .channel
                 .basic_publish(
@@ -79,7 +92,7 @@ impl Publisher {
                         ..Default::default()
                     },
                     &row.payload,
-                    properties(row),
+                    properties(row, trace),
                 )
                 .instrument(span);
             match tokio::time::timeout_at(deadline, publish).await {
@@ -124,8 +137,16 @@ impl Publisher {
     }
 }
 
-fn properties(row: &OutboxRow) -> BasicProperties {
+fn properties(row: &OutboxRow, trace: trace_context::Carrier) -> BasicProperties {
     let mut headers = FieldTable::default();
+    for (key, value) in [
+        (trace_context::TRACEPARENT, trace.traceparent),
+        (trace_context::TRACESTATE, trace.tracestate),
+    ] {
+        if let Some(value) = value {
+            headers.insert(key.into(), AMQPValue::LongString(value.into()));
+        }
+    }
     headers.insert(
         "member_id".into(),
         AMQPValue::LongString(row.member_id.to_string().into()),

@@ -100,7 +100,8 @@ pub async fn relay_once(
     cfg: &RelaySettings,
 ) -> Result<Outcome, RelayError> {
     let mut rows: Vec<OutboxRow> = sqlx::query_as(
-        "SELECT id, event_id, routing_key, member_id, version, payload, occurred_at, attempts
+        "SELECT id, event_id, routing_key, member_id, version, payload, occurred_at, attempts,
+                traceparent, tracestate
            FROM outbox ORDER BY id LIMIT $1",
     )
     .bind(cfg.batch_size)
@@ -180,9 +181,10 @@ async fn park(
              DELETE FROM outbox WHERE id = ANY($1) OR member_id = ANY($2) RETURNING *
          )
          INSERT INTO outbox_parked
-             (id, event_id, routing_key, member_id, version, payload, occurred_at, attempts, last_error)
+             (id, event_id, routing_key, member_id, version, payload, occurred_at,
+              traceparent, tracestate, attempts, last_error)
          SELECT id, event_id, routing_key, member_id, version, payload, occurred_at,
-                attempts + (id = ANY($1))::int,
+                traceparent, tracestate, attempts + (id = ANY($1))::int,
                 CASE WHEN id = ANY($1) THEN $3 ELSE $4 END
            FROM moved
          ON CONFLICT (id) DO NOTHING",

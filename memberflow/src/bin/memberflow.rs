@@ -14,12 +14,7 @@
 use std::process::Stdio;
 
 use clap::{Parser, Subcommand};
-use memberflow_common::{
-    amqp,
-    settings::ServiceSettings as _,
-    settings::{ConfigArg, Source},
-    shutdown, telemetry,
-};
+use memberflow_common::{amqp, settings::ConfigArg, settings::ServiceSettings as _, shutdown};
 use secrecy::ExposeSecret;
 use sqlx::Connection;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -52,8 +47,8 @@ async fn main() -> anyhow::Result<()> {
         .with_default_var("AUTH__ENVIRONMENT", "development")
         .with_default_var("TASK__ENVIRONMENT", "development");
     match args.only {
-        Some(Only::Auth) => return run_auth(&source).await,
-        Some(Only::Task) => return run_task(&source).await,
+        Some(Only::Auth) => return auth::serve(auth::Settings::load(&source)?).await,
+        Some(Only::Task) => return task::serve(task::Settings::load(&source)?).await,
         None => {}
     }
     let auth_settings = auth::Settings::load(&source)?;
@@ -124,22 +119,6 @@ async fn main() -> anyhow::Result<()> {
         println!("memberflow: {service} stopped ({status})");
     }
     Ok(())
-}
-
-async fn run_auth(source: &Source) -> anyhow::Result<()> {
-    telemetry::init(telemetry::DEFAULT_FILTER);
-    let settings = auth::Settings::load(source)?;
-    let app = auth::Application::build(settings).await?;
-    tracing::info!(addr = %app.local_addr(), "auth listening");
-    app.run_until_stopped(shutdown::on_os_signal()).await
-}
-
-async fn run_task(source: &Source) -> anyhow::Result<()> {
-    telemetry::init(telemetry::DEFAULT_FILTER);
-    let settings = task::Settings::load(source)?;
-    let app = task::Application::build(settings).await?;
-    tracing::info!(addr = %app.local_addr(), "task listening");
-    app.run_until_stopped(shutdown::on_os_signal()).await
 }
 
 /// Fails early, with what to do, when PostgreSQL or RabbitMQ is not there.

@@ -31,11 +31,15 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable},
 };
-use memberflow_common::{amqp, db, shutdown::CancellationToken, telemetry::error_chain};
+use memberflow_common::{
+    amqp, db, shutdown::CancellationToken, telemetry::error_chain, trace_context,
+};
+use opentelemetry::trace::{SpanContext, TraceContextExt};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use self::plan::{Outcome, Plan, Triage};
 pub use self::topology::{
@@ -276,7 +280,7 @@ impl Consumer {
         let mut retrying = self.cfg.backoff.retrying();
         while let Some(&part) = parts.front() {
             let events: Vec<MemberEvent> = part.iter().map(|(_, e)| e.clone()).collect();
-            let span = apply_span(&events);
+            let span = apply_span(part);
             let outcome = match replica::apply(&self.pool, &events)
                 .instrument(span.clone())
                 .await
@@ -418,25 +422,74 @@ impl Attachment {
     }
 }
 
-/// The span of one apply: how many events, and the range of member ids.
-fn apply_span(events: &[MemberEvent]) -> tracing::Span {
-    let first = events.iter().map(|e| e.member_id).min();
-    let last = events.iter().map(|e| e.member_id).max();
+/// The span of one apply: how many events, the range of member ids, and
+/// the trace: it continues the events' trace when they share one, and links
+/// to each trace otherwise.
+fn apply_span(part: &[(Delivery, MemberEvent)]) -> tracing::Span {
+    let first = part.iter().map(|(_, e)| e.member_id).min();
+    let last = part.iter().map(|(_, e)| e.member_id).max();
     let span = tracing::info_span!(
-        "apply",
-        events = events.len(),
+        "process member.events",
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.destination.name = QUEUE,
+        messaging.batch.message_count = part.len(),
+        events = part.len(),
         member_id.first = tracing::field::Empty,
         member_id.last = tracing::field::Empty,
         event_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
     );
     if let (Some(first), Some(last)) = (first, last) {
         span.record("member_id.first", tracing::field::display(first));
         span.record("member_id.last", tracing::field::display(last));
     }
-    if let [one] = events {
+    if let [(_, one)] = part {
         span.record("event_id", tracing::field::display(one.event_id));
     }
+    let contexts: Vec<SpanContext> = part
+        .iter()
+        .map(|(d, _)| {
+            trace_context::context_of(&trace_of(d))
+                .span()
+                .span_context()
+                .clone()
+        })
+        .filter(SpanContext::is_valid)
+        .collect();
+    let one_trace = contexts
+        .first()
+        .is_some_and(|c| contexts.iter().all(|o| o.trace_id() == c.trace_id()));
+    if one_trace {
+        let parent = trace_context::context_of(&trace_of(&part[0].0));
+        trace_context::continue_trace(&span, parent);
+    } else {
+        for context in contexts {
+            span.add_link(context);
+        }
+        trace_context::record_trace_id(&span);
+    }
     span
+}
+
+/// The trace context a delivery carries in its headers.
+fn trace_of(d: &Delivery) -> trace_context::Carrier {
+    let header = |name: &str| {
+        d.properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(name).cloned())
+            .and_then(|v| match v {
+                AMQPValue::LongString(s) => Some(s.to_string()),
+                AMQPValue::ShortString(s) => Some(s.to_string()),
+                _ => None,
+            })
+    };
+    trace_context::Carrier {
+        traceparent: header(trace_context::TRACEPARENT),
+        tracestate: header(trace_context::TRACESTATE),
+    }
 }
 
 #[cfg(test)]
