@@ -65,6 +65,9 @@ pub struct TaskMetrics {
     read_through: Family<ReadThroughLabel, Counter>,
     /// `memberflow_consumer_attached`: 1 while the consumer is attached.
     pub consumer_attached: Gauge,
+    /// `memberflow_consumer_retries_total`: batch retries after a transient
+    /// database fault.
+    pub consumer_retries: Counter,
     /// `memberflow_reconcile_found_total`: divergent rows found.
     pub reconcile_found: Counter,
     /// `memberflow_reconcile_repaired_total`: rows rewritten to repair them.
@@ -81,6 +84,7 @@ impl TaskMetrics {
             user_not_ready: Counter::default(),
             read_through: Family::default(),
             consumer_attached: Gauge::default(),
+            consumer_retries: Counter::default(),
             reconcile_found: Counter::default(),
             reconcile_repaired: Counter::default(),
         };
@@ -132,6 +136,11 @@ impl TaskMetrics {
             "memberflow_consumer_attached",
             "1 while the consumer is attached to its queue",
             m.consumer_attached.clone(),
+        );
+        r.register(
+            "memberflow_consumer_retries",
+            "Batch retries after a transient database fault",
+            m.consumer_retries.clone(),
         );
         r.register(
             "memberflow_reconcile_found",

@@ -321,6 +321,7 @@ impl Consumer {
                 }
                 Plan::Retry => {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.consumer_retries.inc();
                     if let Outcome::Failed { reason, .. } = &outcome {
                         span.in_scope(|| tracing::warn!(error.cause_chain = %reason, "transient database fault; retrying the batch"));
                     }
