@@ -36,8 +36,7 @@ pub trait ServiceSettings: DeserializeOwned + Sized {
 
     /// What the start-up audit looks at.
     fn audited(&self) -> Audited<'_>;
-    fn server(&self) -> &ServerSettings;
-    fn metrics(&self) -> &crate::admin_http::MetricsSettings;
+    fn base(&self) -> &BaseSettings;
     fn database(&self) -> &crate::db::DatabaseSettings;
 
     /// Defaults, then the service's table of the config files, then its
@@ -71,8 +70,7 @@ pub trait ServiceSettings: DeserializeOwned + Sized {
 }
 
 /// Implements [`ServiceSettings`] for a service's settings struct, which has
-/// `environment`, `server`, `metrics`, `database` and `amqp.url` like every
-/// service; the
+/// `base`, `database` and `amqp.url` like every service; the
 /// secrets are named by key and field path:
 ///
 /// ```ignore
@@ -88,12 +86,8 @@ macro_rules! service_settings {
             const PORT: u16 = $port;
             const METRICS_PORT: u16 = $metrics_port;
 
-            fn server(&self) -> &$crate::settings::ServerSettings {
-                &self.server
-            }
-
-            fn metrics(&self) -> &$crate::admin_http::MetricsSettings {
-                &self.metrics
+            fn base(&self) -> &$crate::settings::BaseSettings {
+                &self.base
             }
 
             fn database(&self) -> &$crate::db::DatabaseSettings {
@@ -102,7 +96,7 @@ macro_rules! service_settings {
 
             fn audited(&self) -> $crate::settings::Audited<'_> {
                 $crate::settings::Audited {
-                    environment: self.environment,
+                    environment: self.base.environment,
                     secrets: vec![$(($key, &self.$first $(.$rest)*)),*],
                     urls: vec![("amqp.url", &self.amqp.url), ("database.url", &self.database.url)],
                 }
@@ -118,6 +112,21 @@ pub struct Audited<'a> {
     pub environment: Environment,
     pub secrets: Vec<(&'static str, &'a SecretString)>,
     pub urls: Vec<(&'static str, &'a SecretString)>,
+}
+
+/// What every service's settings have, flattened into them (so the keys
+/// stay `environment`, `server.addr`, `metrics.addr`, `telemetry.…`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct BaseSettings {
+    /// `production` (the default) refuses missing and repository-known
+    /// secrets; `development` accepts them with a warning.
+    pub environment: Environment,
+    pub server: ServerSettings,
+    /// The admin HTTP endpoint: `/metrics`, `/livez`, `/readyz`.
+    pub metrics: crate::admin_http::MetricsSettings,
+    /// Span export (OTLP); trace context flows either way.
+    pub telemetry: crate::telemetry::TelemetrySettings,
 }
 
 /// `[server]`: where a service listens.

@@ -49,9 +49,9 @@ pub struct Prepared<S> {
 impl<S: ServiceSettings> Prepared<S> {
     pub async fn new(settings: S) -> anyhow::Result<Self> {
         settings.audit()?;
-        let listener = TcpListener::bind(&settings.server().addr).await?;
+        let listener = TcpListener::bind(&settings.base().server.addr).await?;
         let addr = listener.local_addr()?;
-        let metrics_listener = TcpListener::bind(&settings.metrics().addr).await?;
+        let metrics_listener = TcpListener::bind(&settings.base().metrics.addr).await?;
         let metrics_addr = metrics_listener.local_addr()?;
         let pool = settings.database().lazy_pool()?;
         let registry = crate::metrics::registry();
@@ -146,6 +146,37 @@ impl Gate {
     }
 }
 
+/// The shared life of a service once its gRPC server is spawned (behind
+/// `gate`): migrate the database, open the gate, start the workers
+/// `start_workers` returns (relay, consumer, pruner, health…); when the
+/// server ends, cancel `shutdown` so everything else ends too, wait for the
+/// workers to finish their in-flight work, and close the pool.
+pub async fn run(
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    gate: Gate,
+    database: &DatabaseSettings,
+    pool: PgPool,
+    migrator: &sqlx::migrate::Migrator,
+    shutdown: CancellationToken,
+    start_workers: impl FnOnce() -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>>,
+) -> anyhow::Result<()> {
+    let mut workers = Vec::new();
+    if gate
+        .migrate_then_open(database, &pool, migrator, &shutdown)
+        .await
+    {
+        workers = start_workers()?;
+    }
+    let served = server.await;
+    shutdown.cancel();
+    for worker in workers {
+        worker.await?;
+    }
+    pool.close().await;
+    served??;
+    Ok(())
+}
+
 /// Reports `service` SERVING while its database answers and `also()` holds,
 /// re-checked every [`HEALTH_EVERY`] until `shutdown`.
 pub fn spawn_health(
@@ -168,4 +199,44 @@ pub fn spawn_health(
             async move { others && db::is_alive(&pool).await }
         },
     ));
+}
+
+/// Gives a service's `Application` (which keeps its [`Prepared`] in a field
+/// named `prepared`) `local_addr()` and `metrics_addr()`, and defines the
+/// crate's `pub async fn serve(settings)`: what its binary and the launcher
+/// run. `serve` sets up logs and traces per `settings.base.telemetry`, builds
+/// the `Application`, serves until SIGTERM or Ctrl-C, then flushes the spans
+/// still buffered.
+#[macro_export]
+macro_rules! service_main {
+    ($app:ty, $settings:ty, $name:literal) => {
+        impl $app {
+            /// The gRPC address actually bound.
+            pub fn local_addr(&self) -> std::net::SocketAddr {
+                self.prepared.addr
+            }
+
+            /// The admin endpoint's address (`/metrics`, `/livez`, `/readyz`).
+            pub fn metrics_addr(&self) -> std::net::SocketAddr {
+                self.prepared.metrics_addr
+            }
+        }
+
+        /// Runs this service as its process does (see
+        /// `memberflow_common::service_main!`).
+        pub async fn serve(settings: $settings) -> anyhow::Result<()> {
+            $crate::telemetry::init($crate::telemetry::DEFAULT_FILTER, &settings.base.telemetry);
+            let app = <$app>::build(settings).await?;
+            tracing::info!(
+                addr = %app.local_addr(),
+                metrics = %app.metrics_addr(),
+                concat!($name, " listening")
+            );
+            let served = app
+                .run_until_stopped($crate::shutdown::on_os_signal())
+                .await;
+            $crate::telemetry::flush();
+            served
+        }
+    };
 }

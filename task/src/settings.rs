@@ -1,11 +1,5 @@
 //! Typed settings of the task service (`[task]` of `config/*.toml`, then `TASK__*`).
-use memberflow_common::{
-    admin_http::MetricsSettings,
-    db::DatabaseSettings,
-    retry::Backoff,
-    settings::{Environment, ServerSettings},
-    telemetry::TelemetrySettings,
-};
+use memberflow_common::{db::DatabaseSettings, retry::Backoff, settings::BaseSettings};
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -13,14 +7,9 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct Settings {
-    /// `production` (the default) refuses missing and repository-known
-    /// secrets; `development` accepts them with a warning.
-    pub environment: Environment,
-    pub server: ServerSettings,
-    /// The admin HTTP endpoint: `/metrics`, `/livez`, `/readyz`.
-    pub metrics: MetricsSettings,
-    /// Span export (OTLP); trace context flows either way.
-    pub telemetry: TelemetrySettings,
+    /// `environment`, `server`, `metrics`, `telemetry`: what every service has.
+    #[serde(flatten)]
+    pub base: BaseSettings,
     /// What CreateTask does for a member not replicated yet.
     pub consistency: ConsistencySettings,
     pub database: DatabaseSettings,

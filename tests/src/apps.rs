@@ -22,12 +22,12 @@ pub const TEST_ARGON2_MEMORY_KIB: u32 = 64;
 /// Settings for an auth instance in `env`, on a random port.
 pub fn auth_settings(env: &mut TestEnv) -> auth::Settings {
     let mut s = auth::Settings {
-        environment: Environment::Development,
         ..Default::default()
     };
+    s.base.environment = Environment::Development;
     s.token.secret = DEV_TOKEN_SECRET.into();
     s.token.service_token = DEV_SERVICE_TOKEN.into();
-    s.server.addr = "127.0.0.1:0".into();
+    s.base.server.addr = "127.0.0.1:0".into();
     s.database = memberflow_common::db::DatabaseSettings::with_url(&env.database_url("auth"));
     s.amqp.url = env.amqp_url().into();
     s.password.memory_kib = TEST_ARGON2_MEMORY_KIB;
@@ -178,12 +178,12 @@ pub fn task_settings(
     auth_addr: &str,
 ) -> task::Settings {
     let mut s = task::Settings {
-        environment: Environment::Development,
         ..Default::default()
     };
+    s.base.environment = Environment::Development;
     s.token.secret = DEV_TOKEN_SECRET.into();
     s.auth.service_token = DEV_SERVICE_TOKEN.into();
-    s.server.addr = "127.0.0.1:0".into();
+    s.base.server.addr = "127.0.0.1:0".into();
     s.database = memberflow_common::db::DatabaseSettings::with_url(&env.database_url("task"));
     s.amqp.url = env.amqp_url().into();
     s.amqp.backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(300));

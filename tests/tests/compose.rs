@@ -155,11 +155,11 @@ fn config_files_load_into_settings() {
         s
     };
     let auth = auth::Settings::load(&source("development")).unwrap();
-    assert_eq!(auth.environment, Environment::Development);
-    assert_eq!(auth.server.addr, "127.0.0.1:50051");
+    assert_eq!(auth.base.environment, Environment::Development);
+    assert_eq!(auth.base.server.addr, "127.0.0.1:50051");
     auth.audit().expect("development accepts the dev secrets");
     let task = task::Settings::load(&source("development")).unwrap();
-    assert_eq!(task.server.addr, "127.0.0.1:50052");
+    assert_eq!(task.base.server.addr, "127.0.0.1:50052");
     assert_eq!(task.consistency.mode, task::ConsistencyMode::NotReady);
     assert_eq!(task.auth.addr, "http://127.0.0.1:50051");
     task.audit().expect("development accepts the dev secrets");
@@ -184,7 +184,7 @@ fn the_default_environment_is_production() {
     })
     .unwrap();
     assert_eq!(
-        s.environment,
+        s.base.environment,
         memberflow_common::settings::Environment::Production
     );
     assert!(s.audit().is_err(), "no secret configured: refused");

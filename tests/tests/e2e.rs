@@ -128,7 +128,7 @@ async fn run_flow_in_mode(mode: &str) {
         settings.consistency.mode,
         &format!("http://{}", auth.app.addr),
     );
-    settings.server = infra.server;
+    settings.base.server = infra.base.server;
     settings.database = infra.database;
     settings.amqp = infra.amqp;
     settings.auth = infra.auth;

@@ -91,7 +91,9 @@ async fn main() -> anyhow::Result<()> {
     }
     println!(
         "memberflow: auth on {}, task on {} (consistency.mode = {:?}); Ctrl-C stops both",
-        auth_settings.server.addr, task_settings.server.addr, task_settings.consistency.mode
+        auth_settings.base.server.addr,
+        task_settings.base.server.addr,
+        task_settings.consistency.mode
     );
 
     let stop = shutdown::on_os_signal();
