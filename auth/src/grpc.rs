@@ -3,6 +3,7 @@ use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use memberflow_common::{
+    consistency::ConsistencyToken,
     digest::{self, parse_bound},
     error::Failure,
     grpc::{SERVICE_TOKEN_HEADER, Violations, timestamp},
@@ -156,6 +157,7 @@ impl AuthService for AuthApi {
         let new = NewMember::try_from(request.into_inner()).map_err(Error::from)?;
         let member = Self::sign_up(self, new).await?;
         Ok(Response::new(pb::SignUpResponse {
+            consistency_token: consistency_token(&member),
             member: Some(member.into()),
         }))
     }
@@ -174,7 +176,8 @@ impl AuthService for AuthApi {
                 .map_err(Error::from)?,
             None => None,
         };
-        let (id, hash) = creds.map_or((None, None), |(id, h)| (Some(id), Some(h)));
+        let (id, hash, version) =
+            creds.map_or((None, None, 0), |(id, h, v)| (Some(id), Some(h), v));
         let ok = self
             .hasher
             .verify(req.password, hash)
@@ -187,7 +190,7 @@ impl AuthService for AuthApi {
         tracing::Span::current().record("member_id", tracing::field::display(id));
         let expires_at = Utc::now() + self.token_ttl;
         Ok(Response::new(pb::LoginResponse {
-            access_token: self.tokens.issue(id, expires_at),
+            access_token: self.tokens.issue_at_version(id, version, expires_at),
             expires_at: Some(timestamp(expires_at)),
         }))
     }
@@ -221,11 +224,13 @@ impl AuthService for AuthApi {
         let member_id = self
             .tokens
             .authenticate(request.metadata())
-            .map_err(Error::from)?;
+            .map_err(Error::from)?
+            .member_id;
         tracing::Span::current().record("member_id", tracing::field::display(member_id));
         let change = ProfileChange::try_from(request.into_inner()).map_err(Error::from)?;
         let member = Self::update_profile(self, member_id, change).await?;
         Ok(Response::new(pb::UpdateProfileResponse {
+            consistency_token: consistency_token(&member),
             member: Some(member.into()),
         }))
     }
@@ -300,6 +305,15 @@ impl AuthService for AuthApi {
                 .collect(),
         }))
     }
+}
+
+/// The token naming the member at the version this write produced.
+fn consistency_token(member: &Member) -> String {
+    ConsistencyToken {
+        member_id: member.id,
+        version: member.version,
+    }
+    .encode()
 }
 
 /// A validated ListMembers request.

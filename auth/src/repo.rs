@@ -30,9 +30,13 @@ pub async fn insert_member(
     .await
 }
 
-/// The member id and password hash for `email` (already lower-cased).
-pub async fn find_credentials(pool: &PgPool, email: &str) -> sqlx::Result<Option<(Uuid, String)>> {
-    sqlx::query_as("SELECT id, password_hash FROM members WHERE email = $1")
+/// The member id, password hash and version for `email` (already
+/// lower-cased).
+pub async fn find_credentials(
+    pool: &PgPool,
+    email: &str,
+) -> sqlx::Result<Option<(Uuid, String, i64)>> {
+    sqlx::query_as("SELECT id, password_hash, version FROM members WHERE email = $1")
         .bind(email)
         .fetch_optional(pool)
         .await

@@ -364,6 +364,7 @@ fn task_request() -> CreateTaskRequest {
         request_id: Uuid::new_v4().to_string(),
         title: "benchmark task".into(),
         due_local: "2030-01-15T09:00".into(),
+        ..Default::default()
     }
 }
 

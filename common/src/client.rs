@@ -53,6 +53,8 @@ pub struct TaskClient {
     backoff: Backoff,
     deadline: Duration,
     on_retry: Option<RetryHook>,
+    /// From the caller's latest write to auth; sent with every call.
+    consistency_token: Option<String>,
 }
 
 impl TaskClient {
@@ -67,6 +69,7 @@ impl TaskClient {
             backoff: Backoff::new(Duration::from_millis(5), Duration::from_millis(500)),
             deadline: Duration::from_secs(10),
             on_retry: None,
+            consistency_token: None,
         })
     }
 
@@ -80,6 +83,27 @@ impl TaskClient {
     pub fn with_deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
         self
+    }
+
+    /// Read-your-writes: the `consistency_token` auth answered the caller's
+    /// latest write (SignUp, UpdateProfile) with. Every call then carries it,
+    /// so task serves them from a replica that has that write.
+    pub fn with_consistency_token(mut self, token: impl Into<String>) -> Self {
+        self.consistency_token = Some(token.into()).filter(|t| !t.is_empty());
+        self
+    }
+
+    /// Records a newer write's token (see [`Self::with_consistency_token`]).
+    pub fn set_consistency_token(&mut self, token: impl Into<String>) {
+        self.consistency_token = Some(token.into()).filter(|t| !t.is_empty());
+    }
+
+    fn token_or(&self, given: String) -> String {
+        if given.is_empty() {
+            self.consistency_token.clone().unwrap_or_default()
+        } else {
+            given
+        }
     }
 
     /// Observes each retry.
@@ -96,7 +120,8 @@ impl TaskClient {
     }
 
     /// Creates a task, waiting out USER_NOT_READY up to the deadline.
-    pub async fn create_task(&mut self, req: CreateTaskRequest) -> Result<Task, Status> {
+    pub async fn create_task(&mut self, mut req: CreateTaskRequest) -> Result<Task, Status> {
+        req.consistency_token = self.token_or(req.consistency_token);
         let give_up = tokio::time::Instant::now() + self.deadline;
         let mut delays = self.backoff.delays();
         let mut attempt = 0;
@@ -132,13 +157,20 @@ impl TaskClient {
         }
     }
 
-    pub async fn list_tasks(&mut self, req: ListTasksRequest) -> Result<ListTasksResponse, Status> {
+    pub async fn list_tasks(
+        &mut self,
+        mut req: ListTasksRequest,
+    ) -> Result<ListTasksResponse, Status> {
+        req.consistency_token = self.token_or(req.consistency_token);
         Ok(self.inner.list_tasks(self.request(req)).await?.into_inner())
     }
 
     pub async fn get_task(&mut self, id: &str) -> Result<Task, Status> {
         self.inner
-            .get_task(self.request(GetTaskRequest { id: id.to_owned() }))
+            .get_task(self.request(GetTaskRequest {
+                id: id.to_owned(),
+                consistency_token: self.token_or(String::new()),
+            }))
             .await?
             .into_inner()
             .task

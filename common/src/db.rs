@@ -149,6 +149,48 @@ pub async fn bootstrap(
     }
 }
 
+/// Listens on `channel` until `shutdown`, reconnecting with `backoff`.
+/// `on_notify` gets each notification's payload, and `None` after every
+/// (re)connect, since notifications may have been missed meanwhile.
+pub async fn listen(
+    pool: PgPool,
+    channel: &str,
+    backoff: crate::retry::Backoff,
+    shutdown: tokio_util::sync::CancellationToken,
+    mut on_notify: impl FnMut(Option<&str>),
+) {
+    let mut retrying = backoff.retrying();
+    while !shutdown.is_cancelled() {
+        let listener = async {
+            let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            l.listen(channel).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        match listener.await {
+            Ok(mut l) => {
+                retrying.reset();
+                on_notify(None);
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        n = l.recv() => match n {
+                            Ok(n) => on_notify(Some(n.payload())),
+                            Err(e) => {
+                                tracing::warn!(channel, error.cause_chain = %crate::telemetry::error_chain(&e), "LISTEN connection lost");
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(channel, error.cause_chain = %crate::telemetry::error_chain(&e), "cannot LISTEN");
+            }
+        }
+        retrying.wait(&shutdown).await;
+    }
+}
+
 /// Whether `pool` answers a trivial query within a second (health checks).
 pub async fn is_alive(pool: &PgPool) -> bool {
     let ping = sqlx::query("SELECT 1").execute(pool);

@@ -126,8 +126,9 @@ pub async fn report_health<F, Fut>(
     Fut: std::future::Future<Output = bool>,
 {
     let mut last = None;
+    let mut verdict = HealthVerdict::default();
     loop {
-        let now = ready().await;
+        let now = verdict.observe(ready().await);
         if last != Some(now) {
             set_serving(&health, service, now).await;
             readiness.store(now, std::sync::atomic::Ordering::Release);
@@ -143,6 +144,35 @@ pub async fn report_health<F, Fut>(
         if !crate::retry::sleep_or_cancel(every, &shutdown).await {
             return;
         }
+    }
+}
+
+/// Consecutive failed checks before a serving service says NOT_SERVING, so
+/// one slow probe on a busy host does not flap it out of a load balancer.
+pub const FAILURES_BEFORE_NOT_SERVING: u32 = 3;
+
+/// Turns individual checks into a serving status: SERVING on the first good
+/// check, NOT_SERVING after [`FAILURES_BEFORE_NOT_SERVING`] bad ones in a row
+/// (at once before the first good one).
+#[derive(Debug, Default)]
+pub struct HealthVerdict {
+    serving: bool,
+    failures: u32,
+}
+
+impl HealthVerdict {
+    /// Records one check; returns whether the service is serving.
+    pub fn observe(&mut self, ok: bool) -> bool {
+        if ok {
+            self.failures = 0;
+            self.serving = true;
+        } else {
+            self.failures += 1;
+            if self.failures >= FAILURES_BEFORE_NOT_SERVING {
+                self.serving = false;
+            }
+        }
+        self.serving
     }
 }
 
@@ -232,4 +262,20 @@ pub fn violated_fields(status: &Status) -> Vec<String> {
         .get_details_bad_request()
         .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HealthVerdict;
+
+    #[test]
+    fn one_bad_check_does_not_flap_three_do() {
+        let mut v = HealthVerdict::default();
+        assert!(!v.observe(false), "not serving before the first good check");
+        assert!(v.observe(true));
+        assert!(v.observe(false));
+        assert!(v.observe(false));
+        assert!(!v.observe(false), "the third failure in a row");
+        assert!(v.observe(true), "back at once");
+    }
 }

@@ -4,6 +4,7 @@
 pub mod admin_http;
 pub mod amqp;
 pub mod client;
+pub mod consistency;
 pub mod db;
 pub mod digest;
 pub mod error;

@@ -18,6 +18,17 @@ struct Claims {
     aud: String,
     iat: i64,
     exp: i64,
+    /// The member's version when the token was issued: task serves this
+    /// caller from a replica at least this fresh. 0 in tokens without it.
+    #[serde(default)]
+    ver: i64,
+}
+
+/// A verified access token: who, and the version they had seen at login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    pub member_id: Uuid,
+    pub version: i64,
 }
 
 /// Why a token was refused. Every variant maps to `UNAUTHENTICATED`.
@@ -62,7 +73,18 @@ impl TokenKeys {
 
     /// Signs a token for `member_id` that expires at `expires_at`.
     pub fn issue(&self, member_id: Uuid, expires_at: DateTime<Utc>) -> String {
+        self.issue_at_version(member_id, 0, expires_at)
+    }
+
+    /// Signs a token for `member_id`, who has seen their member at `version`.
+    pub fn issue_at_version(
+        &self,
+        member_id: Uuid,
+        version: i64,
+        expires_at: DateTime<Utc>,
+    ) -> String {
         let claims = Claims {
+            ver: version,
             sub: member_id.to_string(),
             iss: ISSUER.to_owned(),
             aud: AUDIENCE.to_owned(),
@@ -76,21 +98,32 @@ impl TokenKeys {
     /// The member id of the `authorization: Bearer <token>` in `metadata`,
     /// checked as [`Self::verify`] does. Both services authenticate members
     /// with this one rule.
-    pub fn authenticate(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Uuid, Failure> {
+    pub fn authenticate(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Verified, Failure> {
         let token = bearer(metadata)
             .ok_or_else(|| Failure::Unauthenticated("missing bearer token".into()))?;
-        self.verify(token)
+        self.verify_claims(token)
             .map_err(|e| Failure::Unauthenticated(e.to_string()))
     }
 
     /// Checks signature, issuer, audience and expiry; returns the member id.
     pub fn verify(&self, token: &str) -> Result<Uuid, TokenError> {
+        Ok(self.verify_claims(token)?.member_id)
+    }
+
+    /// [`Self::verify`], with the version claim.
+    pub fn verify_claims(&self, token: &str) -> Result<Verified, TokenError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
                 _ => TokenError::Invalid(e),
             })?;
-        Uuid::parse_str(&data.claims.sub).map_err(|_| TokenError::BadSubject)
+        Ok(Verified {
+            member_id: Uuid::parse_str(&data.claims.sub).map_err(|_| TokenError::BadSubject)?,
+            version: data.claims.ver,
+        })
     }
 }
 

@@ -1,13 +1,14 @@
 //! `task.v1.TaskService`: proto ↔ domain conversion and the RPC handlers.
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::DateTime;
 use memberflow_common::{
+    consistency::ConsistencyToken,
     error::Failure,
     grpc::{Violations, timestamp},
     proto::task::v1::{self as pb, task_service_server::TaskService},
-    token::TokenKeys,
+    token::{TokenKeys, Verified},
 };
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
@@ -16,11 +17,12 @@ use uuid::Uuid;
 use crate::{
     Error,
     domain::{DueLocal, NewTask, ReplicaMember, Task, Title},
+    freshness::Freshness,
     metrics::{ReadThroughResult, TaskMetrics},
     read_through::{FetchError, ReadThrough},
     replica,
     repo::{self, Cursor},
-    settings::ConsistencyMode,
+    settings::{ConsistencyMode, ConsistencySettings},
 };
 
 const DEFAULT_PAGE_SIZE: i32 = 20;
@@ -31,8 +33,8 @@ const MAX_PAGE_SIZE: i32 = 100;
 pub struct TaskApi {
     pub(crate) pool: PgPool,
     pub(crate) tokens: TokenKeys,
-    pub(crate) mode: ConsistencyMode,
-    pub(crate) retry_after: Duration,
+    pub(crate) consistency: ConsistencySettings,
+    pub(crate) freshness: Arc<Freshness>,
     pub(crate) read_through: ReadThrough,
     pub(crate) metrics: TaskMetrics,
 }
@@ -84,28 +86,75 @@ fn decode_cursor(token: &str) -> Option<Cursor> {
 }
 
 impl TaskApi {
-    fn authenticate<T>(&self, req: &Request<T>) -> Result<Uuid, Error> {
-        let id = self.tokens.authenticate(req.metadata())?;
-        tracing::Span::current().record("member_id", tracing::field::display(id));
-        Ok(id)
+    fn authenticate<T>(&self, req: &Request<T>) -> Result<Verified, Error> {
+        let caller = self.tokens.authenticate(req.metadata())?;
+        tracing::Span::current().record("member_id", tracing::field::display(caller.member_id));
+        Ok(caller)
     }
 
-    /// The member from the replica, or per `consistency.mode` when missing.
-    async fn member(&self, id: Uuid) -> Result<ReplicaMember, Error> {
-        if let Some(m) = replica::find(&self.pool, id).await? {
+    /// The version the caller has seen: the access token's claim, raised by
+    /// a `consistency_token` from one of their writes. A token naming
+    /// another member is refused.
+    fn known_version(&self, caller: Verified, consistency_token: &str) -> Result<i64, Error> {
+        if consistency_token.is_empty() {
+            return Ok(caller.version);
+        }
+        let mut v = Violations::default();
+        let token = v.check(
+            "consistency_token",
+            ConsistencyToken::parse(consistency_token),
+        );
+        if let Some(t) = token
+            && t.member_id != caller.member_id
+        {
+            v.add("consistency_token", "names another member");
+        }
+        v.finish()?;
+        Ok(caller.version.max(token.expect("checked").version))
+    }
+
+    /// The member from the replica at `min_version` or newer (a missing
+    /// member counts as behind). When the replica is behind: `not_ready`
+    /// waits up to `consistency.wait_ms` for the consumer to bring it, then
+    /// answers USER_NOT_READY; `read_through` fetches at least that version
+    /// from auth. Never answers with an older copy.
+    async fn member(&self, id: Uuid, min_version: i64) -> Result<ReplicaMember, Error> {
+        let min_version = min_version.max(1);
+        if let Some(m) = replica::find(&self.pool, id).await?
+            && m.version >= min_version
+        {
+            return Ok(m);
+        }
+        // In not_ready mode, wait (woken by the apply) rather than send the
+        // client away; read_through fetches from auth at once instead, which
+        // takes less than the replication it would wait for.
+        let wait = Duration::from_millis(self.consistency.wait_ms);
+        if self.consistency.mode == ConsistencyMode::NotReady
+            && !wait.is_zero()
+            && let Some(m) = self
+                .freshness
+                .wait_for(&self.pool, id, min_version, wait)
+                .await?
+        {
             return Ok(m);
         }
         let not_ready = Error::UserNotReady {
             member_id: id,
-            retry_after: self.retry_after,
+            retry_after: self.freshness.retry_after(
+                Duration::from_millis(self.consistency.retry_after_min_ms),
+                Duration::from_millis(self.consistency.retry_after_max_ms),
+            ),
         };
-        let fetched = match self.mode {
+        let fetched = match self.consistency.mode {
             ConsistencyMode::NotReady => Err(not_ready),
             ConsistencyMode::ReadThrough => match self.read_through.fetch_and_provision(id).await {
-                Ok(m) => {
+                Ok(m) if m.version >= min_version => {
                     self.metrics.read_through(ReadThroughResult::ok);
                     Ok(m)
                 }
+                // auth is the source of truth; older than the caller's
+                // version would mean a token from elsewhere.
+                Ok(_) => Err(not_ready),
                 Err(FetchError::NotFound(_)) => {
                     self.metrics.read_through(ReadThroughResult::not_found);
                     Err(Failure::NotFound(format!("member {id}")).into())
@@ -122,8 +171,8 @@ impl TaskApi {
         fetched
     }
 
-    async fn create(&self, member_id: Uuid, new: NewTask) -> Result<Task, Error> {
-        let member = self.member(member_id).await?;
+    async fn create(&self, member_id: Uuid, min_version: i64, new: NewTask) -> Result<Task, Error> {
+        let member = self.member(member_id, min_version).await?;
         let tz: chrono_tz::Tz = member
             .region
             .parse()
@@ -150,10 +199,11 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::CreateTaskRequest>,
     ) -> Result<Response<pb::CreateTaskResponse>, Status> {
-        let member_id = self.authenticate(&request)?;
+        let caller = self.authenticate(&request)?;
+        let min_version = self.known_version(caller, &request.get_ref().consistency_token)?;
         let new = NewTask::try_from(request.into_inner()).map_err(Error::from)?;
         tracing::Span::current().record("request_id", tracing::field::display(new.request_id));
-        let task = self.create(member_id, new).await?;
+        let task = self.create(caller.member_id, min_version, new).await?;
         Ok(Response::new(pb::CreateTaskResponse {
             task: Some(task.into()),
         }))
@@ -164,7 +214,11 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
-        let member_id = self.authenticate(&request)?;
+        let caller = self.authenticate(&request)?;
+        // Tasks are written here, synchronously: nothing to wait for, but a
+        // bad token is still refused.
+        self.known_version(caller, &request.get_ref().consistency_token)?;
+        let member_id = caller.member_id;
         let req = request.into_inner();
         let mut v = Violations::default();
         if req.page_size < 0 {
@@ -203,7 +257,9 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::GetTaskResponse>, Status> {
-        let member_id = self.authenticate(&request)?;
+        let caller = self.authenticate(&request)?;
+        self.known_version(caller, &request.get_ref().consistency_token)?;
+        let member_id = caller.member_id;
         let raw = request.into_inner().id;
         let mut v = Violations::default();
         let id = v.check("id", Uuid::parse_str(&raw).map_err(|_| "must be a UUID"));

@@ -4,6 +4,7 @@ pub mod consumer;
 pub mod dlq;
 pub mod domain;
 pub mod error;
+pub mod freshness;
 pub mod grpc;
 pub mod inbox;
 pub mod metrics;

@@ -34,9 +34,10 @@ pub struct MemberEvent {
 pub struct Applied {
     /// Events not in the inbox before (the rest were duplicates).
     pub fresh: u64,
-    /// For each replica row that changed, `replicated_at - occurred_at` in
-    /// seconds; fresh events that changed nothing were stale.
-    pub lags: Vec<f64>,
+    /// Each replica row that changed: member, new version, and
+    /// `replicated_at - occurred_at` in seconds. Fresh events that changed
+    /// nothing were stale.
+    pub changed: Vec<(Uuid, i64, f64)>,
 }
 
 /// Applies `events` in one statement (so in one transaction): events already
@@ -57,7 +58,8 @@ pub async fn apply(pool: &PgPool, events: &[MemberEvent]) -> sqlx::Result<Applie
         versions.push(e.version);
         occurred.push(e.occurred_at);
     }
-    let (fresh, lags): (i64, Vec<f64>) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    type Row = (i64, Vec<Uuid>, Vec<i64>, Vec<f64>, i64);
+    let (fresh, ids, versions, lags, _notified): Row = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH batch AS (
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[], $6::timestamptz[])
                  AS e(event_id, member_id, nickname, region, version, occurred_at)
@@ -71,10 +73,20 @@ pub async fn apply(pool: &PgPool, events: &[MemberEvent]) -> sqlx::Result<Applie
                FROM batch b JOIN fresh f USING (event_id)
               ORDER BY b.member_id, b.version DESC
              {UPSERT_IF_NEWER}
-             RETURNING extract(epoch FROM replicated_at - occurred_at)::float8 AS lag
+             RETURNING id, version, extract(epoch FROM replicated_at - occurred_at)::float8 AS lag
+         ), notified AS (
+             -- Wakes read-your-writes waiters in every task instance at
+             -- commit; a large batch sends no names (waiters re-check).
+             SELECT pg_notify('{channel}', CASE WHEN count(*) <= 100
+                 THEN string_agg(id::text || ':' || version, ',') ELSE '' END)
+               FROM changed HAVING count(*) > 0
          )
          SELECT (SELECT count(*) FROM fresh),
-                coalesce((SELECT array_agg(lag) FROM changed), '{{}}')"
+                coalesce((SELECT array_agg(id) FROM changed), '{{}}'),
+                coalesce((SELECT array_agg(version) FROM changed), '{{}}'),
+                coalesce((SELECT array_agg(lag) FROM changed), '{{}}'),
+                (SELECT count(*) FROM notified)",
+        channel = crate::freshness::CHANNEL
     )))
     .bind(&event_ids)
     .bind(&member_ids)
@@ -86,7 +98,12 @@ pub async fn apply(pool: &PgPool, events: &[MemberEvent]) -> sqlx::Result<Applie
     .await?;
     Ok(Applied {
         fresh: fresh as u64,
-        lags,
+        changed: ids
+            .into_iter()
+            .zip(versions)
+            .zip(lags)
+            .map(|((id, v), lag)| (id, v, lag))
+            .collect(),
     })
 }
 

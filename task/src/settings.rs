@@ -103,15 +103,22 @@ pub enum ConsistencyMode {
 #[serde(default)]
 pub struct ConsistencySettings {
     pub mode: ConsistencyMode,
-    /// The RetryInfo delay sent with USER_NOT_READY.
-    pub retry_after_ms: u64,
+    /// How long a call that needs a newer replica than this instance holds
+    /// waits for the consumer to bring it, before the mode applies.
+    pub wait_ms: u64,
+    /// Bounds of the RetryInfo delay sent with USER_NOT_READY, which is the
+    /// recent replication-lag p99 plus a margin.
+    pub retry_after_min_ms: u64,
+    pub retry_after_max_ms: u64,
 }
 
 impl Default for ConsistencySettings {
     fn default() -> Self {
         Self {
             mode: ConsistencyMode::NotReady,
-            retry_after_ms: 10,
+            wait_ms: 50,
+            retry_after_min_ms: 5,
+            retry_after_max_ms: 1_000,
         }
     }
 }

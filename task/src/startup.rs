@@ -6,7 +6,7 @@ use std::{
 };
 
 use memberflow_common::{
-    grpc,
+    db, grpc,
     proto::task::v1::task_service_server::TaskServiceServer,
     shutdown::CancellationToken,
     startup::{self, Gate, Prepared, spawn_health},
@@ -15,6 +15,7 @@ use memberflow_common::{
 
 use crate::{
     consumer::{Attachment, Consumer, ConsumerStats},
+    freshness::{self, Freshness},
     grpc::TaskApi,
     inbox,
     metrics::TaskMetrics,
@@ -38,6 +39,7 @@ pub struct Application {
     reconcile_stats: Arc<ReconcileStats>,
     read_through: ReadThrough,
     source: AuthSource,
+    freshness: Arc<Freshness>,
 }
 
 impl Application {
@@ -53,6 +55,7 @@ impl Application {
             reconcile_stats: Arc::default(),
             source,
             read_through,
+            freshness: Arc::default(),
         })
     }
 
@@ -66,6 +69,11 @@ impl Application {
         self.reconcile_stats.clone()
     }
 
+    /// Read-your-writes waiters, to observe them.
+    pub fn freshness(&self) -> Arc<Freshness> {
+        self.freshness.clone()
+    }
+
     /// The read-through client, to observe its calls.
     pub fn read_through(&self) -> ReadThrough {
         self.read_through.clone()
@@ -77,12 +85,13 @@ impl Application {
         let started = self.prepared.start(SERVICE_NAME, &shutdown).await;
         let (settings, pool) = (started.settings, started.pool);
         let metrics = TaskMetrics::register(&started.registry);
+        let freshness = self.freshness.clone();
         let api = TaskApi {
             metrics: metrics.clone(),
             pool: pool.clone(),
             tokens: TokenKeys::new(&settings.token.secret),
-            mode: settings.consistency.mode,
-            retry_after: Duration::from_millis(settings.consistency.retry_after_ms),
+            consistency: settings.consistency.clone(),
+            freshness: freshness.clone(),
             read_through: self.read_through,
         };
         tracing::info!(mode = ?settings.consistency.mode, "consistency mode");
@@ -96,8 +105,24 @@ impl Application {
         );
         let (stats, reconcile_stats, source) = (self.stats, self.reconcile_stats, self.source);
         let workers = || {
-            let consumer =
-                Consumer::new(pool.clone(), settings.amqp.clone(), stats, metrics.clone());
+            let consumer = Consumer::new(
+                pool.clone(),
+                settings.amqp.clone(),
+                stats,
+                metrics.clone(),
+                freshness.clone(),
+            );
+            // Other instances' applies wake this one's waiters.
+            let listen = {
+                let (pool, backoff, stop) = (pool.clone(), settings.amqp.backoff, shutdown.clone());
+                let freshness = freshness.clone();
+                tokio::spawn(async move {
+                    db::listen(pool, freshness::CHANNEL, backoff, stop, |payload| {
+                        freshness.notified(payload)
+                    })
+                    .await;
+                })
+            };
             let attached = consumer.attached();
             // SERVING while the database answers and the consumer is attached
             // (or only briefly detached).
@@ -112,6 +137,7 @@ impl Application {
                 move || attachment.healthy(*attached.borrow(), Instant::now()),
             );
             Ok(vec![
+                listen,
                 tokio::spawn(consumer.run(shutdown.clone())),
                 tokio::spawn(inbox::run_pruner(
                     pool.clone(),

@@ -201,6 +201,7 @@ pub struct TestTask {
     pub stats: std::sync::Arc<task::consumer::ConsumerStats>,
     pub reconcile_stats: std::sync::Arc<task::reconcile::ReconcileStats>,
     pub read_through: task::read_through::ReadThrough,
+    pub freshness: std::sync::Arc<task::freshness::Freshness>,
 }
 
 impl TestTask {
@@ -228,6 +229,7 @@ pub async fn spawn_task(settings: task::Settings) -> TestTask {
     let stats = app.stats();
     let reconcile_stats = app.reconcile_stats();
     let read_through = app.read_through();
+    let freshness = app.freshness();
     let app = Running::start(addr, move |token| app.run_until_stopped(token));
     let channel = app.channel().await;
     wait_serving(channel.clone(), task::SERVICE_NAME).await;
@@ -238,6 +240,7 @@ pub async fn spawn_task(settings: task::Settings) -> TestTask {
         stats,
         reconcile_stats,
         read_through,
+        freshness,
     }
 }
 

@@ -57,6 +57,7 @@ async fn user_flow(auth: TestAuthClient, task: &TestTask, i: usize) -> (String, 
             request_id: Uuid::new_v4().to_string(),
             title: format!("task of {i}"),
             due_local: "2026-12-24T18:00".into(),
+            ..Default::default()
         })
         .await
         .expect("create task");

@@ -56,6 +56,7 @@ async fn prometheus_sees_the_pipeline_move() {
                 request_id: Uuid::new_v4().to_string(),
                 title: "t".into(),
                 due_local: "2026-12-24T18:00".into(),
+                ..Default::default()
             })
             .await
             .unwrap();

@@ -22,14 +22,12 @@ use std::{
 };
 
 use memberflow_common::{
-    retry::{Backoff, sleep_or_cancel},
-    shutdown::CancellationToken,
-    telemetry::error_chain,
+    db, retry::sleep_or_cancel, shutdown::CancellationToken, telemetry::error_chain,
 };
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{
     Connection, PgConnection, PgPool,
-    postgres::{PgConnectOptions, PgListener, PgPoolOptions},
+    postgres::{PgConnectOptions, PgPoolOptions},
 };
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -272,12 +270,11 @@ impl Relay {
                     .clone()
                     .application_name("memberflow-listen"),
             );
-            tokio::spawn(forward_notifications(
-                listen,
-                self.wake.clone(),
-                self.cfg.backoff,
-                shutdown.clone(),
-            ));
+            let (wake, backoff, stop) = (self.wake.clone(), self.cfg.backoff, shutdown.clone());
+            tokio::spawn(async move {
+                // After a (re)connect too: commits may have been missed.
+                db::listen(listen, NOTIFY_CHANNEL, backoff, stop, |_| wake.notify_one()).await;
+            });
         }
         let mut retrying = self.cfg.backoff.retrying();
         while !shutdown.is_cancelled() {
@@ -458,46 +455,6 @@ impl Relay {
             p.close().await;
         }
         result
-    }
-}
-
-/// Forwards NOTIFYs on [`NOTIFY_CHANNEL`] into `wake`. After (re)connecting it
-/// wakes the relay once, since notifications may have been missed meanwhile.
-async fn forward_notifications(
-    pool: PgPool,
-    wake: Arc<Notify>,
-    backoff: Backoff,
-    shutdown: CancellationToken,
-) {
-    let mut retrying = backoff.retrying();
-    while !shutdown.is_cancelled() {
-        let listener = async {
-            let mut l = PgListener::connect_with(&pool).await?;
-            l.listen(NOTIFY_CHANNEL).await?;
-            Ok::<_, sqlx::Error>(l)
-        };
-        match listener.await {
-            Ok(mut l) => {
-                retrying.reset();
-                wake.notify_one();
-                loop {
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        n = l.recv() => match n {
-                            Ok(_) => wake.notify_one(),
-                            Err(e) => {
-                                tracing::warn!(error.cause_chain = %error_chain(&e), "outbox LISTEN connection lost");
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error.cause_chain = %error_chain(&e), "cannot LISTEN for outbox notifications");
-            }
-        }
-        retrying.wait(&shutdown).await;
     }
 }
 

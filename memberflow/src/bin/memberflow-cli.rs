@@ -34,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut auth = AuthServiceClient::new(Channel::from_shared(auth_url.clone())?.connect().await?);
     let started = Instant::now();
-    let member = auth
+    let signed_up = auth
         .sign_up(SignUpRequest {
             email: email.clone(),
             password: password.into(),
@@ -42,9 +42,8 @@ async fn main() -> anyhow::Result<()> {
             region: region.clone(),
         })
         .await?
-        .into_inner()
-        .member
-        .expect("member");
+        .into_inner();
+    let member = signed_up.member.expect("member");
     println!(
         "1. signed up   {} <{}> in {region}, version {}",
         member.id, member.email, member.version
@@ -62,20 +61,25 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let channel = Channel::from_shared(task_url)?.connect().await?;
-    let mut tasks = TaskClient::new(channel, &login.access_token)?.on_retry(Arc::new(|r| {
-        println!(
-            "   retry {}: {} ({}); waiting {:?}",
-            r.attempt,
-            r.status.code(),
-            r.status.message(),
-            r.delay
-        );
-    }));
+    // The signup's consistency token: task waits for its replica to have the
+    // member rather than answer USER_NOT_READY.
+    let mut tasks = TaskClient::new(channel, &login.access_token)?
+        .with_consistency_token(signed_up.consistency_token)
+        .on_retry(Arc::new(|r| {
+            println!(
+                "   retry {}: {} ({}); waiting {:?}",
+                r.attempt,
+                r.status.code(),
+                r.status.message(),
+                r.delay
+            );
+        }));
     let task = tasks
         .create_task(CreateTaskRequest {
             request_id: uuid::Uuid::new_v4().to_string(),
             title: "try memberflow".into(),
             due_local: due.clone(),
+            ..Default::default()
         })
         .await?;
     println!(

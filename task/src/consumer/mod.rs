@@ -46,6 +46,7 @@ pub use self::topology::{
     DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, QUEUE, REASON_HEADER, declare_topology,
 };
 use crate::{
+    freshness::Freshness,
     metrics::{EventOutcome, TaskMetrics},
     replica::{self, MemberEvent},
     settings::AmqpSettings,
@@ -96,6 +97,8 @@ async fn connection_lost(
 pub struct Consumer {
     pool: PgPool,
     metrics: TaskMetrics,
+    /// Read-your-writes waiters, woken by each commit.
+    freshness: Arc<Freshness>,
     cfg: AmqpSettings,
     stats: Arc<ConsumerStats>,
     /// Set to `true` while a consumer is attached to the queue.
@@ -108,10 +111,12 @@ impl Consumer {
         cfg: AmqpSettings,
         stats: Arc<ConsumerStats>,
         metrics: TaskMetrics,
+        freshness: Arc<Freshness>,
     ) -> Self {
         Self {
             pool,
             metrics,
+            freshness,
             cfg,
             stats,
             attached: watch::Sender::new(false),
@@ -286,14 +291,16 @@ impl Consumer {
                 .await
             {
                 Ok(applied) => {
-                    let changed = applied.lags.len() as u64;
+                    let changed = applied.changed.len() as u64;
                     span.in_scope(|| tracing::debug!(changed, "applied"));
                     let m = &self.metrics;
                     m.events(EventOutcome::applied, changed);
                     m.events(EventOutcome::stale, applied.fresh - changed);
                     m.events(EventOutcome::duplicate, events.len() as u64 - applied.fresh);
-                    for lag in applied.lags {
+                    for (member, version, lag) in applied.changed {
                         m.replication_lag.observe(lag.max(0.0));
+                        self.freshness.observe_lag(lag);
+                        self.freshness.applied(member, version);
                     }
                     Outcome::Committed
                 }
