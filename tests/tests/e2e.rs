@@ -483,18 +483,36 @@ async fn seed_auth_members(auth_db: &PgPool, n: i64) {
     .unwrap();
 }
 
-#[tokio::test]
-async fn resync_fills_an_emptied_replica_while_signups_flow() {
-    let mut env = TestEnv::new();
-    let auth = spawn_auth(auth_settings(&mut env)).await;
-    let settings = task_settings(
-        &mut env,
+/// auth and a task reading through to it, for the resync and reconciler
+/// tests: `tune` adjusts task's settings; returns the running services,
+/// auth as task's resync source, and both databases.
+async fn replica_stage(
+    env: &mut TestEnv,
+    tune: impl FnOnce(&mut task::Settings),
+) -> (
+    memberflow_tests::apps::TestAuth,
+    TestTask,
+    task::resync::AuthSource,
+    PgPool,
+    PgPool,
+) {
+    let auth = spawn_auth(auth_settings(env)).await;
+    let mut settings = task_settings(
+        env,
         ConsistencyMode::NotReady,
         &format!("http://{}", auth.app.addr),
     );
+    tune(&mut settings);
     let source = task::resync::AuthSource::new(&settings.auth).unwrap();
-    let _task = spawn_task(settings).await;
+    let task = spawn_task(settings).await;
     let (auth_db, task_db) = (env.pool("auth").await, env.pool("task").await);
+    (auth, task, source, auth_db, task_db)
+}
+
+#[tokio::test]
+async fn resync_fills_an_emptied_replica_while_signups_flow() {
+    let mut env = TestEnv::new();
+    let (auth, _task, source, auth_db, task_db) = replica_stage(&mut env, |_| {}).await;
     seed_auth_members(&auth_db, 10_000).await;
 
     // 200 signups a second flow through the pipeline during the resync.
@@ -547,17 +565,11 @@ async fn resync_fills_an_emptied_replica_while_signups_flow() {
 #[tokio::test]
 async fn the_reconciler_repairs_corrupted_rows_and_touches_no_correct_one() {
     let mut env = TestEnv::new();
-    let auth = spawn_auth(auth_settings(&mut env)).await;
-    let mut settings = task_settings(
-        &mut env,
-        ConsistencyMode::NotReady,
-        &format!("http://{}", auth.app.addr),
-    );
-    let source = task::resync::AuthSource::new(&settings.auth).unwrap();
     let interval = Duration::from_secs(3);
-    settings.reconcile.interval_secs = interval.as_secs();
-    let task = spawn_task(settings).await;
-    let (auth_db, task_db) = (env.pool("auth").await, env.pool("task").await);
+    let (_auth, task, source, auth_db, task_db) = replica_stage(&mut env, |s| {
+        s.reconcile.interval_secs = interval.as_secs();
+    })
+    .await;
     seed_auth_members(&auth_db, 4_000).await;
     task::resync::resync(&task_db, &source, task::resync::Scope::All, |_| {})
         .await
@@ -608,15 +620,7 @@ async fn the_reconciler_repairs_corrupted_rows_and_touches_no_correct_one() {
 #[tokio::test]
 async fn an_interrupted_resync_resumes_from_its_checkpoint() {
     let mut env = TestEnv::new();
-    let auth = spawn_auth(auth_settings(&mut env)).await;
-    let settings = task_settings(
-        &mut env,
-        ConsistencyMode::NotReady,
-        &format!("http://{}", auth.app.addr),
-    );
-    let source = task::resync::AuthSource::new(&settings.auth).unwrap();
-    let _task = spawn_task(settings).await;
-    let (auth_db, task_db) = (env.pool("auth").await, env.pool("task").await);
+    let (_auth, _task, source, auth_db, task_db) = replica_stage(&mut env, |_| {}).await;
     seed_auth_members(&auth_db, 3_000).await;
     // As a run stopped after its first 1,000 members leaves it.
     let stopped_at: Uuid =
