@@ -121,9 +121,13 @@ impl AuthApi {
         change: ProfileChange,
     ) -> Result<Member, Error> {
         let mut tx = self.pool.begin().await?;
-        let member = repo::update_profile(&mut tx, member_id, &change)
+        let current = repo::lock_member(&mut tx, member_id)
             .await?
             .ok_or_else(|| Failure::NotFound(format!("member {member_id}")))?;
+        let Some(member) = repo::update_profile(&mut tx, member_id, &change).await? else {
+            // Nothing really changes: same version, no event.
+            return Ok(current);
+        };
         let event_id = outbox::enqueue(&mut tx, EventKind::Updated, &member).await?;
         tx.commit().await?;
         self.relay_wake.notify_one();
@@ -207,9 +211,10 @@ impl AuthService for AuthApi {
         v.finish().map_err(Error::from)?;
         let id = id.expect("checked");
         tracing::Span::current().record("member_id", tracing::field::display(id));
-        let member = repo::find_member(&self.pool, id)
+        let member = repo::member_states(&self.pool, digest::FIRST, digest::LAST, &[id], 1)
             .await
             .map_err(Error::from)?
+            .pop()
             .ok_or_else(|| Failure::NotFound(format!("member {id}")))?;
         Ok(Response::new(pb::GetMemberResponse {
             member: Some(member.into()),

@@ -51,9 +51,9 @@ pub async fn find_member(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<Member>
     .await
 }
 
-/// Applies `change` and bumps the version. The row lock taken by UPDATE
-/// serialises concurrent changes of one member, so their outbox rows get
-/// increasing ids in version order.
+/// Applies `change` and bumps the version, unless it changes nothing: then
+/// `None`, and no new version. The row lock serialises concurrent changes of
+/// one member, so their outbox rows get increasing ids in version order.
 pub async fn update_profile(
     conn: &mut PgConnection,
     id: Uuid,
@@ -66,11 +66,23 @@ pub async fn update_profile(
                 version = version + 1,
                 updated_at = now()
           WHERE id = $1
+            AND (COALESCE($2, nickname) IS DISTINCT FROM nickname
+                 OR COALESCE($3, region) IS DISTINCT FROM region)
       RETURNING {MEMBER_COLUMNS}"
     )))
     .bind(id)
     .bind(change.nickname.as_ref().map(|n| n.as_str()))
     .bind(change.region.as_ref().map(|r| r.as_str()))
+    .fetch_optional(conn)
+    .await
+}
+
+/// The member `id`, locked for the rest of the caller's transaction.
+pub async fn lock_member(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Member>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {MEMBER_COLUMNS} FROM members WHERE id = $1 FOR UPDATE"
+    )))
+    .bind(id)
     .fetch_optional(conn)
     .await
 }

@@ -33,7 +33,7 @@ pub async fn server(
 ) -> (HealthReporter, Router<Stack<GrpcMetricsLayer, Identity>>) {
     let (health, health_service) = tonic_health::server::health_reporter();
     set_serving(&health, service, false).await;
-    let (reflection_v1, reflection_v1alpha) = reflection();
+    let (reflection_v1, reflection_v1alpha) = reflection(service);
     let router = Server::builder()
         .trace_fn(|req| {
             let span = tracing::info_span!(
@@ -88,8 +88,11 @@ where
 pub const SERVICE_TOKEN_HEADER: &str = "x-service-token";
 
 /// Reflection services for both protocol versions: grpcurl speaks v1, Python's
-/// grpcio and older tools still ask for v1alpha.
-fn reflection() -> (
+/// grpcio and older tools still ask for v1alpha. Each port lists only its own
+/// service, health and reflection, although every descriptor is compiled in.
+fn reflection(
+    service: &str,
+) -> (
     tonic_reflection::server::v1::ServerReflectionServer<
         impl tonic_reflection::server::v1::ServerReflection,
     >,
@@ -97,14 +100,25 @@ fn reflection() -> (
         impl tonic_reflection::server::v1alpha::ServerReflection,
     >,
 ) {
-    let v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let builder = || {
+        [
+            service,
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ]
+        .into_iter()
+        .fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+            |b, name| b.with_service_name(name),
+        )
+    };
+    let v1 = builder()
         .build_v1()
         .expect("descriptors compiled into the binary are valid");
-    let v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let v1alpha = builder()
         .build_v1alpha()
         .expect("descriptors compiled into the binary are valid");
     (v1, v1alpha)

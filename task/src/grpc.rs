@@ -221,8 +221,8 @@ impl TaskService for TaskApi {
         let member_id = caller.member_id;
         let req = request.into_inner();
         let mut v = Violations::default();
-        if req.page_size < 0 {
-            v.add("page_size", "must not be negative");
+        if !(0..=MAX_PAGE_SIZE).contains(&req.page_size) {
+            v.add("page_size", "must be 0 (the default, 20) to 100");
         }
         let after = if req.page_token.is_empty() {
             None
@@ -235,7 +235,7 @@ impl TaskService for TaskApi {
         v.finish().map_err(Error::from)?;
         let size = match req.page_size {
             0 => DEFAULT_PAGE_SIZE,
-            n => n.min(MAX_PAGE_SIZE),
+            n => n,
         };
         let mut tasks = repo::list(&self.pool, member_id, i64::from(size) + 1, after)
             .await

@@ -278,7 +278,23 @@ async fn bad_input_gets_the_right_status_and_writes_nothing() {
         .into_inner()
         .member
         .unwrap();
-    assert_eq!(got, member);
+    // What a replica needs, and no email (MemberState has no such field).
+    assert_eq!(
+        (
+            got.id,
+            got.nickname,
+            got.region,
+            got.version,
+            got.updated_at
+        ),
+        (
+            member.id.clone(),
+            member.nickname.clone(),
+            member.region.clone(),
+            member.version,
+            member.updated_at
+        )
+    );
 
     // UpdateProfile needs the member's own token, and valid fields.
     let anonymous = c
@@ -833,4 +849,108 @@ async fn behind_pgbouncer_in_transaction_mode_the_relay_uses_its_direct_url() {
     .await
     .unwrap();
     assert_eq!(leader_app, "memberflow-relay");
+}
+
+/// The services a port's reflection lists (v1), as grpcurl would ask.
+async fn reflected_services(addr: std::net::SocketAddr) -> Vec<String> {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = client
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("not a service list: {answer:?}");
+    };
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn each_port_reflects_only_its_own_service() {
+    let mut env = TestEnv::new();
+    let auth = spawn_auth(auth_settings(&mut env)).await;
+    let task = memberflow_tests::apps::spawn_task(memberflow_tests::apps::task_settings(
+        &mut env,
+        task::ConsistencyMode::NotReady,
+        "http://127.0.0.1:1",
+    ))
+    .await;
+    let plumbing = [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+    for (addr, own) in [
+        (auth.app.addr, "auth.v1.AuthService"),
+        (task.app.addr, "task.v1.TaskService"),
+    ] {
+        let mut expected: Vec<String> = plumbing
+            .iter()
+            .chain([&own])
+            .map(|s| s.to_string())
+            .collect();
+        expected.sort();
+        assert_eq!(reflected_services(addr).await, expected);
+    }
+}
+
+#[tokio::test]
+async fn an_update_that_changes_nothing_keeps_the_version_and_emits_nothing() {
+    let mut env = TestEnv::new();
+    let queue = TestQueue::bind(&env.amqp_url(), "observer").await;
+    let mut auth = spawn_auth(auth_settings(&mut env)).await;
+    auth.client
+        .sign_up(signup("same@example.com"))
+        .await
+        .unwrap();
+    queue.take(1, WAIT).await;
+    let token = auth
+        .client
+        .login(pb::LoginRequest {
+            email: "same@example.com".into(),
+            password: "correct horse battery".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    let mut req = Request::new(pb::UpdateProfileRequest {
+        nickname: Some("Ann".into()),
+        region: Some("Asia/Seoul".into()),
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let same = auth.client.update_profile(req).await.unwrap().into_inner();
+    assert_eq!(same.member.unwrap().version, 1, "no new version");
+    // A real change after it is version 2: the no-op emitted nothing before it.
+    let mut req = Request::new(pb::UpdateProfileRequest {
+        nickname: Some("Anna".into()),
+        region: None,
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let changed = auth.client.update_profile(req).await.unwrap().into_inner();
+    assert_eq!(changed.member.unwrap().version, 2);
+    let next = queue.take(1, WAIT).await;
+    let event = pb::MemberChanged::decode(next[0].delivery.data.as_slice()).unwrap();
+    assert_eq!((event.version, event.nickname.as_str()), (2, "Anna"));
+    let pool = env.pool("auth").await;
+    wait_outbox_empty(&pool).await;
+    assert_eq!(queue.depth().await, 0, "exactly one event after the signup");
 }

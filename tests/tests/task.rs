@@ -768,3 +768,30 @@ async fn health_is_not_serving_while_the_consumer_is_detached_past_its_grace() {
     broker.restore();
     memberflow_tests::apps::wait_serving(task.channel.clone(), task::SERVICE_NAME).await;
 }
+
+#[tokio::test]
+async fn page_size_outside_0_to_100_is_invalid_not_capped() {
+    let mut env = TestEnv::new();
+    let task = spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await;
+    let mut client = task.client(&mint_token(Uuid::new_v4(), chrono::Duration::minutes(5)));
+    for size in [-1, 101, 1000] {
+        let err = client
+            .list_tasks(pb::ListTasksRequest {
+                page_size: size,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{size}");
+        assert_eq!(violated_fields(&err), ["page_size"]);
+    }
+    for size in [0, 1, 100] {
+        client
+            .list_tasks(pb::ListTasksRequest {
+                page_size: size,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+}
