@@ -241,7 +241,7 @@ pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
         Figure::new(
             "CreateTask time to success, not_ready",
             format!(
-                "{} members, sequential, task in not_ready mode: SignUp, then CreateTask at once via TaskClient (backoff 5 ms → 500 ms, jittered, RetryInfo 10 ms floor); {retried} of them retried",
+                "{} members, sequential, task in not_ready mode: SignUp, then CreateTask at once via TaskClient (backoff 5 ms → 500 ms, jittered; no consistency token: the access token's version claim makes task wait up to 50 ms for the apply); {retried} of them retried",
                 plan.not_ready
             ),
             Measure::Latency(to_success),
