@@ -42,15 +42,6 @@ pub async fn find_credentials(
         .await
 }
 
-pub async fn find_member(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<Member>> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {MEMBER_COLUMNS} FROM members WHERE id = $1"
-    )))
-    .bind(id)
-    .fetch_optional(pool)
-    .await
-}
-
 /// Applies `change` and bumps the version, unless it changes nothing: then
 /// `None`, and no new version. The row lock serialises concurrent changes of
 /// one member, so their outbox rows get increasing ids in version order.

@@ -97,29 +97,36 @@ pub async fn relay_once(
     publisher: &Publisher,
     cfg: &RelaySettings,
 ) -> Result<Outcome, RelayError> {
-    let mut rows: Vec<OutboxRow> = sqlx::query_as(
-        "SELECT id, event_id, routing_key, member_id, version, payload, occurred_at, attempts,
-                traceparent, tracestate
-           FROM outbox ORDER BY id LIMIT $1",
+    // One read: the rows, and whether their member has a parked row (the
+    // EXISTS probes outbox_parked's member index, normally empty).
+    let read: Vec<(OutboxRow, bool)> = sqlx::query_as(
+        "SELECT o.id, o.event_id, o.routing_key, o.member_id, o.version, o.payload,
+                o.occurred_at, o.attempts, o.traceparent, o.tracestate,
+                EXISTS (SELECT 1 FROM outbox_parked p WHERE p.member_id = o.member_id) AS held
+           FROM outbox o ORDER BY o.id LIMIT $1",
     )
     .bind(cfg.batch_size)
     .fetch_all(&mut *conn)
-    .await?;
-    if rows.is_empty() {
+    .await?
+    .into_iter()
+    .map(|r: Held| (r.row, r.held))
+    .collect();
+    if read.is_empty() {
         return Ok(Outcome::Empty);
     }
     let mut report = Report::default();
-    let members: Vec<Uuid> = rows.iter().map(|r| r.member_id).collect();
-    let held: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT DISTINCT member_id FROM outbox_parked WHERE member_id = ANY($1)",
-    )
-    .bind(&members)
-    .fetch_all(&mut *conn)
-    .await?;
+    let held: Vec<Uuid> = read
+        .iter()
+        .filter(|(_, held)| *held)
+        .map(|(r, _)| r.member_id)
+        .collect();
     if !held.is_empty() {
         report.parked += park(conn, &[], &held, HELD_BEHIND).await?;
-        rows.retain(|r| !held.contains(&r.member_id));
     }
+    let rows: Vec<OutboxRow> = read
+        .into_iter()
+        .filter_map(|(r, held)| (!held).then_some(r))
+        .collect();
     let timeout = Duration::from_millis(cfg.confirm_timeout_ms);
     let (answers, stopped) = publisher.publish_batch(&rows, timeout).await?;
     let states: Vec<RowState> = rows
@@ -160,6 +167,14 @@ pub async fn relay_once(
     report.topology_fault = plan.topology_fault;
     report.stopped = stopped;
     Ok(Outcome::Batch(report))
+}
+
+/// An outbox row, and whether a parked row of its member holds it back.
+#[derive(sqlx::FromRow)]
+struct Held {
+    #[sqlx(flatten)]
+    row: OutboxRow,
+    held: bool,
 }
 
 /// The error a row that came back unroutable is blamed with.
