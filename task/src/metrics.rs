@@ -162,6 +162,11 @@ impl TaskMetrics {
         }
     }
 
+    /// Events counted with `outcome` so far (tests, logs).
+    pub fn event_count(&self, outcome: EventOutcome) -> u64 {
+        self.events.get_or_create(&Outcome { outcome }).get()
+    }
+
     /// Counts one read-through.
     pub fn read_through(&self, result: ReadThroughResult) {
         self.read_through

@@ -10,14 +10,7 @@
 //! are fetched and written, through the version guard. Nothing auth still
 //! has is ever deleted; rows auth does not have are reported, not removed.
 //! One task instance reconciles at a time (a PostgreSQL advisory lock).
-use std::{
-    collections::HashMap,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::HashMap, time::Duration};
 
 use futures::StreamExt;
 use memberflow_common::{
@@ -55,14 +48,6 @@ pub struct Pass {
     pub unexplained: u64,
     /// Rows written to repair.
     pub repaired: u64,
-}
-
-/// Totals across passes, for logs, metrics and tests.
-#[derive(Debug, Default)]
-pub struct ReconcileStats {
-    pub passes: AtomicU64,
-    pub found: AtomicU64,
-    pub repaired: AtomicU64,
 }
 
 /// Which buckets differ: the pure comparison of auth's digest with the
@@ -168,7 +153,6 @@ pub async fn run(
     pool: PgPool,
     source: AuthSource,
     cfg: ReconcileSettings,
-    stats: Arc<ReconcileStats>,
     metrics: TaskMetrics,
     shutdown: CancellationToken,
 ) {
@@ -186,10 +170,7 @@ pub async fn run(
         match locked_pass(&pool, &source).await {
             Ok(None) => tracing::debug!("another instance is reconciling"),
             Ok(Some(pass)) => {
-                stats.passes.fetch_add(1, Ordering::Relaxed);
                 let found = pass.missing + pass.stale + pass.unexplained;
-                stats.found.fetch_add(found, Ordering::Relaxed);
-                stats.repaired.fetch_add(pass.repaired, Ordering::Relaxed);
                 metrics.reconcile_found.inc_by(found);
                 metrics.reconcile_repaired.inc_by(pass.repaired);
                 if found > 0 {

@@ -20,7 +20,7 @@ use crate::{
     inbox,
     metrics::TaskMetrics,
     read_through::ReadThrough,
-    reconcile::{self, ReconcileStats},
+    reconcile,
     resync::AuthSource,
     settings::Settings,
 };
@@ -36,7 +36,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/tas
 pub struct Application {
     prepared: Prepared<Settings>,
     stats: Arc<ConsumerStats>,
-    reconcile_stats: Arc<ReconcileStats>,
+    metrics: TaskMetrics,
     read_through: ReadThrough,
     source: AuthSource,
     freshness: Arc<Freshness>,
@@ -49,10 +49,11 @@ impl Application {
         let prepared = Prepared::new(settings).await?;
         let read_through = ReadThrough::new(&prepared.settings.auth, prepared.pool.clone())?;
         let source = AuthSource::new(&prepared.settings.auth)?;
+        let metrics = TaskMetrics::register(&prepared.registry);
         Ok(Self {
             prepared,
             stats: Arc::default(),
-            reconcile_stats: Arc::default(),
+            metrics,
             source,
             read_through,
             freshness: Arc::default(),
@@ -64,9 +65,9 @@ impl Application {
         self.stats.clone()
     }
 
-    /// Reconciler counters, shared with the running reconciler.
-    pub fn reconcile_stats(&self) -> Arc<ReconcileStats> {
-        self.reconcile_stats.clone()
+    /// This instance's metrics (the same counters `/metrics` shows).
+    pub fn metrics(&self) -> TaskMetrics {
+        self.metrics.clone()
     }
 
     /// Read-your-writes waiters, to observe them.
@@ -84,7 +85,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let started = self.prepared.start(SERVICE_NAME, &shutdown).await;
         let (settings, pool) = (started.settings, started.pool);
-        let metrics = TaskMetrics::register(&started.registry);
+        let metrics = self.metrics;
         let freshness = self.freshness.clone();
         let api = TaskApi {
             metrics: metrics.clone(),
@@ -103,7 +104,7 @@ impl Application {
             started.listener,
             &shutdown,
         );
-        let (stats, reconcile_stats, source) = (self.stats, self.reconcile_stats, self.source);
+        let (stats, source) = (self.stats, self.source);
         let workers = || {
             let consumer = Consumer::new(
                 pool.clone(),
@@ -148,7 +149,6 @@ impl Application {
                     pool.clone(),
                     source,
                     settings.reconcile.clone(),
-                    reconcile_stats,
                     metrics,
                     shutdown.clone(),
                 )),

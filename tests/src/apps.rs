@@ -199,7 +199,8 @@ pub struct TestTask {
     pub metrics_addr: SocketAddr,
     pub channel: Channel,
     pub stats: std::sync::Arc<task::consumer::ConsumerStats>,
-    pub reconcile_stats: std::sync::Arc<task::reconcile::ReconcileStats>,
+    /// The instance's metrics, as `/metrics` shows them.
+    pub metrics: task::metrics::TaskMetrics,
     pub read_through: task::read_through::ReadThrough,
     pub freshness: std::sync::Arc<task::freshness::Freshness>,
 }
@@ -227,7 +228,7 @@ pub async fn spawn_task(settings: task::Settings) -> TestTask {
     let addr = app.local_addr();
     let metrics_addr = app.metrics_addr();
     let stats = app.stats();
-    let reconcile_stats = app.reconcile_stats();
+    let metrics = app.metrics();
     let read_through = app.read_through();
     let freshness = app.freshness();
     let app = Running::start(addr, move |token| app.run_until_stopped(token));
@@ -238,7 +239,7 @@ pub async fn spawn_task(settings: task::Settings) -> TestTask {
         metrics_addr,
         channel,
         stats,
-        reconcile_stats,
+        metrics,
         read_through,
         freshness,
     }

@@ -161,6 +161,7 @@ async fn not_ready_answers_after_the_wait_and_bad_tokens_are_refused() {
         started.elapsed() >= Duration::from_millis(200),
         "the fallback comes after the wait"
     );
+    assert_eq!(task.metrics.user_not_ready.get(), 1, "counted");
 
     for bad in [
         "not-a-token".to_owned(),

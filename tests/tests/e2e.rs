@@ -592,14 +592,11 @@ async fn the_reconciler_repairs_corrupted_rows_and_touches_no_correct_one() {
     .await
     .unwrap();
     assert_eq!(untouched.len(), 3_800);
-    let before = task
-        .reconcile_stats
-        .repaired
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let repaired = task.metrics.reconcile_repaired.clone();
+    let before = repaired.get();
 
-    let stats = task.reconcile_stats.clone();
     eventually("the reconciler's repair", interval * 3, || async {
-        (stats.repaired.load(std::sync::atomic::Ordering::Relaxed) >= before + 200).then_some(())
+        (repaired.get() >= before + 200).then_some(())
     })
     .await;
     assert_eq!(members(&auth_db).await, members(&task_db).await);
@@ -610,11 +607,7 @@ async fn the_reconciler_repairs_corrupted_rows_and_touches_no_correct_one() {
             .await
             .unwrap();
     assert_eq!(after, untouched, "no correct row was rewritten");
-    assert_eq!(
-        stats.repaired.load(std::sync::atomic::Ordering::Relaxed),
-        before + 200,
-        "exactly the corrupted rows"
-    );
+    assert_eq!(repaired.get(), before + 200, "exactly the corrupted rows");
 }
 
 #[tokio::test]

@@ -21,6 +21,7 @@ use sqlx::PgPool;
 use task::{
     ConsistencyMode,
     consumer::{DEAD_LETTER_QUEUE, QUEUE},
+    metrics::EventOutcome,
 };
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -375,7 +376,7 @@ async fn garbage_is_dead_lettered_with_its_reason_and_unknown_kinds_are_skipped(
     let stat = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(stat(&task.stats.poisoned), 1);
     eventually("the unknown kind is counted", WAIT, || async {
-        (stat(&task.stats.unknown) == 1).then_some(())
+        (task.metrics.event_count(EventOutcome::unknown) == 1).then_some(())
     })
     .await;
     assert_eq!(publisher.depth(QUEUE).await, 0, "nothing left to requeue");
@@ -655,11 +656,7 @@ async fn transient_database_faults_are_waited_out_and_dead_letter_nothing() {
     let task = spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await;
     let publisher = RawPublisher::connect(&env.amqp_url()).await;
     let pool = env.pool("task").await;
-    let retries = || {
-        task.stats
-            .retries
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let retries = || task.metrics.consumer_retries.get();
     let mut sent = 0;
     for sqlstate in ["40001", "40P01", "53300", "55P03", "57014", "25006"] {
         inject_fault(&pool, sqlstate).await;

@@ -59,10 +59,6 @@ pub struct ConsumerStats {
     pub processed: AtomicU64,
     /// Messages sent to the DLQ (poison, or failing alone for good).
     pub poisoned: AtomicU64,
-    /// Events of a kind this task does not know, acked and skipped.
-    pub unknown: AtomicU64,
-    /// Transient faults that made a batch wait and retry.
-    pub retries: AtomicU64,
     /// Transactions committed.
     pub batches: AtomicU64,
 }
@@ -265,7 +261,6 @@ impl Consumer {
             match plan::triage(kind, &d.data) {
                 Triage::Apply(event) => batch.push((d, event)),
                 Triage::Unknown(kind) => {
-                    self.stats.unknown.fetch_add(1, Ordering::Relaxed);
                     self.metrics.events(EventOutcome::unknown, 1);
                     tracing::info!(routing_key = %kind, message_id = ?d.properties.message_id(), "skipping an event kind this version does not know");
                     d.acker.ack(BasicAckOptions::default()).await?;
@@ -327,7 +322,6 @@ impl Consumer {
                     retrying.reset();
                 }
                 Plan::Retry => {
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     self.metrics.consumer_retries.inc();
                     if let Outcome::Failed { reason, .. } = &outcome {
                         span.in_scope(|| tracing::warn!(error.cause_chain = %reason, "transient database fault; retrying the batch"));
