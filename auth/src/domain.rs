@@ -115,6 +115,20 @@ pub struct Member {
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When the member's sessions were last ended; `None` if never.
+    pub sessions_not_before: Option<DateTime<Utc>>,
+    /// The version that ending produced (0 if never).
+    pub sessions_version: i64,
+}
+
+impl Member {
+    /// The member's last session revocation, as tokens are checked against.
+    pub fn sessions(&self) -> memberflow_common::token::SessionsRevoked {
+        memberflow_common::token::SessionsRevoked {
+            not_before: self.sessions_not_before,
+            version: self.sessions_version,
+        }
+    }
 }
 
 #[cfg(test)]

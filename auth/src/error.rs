@@ -12,6 +12,9 @@ pub enum Error {
     EmailTaken,
     #[error("invalid email or password")]
     BadCredentials,
+    /// The password changed between reading and writing it.
+    #[error("the password was changed concurrently; try again")]
+    ConcurrentChange,
 }
 
 memberflow_common::service_error!(Error);
@@ -21,6 +24,7 @@ impl From<Error> for Status {
         match e {
             Error::EmailTaken => Status::already_exists(e.to_string()),
             Error::BadCredentials => Status::unauthenticated(e.to_string()),
+            Error::ConcurrentChange => Status::aborted(e.to_string()),
             Error::Common(f) => f.into(),
         }
     }

@@ -8,7 +8,7 @@ use memberflow_common::{
     error::Failure,
     grpc::{SERVICE_TOKEN_HEADER, Violations, timestamp},
     proto::auth::v1::{self as pb, auth_service_server::AuthService},
-    token::TokenKeys,
+    token::{PublicKey, Signer, Verified, Verifier},
 };
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
@@ -30,7 +30,12 @@ use crate::{
 pub struct AuthApi {
     pub(crate) pool: PgPool,
     pub(crate) hasher: Hasher,
-    pub(crate) tokens: TokenKeys,
+    /// Signs access tokens; only auth holds it.
+    pub(crate) signer: Signer,
+    /// Checks tokens against every key auth accepts.
+    pub(crate) verifier: Verifier,
+    /// What GetPublicKeys serves: the signer's key first.
+    pub(crate) public_keys: Arc<[PublicKey]>,
     pub(crate) token_ttl: Duration,
     pub(crate) service_token: SecretString,
     /// Wakes the outbox relay after each commit.
@@ -117,13 +122,12 @@ impl AuthApi {
 
     async fn update_profile(
         &self,
-        member_id: Uuid,
+        caller: Verified,
         change: ProfileChange,
     ) -> Result<Member, Error> {
+        let member_id = caller.member_id;
         let mut tx = self.pool.begin().await?;
-        let current = repo::lock_member(&mut tx, member_id)
-            .await?
-            .ok_or_else(|| Failure::NotFound(format!("member {member_id}")))?;
+        let current = self.lock_caller(&mut tx, caller).await?;
         let Some(member) = repo::update_profile(&mut tx, member_id, &change).await? else {
             // Nothing really changes: same version, no event.
             return Ok(current);
@@ -133,6 +137,49 @@ impl AuthApi {
         self.relay_wake.notify_one();
         tracing::Span::current().record("event_id", tracing::field::display(event_id));
         Ok(member)
+    }
+
+    /// The caller's member row, locked, if their token is still valid: auth
+    /// refuses a token from before a Logout or ChangePassword at once.
+    async fn lock_caller(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        caller: Verified,
+    ) -> Result<Member, Error> {
+        let member = repo::lock_member(tx, caller.member_id)
+            .await?
+            .ok_or_else(|| Failure::NotFound(format!("member {}", caller.member_id)))?;
+        if caller.revoked_by(&member.sessions()) {
+            return Err(Failure::Unauthenticated(REVOKED.into()).into());
+        }
+        Ok(member)
+    }
+
+    /// Ends the caller's sessions, and with `password` (old hash, new hash)
+    /// changes their password, writing MemberSessionsRevoked in the same
+    /// transaction.
+    async fn revoke_sessions(
+        &self,
+        caller: Verified,
+        password: Option<(&str, &str)>,
+    ) -> Result<Member, Error> {
+        let mut tx = self.pool.begin().await?;
+        self.lock_caller(&mut tx, caller).await?;
+        let member = repo::revoke_sessions(&mut tx, caller.member_id, password)
+            .await?
+            .ok_or(Error::ConcurrentChange)?;
+        let event_id = outbox::enqueue(&mut tx, EventKind::SessionsRevoked, &member).await?;
+        tx.commit().await?;
+        self.relay_wake.notify_one();
+        tracing::Span::current().record("event_id", tracing::field::display(event_id));
+        Ok(member)
+    }
+
+    /// The caller of a member RPC, from their bearer token.
+    fn authenticate<T>(&self, req: &Request<T>) -> Result<Verified, Error> {
+        let caller = self.verifier.authenticate(req.metadata())?;
+        tracing::Span::current().record("member_id", tracing::field::display(caller.member_id));
+        Ok(caller)
     }
 
     fn authenticate_service<T>(&self, req: &Request<T>) -> Result<(), Error> {
@@ -194,7 +241,7 @@ impl AuthService for AuthApi {
         tracing::Span::current().record("member_id", tracing::field::display(id));
         let expires_at = Utc::now() + self.token_ttl;
         Ok(Response::new(pb::LoginResponse {
-            access_token: self.tokens.issue_at_version(id, version, expires_at),
+            access_token: self.signer.issue(id, version, expires_at),
             expires_at: Some(timestamp(expires_at)),
         }))
     }
@@ -226,14 +273,9 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::UpdateProfileRequest>,
     ) -> Result<Response<pb::UpdateProfileResponse>, Status> {
-        let member_id = self
-            .tokens
-            .authenticate(request.metadata())
-            .map_err(Error::from)?
-            .member_id;
-        tracing::Span::current().record("member_id", tracing::field::display(member_id));
+        let caller = self.authenticate(&request)?;
         let change = ProfileChange::try_from(request.into_inner()).map_err(Error::from)?;
-        let member = Self::update_profile(self, member_id, change).await?;
+        let member = Self::update_profile(self, caller, change).await?;
         Ok(Response::new(pb::UpdateProfileResponse {
             consistency_token: consistency_token(&member),
             member: Some(member.into()),
@@ -310,7 +352,89 @@ impl AuthService for AuthApi {
                 .collect(),
         }))
     }
+
+    #[tracing::instrument(name = "GetPublicKeys", skip_all)]
+    async fn get_public_keys(
+        &self,
+        _request: Request<pb::GetPublicKeysRequest>,
+    ) -> Result<Response<pb::GetPublicKeysResponse>, Status> {
+        Ok(Response::new(pb::GetPublicKeysResponse {
+            keys: self
+                .public_keys
+                .iter()
+                .map(|k| pb::PublicKey {
+                    kid: k.kid().to_owned(),
+                    kty: "OKP".into(),
+                    crv: "Ed25519".into(),
+                    alg: "EdDSA".into(),
+                    x: k.x(),
+                })
+                .collect(),
+        }))
+    }
+
+    #[tracing::instrument(name = "Logout", skip_all, fields(member_id, event_id))]
+    async fn logout(
+        &self,
+        request: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let caller = self.authenticate(&request)?;
+        let member = self.revoke_sessions(caller, None).await?;
+        Ok(Response::new(pb::LogoutResponse {
+            not_before: member.sessions_not_before.map(timestamp),
+            consistency_token: consistency_token(&member),
+        }))
+    }
+
+    #[tracing::instrument(name = "ChangePassword", skip_all, fields(member_id, event_id))]
+    async fn change_password(
+        &self,
+        request: Request<pb::ChangePasswordRequest>,
+    ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
+        let caller = self.authenticate(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        if req.current_password.is_empty() {
+            v.add("current_password", "must not be empty");
+        }
+        let new_password = v.check("new_password", Password::parse(&req.new_password));
+        v.finish().map_err(Error::from)?;
+        let (member, old_hash) = repo::find_with_hash(&self.pool, caller.member_id)
+            .await
+            .map_err(Error::from)?
+            .ok_or_else(|| {
+                Error::from(Failure::NotFound(format!("member {}", caller.member_id)))
+            })?;
+        if caller.revoked_by(&member.sessions()) {
+            return Err(Error::from(Failure::Unauthenticated(REVOKED.into())).into());
+        }
+        let ok = self
+            .hasher
+            .verify(req.current_password, Some(old_hash.clone()))
+            .await
+            .map_err(Error::from)?;
+        if !ok {
+            let mut v = Violations::default();
+            v.add("current_password", "does not match the member's password");
+            return Err(Error::from(v).into());
+        }
+        let new_hash = self
+            .hasher
+            .hash(&new_password.expect("checked"))
+            .await
+            .map_err(Error::from)?;
+        let member = self
+            .revoke_sessions(caller, Some((&old_hash, &new_hash)))
+            .await?;
+        Ok(Response::new(pb::ChangePasswordResponse {
+            not_before: member.sessions_not_before.map(timestamp),
+            consistency_token: consistency_token(&member),
+        }))
+    }
 }
+
+/// What a token from before a Logout or ChangePassword gets.
+const REVOKED: &str = "the access token was revoked (logout or password change); log in again";
 
 /// The token naming the member at the version this write produced.
 fn consistency_token(member: &Member) -> String {
@@ -366,6 +490,8 @@ impl From<repo::MemberState> for pb::MemberState {
             region: m.region,
             version: m.version,
             updated_at: Some(timestamp(m.updated_at)),
+            sessions_not_before: m.sessions_not_before.map(timestamp),
+            sessions_version: m.sessions_version,
         }
     }
 }

@@ -5,7 +5,8 @@ use uuid::Uuid;
 
 use crate::domain::{Member, NewMember, ProfileChange};
 
-const MEMBER_COLUMNS: &str = "id, email, nickname, region, version, created_at, updated_at";
+const MEMBER_COLUMNS: &str = "id, email, nickname, region, version, created_at, updated_at, \
+                              sessions_not_before, sessions_version";
 
 /// Name of the unique constraint that makes emails unique.
 pub const EMAIL_UNIQUE: &str = "members_email_key";
@@ -68,6 +69,50 @@ pub async fn update_profile(
     .await
 }
 
+/// The member `id` and its password hash.
+pub async fn find_with_hash(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<(Member, String)>> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        member: Member,
+        password_hash: String,
+    }
+    let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {MEMBER_COLUMNS}, password_hash FROM members WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| (r.member, r.password_hash)))
+}
+
+/// Ends every session of member `id`: a new version, `sessions_not_before`
+/// now and `sessions_version` that version. With `new_hash`, the password
+/// changes too, but only while the stored hash is still `old_hash` (a
+/// concurrent change wins, and this one answers `None`).
+pub async fn revoke_sessions(
+    conn: &mut PgConnection,
+    id: Uuid,
+    password: Option<(&str, &str)>,
+) -> sqlx::Result<Option<Member>> {
+    let (old_hash, new_hash) = password.unzip();
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE members
+            SET version = version + 1,
+                sessions_version = version + 1,
+                sessions_not_before = now(),
+                password_hash = COALESCE($3, password_hash),
+                updated_at = now()
+          WHERE id = $1 AND ($2::text IS NULL OR password_hash = $2)
+      RETURNING {MEMBER_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(old_hash)
+    .bind(new_hash)
+    .fetch_optional(conn)
+    .await
+}
+
 /// The member `id`, locked for the rest of the caller's transaction.
 pub async fn lock_member(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Member>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -93,6 +138,8 @@ pub struct MemberState {
     pub region: String,
     pub version: i64,
     pub updated_at: chrono::DateTime<chrono::Utc>,
+    pub sessions_not_before: Option<chrono::DateTime<chrono::Utc>>,
+    pub sessions_version: i64,
 }
 
 /// Up to `limit` members in `(after, until]`, in id order, only `ids` when
@@ -105,7 +152,8 @@ pub async fn member_states(
     limit: i64,
 ) -> sqlx::Result<Vec<MemberState>> {
     sqlx::query_as(
-        "SELECT id, nickname, region, version, updated_at FROM members
+        "SELECT id, nickname, region, version, updated_at, sessions_not_before, sessions_version
+           FROM members
           WHERE id > $1 AND id <= $2 AND (cardinality($3::uuid[]) = 0 OR id = ANY($3))
           ORDER BY id LIMIT $4",
     )

@@ -1,5 +1,10 @@
 //! Typed settings of the auth service (`[auth]` of `config/*.toml`, then `AUTH__*`).
-use memberflow_common::{db::DatabaseSettings, retry::Backoff, settings::BaseSettings};
+use memberflow_common::{
+    db::DatabaseSettings,
+    retry::Backoff,
+    settings::BaseSettings,
+    token::{PublicKey, Signer},
+};
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -18,7 +23,7 @@ pub struct Settings {
 }
 
 memberflow_common::service_settings!(Settings, "auth", 50051, metrics: 9091, secrets: [
-    "token.secret" => token.secret,
+    "token.signing_key" => token.signing_key,
     "token.service_token" => token.service_token,
 ]);
 
@@ -61,25 +66,51 @@ impl Default for PasswordSettings {
     }
 }
 
+/// Access tokens: EdDSA (Ed25519) JWTs; see the README's key rotation steps.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct TokenSettings {
-    /// HS256 secret shared with task, which verifies tokens locally.
-    pub secret: SecretString,
+    /// The Ed25519 private key that signs access tokens, PKCS#8 PEM
+    /// (`openssl genpkey -algorithm ed25519`, or `memberflow-admin keygen`).
+    /// Only auth holds it: verifiers get public keys.
+    pub signing_key: SecretString,
+    /// Other public keys auth accepts and publishes through GetPublicKeys, as
+    /// SPKI PEM blocks one after another: the previous signing key until its
+    /// tokens have expired, or the next one before the switch.
+    pub public_keys: String,
     /// Lifetime of an access token.
     pub ttl_secs: i64,
     /// Credential trusted services present in `x-service-token` to call
-    /// GetMember.
+    /// GetMember, ListMembers and DigestMembers.
     pub service_token: SecretString,
 }
 
 impl Default for TokenSettings {
     fn default() -> Self {
         Self {
-            secret: SecretString::default(),
+            signing_key: SecretString::default(),
+            public_keys: String::new(),
             ttl_secs: 900,
             service_token: SecretString::default(),
         }
+    }
+}
+
+impl TokenSettings {
+    /// The signer, and every key auth accepts (the signer's first).
+    pub fn keys(&self) -> anyhow::Result<(Signer, Vec<PublicKey>)> {
+        use secrecy::ExposeSecret;
+        let signer = Signer::from_pem(self.signing_key.expose_secret())
+            .map_err(|e| anyhow::anyhow!("auth.token.signing_key: {e}"))?;
+        let mut keys = vec![signer.public_key().clone()];
+        for key in PublicKey::parse_bundle(&self.public_keys)
+            .map_err(|e| anyhow::anyhow!("auth.token.public_keys: {e}"))?
+        {
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        Ok((signer, keys))
     }
 }
 

@@ -8,7 +8,7 @@ use memberflow_common::{
     proto::auth::v1::auth_service_server::AuthServiceServer,
     shutdown::CancellationToken,
     startup::{self, Gate, Prepared, spawn_health},
-    token::TokenKeys,
+    token::{PublicKey, Signer, Verifier},
 };
 use tokio::sync::Notify;
 
@@ -30,6 +30,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/aut
 /// A bound, not yet running auth service.
 pub struct Application {
     prepared: Prepared<Settings>,
+    signer: Signer,
+    public_keys: Vec<PublicKey>,
 }
 
 impl Application {
@@ -37,8 +39,12 @@ impl Application {
     /// a lazy pool; nothing talks to PostgreSQL or RabbitMQ until
     /// [`Self::run_until_stopped`].
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let prepared = Prepared::new(settings).await?;
+        let (signer, public_keys) = prepared.settings.token.keys()?;
         Ok(Self {
-            prepared: Prepared::new(settings).await?,
+            prepared,
+            signer,
+            public_keys,
         })
     }
 
@@ -52,7 +58,9 @@ impl Application {
         let api = AuthApi {
             pool: pool.clone(),
             hasher: Hasher::new(&settings.password, metrics.password_hash_queue.clone())?,
-            tokens: TokenKeys::new(&settings.token.secret),
+            verifier: Verifier::new(&self.public_keys),
+            public_keys: self.public_keys.into(),
+            signer: self.signer,
             token_ttl: Duration::seconds(settings.token.ttl_secs),
             service_token: settings.token.service_token.clone(),
             relay_wake: relay_wake.clone(),

@@ -25,6 +25,7 @@ pub(crate) fn member_created(event_id: Uuid, member_id: Uuid) -> Vec<u8> {
         region: "Asia/Seoul".into(),
         version: 1,
         occurred_at: Some(memberflow_common::grpc::timestamp(chrono::Utc::now())),
+        ..Default::default()
     }
     .encode_to_vec()
 }

@@ -37,17 +37,14 @@ impl Service {
 
     /// The development secrets, as `(key, value)` without the prefix: the
     /// bench runs its services in `development`.
-    fn dev_secrets(self) -> [(&'static str, &'static str); 2] {
-        use memberflow_common::secrets::{DEV_SERVICE_TOKEN, DEV_TOKEN_SECRET};
+    fn dev_secrets(self) -> Vec<(&'static str, &'static str)> {
+        use memberflow_common::secrets::{DEV_SERVICE_TOKEN, DEV_SIGNING_KEY};
         match self {
-            Self::Auth => [
-                ("TOKEN__SECRET", DEV_TOKEN_SECRET),
+            Self::Auth => vec![
+                ("TOKEN__SIGNING_KEY", DEV_SIGNING_KEY),
                 ("TOKEN__SERVICE_TOKEN", DEV_SERVICE_TOKEN),
             ],
-            Self::Task => [
-                ("TOKEN__SECRET", DEV_TOKEN_SECRET),
-                ("AUTH__SERVICE_TOKEN", DEV_SERVICE_TOKEN),
-            ],
+            Self::Task => vec![("AUTH__SERVICE_TOKEN", DEV_SERVICE_TOKEN)],
         }
     }
 

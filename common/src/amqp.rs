@@ -15,6 +15,8 @@ pub const EXCHANGE: &str = "member.events";
 pub const MEMBER_CREATED: &str = "member.created";
 /// Routing key of a `auth.v1.MemberChanged` after a profile change.
 pub const MEMBER_UPDATED: &str = "member.updated";
+/// Routing key of a `auth.v1.MemberSessionsRevoked` (Logout, ChangePassword).
+pub const MEMBER_SESSIONS_REVOKED: &str = "member.sessions_revoked";
 /// Content type of every event body.
 pub const CONTENT_TYPE: &str = "application/x-protobuf";
 /// AMQP `delivery_mode` for persistent messages.

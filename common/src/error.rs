@@ -20,6 +20,13 @@ pub enum Failure {
     /// What was not found, e.g. `member 0193…`.
     #[error("{0} not found")]
     NotFound(String),
+    /// A limit was reached (login throttling, a full hashing queue, too many
+    /// calls at once): `RESOURCE_EXHAUSTED` with `RetryInfo`.
+    #[error("{message}")]
+    Exhausted {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     /// The database failed in a way that passes (see [`db::is_transient`]):
     /// the client may retry.
     #[error("the database is unavailable")]
@@ -44,6 +51,18 @@ impl From<Failure> for Status {
             Failure::InvalidArgument(v) => v.into(),
             Failure::Unauthenticated(msg) => Status::unauthenticated(msg),
             Failure::NotFound(_) => Status::not_found(e.to_string()),
+            Failure::Exhausted {
+                message,
+                retry_after,
+            } => {
+                let mut details = tonic_types::ErrorDetails::new();
+                details.set_retry_info(Some(retry_after));
+                <Status as tonic_types::StatusExt>::with_error_details(
+                    tonic::Code::ResourceExhausted,
+                    message,
+                    details,
+                )
+            }
             Failure::Unavailable(ref source) => {
                 tracing::warn!(error.cause_chain = %error_chain(source), "database unavailable");
                 Status::unavailable(e.to_string())

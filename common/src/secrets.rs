@@ -9,12 +9,21 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::settings::Environment;
 
-/// The development token secret (`config/development.toml`, the tests).
-pub const DEV_TOKEN_SECRET: &str = "dev-only-change-me-0123456789abcdef";
+/// The development token signing key (`config/development.toml`, the tests):
+/// an Ed25519 private key in PKCS#8 PEM.
+pub const DEV_SIGNING_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEIOVSUVx4HGcdvzxXuuKP6ZkRcdz8kXh67Rsr+Fgs89hj
+-----END PRIVATE KEY-----
+";
 /// The development service credential.
 pub const DEV_SERVICE_TOKEN: &str = "dev-only-service-token";
-/// Every secret value that appears in this repository.
-const KNOWN: [&str; 2] = [DEV_TOKEN_SECRET, DEV_SERVICE_TOKEN];
+/// Every secret value that appears in this repository, including the
+/// HS256 secret of releases before the switch to Ed25519.
+const KNOWN: [&str; 3] = [
+    DEV_SIGNING_KEY,
+    DEV_SERVICE_TOKEN,
+    "dev-only-change-me-0123456789abcdef",
+];
 /// Shortest secret accepted in production, in bytes.
 pub const MIN_SECRET_LEN: usize = 32;
 
@@ -22,13 +31,19 @@ pub const MIN_SECRET_LEN: usize = 32;
 pub fn secret_problem(value: &str) -> Option<&'static str> {
     if value.trim().is_empty() {
         Some("is missing")
-    } else if KNOWN.contains(&value) {
+    } else if KNOWN.iter().any(|k| same_text(k, value)) {
         Some("is a value published in the memberflow repository")
     } else if value.len() < MIN_SECRET_LEN {
         Some("is shorter than 32 bytes")
     } else {
         None
     }
+}
+
+/// Equal but for whitespace: a PEM re-wrapped or re-indented is the same key.
+fn same_text(a: &str, b: &str) -> bool {
+    let visible = |s: &str| s.chars().filter(|c| !c.is_whitespace()).collect::<String>();
+    visible(a) == visible(b)
 }
 
 /// What is wrong with a broker or database URL, if anything: the default
@@ -109,7 +124,10 @@ mod tests {
     #[test]
     fn secrets_must_be_present_long_and_unpublished() {
         assert_eq!(secret_problem(""), Some("is missing"));
-        assert!(secret_problem(DEV_TOKEN_SECRET).is_some());
+        assert!(secret_problem(DEV_SIGNING_KEY).is_some());
+        assert!(
+            secret_problem(&format!("  {}", DEV_SIGNING_KEY.replace('\n', "\r\n  "))).is_some()
+        );
         assert!(secret_problem(DEV_SERVICE_TOKEN).is_some());
         assert_eq!(secret_problem("short"), Some("is shorter than 32 bytes"));
         assert_eq!(secret_problem(&"k".repeat(32)), None);
@@ -127,15 +145,15 @@ mod tests {
 
     #[test]
     fn production_refuses_and_names_the_key_development_warns() {
-        let known = SecretString::from(DEV_TOKEN_SECRET);
+        let known = SecretString::from(DEV_SIGNING_KEY);
         let err = Audit::new(Environment::Production)
-            .secret("auth.token.secret", &known)
+            .secret("auth.token.signing_key", &known)
             .finish()
             .unwrap_err();
-        assert!(err.to_string().contains("auth.token.secret"), "{err}");
+        assert!(err.to_string().contains("auth.token.signing_key"), "{err}");
         assert!(
             Audit::new(Environment::Development)
-                .secret("auth.token.secret", &known)
+                .secret("auth.token.signing_key", &known)
                 .finish()
                 .is_ok()
         );

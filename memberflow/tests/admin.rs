@@ -3,7 +3,7 @@
 //! against a real system.
 use std::{process::Output, time::Duration};
 
-use memberflow_common::secrets::{DEV_SERVICE_TOKEN, DEV_TOKEN_SECRET};
+use memberflow_common::secrets::DEV_SERVICE_TOKEN;
 use memberflow_tests::{
     apps::{auth_settings, spawn_auth, spawn_task, task_settings},
     env::TestEnv,
@@ -61,10 +61,6 @@ async fn resync_dlq_and_outbox_commands_work_and_fail_loudly() {
         (
             "TASK__AUTH__SERVICE_TOKEN".to_owned(),
             DEV_SERVICE_TOKEN.to_owned(),
-        ),
-        (
-            "TASK__TOKEN__SECRET".to_owned(),
-            DEV_TOKEN_SECRET.to_owned(),
         ),
         ("AUTH__DATABASE__URL".to_owned(), env.database_url("auth")),
     ];

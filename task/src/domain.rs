@@ -66,6 +66,19 @@ pub struct ReplicaMember {
     pub region: String,
     pub version: i64,
     pub occurred_at: DateTime<Utc>,
+    /// When the member's sessions were last ended, and at which version.
+    pub sessions_not_before: Option<DateTime<Utc>>,
+    pub sessions_version: i64,
+}
+
+impl ReplicaMember {
+    /// The member's last session revocation, as tokens are checked against.
+    pub fn sessions(&self) -> memberflow_common::token::SessionsRevoked {
+        memberflow_common::token::SessionsRevoked {
+            not_before: self.sessions_not_before,
+            version: self.sessions_version,
+        }
+    }
 }
 
 /// A stored task.

@@ -8,7 +8,7 @@ use memberflow_common::{
     error::Failure,
     grpc::{Violations, timestamp},
     proto::task::v1::{self as pb, task_service_server::TaskService},
-    token::{TokenKeys, Verified},
+    token::Verified,
 };
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
@@ -18,6 +18,7 @@ use crate::{
     Error,
     domain::{DueLocal, NewTask, ReplicaMember, Task, Title},
     freshness::Freshness,
+    keys::TrustedKeys,
     metrics::{ReadThroughResult, TaskMetrics},
     read_through::{FetchError, ReadThrough},
     replica,
@@ -32,7 +33,7 @@ const MAX_PAGE_SIZE: i32 = 100;
 #[derive(Clone)]
 pub struct TaskApi {
     pub(crate) pool: PgPool,
-    pub(crate) tokens: TokenKeys,
+    pub(crate) keys: TrustedKeys,
     pub(crate) consistency: ConsistencySettings,
     pub(crate) freshness: Arc<Freshness>,
     pub(crate) read_through: ReadThrough,
@@ -86,10 +87,31 @@ fn decode_cursor(token: &str) -> Option<Cursor> {
 }
 
 impl TaskApi {
-    fn authenticate<T>(&self, req: &Request<T>) -> Result<Verified, Error> {
-        let caller = self.tokens.authenticate(req.metadata())?;
+    async fn authenticate<T>(&self, req: &Request<T>) -> Result<Verified, Error> {
+        let caller = self.keys.authenticate(req.metadata()).await?;
         tracing::Span::current().record("member_id", tracing::field::display(caller.member_id));
         Ok(caller)
+    }
+
+    /// Refuses a token issued before the member's sessions were ended, as far
+    /// as the replica knows (within the replication delay of auth).
+    fn refuse_revoked(caller: Verified, member: &ReplicaMember) -> Result<(), Error> {
+        if caller.revoked_by(&member.sessions()) {
+            return Err(Failure::Unauthenticated(
+                "the access token was revoked (logout or password change); log in again".into(),
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// [`Self::refuse_revoked`] for calls that do not otherwise read the
+    /// member: one primary-key read of the replica.
+    async fn refuse_if_revoked(&self, caller: Verified) -> Result<(), Error> {
+        match replica::find(&self.pool, caller.member_id).await? {
+            Some(member) => Self::refuse_revoked(caller, &member),
+            None => Ok(()),
+        }
     }
 
     /// The version the caller has seen: the access token's claim, raised by
@@ -171,8 +193,15 @@ impl TaskApi {
         fetched
     }
 
-    async fn create(&self, member_id: Uuid, min_version: i64, new: NewTask) -> Result<Task, Error> {
+    async fn create(
+        &self,
+        caller: Verified,
+        min_version: i64,
+        new: NewTask,
+    ) -> Result<Task, Error> {
+        let member_id = caller.member_id;
         let member = self.member(member_id, min_version).await?;
+        Self::refuse_revoked(caller, &member)?;
         let tz: chrono_tz::Tz = member
             .region
             .parse()
@@ -199,11 +228,11 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::CreateTaskRequest>,
     ) -> Result<Response<pb::CreateTaskResponse>, Status> {
-        let caller = self.authenticate(&request)?;
+        let caller = self.authenticate(&request).await?;
         let min_version = self.known_version(caller, &request.get_ref().consistency_token)?;
         let new = NewTask::try_from(request.into_inner()).map_err(Error::from)?;
         tracing::Span::current().record("request_id", tracing::field::display(new.request_id));
-        let task = self.create(caller.member_id, min_version, new).await?;
+        let task = self.create(caller, min_version, new).await?;
         Ok(Response::new(pb::CreateTaskResponse {
             task: Some(task.into()),
         }))
@@ -214,10 +243,11 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
-        let caller = self.authenticate(&request)?;
+        let caller = self.authenticate(&request).await?;
         // Tasks are written here, synchronously: nothing to wait for, but a
         // bad token is still refused.
         self.known_version(caller, &request.get_ref().consistency_token)?;
+        self.refuse_if_revoked(caller).await?;
         let member_id = caller.member_id;
         let req = request.into_inner();
         let mut v = Violations::default();
@@ -257,8 +287,9 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::GetTaskResponse>, Status> {
-        let caller = self.authenticate(&request)?;
+        let caller = self.authenticate(&request).await?;
         self.known_version(caller, &request.get_ref().consistency_token)?;
+        self.refuse_if_revoked(caller).await?;
         let member_id = caller.member_id;
         let raw = request.into_inner().id;
         let mut v = Violations::default();

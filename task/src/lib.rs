@@ -7,6 +7,7 @@ pub mod error;
 pub mod freshness;
 pub mod grpc;
 pub mod inbox;
+pub mod keys;
 pub mod metrics;
 pub mod read_through;
 pub mod reconcile;

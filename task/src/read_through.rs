@@ -18,7 +18,7 @@ use futures::{
     future::{BoxFuture, Shared},
 };
 use memberflow_common::{
-    grpc::{SERVICE_TOKEN_HEADER, from_timestamp},
+    grpc::SERVICE_TOKEN_HEADER,
     proto::auth::v1::{GetMemberRequest, auth_service_client::AuthServiceClient},
 };
 use secrecy::{ExposeSecret, SecretString};
@@ -120,17 +120,8 @@ impl ReadThrough {
             }
         }
         .ok_or_else(|| FetchError::Unavailable("auth answered without a member".into()))?;
-        let m = ReplicaMember {
-            id,
-            nickname: member.nickname,
-            region: member.region,
-            version: member.version,
-            occurred_at: member
-                .updated_at
-                .as_ref()
-                .and_then(from_timestamp)
-                .unwrap_or_else(chrono::Utc::now),
-        };
+        let m = crate::resync::replica_member(member)
+            .map_err(|e| FetchError::Unavailable(format!("auth answered a bad member: {e}")))?;
         replica::upsert(&self.pool, std::slice::from_ref(&m))
             .await
             .map_err(|e| FetchError::Unavailable(format!("provisioning failed: {e}")))?;

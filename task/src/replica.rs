@@ -15,6 +15,8 @@ const UPSERT_IF_NEWER: &str = "ON CONFLICT (id) DO UPDATE
                 region = EXCLUDED.region,
                 version = EXCLUDED.version,
                 occurred_at = EXCLUDED.occurred_at,
+                sessions_not_before = EXCLUDED.sessions_not_before,
+                sessions_version = EXCLUDED.sessions_version,
                 replicated_at = clock_timestamp()
           WHERE members.version < EXCLUDED.version";
 
@@ -27,6 +29,8 @@ pub struct MemberEvent {
     pub region: String,
     pub version: i64,
     pub occurred_at: DateTime<Utc>,
+    pub sessions_not_before: Option<DateTime<Utc>>,
+    pub sessions_version: i64,
 }
 
 /// What applying a batch did.
@@ -50,7 +54,11 @@ pub async fn apply(pool: &PgPool, events: &[MemberEvent]) -> sqlx::Result<Applie
     let mut regions = Vec::with_capacity(events.len());
     let mut versions = Vec::with_capacity(events.len());
     let mut occurred = Vec::with_capacity(events.len());
+    let mut not_before = Vec::with_capacity(events.len());
+    let mut sessions_versions = Vec::with_capacity(events.len());
     for e in events {
+        not_before.push(e.sessions_not_before);
+        sessions_versions.push(e.sessions_version);
         event_ids.push(e.event_id);
         member_ids.push(e.member_id);
         nicknames.push(e.nickname.as_str());
@@ -59,17 +67,22 @@ pub async fn apply(pool: &PgPool, events: &[MemberEvent]) -> sqlx::Result<Applie
         occurred.push(e.occurred_at);
     }
     type Row = (i64, Vec<Uuid>, Vec<i64>, Vec<f64>, i64);
-    let (fresh, ids, versions, lags, _notified): Row = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "WITH batch AS (
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[], $6::timestamptz[])
-                 AS e(event_id, member_id, nickname, region, version, occurred_at)
+    let (fresh, ids, versions, lags, _notified): Row =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH batch AS (
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[],
+                                  $6::timestamptz[], $7::timestamptz[], $8::int8[])
+                 AS e(event_id, member_id, nickname, region, version, occurred_at,
+                      sessions_not_before, sessions_version)
          ), fresh AS (
              INSERT INTO inbox (event_id) SELECT event_id FROM batch
              ON CONFLICT DO NOTHING
              RETURNING event_id
          ), changed AS (
-             INSERT INTO members (id, nickname, region, version, occurred_at)
-             SELECT DISTINCT ON (b.member_id) b.member_id, b.nickname, b.region, b.version, b.occurred_at
+             INSERT INTO members (id, nickname, region, version, occurred_at,
+                                  sessions_not_before, sessions_version)
+             SELECT DISTINCT ON (b.member_id) b.member_id, b.nickname, b.region, b.version,
+                    b.occurred_at, b.sessions_not_before, b.sessions_version
                FROM batch b JOIN fresh f USING (event_id)
               ORDER BY b.member_id, b.version DESC
              {UPSERT_IF_NEWER}
@@ -86,16 +99,18 @@ pub async fn apply(pool: &PgPool, events: &[MemberEvent]) -> sqlx::Result<Applie
                 coalesce((SELECT array_agg(version) FROM changed), '{{}}'),
                 coalesce((SELECT array_agg(lag) FROM changed), '{{}}'),
                 (SELECT count(*) FROM notified)",
-        channel = crate::freshness::CHANNEL
-    )))
-    .bind(&event_ids)
-    .bind(&member_ids)
-    .bind(&nicknames)
-    .bind(&regions)
-    .bind(&versions)
-    .bind(&occurred)
-    .fetch_one(pool)
-    .await?;
+            channel = crate::freshness::CHANNEL
+        )))
+        .bind(&event_ids)
+        .bind(&member_ids)
+        .bind(&nicknames)
+        .bind(&regions)
+        .bind(&versions)
+        .bind(&occurred)
+        .bind(&not_before)
+        .bind(&sessions_versions)
+        .fetch_one(pool)
+        .await?;
     Ok(Applied {
         fresh: fresh as u64,
         changed: ids
@@ -116,9 +131,13 @@ pub async fn upsert<'e>(db: impl PgExecutor<'e>, members: &[ReplicaMember]) -> s
     let regions: Vec<&str> = members.iter().map(|m| m.region.as_str()).collect();
     let versions: Vec<i64> = members.iter().map(|m| m.version).collect();
     let occurred: Vec<DateTime<Utc>> = members.iter().map(|m| m.occurred_at).collect();
+    let not_before: Vec<_> = members.iter().map(|m| m.sessions_not_before).collect();
+    let sessions_versions: Vec<i64> = members.iter().map(|m| m.sessions_version).collect();
     let done = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO members (id, nickname, region, version, occurred_at)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::timestamptz[])
+        "INSERT INTO members (id, nickname, region, version, occurred_at,
+                              sessions_not_before, sessions_version)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::timestamptz[],
+                              $6::timestamptz[], $7::int8[])
          {UPSERT_IF_NEWER}"
     )))
     .bind(&ids)
@@ -126,6 +145,8 @@ pub async fn upsert<'e>(db: impl PgExecutor<'e>, members: &[ReplicaMember]) -> s
     .bind(&regions)
     .bind(&versions)
     .bind(&occurred)
+    .bind(&not_before)
+    .bind(&sessions_versions)
     .execute(db)
     .await?;
     Ok(done.rows_affected())
@@ -165,8 +186,11 @@ pub async fn digest(pool: &PgPool, bounds: &[(Uuid, Uuid)]) -> sqlx::Result<Vec<
 }
 
 pub async fn find<'e>(db: impl PgExecutor<'e>, id: Uuid) -> sqlx::Result<Option<ReplicaMember>> {
-    sqlx::query_as("SELECT id, nickname, region, version, occurred_at FROM members WHERE id = $1")
-        .bind(id)
-        .fetch_optional(db)
-        .await
+    sqlx::query_as(
+        "SELECT id, nickname, region, version, occurred_at, sessions_not_before, sessions_version
+           FROM members WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await
 }

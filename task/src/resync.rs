@@ -13,9 +13,10 @@ use memberflow_common::{
     digest::{self, Bucket},
     grpc::{SERVICE_TOKEN_HEADER, from_timestamp},
     proto::auth::v1::{
-        DigestMembersRequest, ListMembersRequest, MemberState,
+        DigestMembersRequest, GetPublicKeysRequest, ListMembersRequest, MemberState,
         auth_service_client::AuthServiceClient,
     },
+    token::PublicKey,
 };
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
@@ -54,6 +55,20 @@ impl AuthSource {
         req.metadata_mut()
             .insert(SERVICE_TOKEN_HEADER, self.service_token.clone());
         req
+    }
+
+    /// The public keys auth signs access tokens with (GetPublicKeys).
+    pub async fn public_keys(&self) -> anyhow::Result<Vec<PublicKey>> {
+        let res = self
+            .client
+            .clone()
+            .get_public_keys(GetPublicKeysRequest {})
+            .await?
+            .into_inner();
+        res.keys
+            .iter()
+            .map(|k| Ok(PublicKey::from_jwk(&k.kid, &k.crv, &k.x)?))
+            .collect()
     }
 
     /// auth's digest of `(after, until]` in up to `buckets` buckets.
@@ -118,7 +133,8 @@ impl AuthSource {
     }
 }
 
-fn replica_member(m: MemberState) -> anyhow::Result<ReplicaMember> {
+/// A member as auth serves it (ListMembers, GetMember), as the replica keeps it.
+pub(crate) fn replica_member(m: MemberState) -> anyhow::Result<ReplicaMember> {
     Ok(ReplicaMember {
         id: Uuid::parse_str(&m.id)?,
         nickname: m.nickname,
@@ -129,6 +145,8 @@ fn replica_member(m: MemberState) -> anyhow::Result<ReplicaMember> {
             .as_ref()
             .and_then(from_timestamp)
             .ok_or_else(|| anyhow::anyhow!("member {} without updated_at", m.id))?,
+        sessions_not_before: m.sessions_not_before.as_ref().and_then(from_timestamp),
+        sessions_version: m.sessions_version,
     })
 }
 

@@ -21,7 +21,6 @@ pub struct Settings {
 }
 
 memberflow_common::service_settings!(Settings, "task", 50052, metrics: 9092, secrets: [
-    "token.secret" => token.secret,
     "auth.service_token" => auth.service_token,
 ]);
 
@@ -82,11 +81,25 @@ impl Default for AuthSettings {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// How task verifies access tokens: locally, with public keys only.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct TokenSettings {
-    /// Must equal auth's `token.secret`: task verifies tokens locally.
-    pub secret: SecretString,
+    /// Public keys trusted without asking auth, as SPKI PEM blocks one after
+    /// another. Usually empty: task fetches auth's keys (GetPublicKeys).
+    pub public_keys: String,
+    /// Seconds between fetches of auth's keys; an unknown key id also
+    /// fetches them, at most once a second.
+    pub refresh_secs: u64,
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        Self {
+            public_keys: String::new(),
+            refresh_secs: 300,
+        }
+    }
 }
 
 /// What CreateTask does for a member task has not replicated yet.

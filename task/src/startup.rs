@@ -10,7 +10,7 @@ use memberflow_common::{
     proto::task::v1::task_service_server::TaskServiceServer,
     shutdown::CancellationToken,
     startup::{self, Gate, Prepared, spawn_health},
-    token::TokenKeys,
+    token::PublicKey,
 };
 
 use crate::{
@@ -18,6 +18,7 @@ use crate::{
     freshness::{self, Freshness},
     grpc::TaskApi,
     inbox,
+    keys::TrustedKeys,
     metrics::TaskMetrics,
     read_through::ReadThrough,
     reconcile,
@@ -40,6 +41,7 @@ pub struct Application {
     read_through: ReadThrough,
     source: AuthSource,
     freshness: Arc<Freshness>,
+    keys: TrustedKeys,
 }
 
 impl Application {
@@ -50,7 +52,11 @@ impl Application {
         let read_through = ReadThrough::new(&prepared.settings.auth, prepared.pool.clone())?;
         let source = AuthSource::new(&prepared.settings.auth)?;
         let metrics = TaskMetrics::register(&prepared.registry);
+        let configured = PublicKey::parse_bundle(&prepared.settings.token.public_keys)
+            .map_err(|e| anyhow::anyhow!("task.token.public_keys: {e}"))?;
+        let keys = TrustedKeys::new(configured, source.clone());
         Ok(Self {
+            keys,
             prepared,
             stats: Arc::default(),
             metrics,
@@ -90,7 +96,7 @@ impl Application {
         let api = TaskApi {
             metrics: metrics.clone(),
             pool: pool.clone(),
-            tokens: TokenKeys::new(&settings.token.secret),
+            keys: self.keys.clone(),
             consistency: settings.consistency.clone(),
             freshness: freshness.clone(),
             read_through: self.read_through,
@@ -139,6 +145,10 @@ impl Application {
             );
             Ok(vec![
                 listen,
+                tokio::spawn(self.keys.clone().refresh_every(
+                    Duration::from_secs(settings.token.refresh_secs),
+                    shutdown.clone(),
+                )),
                 tokio::spawn(consumer.run(shutdown.clone())),
                 tokio::spawn(inbox::run_pruner(
                     pool.clone(),

@@ -141,6 +141,7 @@ impl RawPublisher {
             region: e.region.clone(),
             version: e.version,
             occurred_at: Some(memberflow_common::grpc::timestamp(chrono::Utc::now())),
+            ..Default::default()
         }
         .encode_to_vec();
         let rk = if e.version == 1 {

@@ -5,8 +5,9 @@ use std::{net::SocketAddr, time::Duration};
 use memberflow_common::{
     proto::auth::v1::auth_service_client::AuthServiceClient,
     retry::Backoff,
-    secrets::{DEV_SERVICE_TOKEN, DEV_TOKEN_SECRET},
+    secrets::{DEV_SERVICE_TOKEN, DEV_SIGNING_KEY},
     settings::Environment,
+    token::Signer,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -25,7 +26,7 @@ pub fn auth_settings(env: &mut TestEnv) -> auth::Settings {
         ..Default::default()
     };
     s.base.environment = Environment::Development;
-    s.token.secret = DEV_TOKEN_SECRET.into();
+    s.token.signing_key = DEV_SIGNING_KEY.into();
     s.token.service_token = DEV_SERVICE_TOKEN.into();
     s.base.server.addr = "127.0.0.1:0".into();
     s.database = memberflow_common::db::DatabaseSettings::with_url(&env.database_url("auth"));
@@ -181,7 +182,8 @@ pub fn task_settings(
         ..Default::default()
     };
     s.base.environment = Environment::Development;
-    s.token.secret = DEV_TOKEN_SECRET.into();
+    // Configured, so task verifies test tokens even where no auth runs.
+    s.token.public_keys = dev_signer().public_key().to_pem();
     s.auth.service_token = DEV_SERVICE_TOKEN.into();
     s.base.server.addr = "127.0.0.1:0".into();
     s.database = memberflow_common::db::DatabaseSettings::with_url(&env.database_url("task"));
@@ -245,9 +247,13 @@ pub async fn spawn_task(settings: task::Settings) -> TestTask {
     }
 }
 
-/// Signs a token the way auth does, with the development secret the test
+/// The development signing key the test services use.
+pub fn dev_signer() -> Signer {
+    Signer::from_pem(DEV_SIGNING_KEY).expect("the development key parses")
+}
+
+/// Signs a token the way auth does, with the development key the test
 /// services use.
 pub fn mint_token(member_id: uuid::Uuid, ttl: chrono::Duration) -> String {
-    let keys = memberflow_common::token::TokenKeys::new(&DEV_TOKEN_SECRET.into());
-    keys.issue(member_id, chrono::Utc::now() + ttl)
+    dev_signer().issue(member_id, 0, chrono::Utc::now() + ttl)
 }

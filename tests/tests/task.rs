@@ -537,10 +537,12 @@ async fn bad_input_and_bad_tokens_are_refused_and_write_nothing() {
     let member_id =
         Uuid::parse_str(&scalar_text(&pool, "SELECT id::text FROM members").await).unwrap();
     let forged = {
-        let keys = memberflow_common::token::TokenKeys::new(&secrecy::SecretString::from(
-            "not-the-shared-secret",
-        ));
-        keys.issue(member_id, chrono::Utc::now() + chrono::Duration::minutes(5))
+        let (other, _) = memberflow_common::token::Signer::generate();
+        other.issue(
+            member_id,
+            0,
+            chrono::Utc::now() + chrono::Duration::minutes(5),
+        )
     };
     let expired = mint_token(member_id, chrono::Duration::minutes(-5));
     for bad in [forged.as_str(), expired.as_str(), "garbage"] {

@@ -7,7 +7,7 @@ pub mod settle;
 
 use chrono::{DateTime, Utc};
 use memberflow_common::{
-    amqp::{MEMBER_CREATED, MEMBER_UPDATED},
+    amqp::{MEMBER_CREATED, MEMBER_SESSIONS_REVOKED, MEMBER_UPDATED},
     grpc::timestamp,
     proto::auth::v1 as pb,
     trace_context,
@@ -23,6 +23,8 @@ use crate::domain::Member;
 pub enum EventKind {
     Created,
     Updated,
+    /// Logout or ChangePassword ended the member's sessions.
+    SessionsRevoked,
 }
 
 impl EventKind {
@@ -30,22 +32,38 @@ impl EventKind {
         match self {
             Self::Created => MEMBER_CREATED,
             Self::Updated => MEMBER_UPDATED,
+            Self::SessionsRevoked => MEMBER_SESSIONS_REVOKED,
         }
     }
 }
 
-/// Encodes the event for `member` at its current version; the kind travels
-/// in the routing key, not the body.
-pub fn encode(event_id: Uuid, member: &Member) -> Vec<u8> {
-    pb::MemberChanged {
-        event_id: event_id.to_string(),
-        member_id: member.id.to_string(),
-        nickname: member.nickname.clone(),
-        region: member.region.clone(),
-        version: member.version,
-        occurred_at: Some(timestamp(member.updated_at)),
+/// Encodes the `kind` event for `member` at its current version. Every kind
+/// carries the member's whole replicable state; created and updated share
+/// one message, told apart by the routing key.
+pub fn encode(kind: EventKind, event_id: Uuid, member: &Member) -> Vec<u8> {
+    match kind {
+        EventKind::Created | EventKind::Updated => pb::MemberChanged {
+            event_id: event_id.to_string(),
+            member_id: member.id.to_string(),
+            nickname: member.nickname.clone(),
+            region: member.region.clone(),
+            version: member.version,
+            occurred_at: Some(timestamp(member.updated_at)),
+            sessions_not_before: member.sessions_not_before.map(timestamp),
+            sessions_version: member.sessions_version,
+        }
+        .encode_to_vec(),
+        EventKind::SessionsRevoked => pb::MemberSessionsRevoked {
+            event_id: event_id.to_string(),
+            member_id: member.id.to_string(),
+            not_before: member.sessions_not_before.map(timestamp),
+            version: member.version,
+            occurred_at: Some(timestamp(member.updated_at)),
+            nickname: member.nickname.clone(),
+            region: member.region.clone(),
+        }
+        .encode_to_vec(),
     }
-    .encode_to_vec()
 }
 
 /// Writes the event for `member` into the outbox, inside the caller's
@@ -67,7 +85,7 @@ pub async fn enqueue(
     .bind(kind.routing_key())
     .bind(member.id)
     .bind(member.version)
-    .bind(encode(event_id, member))
+    .bind(encode(kind, event_id, member))
     .bind(member.updated_at)
     .bind(trace.traceparent)
     .bind(trace.tracestate)

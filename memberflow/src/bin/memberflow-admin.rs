@@ -9,6 +9,7 @@
 //! memberflow-admin dlq replay [--id MESSAGE_ID]...
 //! memberflow-admin outbox parked
 //! memberflow-admin outbox replay [--id N]...
+//! memberflow-admin keygen
 //! ```
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -39,6 +40,10 @@ enum Command {
     /// auth's outbox: rows the relay parked.
     #[command(subcommand)]
     Outbox(Outbox),
+    /// Print a new Ed25519 token signing key: the private key (PKCS#8 PEM,
+    /// for `auth.token.signing_key`) on stdout; its key id and public key
+    /// (for `token.public_keys` during a rotation) on stderr.
+    Keygen,
 }
 
 #[derive(Subcommand)]
@@ -78,8 +83,16 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if let Command::Keygen = args.command {
+        let (signer, pem) = memberflow_common::token::Signer::generate();
+        print!("{pem}");
+        eprintln!("kid: {}", signer.public_key().kid());
+        eprint!("{}", signer.public_key().to_pem());
+        return Ok(());
+    }
     let source = args.config.source()?;
     match args.command {
+        Command::Keygen => unreachable!("handled above"),
         Command::Resync { members } => {
             let settings = task::Settings::load(&source)?;
             let pool = connect_db(&settings.database).await?;

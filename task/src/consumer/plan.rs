@@ -3,7 +3,7 @@
 //! loop in [`super`] only carries these out, so every rule here has a unit
 //! test that needs neither a broker nor a database.
 use memberflow_common::{
-    amqp::{MEMBER_CREATED, MEMBER_UPDATED},
+    amqp::{MEMBER_CREATED, MEMBER_SESSIONS_REVOKED, MEMBER_UPDATED},
     db::Fault,
     grpc::from_timestamp,
     proto::auth::v1 as pb,
@@ -52,37 +52,86 @@ pub fn triage(routing_key: &str, body: &[u8]) -> Triage {
             Ok(event) => Triage::Apply(event),
             Err(poison) => Triage::Poison(poison),
         },
+        MEMBER_SESSIONS_REVOKED => match decode_revoked(body) {
+            Ok(event) => Triage::Apply(event),
+            Err(poison) => Triage::Poison(poison),
+        },
         other => Triage::Unknown(other.to_owned()),
     }
 }
 
 fn decode(body: &[u8]) -> Result<MemberEvent, Poison> {
     let e = pb::MemberChanged::decode(body).map_err(|e| Poison::Undecodable(e.to_string()))?;
-    let invalid = |field, reason| Poison::Invalid { field, reason };
-    let event_id = Uuid::parse_str(&e.event_id).map_err(|_| invalid("event_id", "not a UUID"))?;
-    let member_id =
-        Uuid::parse_str(&e.member_id).map_err(|_| invalid("member_id", "not a UUID"))?;
-    if e.version < 1 {
+    let sessions_not_before = e.sessions_not_before.as_ref().map(from_timestamp);
+    if sessions_not_before.is_some_and(|t| t.is_none()) {
+        return Err(invalid("sessions_not_before", "out of range"));
+    }
+    state(
+        (&e.event_id, &e.member_id, e.nickname, e.region, e.version),
+        e.occurred_at.as_ref(),
+        sessions_not_before.flatten(),
+        e.sessions_version,
+    )
+}
+
+/// A MemberSessionsRevoked: the member's state at `version`, whose sessions
+/// end at `not_before`.
+fn decode_revoked(body: &[u8]) -> Result<MemberEvent, Poison> {
+    let e =
+        pb::MemberSessionsRevoked::decode(body).map_err(|e| Poison::Undecodable(e.to_string()))?;
+    let not_before = e
+        .not_before
+        .as_ref()
+        .and_then(from_timestamp)
+        .ok_or_else(|| invalid("not_before", "missing or out of range"))?;
+    state(
+        (&e.event_id, &e.member_id, e.nickname, e.region, e.version),
+        e.occurred_at.as_ref(),
+        Some(not_before),
+        e.version,
+    )
+}
+
+fn invalid(field: &'static str, reason: &'static str) -> Poison {
+    Poison::Invalid { field, reason }
+}
+
+/// Validates the member state every event kind carries.
+fn state(
+    (event_id, member_id, nickname, region, version): (&str, &str, String, String, i64),
+    occurred_at: Option<&prost_types::Timestamp>,
+    sessions_not_before: Option<chrono::DateTime<chrono::Utc>>,
+    sessions_version: i64,
+) -> Result<MemberEvent, Poison> {
+    let event_id = Uuid::parse_str(event_id).map_err(|_| invalid("event_id", "not a UUID"))?;
+    let member_id = Uuid::parse_str(member_id).map_err(|_| invalid("member_id", "not a UUID"))?;
+    if version < 1 {
         return Err(invalid("version", "must be at least 1"));
     }
-    if e.nickname.trim().is_empty() || e.nickname.chars().count() > MAX_NICKNAME_CHARS {
+    if !(0..=version).contains(&sessions_version) {
+        return Err(invalid(
+            "sessions_version",
+            "must be 0 to the event's version",
+        ));
+    }
+    if nickname.trim().is_empty() || nickname.chars().count() > MAX_NICKNAME_CHARS {
         return Err(invalid("nickname", "must be 1 to 32 characters"));
     }
-    if e.region.trim().is_empty() || e.region.chars().count() > MAX_REGION_CHARS {
+    if region.trim().is_empty() || region.chars().count() > MAX_REGION_CHARS {
         return Err(invalid("region", "must be 1 to 64 characters"));
     }
-    let occurred_at = e
-        .occurred_at
-        .as_ref()
+    let occurred_at = occurred_at
         .and_then(from_timestamp)
         .ok_or_else(|| invalid("occurred_at", "missing or out of range"))?;
     Ok(MemberEvent {
         event_id,
         member_id,
-        nickname: e.nickname,
-        region: e.region,
-        version: e.version,
+        nickname,
+        region,
+        version,
         occurred_at,
+        sessions_not_before,
+        sessions_version,
     })
 }
 
@@ -143,6 +192,7 @@ mod tests {
             region: "Asia/Seoul".into(),
             version: 1,
             occurred_at: Some(timestamp(chrono::Utc::now())),
+            ..Default::default()
         };
         f(&mut e);
         e.encode_to_vec()
@@ -159,10 +209,37 @@ mod tests {
     }
 
     #[test]
+    fn sessions_revoked_carries_the_state_and_its_instant() {
+        let now = chrono::Utc::now();
+        let revoked = pb::MemberSessionsRevoked {
+            event_id: Uuid::now_v7().to_string(),
+            member_id: Uuid::now_v7().to_string(),
+            not_before: Some(timestamp(now)),
+            version: 4,
+            occurred_at: Some(timestamp(now)),
+            nickname: "Ann".into(),
+            region: "Asia/Seoul".into(),
+        };
+        let Triage::Apply(e) = triage(MEMBER_SESSIONS_REVOKED, &revoked.encode_to_vec()) else {
+            panic!("a valid revocation is applied");
+        };
+        assert_eq!((e.version, e.sessions_version), (4, 4));
+        assert_eq!(e.sessions_not_before, Some(now));
+        let missing = pb::MemberSessionsRevoked {
+            not_before: None,
+            ..revoked
+        };
+        assert!(matches!(
+            triage(MEMBER_SESSIONS_REVOKED, &missing.encode_to_vec()),
+            Triage::Poison(_)
+        ));
+    }
+
+    #[test]
     fn unknown_kinds_are_skipped_not_poison() {
         assert_eq!(
-            triage("member.sessions_revoked", &body(|_| {})),
-            Triage::Unknown("member.sessions_revoked".into())
+            triage("member.suspended", &body(|_| {})),
+            Triage::Unknown("member.suspended".into())
         );
         assert_eq!(
             triage("member.renamed", b"not even protobuf"),
