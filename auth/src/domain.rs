@@ -3,22 +3,40 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-/// A syntactically valid email, at most 254 chars, lower-cased.
+/// A valid email address in its one stored form, so that two spellings of
+/// the same address collide as one account:
+/// - the whole address is NFKC-normalised (full-width and other
+///   compatibility look-alikes become their plain letters, `＠` becomes `@`);
+/// - the domain is IDNA-normalised to ASCII (UTS 46: `bücher.de` becomes
+///   `xn--bcher-kva.de`) and lower-cased;
+/// - the local part is lower-cased (every major provider treats it so).
+///
+/// Nothing else is folded: dots and `+tags` in the local part are kept,
+/// since only some providers ignore them. At most 254 characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Email(String);
 
 impl Email {
     pub fn parse(raw: &str) -> Result<Self, &'static str> {
+        use unicode_normalization::UnicodeNormalization;
+        const INVALID: &str = "must be a valid email address";
         if raw.is_empty() {
             return Err("must not be empty");
         }
-        if raw.chars().count() > 254 {
+        let nfkc: String = raw.nfkc().collect();
+        if nfkc.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(INVALID);
+        }
+        let (local, domain) = nfkc.rsplit_once('@').ok_or(INVALID)?;
+        let domain = idna::domain_to_ascii(domain).map_err(|_| INVALID)?;
+        let address = format!("{}@{domain}", local.to_lowercase());
+        if address.chars().count() > 254 {
             return Err("must be at most 254 characters");
         }
-        if !email_address::EmailAddress::is_valid(raw) || raw.chars().any(char::is_whitespace) {
-            return Err("must be a valid email address");
+        if !email_address::EmailAddress::is_valid(&address) {
+            return Err(INVALID);
         }
-        Ok(Self(raw.to_lowercase()))
+        Ok(Self(address))
     }
 
     pub fn as_str(&self) -> &str {
@@ -49,23 +67,13 @@ impl std::fmt::Debug for Password {
     }
 }
 
-/// 1 to 32 characters after trimming, with no control characters.
+/// 1 to 32 characters of visible, one-line text (`common::text`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Nickname(String);
 
 impl Nickname {
-    pub fn parse(raw: &str) -> Result<Self, &'static str> {
-        let trimmed = raw.trim();
-        if trimmed.is_empty() {
-            return Err("must not be empty");
-        }
-        if trimmed.chars().count() > 32 {
-            return Err("must be at most 32 characters");
-        }
-        if trimmed.chars().any(char::is_control) {
-            return Err("must not contain control characters");
-        }
-        Ok(Self(trimmed.to_owned()))
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        memberflow_common::text::display_text(raw, 32).map(Self)
     }
 
     pub fn as_str(&self) -> &str {
@@ -145,6 +153,29 @@ mod tests {
         assert!(Email::parse("a b@example.com").is_err());
         let long = format!("{}@example.com", "a".repeat(250));
         assert!(Email::parse(&long).is_err());
+    }
+
+    #[test]
+    fn one_address_has_one_form() {
+        let same = [
+            ("u@bücher.de", "u@xn--bcher-kva.de"),
+            ("u@xn--bcher-kva.de", "u@xn--bcher-kva.de"),
+            ("U@BÜCHER.DE", "u@xn--bcher-kva.de"),
+            ("ｕ＠ｅｘａｍｐｌｅ．ｃｏｍ", "u@example.com"),
+            ("Ann.Lee+news@Example.com", "ann.lee+news@example.com"),
+        ];
+        for (raw, stored) in same {
+            assert_eq!(Email::parse(raw).unwrap().as_str(), stored, "{raw}");
+        }
+        for bad in [
+            "u@",
+            "@example.com",
+            "u@exa mple.com",
+            "u\0@example.com",
+            "u@-x-.com",
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -17,5 +17,6 @@ pub mod settings;
 pub mod shutdown;
 pub mod startup;
 pub mod telemetry;
+pub mod text;
 pub mod token;
 pub mod trace_context;

@@ -3,18 +3,13 @@ use chrono::{DateTime, LocalResult, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use uuid::Uuid;
 
-/// A title of 1 to 200 characters after trimming.
+/// 1 to 200 characters of visible, one-line text (`common::text`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Title(String);
 
 impl Title {
-    pub fn parse(raw: &str) -> Result<Self, &'static str> {
-        let t = raw.trim();
-        match t.chars().count() {
-            0 => Err("must not be empty"),
-            1..=200 => Ok(Self(t.to_owned())),
-            _ => Err("must be at most 200 characters"),
-        }
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        memberflow_common::text::display_text(raw, 200).map(Self)
     }
 
     pub fn as_str(&self) -> &str {
@@ -27,13 +22,33 @@ impl Title {
 pub struct DueLocal(NaiveDateTime);
 
 impl DueLocal {
-    pub fn parse(raw: &str) -> Result<Self, &'static str> {
-        if raw.len() != 16 {
-            return Err("must be a local time formatted YYYY-MM-DDTHH:MM");
+    /// Years a due time may fall in: every instant they give is a valid
+    /// `google.protobuf.Timestamp` (years 1 to 9999) in any time zone, and
+    /// every client decodes it.
+    pub const YEARS: std::ops::RangeInclusive<i32> = 1900..=2200;
+
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        const FORMAT: &str = "must be a local time formatted YYYY-MM-DDTHH:MM";
+        let b = raw.as_bytes();
+        let shape = b.len() == 16
+            && [4, 7, 10, 13].iter().zip(b"--T:").all(|(&i, &c)| b[i] == c)
+            && [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15]
+                .iter()
+                .all(|&i| b[i].is_ascii_digit());
+        if !shape {
+            return Err(FORMAT.into());
         }
-        NaiveDateTime::parse_from_str(raw, "%Y-%m-%dT%H:%M")
-            .map(Self)
-            .map_err(|_| "must be a local time formatted YYYY-MM-DDTHH:MM")
+        let num = |r: std::ops::Range<usize>| raw[r].parse::<u32>().expect("digits");
+        let (year, month, day) = (num(0..4) as i32, num(5..7), num(8..10));
+        let (hour, minute) = (num(11..13), num(14..16));
+        if !Self::YEARS.contains(&year) {
+            return Err("the year must be 1900 to 2200".into());
+        }
+        let date = chrono::NaiveDate::from_ymd_opt(year, month, day)
+            .ok_or_else(|| format!("{} is not a calendar date", &raw[..10]))?;
+        let time = chrono::NaiveTime::from_hms_opt(hour, minute, 0)
+            .ok_or_else(|| format!("{} is not a time of day (00:00 to 23:59)", &raw[11..]))?;
+        Ok(Self(NaiveDateTime::new(date, time)))
     }
 
     /// The instant this wall-clock time denotes in `tz`. A time skipped by a
@@ -127,6 +142,24 @@ mod tests {
             .resolve(ny)
             .unwrap();
         assert_eq!(t.to_rfc3339(), "2026-11-01T05:30:00+00:00");
+    }
+
+    #[test]
+    fn due_local_years_and_calendar_dates_are_named() {
+        assert!(DueLocal::parse("1900-01-01T00:00").is_ok());
+        assert!(DueLocal::parse("2200-12-31T23:59").is_ok());
+        for year in ["0000", "0001", "1899", "2201", "9999"] {
+            let err = DueLocal::parse(&format!("{year}-06-01T10:00")).unwrap_err();
+            assert!(err.contains("1900 to 2200"), "{year}: {err}");
+        }
+        let err = DueLocal::parse("2026-02-30T10:00").unwrap_err();
+        assert_eq!(err, "2026-02-30 is not a calendar date");
+        assert!(DueLocal::parse("2027-02-29T10:00").is_err());
+        assert!(DueLocal::parse("2028-02-29T10:00").is_ok());
+        let err = DueLocal::parse("2026-03-08T24:00").unwrap_err();
+        assert!(err.contains("not a time of day"), "{err}");
+        assert!(DueLocal::parse("2026-03-08T09:60").is_err());
+        assert!(DueLocal::parse("+026-03-08T09:30").is_err());
     }
 
     #[test]
