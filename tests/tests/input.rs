@@ -112,7 +112,9 @@ async fn titles_and_due_times_follow_the_rules_and_every_bad_field_is_named() {
         due_local: due.into(),
         consistency_token: String::new(),
     };
-    let cases: [(&str, &str, &[(&str, &str)]); 8] = [
+    /// Title, due_local, and each expected (field, words of its description).
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+    let cases: [Case<'_>; 8] = [
         // NUL was INTERNAL, and left out when another field was bad too.
         ("a\0b", "2026-12-01T09:00", &[("title", "control")]),
         (
