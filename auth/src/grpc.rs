@@ -23,6 +23,7 @@ use crate::{
     outbox::{self, EventKind},
     password::Hasher,
     repo,
+    throttle::LoginThrottle,
 };
 
 /// The RPC handlers and what they need.
@@ -40,6 +41,8 @@ pub struct AuthApi {
     pub(crate) service_token: SecretString,
     /// Wakes the outbox relay after each commit.
     pub(crate) relay_wake: Arc<Notify>,
+    /// Login and ChangePassword attempts per account and per peer.
+    pub(crate) throttle: LoginThrottle,
 }
 
 impl TryFrom<pb::SignUpRequest> for NewMember {
@@ -218,9 +221,14 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
+        let peer = request.remote_addr().map(|a| a.ip());
         let req = request.into_inner();
         // Malformed input is just a failed login: no hint about what exists.
         let email = Email::parse(&req.email).ok();
+        let account = email
+            .as_ref()
+            .map_or_else(|| req.email.to_lowercase(), |e| e.as_str().to_owned());
+        self.throttle.attempt(&account, peer).map_err(Error::from)?;
         let creds = match &email {
             Some(e) => repo::find_credentials(&self.pool, e.as_str())
                 .await
@@ -229,11 +237,7 @@ impl AuthService for AuthApi {
         };
         let (id, hash, version) =
             creds.map_or((None, None, 0), |(id, h, v)| (Some(id), Some(h), v));
-        let ok = self
-            .hasher
-            .verify(req.password, hash)
-            .await
-            .map_err(Error::from)?;
+        let ok = self.hasher.verify(req.password, hash).await?;
         let id = match (ok, id) {
             (true, Some(id)) => id,
             _ => return Err(Error::BadCredentials.into()),
@@ -392,6 +396,7 @@ impl AuthService for AuthApi {
         request: Request<pb::ChangePasswordRequest>,
     ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
         let caller = self.authenticate(&request)?;
+        let peer = request.remote_addr().map(|a| a.ip());
         let req = request.into_inner();
         let mut v = Violations::default();
         if req.current_password.is_empty() {
@@ -408,21 +413,19 @@ impl AuthService for AuthApi {
         if caller.revoked_by(&member.sessions()) {
             return Err(Error::from(Failure::Unauthenticated(REVOKED.into())).into());
         }
+        self.throttle
+            .attempt(&format!("member:{}", caller.member_id), peer)
+            .map_err(Error::from)?;
         let ok = self
             .hasher
             .verify(req.current_password, Some(old_hash.clone()))
-            .await
-            .map_err(Error::from)?;
+            .await?;
         if !ok {
             let mut v = Violations::default();
             v.add("current_password", "does not match the member's password");
             return Err(Error::from(v).into());
         }
-        let new_hash = self
-            .hasher
-            .hash(&new_password.expect("checked"))
-            .await
-            .map_err(Error::from)?;
+        let new_hash = self.hasher.hash(&new_password.expect("checked")).await?;
         let member = self
             .revoke_sessions(caller, Some((&old_hash, &new_hash)))
             .await?;

@@ -9,6 +9,7 @@ pub mod password;
 pub mod repo;
 pub mod settings;
 pub mod startup;
+pub mod throttle;
 
 pub use error::Error;
 pub use settings::Settings;

@@ -3,7 +3,25 @@
 use std::sync::atomic::AtomicU64;
 
 use memberflow_common::metrics::{SharedRegistry, latency_buckets};
-use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Histogram};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+};
+
+/// Which login limit refused an attempt.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ThrottleLimit {
+    /// Attempts for one account (email, or member for ChangePassword).
+    email,
+    /// Attempts from one peer address.
+    peer,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabel {
+    limit: ThrottleLimit,
+}
 
 /// A gauge holding seconds as a float.
 pub type SecondsGauge = Gauge<f64, AtomicU64>;
@@ -28,6 +46,15 @@ pub struct AuthMetrics {
     pub relay_leader: Gauge,
     /// `memberflow_password_hash_queue`: hashes waiting for a hashing thread.
     pub password_hash_queue: Gauge,
+    /// `memberflow_password_hash_rejected_total`: hashes refused because the
+    /// queue was full (RESOURCE_EXHAUSTED).
+    pub password_hash_rejected: Counter,
+    /// `memberflow_password_hash_abandoned_total`: queued hashes not started
+    /// because their caller had gone.
+    pub password_hash_abandoned: Counter,
+    /// `memberflow_login_throttled_total{limit}`: attempts refused by the
+    /// login throttle.
+    login_throttled: Family<LimitLabel, Counter>,
 }
 
 impl AuthMetrics {
@@ -42,6 +69,9 @@ impl AuthMetrics {
             relay_batch: Histogram::new(latency_buckets()),
             relay_leader: Gauge::default(),
             password_hash_queue: Gauge::default(),
+            password_hash_rejected: Counter::default(),
+            password_hash_abandoned: Counter::default(),
+            login_throttled: Family::default(),
         };
         let mut r = registry.lock().expect("metrics registry poisoned");
         r.register(
@@ -84,6 +114,35 @@ impl AuthMetrics {
             "Password hashes waiting for a hashing thread",
             m.password_hash_queue.clone(),
         );
+        r.register(
+            "memberflow_password_hash_rejected",
+            "Password hashes refused because the hashing queue was full",
+            m.password_hash_rejected.clone(),
+        );
+        r.register(
+            "memberflow_password_hash_abandoned",
+            "Queued password hashes skipped because their caller had gone",
+            m.password_hash_abandoned.clone(),
+        );
+        r.register(
+            "memberflow_login_throttled",
+            "Login and ChangePassword attempts refused by the throttle, by limit",
+            m.login_throttled.clone(),
+        );
         m
+    }
+
+    /// Counts one attempt refused by `limit`.
+    pub fn throttled(&self, limit: ThrottleLimit) {
+        self.login_throttled
+            .get_or_create(&LimitLabel { limit })
+            .inc();
+    }
+
+    /// Attempts refused by `limit` so far.
+    pub fn throttled_count(&self, limit: ThrottleLimit) -> u64 {
+        self.login_throttled
+            .get_or_create(&LimitLabel { limit })
+            .get()
     }
 }

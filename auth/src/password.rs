@@ -1,15 +1,22 @@
 //! Argon2id password hashing, off the async runtime, on a small fixed pool
 //! of threads that each keep their Argon2 memory between hashes.
-use std::{cell::RefCell, sync::Arc};
+use std::{
+    cell::RefCell,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use argon2::{
     Algorithm, Argon2, Block, Params, Version,
     password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString, rand_core::OsRng},
 };
 
-use prometheus_client::metrics::gauge::Gauge;
+use memberflow_common::error::Failure;
 
-use crate::{domain::Password, settings::PasswordSettings};
+use crate::{Error, domain::Password, metrics::AuthMetrics, settings::PasswordSettings};
 
 /// Hashes and verifies passwords with a configured cost.
 #[derive(Clone)]
@@ -24,12 +31,17 @@ pub struct Hasher {
     /// freed buffers in many malloc arenas: auth peaked near 1 GB RSS under 32
     /// concurrent signups at the production cost.)
     pool: Arc<rayon_core::ThreadPool>,
-    /// Hashes submitted and not yet started (`memberflow_password_hash_queue`).
-    queued: Gauge,
+    threads: usize,
+    /// Hashes submitted and not yet started, and how many may be.
+    queued: Arc<AtomicUsize>,
+    max_queued: usize,
+    /// How long the last hash took, in microseconds: sizes RetryInfo.
+    last_micros: Arc<AtomicU64>,
+    metrics: AuthMetrics,
 }
 
 impl Hasher {
-    pub fn new(cfg: &PasswordSettings, queued: Gauge) -> anyhow::Result<Self> {
+    pub fn new(cfg: &PasswordSettings, metrics: AuthMetrics) -> anyhow::Result<Self> {
         let params = Params::new(cfg.memory_kib, cfg.iterations, cfg.parallelism, None)
             .map_err(|e| anyhow::anyhow!("invalid password hashing cost: {e}"))?;
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
@@ -42,17 +54,22 @@ impl Hasher {
             .thread_name(|i| format!("argon2-{i}"))
             .build()?;
         // On the pool, so no other thread keeps an Argon2-sized buffer.
+        let started = Instant::now();
         let dummy_hash = pool.install(|| hash_with(&argon, "dummy password for unknown emails"))?;
         Ok(Self {
             argon,
             dummy_hash,
             pool: Arc::new(pool),
-            queued,
+            threads,
+            queued: Arc::default(),
+            max_queued: cfg.max_queued,
+            last_micros: Arc::new(AtomicU64::new(started.elapsed().as_micros() as u64)),
+            metrics,
         })
     }
 
     /// Hashes on the hashing pool: Argon2 takes milliseconds of CPU.
-    pub async fn hash(&self, password: &Password) -> anyhow::Result<String> {
+    pub async fn hash(&self, password: &Password) -> Result<String, Error> {
         let argon = self.argon.clone();
         let password = password.expose().to_owned();
         self.run(move || hash_with(&argon, &password)).await
@@ -60,26 +77,57 @@ impl Hasher {
 
     /// Checks `password` against `hash`, or against a dummy hash when the
     /// member does not exist (the answer is then always `false`).
-    pub async fn verify(&self, password: String, hash: Option<String>) -> anyhow::Result<bool> {
+    pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, Error> {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy_hash.clone());
         self.run(move || Ok(verify_with(password.as_bytes(), &hash)? && known))
             .await
     }
 
-    /// Runs `work` on the hashing pool; callers queue when every thread is busy.
+    /// Runs `work` on the hashing pool. Callers queue while every thread is
+    /// busy, up to `max_queued`; past that they get RESOURCE_EXHAUSTED at
+    /// once. A queued hash whose caller has gone (cancelled, deadline) is
+    /// skipped when its turn comes, not computed for nobody.
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-    ) -> anyhow::Result<T> {
+    ) -> Result<T, Error> {
+        let waiting = self.queued.fetch_add(1, Ordering::AcqRel);
+        if waiting >= self.max_queued {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.password_hash_rejected.inc();
+            let hash = Duration::from_micros(self.last_micros.load(Ordering::Relaxed));
+            let ahead = (waiting / self.threads.max(1) + 1) as u32;
+            return Err(Failure::Exhausted {
+                message: "too many password checks at once; retry shortly".into(),
+                retry_after: (hash * ahead)
+                    .clamp(Duration::from_millis(10), Duration::from_secs(5)),
+            }
+            .into());
+        }
+        self.metrics.password_hash_queue.inc();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let queued = self.queued.clone();
-        queued.inc();
+        let (queued, last, metrics) = (
+            self.queued.clone(),
+            self.last_micros.clone(),
+            self.metrics.clone(),
+        );
         self.pool.spawn(move || {
-            queued.dec();
-            let _ = tx.send(work());
+            queued.fetch_sub(1, Ordering::AcqRel);
+            metrics.password_hash_queue.dec();
+            if tx.is_closed() {
+                metrics.password_hash_abandoned.inc();
+                return;
+            }
+            let started = Instant::now();
+            let result = work();
+            last.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            let _ = tx.send(result);
         });
-        rx.await?
+        let result = rx
+            .await
+            .map_err(|_| anyhow::anyhow!("the hashing pool dropped a job"))?;
+        Ok(result?)
     }
 }
 

@@ -20,6 +20,7 @@ pub struct Settings {
     pub password: PasswordSettings,
     pub token: TokenSettings,
     pub relay: RelaySettings,
+    pub login_throttle: LoginThrottleSettings,
 }
 
 memberflow_common::service_settings!(Settings, "auth", 50051, metrics: 9091, secrets: [
@@ -42,6 +43,44 @@ impl Default for AmqpSettings {
     }
 }
 
+/// Login (and ChangePassword) attempts allowed, per account and per peer
+/// address. Every attempt counts, right or wrong: each costs a password hash.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct LoginThrottleSettings {
+    /// Per email address (ChangePassword: per member).
+    pub per_email: RateLimit,
+    /// Per client IP address. Behind a proxy every client shares its
+    /// address: raise it or set `burst = 0` there.
+    pub per_peer: RateLimit,
+}
+
+impl Default for LoginThrottleSettings {
+    fn default() -> Self {
+        Self {
+            // 5 at once, then one every 12 s (5 a minute).
+            per_email: RateLimit {
+                burst: 5,
+                refill_ms: 12_000,
+            },
+            // 100 at once, then 10 a second.
+            per_peer: RateLimit {
+                burst: 100,
+                refill_ms: 100,
+            },
+        }
+    }
+}
+
+/// A token bucket: `burst` attempts at once, one more every `refill_ms`.
+/// `burst = 0` turns the limit off.
+#[derive(Debug, Clone, Copy, Deserialize, Default)]
+#[serde(default)]
+pub struct RateLimit {
+    pub burst: u32,
+    pub refill_ms: u64,
+}
+
 /// Argon2id cost. The defaults follow OWASP's minimum (19 MiB, 2 passes).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -53,6 +92,9 @@ pub struct PasswordSettings {
     /// while it runs, so this bounds the memory signups and logins can take,
     /// and more than the CPUs only makes every hash slower.
     pub max_concurrent: usize,
+    /// Hashes allowed to wait for a thread; past it, SignUp, Login and
+    /// ChangePassword answer RESOURCE_EXHAUSTED at once.
+    pub max_queued: usize,
 }
 
 impl Default for PasswordSettings {
@@ -62,6 +104,7 @@ impl Default for PasswordSettings {
             iterations: 2,
             parallelism: 1,
             max_concurrent: 0,
+            max_queued: 64,
         }
     }
 }

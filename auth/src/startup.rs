@@ -11,6 +11,7 @@ use memberflow_common::{
     token::{PublicKey, Signer, Verifier},
 };
 use tokio::sync::Notify;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::{
     grpc::AuthApi,
@@ -18,6 +19,7 @@ use crate::{
     outbox::relay::{Relay, watch_outbox},
     password::Hasher,
     settings::Settings,
+    throttle::LoginThrottle,
 };
 
 /// The fully qualified service name, as reported by the health service.
@@ -55,9 +57,11 @@ impl Application {
         let (settings, pool) = (started.settings, started.pool);
         let metrics = AuthMetrics::register(&started.registry);
         let relay_wake = Arc::new(Notify::new());
+        let throttle = LoginThrottle::new(&settings.login_throttle, metrics.clone());
         let api = AuthApi {
             pool: pool.clone(),
-            hasher: Hasher::new(&settings.password, metrics.password_hash_queue.clone())?,
+            hasher: Hasher::new(&settings.password, metrics.clone())?,
+            throttle: throttle.clone(),
             verifier: Verifier::new(&self.public_keys),
             public_keys: self.public_keys.into(),
             signer: self.signer,
@@ -67,9 +71,11 @@ impl Application {
         };
         let gate = Gate::default();
         let server = grpc::spawn(
-            started
-                .router
-                .add_service(AuthServiceServer::with_interceptor(api, gate.interceptor())),
+            started.router.add_service(InterceptedService::new(
+                AuthServiceServer::new(api)
+                    .max_decoding_message_size(settings.base.server.limits.max_message_bytes),
+                gate.interceptor(),
+            )),
             started.listener,
             &shutdown,
         );
@@ -90,6 +96,7 @@ impl Application {
                 metrics.clone(),
             );
             Ok(vec![
+                tokio::spawn(throttle.prune(shutdown.clone())),
                 tokio::spawn(watch_outbox(pool.clone(), metrics, shutdown.clone())),
                 tokio::spawn(relay.run(shutdown.clone())),
             ])

@@ -36,13 +36,18 @@ impl Service {
     }
 
     /// The development secrets, as `(key, value)` without the prefix: the
-    /// bench runs its services in `development`.
-    fn dev_secrets(self) -> Vec<(&'static str, &'static str)> {
+    /// bench runs its services in `development`. The bench measures
+    /// throughput from one address with many clients, so auth's login
+    /// throttle is off and its hashing queue holds every client's hash.
+    fn bench_env(self) -> Vec<(&'static str, &'static str)> {
         use memberflow_common::secrets::{DEV_SERVICE_TOKEN, DEV_SIGNING_KEY};
         match self {
             Self::Auth => vec![
                 ("TOKEN__SIGNING_KEY", DEV_SIGNING_KEY),
                 ("TOKEN__SERVICE_TOKEN", DEV_SERVICE_TOKEN),
+                ("LOGIN_THROTTLE__PER_EMAIL__BURST", "0"),
+                ("LOGIN_THROTTLE__PER_PEER__BURST", "0"),
+                ("PASSWORD__MAX_QUEUED", "4096"),
             ],
             Self::Task => vec![("AUTH__SERVICE_TOKEN", DEV_SERVICE_TOKEN)],
         }
@@ -115,7 +120,7 @@ impl ServiceProcess {
             .env(format!("{prefix}METRICS__ADDR"), "127.0.0.1:0")
             .env(format!("{prefix}ENVIRONMENT"), "development")
             .env("RUST_LOG", log);
-        for (key, value) in service.dev_secrets() {
+        for (key, value) in service.bench_env() {
             cmd.env(format!("{prefix}{key}"), value);
         }
         for (key, value) in settings {

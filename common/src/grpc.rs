@@ -1,6 +1,6 @@
 //! gRPC plumbing both services share: health, reflection, metadata and rich
 //! error details.
-use std::convert::Infallible;
+use std::{convert::Infallible, time::Duration};
 
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -17,6 +17,7 @@ use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 use tower::layer::util::{Identity, Stack};
 
 use crate::{
+    limits::{LimitsLayer, ServerLimits},
     metrics::{GrpcMetrics, GrpcMetricsLayer, RecordedBody},
     proto::FILE_DESCRIPTOR_SET,
 };
@@ -24,17 +25,24 @@ use crate::{
 /// The body of every response the metrics layer passes on.
 type ResponseBody = RecordedBody<tonic::body::Body>;
 
+/// The layers around every RPC: metrics outermost, then the limits.
+pub type ServerLayers = Stack<LimitsLayer, Stack<GrpcMetricsLayer, Identity>>;
+
 /// The server both services run, before their own service is added: a
 /// tracing span and the gRPC metrics per RPC, health (NOT_SERVING for `service` until the caller
 /// says otherwise) and reflection v1 + v1alpha.
 pub async fn server(
     service: &str,
     metrics: GrpcMetrics,
-) -> (HealthReporter, Router<Stack<GrpcMetricsLayer, Identity>>) {
+    limits: &ServerLimits,
+) -> (HealthReporter, Router<ServerLayers>) {
     let (health, health_service) = tonic_health::server::health_reporter();
     set_serving(&health, service, false).await;
     let (reflection_v1, reflection_v1alpha) = reflection(service);
     let router = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(limits.keepalive_interval_secs)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_secs)))
+        .http2_max_header_list_size(limits.hard_header_bytes())
         .trace_fn(|req| {
             let span = tracing::info_span!(
                 "grpc",
@@ -50,7 +58,9 @@ pub async fn server(
             );
             span
         })
+        // Metrics outside the limits, so refusals are counted by code too.
         .layer(GrpcMetricsLayer(metrics))
+        .layer(LimitsLayer::new(limits))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);

@@ -9,6 +9,7 @@ pub mod db;
 pub mod digest;
 pub mod error;
 pub mod grpc;
+pub mod limits;
 pub mod metrics;
 pub mod proto;
 pub mod retry;

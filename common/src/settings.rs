@@ -136,12 +136,16 @@ pub struct ServerSettings {
     /// Listen address; port 0 picks a free port (tests). Each service's
     /// default port comes from its `load` defaults and `base.toml`.
     pub addr: String,
+    /// Timeout, concurrency, message and metadata size, HTTP/2 keepalive.
+    #[serde(flatten)]
+    pub limits: crate::limits::ServerLimits,
 }
 
 impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             addr: "127.0.0.1:0".into(),
+            limits: Default::default(),
         }
     }
 }

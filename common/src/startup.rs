@@ -80,16 +80,15 @@ pub struct Started<S> {
     pub registry: SharedRegistry,
     pub ready: Readiness,
     pub health: HealthReporter,
-    pub router: tonic::transport::server::Router<
-        tower::layer::util::Stack<crate::metrics::GrpcMetricsLayer, tower::layer::util::Identity>,
-    >,
+    pub router: tonic::transport::server::Router<crate::grpc::ServerLayers>,
 }
 
 impl<S: ServiceSettings> Prepared<S> {
     /// Builds the gRPC router for `service` and starts the admin endpoint,
     /// which stops with `shutdown`.
     pub async fn start(self, service: &str, shutdown: &CancellationToken) -> Started<S> {
-        let (health, router) = crate::grpc::server(service, self.grpc_metrics).await;
+        let limits = &self.settings.base().server.limits;
+        let (health, router) = crate::grpc::server(service, self.grpc_metrics, limits).await;
         tokio::spawn(crate::admin_http::serve(
             self.metrics_listener,
             self.registry.clone(),

@@ -12,6 +12,7 @@ use memberflow_common::{
     startup::{self, Gate, Prepared, spawn_health},
     token::PublicKey,
 };
+use tonic::service::interceptor::InterceptedService;
 
 use crate::{
     consumer::{Attachment, Consumer, ConsumerStats},
@@ -104,9 +105,11 @@ impl Application {
         tracing::info!(mode = ?settings.consistency.mode, "consistency mode");
         let gate = Gate::default();
         let server = grpc::spawn(
-            started
-                .router
-                .add_service(TaskServiceServer::with_interceptor(api, gate.interceptor())),
+            started.router.add_service(InterceptedService::new(
+                TaskServiceServer::new(api)
+                    .max_decoding_message_size(settings.base.server.limits.max_message_bytes),
+                gate.interceptor(),
+            )),
             started.listener,
             &shutdown,
         );

@@ -33,6 +33,13 @@ pub fn auth_settings(env: &mut TestEnv) -> auth::Settings {
     s.amqp.url = env.amqp_url().into();
     s.password.memory_kib = TEST_ARGON2_MEMORY_KIB;
     s.password.iterations = 1;
+    // Suites log in many times from one address; the throttle's own tests
+    // turn it on.
+    s.login_throttle.per_email.burst = 0;
+    s.login_throttle.per_peer.burst = 0;
+    // Load tests fire hundreds of signups at once; the limits suite sets
+    // its own bound.
+    s.password.max_queued = 1_024;
     s.relay.leader_retry_ms = 100;
     s.relay.confirm_timeout_ms = 2_000;
     s.relay.backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(300));
