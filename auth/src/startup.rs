@@ -53,7 +53,7 @@ impl Application {
     /// Serves until `shutdown` is cancelled, then stops accepting, finishes
     /// in-flight RPCs, lets the relay finish its batch, and returns.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let started = self.prepared.start(SERVICE_NAME, &shutdown).await;
+        let started = self.prepared.start(SERVICE_NAME, &shutdown).await?;
         let (settings, pool) = (started.settings, started.pool);
         let metrics = AuthMetrics::register(&started.registry);
         let relay_wake = Arc::new(Notify::new());

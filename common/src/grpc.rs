@@ -30,16 +30,21 @@ pub type ServerLayers = Stack<LimitsLayer, Stack<GrpcMetricsLayer, Identity>>;
 
 /// The server both services run, before their own service is added: a
 /// tracing span and the gRPC metrics per RPC, health (NOT_SERVING for `service` until the caller
-/// says otherwise) and reflection v1 + v1alpha.
+/// says otherwise) and reflection v1 + v1alpha; TLS when `tls` is given.
 pub async fn server(
     service: &str,
     metrics: GrpcMetrics,
     limits: &ServerLimits,
-) -> (HealthReporter, Router<ServerLayers>) {
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> Result<(HealthReporter, Router<ServerLayers>), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     set_serving(&health, service, false).await;
     let (reflection_v1, reflection_v1alpha) = reflection(service);
-    let router = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let router = builder
         .http2_keepalive_interval(Some(Duration::from_secs(limits.keepalive_interval_secs)))
         .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_secs)))
         .http2_max_header_list_size(limits.hard_header_bytes())
@@ -64,7 +69,7 @@ pub async fn server(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
-    (health, router)
+    Ok((health, router))
 }
 
 /// Serves `router` on `listener` on a task of its own until `shutdown`, then

@@ -19,5 +19,6 @@ pub mod shutdown;
 pub mod startup;
 pub mod telemetry;
 pub mod text;
+pub mod tls;
 pub mod token;
 pub mod trace_context;

@@ -139,6 +139,8 @@ pub struct ServerSettings {
     /// Timeout, concurrency, message and metadata size, HTTP/2 keepalive.
     #[serde(flatten)]
     pub limits: crate::limits::ServerLimits,
+    /// `[server.tls]`: optional TLS, and mutual TLS with a client CA.
+    pub tls: crate::tls::ServerTls,
 }
 
 impl Default for ServerSettings {
@@ -146,6 +148,7 @@ impl Default for ServerSettings {
         Self {
             addr: "127.0.0.1:0".into(),
             limits: Default::default(),
+            tls: Default::default(),
         }
     }
 }

@@ -44,11 +44,14 @@ pub struct Prepared<S> {
     pub grpc_metrics: GrpcMetrics,
     /// What `/readyz` answers: gRPC health's SERVING.
     pub ready: Readiness,
+    /// TLS of the gRPC server, read from `server.tls` at build.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl<S: ServiceSettings> Prepared<S> {
     pub async fn new(settings: S) -> anyhow::Result<Self> {
         settings.audit()?;
+        let tls = settings.base().server.tls.load(S::SERVICE)?;
         let listener = TcpListener::bind(&settings.base().server.addr).await?;
         let addr = listener.local_addr()?;
         let metrics_listener = TcpListener::bind(&settings.base().metrics.addr).await?;
@@ -66,6 +69,7 @@ impl<S: ServiceSettings> Prepared<S> {
             registry,
             grpc_metrics,
             ready: Readiness::default(),
+            tls,
         })
     }
 }
@@ -86,16 +90,21 @@ pub struct Started<S> {
 impl<S: ServiceSettings> Prepared<S> {
     /// Builds the gRPC router for `service` and starts the admin endpoint,
     /// which stops with `shutdown`.
-    pub async fn start(self, service: &str, shutdown: &CancellationToken) -> Started<S> {
+    pub async fn start(
+        self,
+        service: &str,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Started<S>> {
         let limits = &self.settings.base().server.limits;
-        let (health, router) = crate::grpc::server(service, self.grpc_metrics, limits).await;
+        let (health, router) =
+            crate::grpc::server(service, self.grpc_metrics, limits, self.tls).await?;
         tokio::spawn(crate::admin_http::serve(
             self.metrics_listener,
             self.registry.clone(),
             self.ready.clone(),
             shutdown.clone(),
         ));
-        Started {
+        Ok(Started {
             listener: self.listener,
             settings: self.settings,
             pool: self.pool,
@@ -103,7 +112,7 @@ impl<S: ServiceSettings> Prepared<S> {
             ready: self.ready,
             health,
             router,
-        }
+        })
     }
 }
 

@@ -56,7 +56,8 @@ pub struct ReadThrough {
 impl ReadThrough {
     /// Connects lazily, so task starts even while auth is down.
     pub fn new(cfg: &AuthSettings, pool: PgPool) -> anyhow::Result<Self> {
-        let channel = Channel::from_shared(cfg.addr.clone())?
+        let channel = cfg
+            .endpoint()?
             .connect_timeout(Duration::from_millis(cfg.timeout_ms))
             .connect_lazy();
         let svc = ServiceBuilder::new()

@@ -41,7 +41,8 @@ pub struct AuthSource {
 impl AuthSource {
     /// Connects lazily to `cfg.addr`.
     pub fn new(cfg: &AuthSettings) -> anyhow::Result<Self> {
-        let channel = Channel::from_shared(cfg.addr.clone())?
+        let channel = cfg
+            .endpoint()?
             .connect_timeout(Duration::from_millis(cfg.timeout_ms.max(1_000)))
             .connect_lazy();
         Ok(Self {

@@ -68,6 +68,16 @@ pub struct AuthSettings {
     pub timeout_ms: u64,
     /// Most GetMember calls in flight at once.
     pub concurrency_limit: usize,
+    /// `[task.auth.tls]`: TLS to auth (`https://` addr), and the client
+    /// certificate for mutual TLS.
+    pub tls: memberflow_common::tls::ClientTls,
+}
+
+impl AuthSettings {
+    /// An endpoint for auth at `addr`, with TLS if configured.
+    pub fn endpoint(&self) -> anyhow::Result<tonic::transport::Endpoint> {
+        self.tls.endpoint("task.auth.tls", &self.addr)
+    }
 }
 
 impl Default for AuthSettings {
@@ -77,6 +87,7 @@ impl Default for AuthSettings {
             service_token: SecretString::default(),
             timeout_ms: 500,
             concurrency_limit: 64,
+            tls: Default::default(),
         }
     }
 }

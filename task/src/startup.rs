@@ -90,7 +90,7 @@ impl Application {
     /// Serves until `shutdown`: stops accepting, finishes in-flight RPCs,
     /// lets the consumer ack its batch and close its channel, then returns.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let started = self.prepared.start(SERVICE_NAME, &shutdown).await;
+        let started = self.prepared.start(SERVICE_NAME, &shutdown).await?;
         let (settings, pool) = (started.settings, started.pool);
         let metrics = self.metrics;
         let freshness = self.freshness.clone();
