@@ -219,7 +219,12 @@ pub fn classify(e: &sqlx::Error) -> Fault {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Tls(_) => Fault::Transient,
+        | sqlx::Error::Tls(_)
+        // A connection cut while it is being set up: with TLS compiled in,
+        // sqlx sends an SSLRequest first (sslmode=prefer, the default), and
+        // a reset then reads as "unexpected response from SSLRequest".
+        // Reconnecting is the cure; the data was never the problem.
+        | sqlx::Error::Protocol(_) => Fault::Transient,
         sqlx::Error::Database(d) => d.code().map_or(Fault::Permanent, |c| classify_sqlstate(&c)),
         _ => Fault::Permanent,
     }
@@ -256,6 +261,14 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_failures_are_transient() {
+        let protocol = sqlx::Error::Protocol("unexpected response from SSLRequest: 0x00".into());
+        assert_eq!(classify(&protocol), Fault::Transient);
+        assert_eq!(classify(&sqlx::Error::PoolTimedOut), Fault::Transient);
+        assert_eq!(classify(&sqlx::Error::RowNotFound), Fault::Permanent);
+    }
 
     #[test]
     fn sqlstates_are_classified() {
