@@ -33,13 +33,25 @@ memberflow_common::service_settings!(Settings, "auth", 50051, metrics: 9091, sec
 pub struct AmqpSettings {
     /// A secret because it carries the broker password.
     pub url: SecretString,
+    /// The nodes of a RabbitMQ cluster; when set, `url` is not used. From
+    /// the environment, comma-separated (`AUTH__AMQP__URLS`).
+    #[serde(deserialize_with = "memberflow_common::amqp::deserialize_urls")]
+    pub urls: Vec<SecretString>,
 }
 
 impl Default for AmqpSettings {
     fn default() -> Self {
         Self {
             url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            urls: Vec::new(),
         }
+    }
+}
+
+impl AmqpSettings {
+    /// The broker nodes to connect to.
+    pub fn nodes(&self) -> memberflow_common::amqp::Nodes {
+        memberflow_common::amqp::Nodes::new(&self.url, &self.urls)
     }
 }
 

@@ -90,7 +90,7 @@ impl Application {
             );
             let relay = Relay::new(
                 settings.database.direct_connect_options()?,
-                settings.amqp.url.clone(),
+                settings.amqp.nodes(),
                 settings.relay.clone(),
                 relay_wake,
                 metrics.clone(),

@@ -24,7 +24,7 @@ pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
     let total = lab.plan.apply_events;
     let mut env = TestEnv::new();
     let (_conn, channel) = broker::confirm_channel(&env.amqp_url()).await?;
-    task::consumer::declare_topology(&channel, 10).await?;
+    task::consumer::declare_topology(&channel, 10, None).await?;
 
     let events: Vec<Vec<u8>> = (0..total - total / (NEW_PER_DUPLICATE + 1))
         .map(|_| broker::member_created(Uuid::now_v7(), Uuid::now_v7()))

@@ -36,7 +36,7 @@ pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
     let db = PgPool::connect_with(settings.connect_options()?).await?;
     auth::startup::MIGRATOR.run(&db).await?;
     let (_conn, channel) = broker::confirm_channel(&env.amqp_url()).await?;
-    task::consumer::declare_topology(&channel, 10).await?;
+    task::consumer::declare_topology(&channel, 10, None).await?;
 
     let ours = drain(
         lab,

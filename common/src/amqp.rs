@@ -39,6 +39,93 @@ pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
         })?
 }
 
+/// The broker nodes a service may use: `amqp.urls` (several nodes of one
+/// cluster), else the one-node shorthand `amqp.url`. Each (re)connect starts
+/// at the node after the one used last and tries every node once, so a lost
+/// node is skipped at once and the load spreads over the others; the
+/// caller's backoff (with jitter) paces the rounds.
+#[derive(Debug, Clone)]
+pub struct Nodes {
+    urls: std::sync::Arc<[secrecy::SecretString]>,
+    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Nodes {
+    /// `urls` when not empty, else `url`.
+    pub fn new(url: &secrecy::SecretString, urls: &[secrecy::SecretString]) -> Self {
+        let urls: Vec<_> = if urls.is_empty() {
+            vec![url.clone()]
+        } else {
+            urls.to_vec()
+        };
+        Self {
+            urls: urls.into(),
+            next: Default::default(),
+        }
+    }
+
+    /// How many nodes there are.
+    pub fn len(&self) -> usize {
+        self.urls.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.urls.is_empty()
+    }
+
+    /// A connection to the first node that answers, starting after the one
+    /// used last; the error of the last node tried if none does.
+    pub async fn connect(&self, name: &str) -> lapin::Result<Connection> {
+        use secrecy::ExposeSecret;
+        use std::sync::atomic::Ordering;
+        let start = self.next.load(Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..self.urls.len() {
+            let index = (start + i) % self.urls.len();
+            let url = self.urls[index].expose_secret();
+            match connect(url, name).await {
+                Ok(conn) => {
+                    self.next.store(index + 1, Ordering::Relaxed);
+                    if self.urls.len() > 1 {
+                        tracing::info!(node = %redact_url(url), name, "connected to broker node");
+                    }
+                    return Ok(conn);
+                }
+                Err(e) => {
+                    tracing::warn!(node = %redact_url(url), error = %e, "broker node unreachable");
+                    last = Some(e);
+                }
+            }
+        }
+        self.next.store(start + 1, Ordering::Relaxed);
+        Err(last.expect("at least one node"))
+    }
+}
+
+/// Deserializes `amqp.urls` from a list, or from one comma-separated string
+/// (how it arrives from the environment: `TASK__AMQP__URLS=amqp://…,amqp://…`).
+pub fn deserialize_urls<'de, D>(d: D) -> Result<Vec<secrecy::SecretString>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Urls {
+        One(String),
+        Many(Vec<String>),
+    }
+    let urls = match <Urls as serde::Deserialize>::deserialize(d)? {
+        Urls::One(s) => s.split(',').map(str::to_owned).collect(),
+        Urls::Many(v) => v,
+    };
+    Ok(urls
+        .into_iter()
+        .map(|u| u.trim().to_owned())
+        .filter(|u| !u.is_empty())
+        .map(secrecy::SecretString::from)
+        .collect())
+}
+
 /// Declares [`EXCHANGE`] (idempotent).
 pub async fn declare_exchange(channel: &Channel) -> lapin::Result<()> {
     channel
@@ -68,6 +155,37 @@ pub fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn urls_come_as_a_list_or_comma_separated() {
+        use secrecy::ExposeSecret;
+        #[derive(serde::Deserialize)]
+        struct S {
+            #[serde(deserialize_with = "super::deserialize_urls")]
+            urls: Vec<secrecy::SecretString>,
+        }
+        let parse = |value: config::Value| -> Vec<String> {
+            let s: S = load(value);
+            s.urls
+                .iter()
+                .map(|u| u.expose_secret().to_owned())
+                .collect()
+        };
+        assert_eq!(parse("a, b,,c".into()), ["a", "b", "c"]);
+        assert_eq!(parse("".into()), Vec::<String>::new());
+        assert_eq!(parse(vec!["a", "b"].into()), ["a", "b"]);
+    }
+
+    /// `{"urls": value}` through the config crate, as settings load it.
+    fn load<T: serde::de::DeserializeOwned>(value: config::Value) -> T {
+        config::Config::builder()
+            .set_override("urls", value)
+            .unwrap()
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap()
+    }
+
     #[test]
     fn redacts_passwords() {
         assert_eq!(

@@ -98,7 +98,10 @@ macro_rules! service_settings {
                 $crate::settings::Audited {
                     environment: self.base.environment,
                     secrets: vec![$(($key, &self.$first $(.$rest)*)),*],
-                    urls: vec![("amqp.url", &self.amqp.url), ("database.url", &self.database.url)],
+                    urls: [("amqp.url", &self.amqp.url), ("database.url", &self.database.url)]
+                        .into_iter()
+                        .chain(self.amqp.urls.iter().map(|u| ("amqp.urls", u)))
+                        .collect(),
                 }
             }
         }

@@ -29,6 +29,14 @@ memberflow_common::service_settings!(Settings, "task", 50052, metrics: 9092, sec
 #[serde(default)]
 pub struct AmqpSettings {
     pub url: SecretString,
+    /// The nodes of a RabbitMQ cluster; when set, `url` is not used. From
+    /// the environment, comma-separated (`TASK__AMQP__URLS`).
+    #[serde(deserialize_with = "memberflow_common::amqp::deserialize_urls")]
+    pub urls: Vec<SecretString>,
+    /// `x-quorum-initial-group-size` of task's quorum queues: how many nodes
+    /// hold a replica. 0: 3 when `urls` names several nodes, else the
+    /// broker's default. Only read when the queues are first declared.
+    pub quorum_initial_group_size: u32,
     /// Unacknowledged deliveries the broker may push at once.
     pub prefetch: u16,
     /// Most events applied in one transaction when a backlog exists.
@@ -47,11 +55,29 @@ impl Default for AmqpSettings {
     fn default() -> Self {
         Self {
             url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            urls: Vec::new(),
+            quorum_initial_group_size: 0,
             prefetch: 256,
             batch_max: 256,
             delivery_limit: 10,
             backoff: Backoff::default(),
             detached_grace_secs: 10,
+        }
+    }
+}
+
+impl AmqpSettings {
+    /// The broker nodes to connect to.
+    pub fn nodes(&self) -> memberflow_common::amqp::Nodes {
+        memberflow_common::amqp::Nodes::new(&self.url, &self.urls)
+    }
+
+    /// The replica count to declare quorum queues with, if any.
+    pub fn quorum_group_size(&self) -> Option<u32> {
+        match (self.quorum_initial_group_size, self.urls.len()) {
+            (0, n) if n > 1 => Some(3),
+            (0, _) => None,
+            (size, _) => Some(size),
         }
     }
 }

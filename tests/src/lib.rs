@@ -3,6 +3,7 @@
 //! ([`proxy::TcpProxy`]), and real services bound to port 0 ([`apps`]).
 pub mod amqp;
 pub mod apps;
+pub mod cluster;
 pub mod env;
 pub mod http;
 pub mod pgbouncer;

@@ -186,3 +186,37 @@ fn the_default_environment_is_production() {
     );
     assert!(s.audit().is_err(), "no secret configured: refused");
 }
+
+#[test]
+fn amqp_urls_come_from_the_environment_comma_separated() {
+    use memberflow_common::settings::Source;
+    use secrecy::ExposeSecret;
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../config");
+    let mut source = Source::dir(dir);
+    source.vars = Some(
+        [
+            ("TASK__ENVIRONMENT".to_owned(), "development".to_owned()),
+            (
+                "TASK__AMQP__URLS".to_owned(),
+                "amqp://guest:guest@127.0.0.1:5681/%2f,amqp://guest:guest@127.0.0.1:5682/%2f"
+                    .to_owned(),
+            ),
+        ]
+        .into(),
+    );
+    let task = task::Settings::load(&source).unwrap();
+    let urls: Vec<_> = task.amqp.urls.iter().map(|u| u.expose_secret()).collect();
+    assert_eq!(
+        urls,
+        [
+            "amqp://guest:guest@127.0.0.1:5681/%2f",
+            "amqp://guest:guest@127.0.0.1:5682/%2f"
+        ]
+    );
+    assert_eq!(task.amqp.nodes().len(), 2);
+    assert_eq!(
+        task.amqp.quorum_group_size(),
+        Some(3),
+        "several nodes: 3 replicas"
+    );
+}

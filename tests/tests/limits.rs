@@ -219,7 +219,7 @@ async fn a_hash_whose_caller_has_gone_is_not_started() {
 #[tokio::test]
 async fn server_limits_answer_clean_statuses() {
     let mut env = TestEnv::new();
-    let mut s = slow_hashing(&mut env);
+    let mut s = auth_settings(&mut env);
     s.base.server.limits.concurrency_limit = 1;
     s.base.server.limits.max_header_bytes = 4 * 1024;
     s.base.server.limits.max_message_bytes = 4 * 1024;
@@ -242,10 +242,37 @@ async fn server_limits_answer_clean_statuses() {
         "{err:?}"
     );
 
-    // One call at a time: a second is refused at once, health still answers.
+    // One call at a time: while one is in flight (an UpdateProfile waiting
+    // for a row lock the test holds), a second is refused at once, and
+    // health still answers.
+    auth.client
+        .sign_up(signup("slow@example.com"))
+        .await
+        .unwrap();
+    let token = auth
+        .client
+        .login(login("slow@example.com", PASSWORD))
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    let db = env.pool("auth").await;
+    let mut lock = db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM members FOR UPDATE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
     let mut busy = auth.client.clone();
-    let slow = tokio::spawn(async move { busy.sign_up(signup("slow@example.com")).await });
-    let err = eventually("a second call is shed", Duration::from_secs(5), || {
+    let held = tokio::spawn(async move {
+        let mut req = Request::new(pb::UpdateProfileRequest {
+            nickname: Some("Held".into()),
+            region: None,
+        });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        busy.update_profile(req).await
+    });
+    let err = eventually("a second call is shed", Duration::from_secs(10), || {
         let mut client = auth.client.clone();
         async move {
             match client.login(login("x@example.com", PASSWORD)).await {
@@ -261,7 +288,8 @@ async fn server_limits_answer_clean_statuses() {
             .await
             .is_some()
     );
-    slow.await.unwrap().unwrap();
+    lock.commit().await.unwrap();
+    held.await.unwrap().unwrap();
     auth.client
         .login(login("slow@example.com", PASSWORD))
         .await

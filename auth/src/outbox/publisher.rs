@@ -31,8 +31,8 @@ pub enum Stop {
 
 impl Publisher {
     /// Connects, enables confirms and (re)declares the exchange.
-    pub async fn connect(url: &str) -> lapin::Result<Self> {
-        let connection = amqp::connect(url, "auth.outbox-relay").await?;
+    pub async fn connect(brokers: &amqp::Nodes) -> lapin::Result<Self> {
+        let connection = brokers.connect("auth.outbox-relay").await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())

@@ -21,10 +21,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use memberflow_common::amqp::Nodes;
 use memberflow_common::{
     db, retry::sleep_or_cancel, shutdown::CancellationToken, telemetry::error_chain,
 };
-use secrecy::{ExposeSecret, SecretString};
 use sqlx::{
     Connection, PgConnection, PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
@@ -251,7 +251,7 @@ pub struct Relay {
     metrics: AuthMetrics,
     /// The leader's own session, hardened by [`leader_session`].
     leader_options: PgConnectOptions,
-    amqp_url: SecretString,
+    brokers: Nodes,
     cfg: RelaySettings,
     wake: Arc<Notify>,
 }
@@ -262,7 +262,7 @@ impl Relay {
     /// leader lock and LISTEN live in a session.
     pub fn new(
         db: PgConnectOptions,
-        amqp_url: SecretString,
+        brokers: Nodes,
         cfg: RelaySettings,
         wake: Arc<Notify>,
         metrics: AuthMetrics,
@@ -270,7 +270,7 @@ impl Relay {
         Self {
             metrics,
             leader_options: leader_session(db, &cfg),
-            amqp_url,
+            brokers,
             cfg,
             wake,
         }
@@ -387,7 +387,7 @@ impl Relay {
                     if let Some(p) = stale {
                         p.close().await;
                     }
-                    match Publisher::connect(self.amqp_url.expose_secret()).await {
+                    match Publisher::connect(&self.brokers).await {
                         Ok(p) => {
                             tracing::info!("relay connected to the broker");
                             p

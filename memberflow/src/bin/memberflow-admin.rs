@@ -120,10 +120,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         Command::Dlq(cmd) => {
             let settings = task::Settings::load(&source)?;
-            let url = settings.amqp.url.expose_secret();
-            let conn = amqp::connect(url, "memberflow-admin")
+            let conn = settings
+                .amqp
+                .nodes()
+                .connect("memberflow-admin")
                 .await
                 .with_context(|| {
+                    let url = settings.amqp.url.expose_secret();
                     format!("RabbitMQ is not reachable at {}", amqp::redact_url(url))
                 })?;
             match cmd {

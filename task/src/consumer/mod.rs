@@ -35,7 +35,6 @@ use memberflow_common::{
     amqp, db, shutdown::CancellationToken, telemetry::error_chain, trace_context,
 };
 use opentelemetry::trace::{SpanContext, TraceContextExt};
-use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -99,6 +98,8 @@ pub struct Consumer {
     stats: Arc<ConsumerStats>,
     /// Set to `true` while a consumer is attached to the queue.
     attached: watch::Sender<bool>,
+    /// The broker nodes; a lost connection resumes on the next one.
+    brokers: amqp::Nodes,
 }
 
 impl Consumer {
@@ -113,6 +114,7 @@ impl Consumer {
             pool,
             metrics,
             freshness,
+            brokers: cfg.nodes(),
             cfg,
             stats,
             attached: watch::Sender::new(false),
@@ -151,12 +153,17 @@ impl Consumer {
 
     /// One connection's worth of consuming. `Ok` means shutdown.
     async fn session(&self, shutdown: &CancellationToken) -> lapin::Result<()> {
-        let conn = amqp::connect(self.cfg.url.expose_secret(), "task.consumer").await?;
+        let conn = self.brokers.connect("task.consumer").await?;
         // lapin can leave a request pending forever when the socket dies
         // mid-write, so set-up is bounded like the connect.
         let setup = async {
             let channel = conn.create_channel().await?;
-            declare_topology(&channel, self.cfg.delivery_limit).await?;
+            declare_topology(
+                &channel,
+                self.cfg.delivery_limit,
+                self.cfg.quorum_group_size(),
+            )
+            .await?;
             channel
                 .basic_qos(self.cfg.prefetch, BasicQosOptions::default())
                 .await?;

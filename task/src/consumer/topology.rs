@@ -17,7 +17,13 @@ pub const DEAD_LETTER_QUEUE: &str = "task.member-events.dlq";
 pub const REASON_HEADER: &str = "x-memberflow-reason";
 
 /// Declares everything task consumes from (idempotent).
-pub async fn declare_topology(channel: &Channel, delivery_limit: i64) -> lapin::Result<()> {
+/// `group_size` sets `x-quorum-initial-group-size` (how many cluster nodes
+/// hold each queue); `None` leaves it to the broker.
+pub async fn declare_topology(
+    channel: &Channel,
+    delivery_limit: i64,
+    group_size: Option<u32>,
+) -> lapin::Result<()> {
     let durable = QueueDeclareOptions {
         durable: true,
         ..Default::default()
@@ -39,6 +45,12 @@ pub async fn declare_topology(channel: &Channel, delivery_limit: i64) -> lapin::
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
     );
+    if let Some(size) = group_size {
+        quorum.insert(
+            "x-quorum-initial-group-size".into(),
+            AMQPValue::LongUInt(size),
+        );
+    }
     channel
         .queue_declare(DEAD_LETTER_QUEUE.into(), durable, quorum.clone())
         .await?;
