@@ -7,6 +7,7 @@
 //! transaction, raw lapin publishing and consuming, and the common polling
 //! relay. The table is Markdown; the same figures go to a JSON file.
 mod broker;
+mod cluster;
 mod consumer_apply;
 mod load;
 mod relay_drain;
@@ -142,7 +143,7 @@ impl Lab {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench [--quick] [--out FILE.json] [--only system|relay|consumer|replica]\n       bench serve auth|task"
+        "usage: bench [--quick] [--out FILE.json] [--only system|relay|consumer|replica|cluster]\n       bench serve auth|task"
     );
     std::process::exit(2)
 }
@@ -190,6 +191,10 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted("replica") {
         replica_repair::run(&mut lab).await?;
+    }
+    // Starts a three-node cluster (about 30 s, 500 MB), so not in --quick.
+    if only.as_deref() == Some("cluster") || (only.is_none() && !plan.quick) {
+        cluster::run(&mut lab).await?;
     }
     lab.add_rss();
 

@@ -127,6 +127,20 @@ async fn drain(
     design: RelayDesign,
     rows: usize,
 ) -> anyhow::Result<f64> {
+    drain_to(lab, env, db, channel, design, rows, None).await
+}
+
+/// [`drain`], publishing to the cluster nodes `urls` (comma-separated) when
+/// given instead of `env`'s broker; `channel` must be on that broker.
+pub(crate) async fn drain_to(
+    lab: &mut Lab,
+    env: &mut TestEnv,
+    db: &PgPool,
+    channel: &lapin::Channel,
+    design: RelayDesign,
+    rows: usize,
+    urls: Option<&str>,
+) -> anyhow::Result<f64> {
     purge(channel).await?;
     let payload = broker::member_created(Uuid::now_v7(), Uuid::now_v7());
     sqlx::query(
@@ -143,8 +157,11 @@ async fn drain(
         .fetch_one(db)
         .await?;
     let watch = tokio::spawn(watch_drain(db.clone(), first, rows as i64));
-    let relay =
-        ServiceProcess::start(Service::Auth, &setup::auth(env, HashCost::BENCH, design)).await?;
+    let mut settings = setup::auth(env, HashCost::BENCH, design);
+    if let Some(urls) = urls {
+        settings.push(("amqp__urls", urls.to_owned()));
+    }
+    let relay = ServiceProcess::start(Service::Auth, &settings).await?;
     let per_sec = watch.await??;
     let delivered = memberflow_tests::amqp::queue_depth(channel, task::consumer::QUEUE).await;
     anyhow::ensure!(
