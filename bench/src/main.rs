@@ -7,6 +7,7 @@
 //! transaction, raw lapin publishing and consuming, and the common polling
 //! relay. The table is Markdown; the same figures go to a JSON file.
 mod broker;
+mod clients;
 mod cluster;
 mod consumer_apply;
 mod load;
@@ -37,6 +38,8 @@ struct Plan {
     propagation: Duration,
     drain_rows: usize,
     polling_drain_rows: usize,
+    /// Calls of each RPC per client in the client comparison.
+    client_calls: usize,
     apply_events: usize,
     /// Members a resync copies.
     resync_members: i64,
@@ -57,6 +60,7 @@ impl Plan {
             propagation: Duration::from_secs(10),
             drain_rows: 100_000,
             polling_drain_rows: 10_000,
+            client_calls: 300,
             apply_events: 100_000,
             resync_members: 100_000,
             reconcile_members: vec![100_000, 1_000_000],
@@ -76,6 +80,7 @@ impl Plan {
             propagation: Duration::from_secs(2),
             drain_rows: 10_000,
             polling_drain_rows: 1_000,
+            client_calls: 30,
             apply_events: 10_000,
             resync_members: 10_000,
             reconcile_members: vec![10_000],
@@ -143,7 +148,7 @@ impl Lab {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench [--quick] [--out FILE.json] [--only system|relay|consumer|replica|cluster]\n       bench serve auth|task"
+        "usage: bench [--quick] [--out FILE.json] [--only system|relay|consumer|replica|clients|cluster]\n       bench serve auth|task"
     );
     std::process::exit(2)
 }
@@ -191,6 +196,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted("replica") {
         replica_repair::run(&mut lab).await?;
+    }
+    if wanted("clients") {
+        clients::run(&mut lab).await?;
     }
     // Starts a three-node cluster (about 30 s, 500 MB), so not in --quick.
     if only.as_deref() == Some("cluster") || (only.is_none() && !plan.quick) {

