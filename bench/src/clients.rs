@@ -50,11 +50,12 @@ pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
     .await?;
     let tonic = tonic_samples(&auth.url(), &task.url(), n).await?;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/grpcio_latency.py");
+    let (auth_url, task_url) = (auth.url(), task.url());
     let out = tokio::process::Command::new(python())
         .args([
             script,
-            &auth.url().trim_start_matches("http://").to_owned(),
-            &task.url().trim_start_matches("http://").to_owned(),
+            auth_url.trim_start_matches("http://"),
+            task_url.trim_start_matches("http://"),
             &n.to_string(),
             &Uuid::new_v4().simple().to_string(),
         ])
