@@ -21,11 +21,69 @@ use crate::{
 const NEW_PER_DUPLICATE: usize = 9;
 
 pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
+    let one = apply(lab, 1).await?;
+    lab.add(
+        Figure::new(
+            "Consumer apply",
+            one.conditions(1),
+            Measure::Rate {
+                per_sec: one.per_sec,
+            },
+        )
+        .against(
+            "raw consume, manual ack each",
+            Measure::Rate {
+                per_sec: lab.raw_consume,
+            },
+        )
+        .target("≥ 10,000 events/s", one.per_sec >= 10_000.0),
+    );
+    let two = apply(lab, 2).await?;
+    lab.add(
+        Figure::new(
+            "Consumer apply, 2 task instances on one queue",
+            two.conditions(2),
+            Measure::Rate {
+                per_sec: two.per_sec,
+            },
+        )
+        .against(
+            "1 instance, same run",
+            Measure::Rate {
+                per_sec: one.per_sec,
+            },
+        ),
+    );
+    Ok(())
+}
+
+/// One apply run's result.
+struct Applied {
+    per_sec: f64,
+    total: usize,
+    unique: usize,
+    wall: Duration,
+}
+
+impl Applied {
+    fn conditions(&self, instances: usize) -> String {
+        format!(
+            "{} queued events ({} duplicates) → {} replica rows, quorum queue, prefetch 256, batches ≤ 256, {instances} task instance(s) on one database; {:.1} s wall incl. start-up",
+            self.total,
+            self.total - self.unique,
+            self.unique,
+            self.wall.as_secs_f64()
+        )
+    }
+}
+
+/// Queues the events, starts `instances` task processes at once on one
+/// database and queue, and measures the apply rate from task's timestamps.
+async fn apply(lab: &mut Lab, instances: usize) -> anyhow::Result<Applied> {
     let total = lab.plan.apply_events;
     let mut env = TestEnv::new();
     let (_conn, channel) = broker::confirm_channel(&env.amqp_url()).await?;
     task::consumer::declare_topology(&channel, 10, None).await?;
-
     let events: Vec<Vec<u8>> = (0..total - total / (NEW_PER_DUPLICATE + 1))
         .map(|_| broker::member_created(Uuid::now_v7(), Uuid::now_v7()))
         .collect();
@@ -52,9 +110,9 @@ pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
     .await?;
 
     let started = Instant::now();
-    let consumer = ServiceProcess::start(
-        Service::Task,
-        &setup::task(&mut env, "not_ready", "http://127.0.0.1:9"),
+    let settings = setup::task(&mut env, "not_ready", "http://127.0.0.1:9");
+    let consumers = futures::future::try_join_all(
+        (0..instances).map(|_| ServiceProcess::start(Service::Task, &settings)),
     )
     .await?;
     let db = env.pool("task").await;
@@ -86,26 +144,13 @@ pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
     .await;
     let dead = queue_depth(&channel, task::consumer::DEAD_LETTER_QUEUE).await;
     anyhow::ensure!(dead == 0, "{dead} events dead-lettered");
-    lab.stop(consumer, "task").await?;
-
-    let per_sec = total as f64 / applying;
-    lab.add(
-        Figure::new(
-            "Consumer apply",
-            format!(
-                "{total} queued events ({} duplicates) → {unique} replica rows, quorum queue, prefetch 256, batches ≤ 256; {:.1} s wall incl. start-up",
-                total - unique,
-                wall.as_secs_f64()
-            ),
-            Measure::Rate { per_sec },
-        )
-        .against(
-            "raw consume, manual ack each",
-            Measure::Rate {
-                per_sec: lab.raw_consume,
-            },
-        )
-        .target("≥ 10,000 events/s", per_sec >= 10_000.0),
-    );
-    Ok(())
+    for consumer in consumers {
+        lab.stop(consumer, "task").await?;
+    }
+    Ok(Applied {
+        per_sec: total as f64 / applying,
+        total,
+        unique,
+        wall,
+    })
 }
