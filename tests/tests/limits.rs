@@ -272,6 +272,26 @@ async fn server_limits_answer_clean_statuses() {
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
         busy.update_profile(req).await
     });
+    // The held call is in flight (it holds the one permit) once its
+    // backend waits for the lock; only then is a second call sure to be shed.
+    eventually(
+        "UpdateProfile waits for the row lock",
+        Duration::from_secs(10),
+        || {
+            let db = db.clone();
+            async move {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                )
+                .fetch_one(&db)
+                .await
+                .ok()?;
+                (waiting > 0).then_some(())
+            }
+        },
+    )
+    .await;
     let err = eventually("a second call is shed", Duration::from_secs(10), || {
         let mut client = auth.client.clone();
         async move {
