@@ -307,6 +307,14 @@ impl Verifier {
         *self.keys.write().expect("key set lock poisoned") = map;
     }
 
+    /// Whether the key `kid` is trusted.
+    pub fn trusts(&self, kid: &str) -> bool {
+        self.keys
+            .read()
+            .expect("key set lock poisoned")
+            .contains_key(kid)
+    }
+
     /// Ids of the trusted keys, sorted.
     pub fn kids(&self) -> Vec<String> {
         let mut kids: Vec<_> = self

@@ -45,11 +45,6 @@ impl TrustedKeys {
         }
     }
 
-    /// Ids of the keys trusted now.
-    pub fn kids(&self) -> Vec<String> {
-        self.verifier.kids()
-    }
-
     /// The caller of a member RPC, from their bearer token; a token signed
     /// with a key not seen yet makes task ask auth for its keys first.
     pub async fn authenticate(
@@ -76,7 +71,7 @@ impl TrustedKeys {
         let arrived = Instant::now();
         let _one = self.refresh_lock.lock().await;
         let last = *self.last_refresh.lock().expect("refresh clock lock");
-        if last.is_some_and(|t| t >= arrived) || self.verifier.kids().iter().any(|k| k == kid) {
+        if last.is_some_and(|t| t >= arrived) || self.verifier.trusts(kid) {
             return; // A refresh since this caller arrived already tried.
         }
         if let Some(t) = last {

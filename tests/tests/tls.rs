@@ -12,16 +12,13 @@ use memberflow_common::{
     tls::ClientTls,
 };
 use memberflow_tests::{
-    apps::{Running, auth_settings, task_settings},
+    apps::{Running, auth_settings, task_settings, wait_serving},
     env::TestEnv,
     eventually,
 };
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use task::ConsistencyMode;
 use tonic::transport::Channel;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
 use uuid::Uuid;
 
 /// PEM files in a directory removed on drop.
@@ -76,25 +73,6 @@ impl Pki {
     }
 }
 
-/// Waits until `service` behind `channel` is SERVING.
-async fn serving(channel: Channel, service: &'static str) {
-    eventually("SERVING over TLS", Duration::from_secs(30), || {
-        let mut health = HealthClient::new(channel.clone());
-        async move {
-            let status = health
-                .check(HealthCheckRequest {
-                    service: service.into(),
-                })
-                .await
-                .ok()?
-                .into_inner()
-                .status;
-            (status == ServingStatus::Serving as i32).then_some(())
-        }
-    })
-    .await;
-}
-
 async fn channel(tls: &ClientTls, addr: &str) -> Result<Channel, tonic::transport::Error> {
     tls.endpoint("test", addr)
         .unwrap()
@@ -133,7 +111,7 @@ async fn tls_servers_and_mutual_tls_from_task_to_auth() {
         async move { channel(&tls, &addr).await.ok() }
     })
     .await;
-    serving(auth_channel.clone(), auth::SERVICE_NAME).await;
+    wait_serving(auth_channel.clone(), auth::SERVICE_NAME).await;
 
     // Refused: plaintext, no client certificate, a certificate from another CA.
     let plain = format!("http://127.0.0.1:{}", auth_addr.rsplit(':').next().unwrap());
@@ -186,7 +164,7 @@ async fn tls_servers_and_mutual_tls_from_task_to_auth() {
         async move { channel(&tls, &addr).await.ok() }
     })
     .await;
-    serving(task_channel.clone(), task::SERVICE_NAME).await;
+    wait_serving(task_channel.clone(), task::SERVICE_NAME).await;
 
     let mut auth = AuthServiceClient::new(auth_channel);
     auth.sign_up(auth_pb::SignUpRequest {
