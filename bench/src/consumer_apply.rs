@@ -58,15 +58,15 @@ pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
 }
 
 /// One apply run's result.
-struct Applied {
-    per_sec: f64,
+pub(crate) struct Applied {
+    pub(crate) per_sec: f64,
     total: usize,
     unique: usize,
     wall: Duration,
 }
 
 impl Applied {
-    fn conditions(&self, instances: usize) -> String {
+    pub(crate) fn conditions(&self, instances: usize) -> String {
         format!(
             "{} queued events ({} duplicates) → {} replica rows, quorum queue, prefetch 256, batches ≤ 256, {instances} task instance(s) on one database; {:.1} s wall incl. start-up",
             self.total,
@@ -77,13 +77,33 @@ impl Applied {
     }
 }
 
-/// Queues the events, starts `instances` task processes at once on one
-/// database and queue, and measures the apply rate from task's timestamps.
-async fn apply(lab: &mut Lab, instances: usize) -> anyhow::Result<Applied> {
-    let total = lab.plan.apply_events;
+/// [`apply_on`] on fresh databases and the machine's broker.
+pub(crate) async fn apply(lab: &mut Lab, instances: usize) -> anyhow::Result<Applied> {
     let mut env = TestEnv::new();
     let (_conn, channel) = broker::confirm_channel(&env.amqp_url()).await?;
     task::consumer::declare_topology(&channel, 10, None).await?;
+    let settings = setup::task(&mut env, "not_ready", "http://127.0.0.1:9");
+    setup::migrated(&mut env, "task", &task::startup::MIGRATOR).await?;
+    apply_on(lab, &mut env, &channel, &settings, instances).await
+}
+
+/// Queues `lab.plan.apply_events` events on `channel` (task's topology
+/// already declared there), starts `instances` task processes at once with
+/// `settings`, and measures the apply rate from task's own timestamps. Rows
+/// task's database held before (a seeded replica and inbox) are left out of
+/// the count and the timing. The database must exist, migrated.
+pub(crate) async fn apply_on(
+    lab: &mut Lab,
+    env: &mut TestEnv,
+    channel: &lapin::Channel,
+    settings: &[(&'static str, String)],
+    instances: usize,
+) -> anyhow::Result<Applied> {
+    let total = lab.plan.apply_events;
+    let db = env.pool("task").await;
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM members")
+        .fetch_one(&db)
+        .await?;
     let events: Vec<Vec<u8>> = (0..total - total / (NEW_PER_DUPLICATE + 1))
         .map(|_| broker::member_created(Uuid::now_v7(), Uuid::now_v7()))
         .collect();
@@ -100,7 +120,7 @@ async fn apply(lab: &mut Lab, instances: usize) -> anyhow::Result<Applied> {
     let total = deliveries.len();
     let unique = events.len();
     broker::publish_confirmed(
-        &channel,
+        channel,
         amqp::EXCHANGE,
         deliveries
             .into_iter()
@@ -110,22 +130,23 @@ async fn apply(lab: &mut Lab, instances: usize) -> anyhow::Result<Applied> {
     .await?;
 
     let started = Instant::now();
-    let settings = setup::task(&mut env, "not_ready", "http://127.0.0.1:9");
+    let since: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT now()").fetch_one(&db).await?;
     let consumers = futures::future::try_join_all(
-        (0..instances).map(|_| ServiceProcess::start(Service::Task, &settings)),
+        (0..instances).map(|_| ServiceProcess::start(Service::Task, settings)),
     )
     .await?;
-    let db = env.pool("task").await;
     eventually("every event applied", Duration::from_secs(600), || async {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM members")
             .fetch_one(&db)
             .await
             .ok()?;
-        (n as usize == unique).then_some(())
+        ((n - before) as usize == unique).then_some(())
     })
     .await;
     let wall = started.elapsed();
-    let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+    let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox WHERE received_at >= $1")
+        .bind(since)
         .fetch_one(&db)
         .await?;
     anyhow::ensure!(
@@ -133,16 +154,18 @@ async fn apply(lab: &mut Lab, instances: usize) -> anyhow::Result<Applied> {
         "inbox holds {inbox} of {unique} events"
     );
     let applying: f64 = sqlx::query_scalar(
-        "SELECT extract(epoch FROM (SELECT max(replicated_at) FROM members)
-                                 - (SELECT min(received_at) FROM inbox))::float8",
+        "SELECT extract(epoch FROM
+                  (SELECT max(replicated_at) FROM members WHERE replicated_at >= $1)
+                - (SELECT min(received_at) FROM inbox WHERE received_at >= $1))::float8",
     )
+    .bind(since)
     .fetch_one(&db)
     .await?;
     eventually("queue acked empty", Duration::from_secs(30), || async {
-        (queue_depth(&channel, task::consumer::QUEUE).await == 0).then_some(())
+        (queue_depth(channel, task::consumer::QUEUE).await == 0).then_some(())
     })
     .await;
-    let dead = queue_depth(&channel, task::consumer::DEAD_LETTER_QUEUE).await;
+    let dead = queue_depth(channel, task::consumer::DEAD_LETTER_QUEUE).await;
     anyhow::ensure!(dead == 0, "{dead} events dead-lettered");
     for consumer in consumers {
         lab.stop(consumer, "task").await?;

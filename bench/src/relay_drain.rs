@@ -198,7 +198,7 @@ async fn watch_drain(db: PgPool, first: i64, rows: i64) -> anyhow::Result<f64> {
     }
 }
 
-async fn purge(channel: &lapin::Channel) -> anyhow::Result<()> {
+pub(crate) async fn purge(channel: &lapin::Channel) -> anyhow::Result<()> {
     channel
         .queue_purge(task::consumer::QUEUE.into(), Default::default())
         .await?;

@@ -180,7 +180,7 @@ fn ms(v: f64) -> String {
 }
 
 /// 12345.6 → "12,346".
-fn thousands(v: f64) -> String {
+pub(crate) fn thousands(v: f64) -> String {
     let s = format!("{:.0}", v.round());
     let (sign, digits) = s.strip_prefix('-').map_or(("", s.as_str()), |d| ("-", d));
     let mut out = String::new();

@@ -1,6 +1,8 @@
 //! How the bench configures the services it starts: the hash costs and relay
 //! designs it compares, as `AUTH__*` / `TASK__*` settings.
+use memberflow_common::db::{DatabaseSettings, ensure_database};
 use memberflow_tests::env::TestEnv;
+use sqlx::{PgPool, migrate::Migrator};
 
 /// An Argon2id cost.
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +38,9 @@ impl HashCost {
         )
     }
 }
+
+/// The RSS role of auth processes at the production hash cost.
+pub(crate) const PRODUCTION_COST_ROLE: &str = "auth, production hash cost";
 
 /// How auth's outbox relay runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,4 +112,17 @@ pub(crate) fn task(env: &mut TestEnv, mode: &str, auth_url: &str) -> Vec<(&'stat
         ("auth__addr", auth_url.to_owned()),
         ("consistency__mode", mode.to_owned()),
     ]
+}
+
+/// `env`'s database for `service`, created and migrated by `migrator`.
+pub(crate) async fn migrated(
+    env: &mut TestEnv,
+    service: &str,
+    migrator: &Migrator,
+) -> anyhow::Result<PgPool> {
+    let settings = DatabaseSettings::with_url(&env.database_url(service));
+    ensure_database(&settings).await?;
+    let db = PgPool::connect_with(settings.connect_options()?).await?;
+    migrator.run(&db).await?;
+    Ok(db)
 }
