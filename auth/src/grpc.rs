@@ -13,14 +13,13 @@ use memberflow_common::{
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use subtle::ConstantTimeEq;
-use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{
     Error,
     domain::{Email, Member, NewMember, Nickname, Password, ProfileChange, Region},
-    outbox::{self, EventKind},
+    outbox::{self, EventKind, wake::RelayWake},
     password::Hasher,
     repo,
     throttle::LoginThrottle,
@@ -40,7 +39,7 @@ pub struct AuthApi {
     pub(crate) token_ttl: Duration,
     pub(crate) service_token: SecretString,
     /// Wakes the outbox relay after each commit.
-    pub(crate) relay_wake: Arc<Notify>,
+    pub(crate) relay_wake: Arc<RelayWake>,
     /// Login and ChangePassword attempts per account and per peer.
     pub(crate) throttle: LoginThrottle,
 }
@@ -116,7 +115,7 @@ impl AuthApi {
             })?;
         let event_id = outbox::enqueue(&mut tx, EventKind::Created, &member).await?;
         tx.commit().await?;
-        self.relay_wake.notify_one();
+        self.relay_wake.committed();
         tracing::Span::current()
             .record("member_id", tracing::field::display(member.id))
             .record("event_id", tracing::field::display(event_id));
@@ -137,7 +136,7 @@ impl AuthApi {
         };
         let event_id = outbox::enqueue(&mut tx, EventKind::Updated, &member).await?;
         tx.commit().await?;
-        self.relay_wake.notify_one();
+        self.relay_wake.committed();
         tracing::Span::current().record("event_id", tracing::field::display(event_id));
         Ok(member)
     }
@@ -173,7 +172,7 @@ impl AuthApi {
             .ok_or(Error::ConcurrentChange)?;
         let event_id = outbox::enqueue(&mut tx, EventKind::SessionsRevoked, &member).await?;
         tx.commit().await?;
-        self.relay_wake.notify_one();
+        self.relay_wake.committed();
         tracing::Span::current().record("event_id", tracing::field::display(event_id));
         Ok(member)
     }

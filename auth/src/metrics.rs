@@ -44,6 +44,9 @@ pub struct AuthMetrics {
     pub relay_batch: Histogram,
     /// `memberflow_relay_leader`: 1 while this instance's relay leads.
     pub relay_leader: Gauge,
+    /// `memberflow_relay_wake_failures_total`: NOTIFYs to another
+    /// instance's relay that failed (it publishes at its next poll).
+    pub relay_wake_failures: Counter,
     /// `memberflow_password_hash_queue`: hashes waiting for a hashing thread.
     pub password_hash_queue: Gauge,
     /// `memberflow_password_hash_rejected_total`: hashes refused because the
@@ -68,6 +71,7 @@ impl AuthMetrics {
             relay_publish_failures: Counter::default(),
             relay_batch: Histogram::new(latency_buckets()),
             relay_leader: Gauge::default(),
+            relay_wake_failures: Counter::default(),
             password_hash_queue: Gauge::default(),
             password_hash_rejected: Counter::default(),
             password_hash_abandoned: Counter::default(),
@@ -108,6 +112,11 @@ impl AuthMetrics {
             "memberflow_relay_leader",
             "1 while this instance's relay is the leader",
             m.relay_leader.clone(),
+        );
+        r.register(
+            "memberflow_relay_wake_failures",
+            "NOTIFYs to the relay leader in another instance that failed; it publishes at its next poll",
+            m.relay_wake_failures.clone(),
         );
         r.register(
             "memberflow_password_hash_queue",

@@ -1,6 +1,5 @@
 //! Builds and runs the auth service: the gRPC server, database bootstrap and
 //! the outbox relay, all stopped by one shutdown token.
-use std::sync::Arc;
 
 use chrono::Duration;
 use memberflow_common::{
@@ -10,13 +9,15 @@ use memberflow_common::{
     startup::{self, Gate, Prepared, spawn_health},
     token::{PublicKey, Signer, Verifier},
 };
-use tokio::sync::Notify;
 use tonic::service::interceptor::InterceptedService;
 
 use crate::{
     grpc::AuthApi,
     metrics::AuthMetrics,
-    outbox::relay::{Relay, watch_outbox},
+    outbox::{
+        relay::{Relay, watch_outbox},
+        wake::RelayWake,
+    },
     password::Hasher,
     settings::Settings,
     throttle::LoginThrottle,
@@ -56,7 +57,7 @@ impl Application {
         let started = self.prepared.start(SERVICE_NAME, &shutdown).await?;
         let (settings, pool) = (started.settings, started.pool);
         let metrics = AuthMetrics::register(&started.registry);
-        let relay_wake = Arc::new(Notify::new());
+        let relay_wake = RelayWake::new(settings.relay.wake_on_commit);
         let throttle = LoginThrottle::new(&settings.login_throttle, metrics.clone());
         let api = AuthApi {
             pool: pool.clone(),
@@ -92,10 +93,15 @@ impl Application {
                 settings.database.direct_connect_options()?,
                 settings.amqp.nodes(),
                 settings.relay.clone(),
-                relay_wake,
+                relay_wake.clone(),
                 metrics.clone(),
             );
             Ok(vec![
+                tokio::spawn(relay_wake.clone().run_notifier(
+                    pool.clone(),
+                    metrics.relay_wake_failures.clone(),
+                    shutdown.clone(),
+                )),
                 tokio::spawn(throttle.prune(shutdown.clone())),
                 tokio::spawn(watch_outbox(pool.clone(), metrics, shutdown.clone())),
                 tokio::spawn(relay.run(shutdown.clone())),

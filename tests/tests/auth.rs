@@ -10,7 +10,7 @@ use memberflow_common::{
 };
 use memberflow_tests::{
     amqp::TestQueue,
-    apps::{auth_settings, spawn_auth},
+    apps::{TestAuth, auth_settings, spawn_auth},
     env::TestEnv,
     eventually,
     proxy::TcpProxy,
@@ -689,6 +689,52 @@ async fn a_killed_leader_session_hands_over_and_the_outbox_drains() {
     let new = leader_pid(&pool).await;
     assert_ne!(new, old, "a new session leads");
     assert_eq!(observer.depth().await, 0, "each event published once");
+}
+
+/// Whether this instance's relay leads (its `memberflow_relay_leader`).
+async fn leads(auth: &TestAuth) -> bool {
+    let (_, body) = memberflow_tests::http::get(auth.metrics_addr, "/metrics")
+        .await
+        .unwrap();
+    body.lines()
+        .any(|l| l.trim() == "memberflow_relay_leader 1")
+}
+
+/// With the outbox trigger gone, a commit in an instance whose relay does
+/// not lead must still wake the leader at once (a NOTIFY from the
+/// committing instance), and the leader's own commits wake it in process.
+/// The relays' poll is set to ten minutes, so only a wake-up publishes
+/// within the wait.
+#[tokio::test]
+async fn a_signup_on_a_standby_wakes_the_leader_in_another_instance() {
+    let mut env = TestEnv::new();
+    let observer = TestQueue::bind(&env.amqp_url(), "observer").await;
+    let mut settings = || {
+        let mut s = auth_settings(&mut env);
+        s.relay.poll_interval_ms = 600_000;
+        s
+    };
+    let (a, b) = (settings(), settings());
+    let a = spawn_auth(a).await;
+    let b = spawn_auth(b).await;
+    let (leader, standby) = eventually("one instance leads", WAIT, || async {
+        match (leads(&a).await, leads(&b).await) {
+            (true, false) => Some((&a, &b)),
+            (false, true) => Some((&b, &a)),
+            _ => None,
+        }
+    })
+    .await;
+    for (i, instance) in [standby, leader, standby].into_iter().enumerate() {
+        instance
+            .client
+            .clone()
+            .sign_up(signup(&format!("wake{i}@example.com")))
+            .await
+            .unwrap();
+        observer.take(1, WAIT).await;
+    }
+    wait_outbox_empty(&env.pool("auth").await).await;
 }
 
 /// `msg` with the service credential task presents.

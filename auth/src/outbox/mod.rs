@@ -4,6 +4,7 @@ pub mod parked;
 pub mod publisher;
 pub mod relay;
 pub mod settle;
+pub mod wake;
 
 use chrono::{DateTime, Utc};
 use memberflow_common::{

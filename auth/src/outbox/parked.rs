@@ -30,7 +30,8 @@ pub async fn list(pool: &PgPool) -> sqlx::Result<Vec<ParkedRow>> {
 
 /// Moves the rows `ids` (all when empty) back into the outbox, with their
 /// attempts reset, together with every other parked row of the same members,
-/// in their original order; the relay publishes them at once. Returns the
+/// in their original order, and wakes the relay (NOTIFY), which publishes
+/// them at once. Returns the
 /// rows moved, as they were parked.
 pub async fn replay(pool: &PgPool, ids: &[i64]) -> sqlx::Result<Vec<ParkedRow>> {
     let mut tx = pool.begin().await?;
@@ -58,5 +59,10 @@ pub async fn replay(pool: &PgPool, ids: &[i64]) -> sqlx::Result<Vec<ParkedRow>> 
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    // The rows are back for good; a lost wake-up only delays them to the
+    // leader's next poll, so it is not the caller's error.
+    if let Err(e) = super::wake::notify(pool).await {
+        tracing::warn!(error.cause_chain = %memberflow_common::telemetry::error_chain(&e), "replayed, but could not wake the relay; it publishes at its next poll");
+    }
     Ok(rows)
 }

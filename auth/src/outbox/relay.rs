@@ -15,7 +15,8 @@
 //!
 //! # Wake-ups
 //! Commits in this process wake the relay at once; LISTEN/NOTIFY wakes it for
-//! other instances' commits; a slow poll catches anything missed.
+//! other instances' commits (see [`super::wake`]); a slow poll catches
+//! anything missed.
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -29,13 +30,13 @@ use sqlx::{
     Connection, PgConnection, PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
-use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{
     OutboxRow,
     publisher::{Publisher, Stop},
     settle::{RowState, settle},
+    wake::{NOTIFY_CHANNEL, RelayWake},
 };
 use crate::{metrics::AuthMetrics, settings::RelaySettings};
 
@@ -44,8 +45,6 @@ const TOPOLOGY_WARN_EVERY: Duration = Duration::from_secs(30);
 
 /// Advisory lock key of the relay leader ("memberfr" as bytes).
 pub const LEADER_LOCK_KEY: i64 = 0x6d65_6d62_6572_6672;
-/// NOTIFY channel the outbox trigger signals on.
-pub const NOTIFY_CHANNEL: &str = "auth_outbox";
 
 /// What one step of the relay did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -253,18 +252,18 @@ pub struct Relay {
     leader_options: PgConnectOptions,
     brokers: Nodes,
     cfg: RelaySettings,
-    wake: Arc<Notify>,
+    wake: Arc<RelayWake>,
 }
 
 impl Relay {
-    /// `wake` is notified by the RPC handlers after each commit. `db` must
+    /// `wake` is told of the RPC handlers' commits. `db` must
     /// reach PostgreSQL directly (not through a transaction pooler): the
     /// leader lock and LISTEN live in a session.
     pub fn new(
         db: PgConnectOptions,
         brokers: Nodes,
         cfg: RelaySettings,
-        wake: Arc<Notify>,
+        wake: Arc<RelayWake>,
         metrics: AuthMetrics,
     ) -> Self {
         Self {
@@ -288,7 +287,7 @@ impl Relay {
             let (wake, backoff, stop) = (self.wake.clone(), self.cfg.backoff, shutdown.clone());
             tokio::spawn(async move {
                 // After a (re)connect too: commits may have been missed.
-                db::listen(listen, NOTIFY_CHANNEL, backoff, stop, |_| wake.notify_one()).await;
+                db::listen(listen, NOTIFY_CHANNEL, backoff, stop, |_| wake.wake_local()).await;
             });
         }
         let mut retrying = self.cfg.backoff.retrying();
@@ -298,7 +297,9 @@ impl Relay {
             };
             tracing::info!("outbox relay is the leader for this database");
             self.metrics.relay_leader.set(1);
+            self.wake.set_leading(true);
             let led = self.lead(&mut leader, &shutdown).await;
+            self.wake.set_leading(false);
             self.metrics.relay_leader.set(0);
             match led {
                 Ok(()) => {
@@ -416,7 +417,7 @@ impl Relay {
                 Ok(Outcome::Empty) => {
                     retrying.reset();
                     tokio::select! {
-                        () = self.wake.notified(), if self.cfg.wake_on_commit => {}
+                        () = self.wake.woken(), if self.cfg.wake_on_commit => {}
                         () = tokio::time::sleep(poll) => {}
                         () = shutdown.cancelled() => {}
                     }

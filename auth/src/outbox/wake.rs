@@ -1,0 +1,167 @@
+//! How a commit that wrote outbox rows reaches the relay leader.
+//!
+//! The leader is this process or another auth instance on the same database.
+//! While this process leads, an in-process [`Notify`] wakes its relay at
+//! once. While another instance leads, this process sends `NOTIFY
+//! auth_outbox`, which every relay LISTENs to, from one background task that
+//! coalesces: one NOTIFY covers every commit before it.
+//!
+//! Why not a trigger on the outbox, as before: PostgreSQL serialises the
+//! commits of all transactions that sent a NOTIFY on one lock, held through
+//! each commit's WAL flush. With a statement trigger, every signup took that
+//! lock; at 32 clients the bare signup transaction ran at 0.63× its rate
+//! without the trigger (bench, 2026-11-29). Here the NOTIFY is its own small
+//! transaction, off the RPC's path, with `synchronous_commit` off (a wake-up
+//! need not be durable: the relay's poll is the backstop), and none is sent
+//! at all while this process leads.
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use memberflow_common::{shutdown::CancellationToken, telemetry::error_chain};
+use prometheus_client::metrics::counter::Counter;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+/// The channel every relay LISTENs on.
+pub const NOTIFY_CHANNEL: &str = "auth_outbox";
+
+/// Wakes the relay leader, wherever it runs. One per process, shared by the
+/// RPC handlers (which call [`Self::committed`]) and the relay.
+#[derive(Debug, Default)]
+pub struct RelayWake {
+    /// False for a pure polling relay (`relay.wake_on_commit = false`).
+    enabled: bool,
+    /// Whether this process's relay holds the leader lock.
+    leading: AtomicBool,
+    /// Wakes this process's relay.
+    local: Notify,
+    /// Asks the notifier task for a NOTIFY to the other instances.
+    remote: Notify,
+}
+
+impl RelayWake {
+    pub fn new(enabled: bool) -> Arc<Self> {
+        Arc::new(Self {
+            enabled,
+            ..Self::default()
+        })
+    }
+
+    /// After a commit that wrote outbox rows.
+    pub fn committed(&self) {
+        if !self.enabled {
+            return;
+        }
+        match self.target() {
+            Target::Local => self.local.notify_one(),
+            Target::Remote => self.remote.notify_one(),
+        }
+    }
+
+    /// Which relay a commit must wake now.
+    fn target(&self) -> Target {
+        target(self.leading.load(Ordering::Acquire))
+    }
+
+    /// Wakes this process's relay (its LISTEN heard a NOTIFY).
+    pub(crate) fn wake_local(&self) {
+        self.local.notify_one();
+    }
+
+    /// Waits for a wake-up of this process's relay.
+    pub(crate) async fn woken(&self) {
+        self.local.notified().await;
+    }
+
+    /// Called by the relay as it takes or gives up the leader lock. A commit
+    /// that raced a step-down is not lost: a new leader reads the whole
+    /// outbox first.
+    pub(crate) fn set_leading(&self, leading: bool) {
+        self.leading.store(leading, Ordering::Release);
+    }
+
+    /// Sends the NOTIFYs the other instances' relays wait for, until
+    /// `shutdown`. A failed NOTIFY is counted in `failures` and logged; the
+    /// leader's poll (`relay.poll_interval_ms`) publishes the rows anyway.
+    pub async fn run_notifier(
+        self: Arc<Self>,
+        pool: PgPool,
+        failures: Counter,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = self.remote.notified() => {}
+                () = shutdown.cancelled() => return,
+            }
+            if let Err(e) = notify(&pool).await {
+                failures.inc();
+                tracing::warn!(error.cause_chain = %error_chain(&e), "could not wake the relay leader in another instance; it will poll");
+            }
+        }
+    }
+}
+
+/// Where a commit's wake-up goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// This process leads: wake its relay in process.
+    Local,
+    /// Another instance leads (or none yet): NOTIFY.
+    Remote,
+}
+
+fn target(leading: bool) -> Target {
+    if leading {
+        Target::Local
+    } else {
+        Target::Remote
+    }
+}
+
+/// One `NOTIFY auth_outbox` in its own transaction, not waiting for the WAL
+/// flush. Also what `memberflow-admin outbox replay` sends after it moves
+/// rows back.
+pub async fn notify(pool: &PgPool) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(NOTIFY_CHANNEL)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leader_wakes_itself_and_a_standby_notifies() {
+        assert_eq!(target(true), Target::Local);
+        assert_eq!(target(false), Target::Remote);
+    }
+
+    #[tokio::test]
+    async fn a_disabled_wake_sends_nothing() {
+        let wake = RelayWake::new(false);
+        wake.set_leading(true);
+        wake.committed();
+        // A zero timeout polls once: a stored permit would complete it.
+        let woken = tokio::time::timeout(std::time::Duration::ZERO, wake.woken());
+        assert!(woken.await.is_err(), "a polling relay is not woken");
+    }
+
+    #[tokio::test]
+    async fn a_leaders_commit_wakes_its_relay() {
+        let wake = RelayWake::new(true);
+        wake.set_leading(true);
+        wake.committed();
+        // The permit is stored: the relay sees it even if it waits later.
+        wake.woken().await;
+    }
+}
