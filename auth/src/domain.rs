@@ -130,6 +130,25 @@ pub struct Member {
 }
 
 impl Member {
+    /// A member just signed up at `now`, at version 1. Times are kept to the
+    /// microsecond, as PostgreSQL stores them, so the event carries exactly
+    /// the stored `updated_at`.
+    pub fn signed_up(id: Uuid, new: &NewMember, now: DateTime<Utc>) -> Self {
+        use chrono::SubsecRound as _;
+        let now = now.trunc_subsecs(6);
+        Self {
+            id,
+            email: new.email.as_str().to_owned(),
+            nickname: new.nickname.as_str().to_owned(),
+            region: new.region.as_str().to_owned(),
+            version: 1,
+            created_at: now,
+            updated_at: now,
+            sessions_not_before: None,
+            sessions_version: 0,
+        }
+    }
+
     /// The member's last session revocation, as tokens are checked against.
     pub fn sessions(&self) -> memberflow_common::token::SessionsRevoked {
         memberflow_common::token::SessionsRevoked {

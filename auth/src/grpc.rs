@@ -103,18 +103,16 @@ impl AuthApi {
     async fn sign_up(&self, new: NewMember) -> Result<Member, Error> {
         // Hash before opening the transaction: it takes milliseconds of CPU.
         let hash = self.hasher.hash(&new.password).await?;
-        let mut tx = self.pool.begin().await?;
-        let member = repo::insert_member(&mut tx, Uuid::now_v7(), &new, &hash)
-            .await
-            .map_err(|e| {
-                if repo::on_constraint(&e, repo::EMAIL_UNIQUE) {
-                    Error::EmailTaken
-                } else {
-                    e.into()
-                }
-            })?;
-        let event_id = outbox::enqueue(&mut tx, EventKind::Created, &member).await?;
-        tx.commit().await?;
+        let (member, event_id) =
+            repo::insert_member(&self.pool, &new, &hash)
+                .await
+                .map_err(|e| {
+                    if repo::on_constraint(&e, repo::EMAIL_UNIQUE) {
+                        Error::EmailTaken
+                    } else {
+                        e.into()
+                    }
+                })?;
         self.relay_wake.committed();
         tracing::Span::current()
             .record("member_id", tracing::field::display(member.id))

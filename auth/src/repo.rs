@@ -1,9 +1,15 @@
 //! Member persistence. Functions take `&mut PgConnection` so the caller owns
-//! the transaction: that is how the outbox row rides in the same commit.
-use sqlx::{PgConnection, PgPool};
+//! the transaction: that is how the outbox row rides in the same commit. A
+//! signup needs no transaction of its own: one statement writes the member
+//! and its event.
+use chrono::Utc;
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{Member, NewMember, ProfileChange};
+use crate::{
+    domain::{Member, NewMember, ProfileChange},
+    outbox::{self, EventKind, NewEvent, bind_event},
+};
 
 const MEMBER_COLUMNS: &str = "id, email, nickname, region, version, created_at, updated_at, \
                               sessions_not_before, sessions_version";
@@ -11,24 +17,40 @@ const MEMBER_COLUMNS: &str = "id, email, nickname, region, version, created_at, 
 /// Name of the unique constraint that makes emails unique.
 pub const EMAIL_UNIQUE: &str = "members_email_key";
 
-/// Inserts a new member at version 1.
-pub async fn insert_member(
-    conn: &mut PgConnection,
-    id: Uuid,
+/// Inserts a new member at version 1 and its `member.created` event in one
+/// statement, so one round trip commits both or neither (a taken email fails
+/// the whole statement). Returns the member and the event id.
+pub async fn insert_member<'e>(
+    db: impl PgExecutor<'e>,
     new: &NewMember,
     password_hash: &str,
-) -> sqlx::Result<Member> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO members (id, email, password_hash, nickname, region)
-         VALUES ($1, $2, $3, $4, $5) RETURNING {MEMBER_COLUMNS}"
-    )))
-    .bind(id)
-    .bind(new.email.as_str())
-    .bind(password_hash)
-    .bind(new.nickname.as_str())
-    .bind(new.region.as_str())
-    .fetch_one(conn)
-    .await
+) -> sqlx::Result<(Member, Uuid)> {
+    let member = Member::signed_up(Uuid::now_v7(), new, Utc::now());
+    let event = NewEvent::new(EventKind::Created, &member);
+    let (columns, params) = outbox::insert_columns(8);
+    bind_event(
+        sqlx::query_as::<_, (Uuid,)>(sqlx::AssertSqlSafe(format!(
+            "WITH member AS (
+                 INSERT INTO members (id, email, password_hash, nickname, region, version,
+                                      created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+                 RETURNING id)
+             INSERT INTO outbox ({columns})
+             SELECT {params} FROM member
+             RETURNING member_id"
+        )))
+        .bind(member.id)
+        .bind(member.email.as_str())
+        .bind(password_hash)
+        .bind(member.nickname.as_str())
+        .bind(member.region.as_str())
+        .bind(member.version)
+        .bind(member.created_at),
+        &event,
+    )
+    .fetch_one(db)
+    .await?;
+    Ok((member, event.event_id))
 }
 
 /// The member id, password hash and version for `email` (already

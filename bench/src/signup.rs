@@ -1,11 +1,7 @@
 //! Signups through auth's API, and the same SQL transaction without the
 //! service around it (the limit the service is compared against).
 use anyhow::Context as _;
-use auth::{
-    domain::NewMember,
-    outbox::{self, EventKind},
-    repo,
-};
+use auth::{domain::NewMember, repo};
 use memberflow_common::proto::auth::v1::{SignUpRequest, auth_service_client::AuthServiceClient};
 use sqlx::PgPool;
 use tonic::transport::Channel;
@@ -44,9 +40,6 @@ const STORED_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$YmVuY2hzYWx0YmVuY2g$0M
 /// validation or hashing around it.
 pub(crate) async fn raw_transaction(pool: PgPool, req: SignUpRequest) -> anyhow::Result<Uuid> {
     let new = NewMember::try_from(req).map_err(|_| anyhow::anyhow!("invalid signup"))?;
-    let mut tx = pool.begin().await?;
-    let member = repo::insert_member(&mut tx, Uuid::now_v7(), &new, STORED_HASH).await?;
-    outbox::enqueue(&mut tx, EventKind::Created, &member).await?;
-    tx.commit().await?;
+    let (member, _) = repo::insert_member(&pool, &new, STORED_HASH).await?;
     Ok(member.id)
 }

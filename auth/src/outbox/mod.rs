@@ -67,6 +67,65 @@ pub fn encode(kind: EventKind, event_id: Uuid, member: &Member) -> Vec<u8> {
     }
 }
 
+/// An outbox row about to be written: the event for a member's new state,
+/// encoded, with the trace of the change that caused it.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub routing_key: &'static str,
+    pub member_id: Uuid,
+    pub version: i64,
+    pub payload: Vec<u8>,
+    pub occurred_at: DateTime<Utc>,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+impl NewEvent {
+    /// The `kind` event for `member` as it is after the change.
+    pub fn new(kind: EventKind, member: &Member) -> Self {
+        let event_id = Uuid::now_v7();
+        // The trace of the change rides with its event.
+        let trace = trace_context::current();
+        Self {
+            event_id,
+            routing_key: kind.routing_key(),
+            member_id: member.id,
+            version: member.version,
+            payload: encode(kind, event_id, member),
+            occurred_at: member.updated_at,
+            traceparent: trace.traceparent,
+            tracestate: trace.tracestate,
+        }
+    }
+}
+
+/// The outbox columns a [`NewEvent`] fills, and its parameters from `$first`
+/// on, in the same order: the one definition both writers use.
+pub(crate) fn insert_columns(first: usize) -> (&'static str, String) {
+    let params: Vec<String> = (first..first + 8).map(|i| format!("${i}")).collect();
+    (
+        "event_id, routing_key, member_id, version, payload, occurred_at, traceparent, tracestate",
+        params.join(", "),
+    )
+}
+
+/// Binds `event` in [`insert_columns`] order.
+pub(crate) fn bind_event<'q, O>(
+    query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    event: &'q NewEvent,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    query
+        .bind(event.event_id)
+        .bind(event.routing_key)
+        .bind(event.member_id)
+        .bind(event.version)
+        .bind(&event.payload)
+        .bind(event.occurred_at)
+        .bind(event.traceparent.as_deref())
+        .bind(event.tracestate.as_deref())
+}
+
 /// Writes the event for `member` into the outbox, inside the caller's
 /// transaction. Returns the event id.
 pub async fn enqueue(
@@ -74,25 +133,17 @@ pub async fn enqueue(
     kind: EventKind,
     member: &Member,
 ) -> sqlx::Result<Uuid> {
-    let event_id = Uuid::now_v7();
-    // The trace of the change rides with its event.
-    let trace = trace_context::current();
-    sqlx::query(
-        "INSERT INTO outbox (event_id, routing_key, member_id, version, payload, occurred_at,
-                             traceparent, tracestate)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    let event = NewEvent::new(kind, member);
+    let (columns, params) = insert_columns(1);
+    bind_event(
+        sqlx::query_as::<_, (Uuid,)>(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO outbox ({columns}) VALUES ({params}) RETURNING event_id"
+        ))),
+        &event,
     )
-    .bind(event_id)
-    .bind(kind.routing_key())
-    .bind(member.id)
-    .bind(member.version)
-    .bind(encode(kind, event_id, member))
-    .bind(member.updated_at)
-    .bind(trace.traceparent)
-    .bind(trace.tracestate)
-    .execute(conn)
+    .fetch_one(conn)
     .await?;
-    Ok(event_id)
+    Ok(event.event_id)
 }
 
 /// One row waiting to be published.
