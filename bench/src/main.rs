@@ -50,6 +50,8 @@ struct Plan {
     hits: usize,
     misses: usize,
     not_ready: usize,
+    /// UpdateProfile → CreateTask pairs for read-your-writes.
+    zone_moves: usize,
     /// The at-scale phase's data size.
     scale: at_scale::Scale,
 }
@@ -71,6 +73,7 @@ impl Plan {
             hits: 2_000,
             misses: 1_000,
             not_ready: 300,
+            zone_moves: 1_000,
             scale: at_scale::Scale {
                 members: 1_000_000,
                 inbox: 10_000_000,
@@ -97,6 +100,7 @@ impl Plan {
             hits: 200,
             misses: 100,
             not_ready: 30,
+            zone_moves: 100,
             scale: at_scale::Scale {
                 members: 20_000,
                 inbox: 200_000,

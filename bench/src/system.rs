@@ -14,7 +14,10 @@ use std::{
 use memberflow_common::{
     client::TaskClient,
     db::{DatabaseSettings, ensure_database},
-    proto::{auth::v1::auth_service_client::AuthServiceClient, task::v1::CreateTaskRequest},
+    proto::{
+        auth::v1::{UpdateProfileRequest, auth_service_client::AuthServiceClient},
+        task::v1::CreateTaskRequest,
+    },
 };
 use memberflow_tests::{apps::mint_token, env::TestEnv, eventually};
 use sqlx::{PgPool, postgres::PgPoolOptions};
@@ -262,6 +265,21 @@ pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
                 && retried as f64 <= 0.01 * plan.not_ready as f64,
         ),
     );
+    let (moved, moves) = zone_moves(&signups, &task.channel, plan.zone_moves).await?;
+    lab.add(
+        Figure::new(
+            "UpdateProfile then CreateTask in the new zone",
+            format!(
+                "{} tries, one member, sequential: UpdateProfile(region) through auth, then at once CreateTask through TaskClient with the response's consistency token, task in not_ready mode; {moved} of {} resolved in the new zone",
+                plan.zone_moves, plan.zone_moves
+            ),
+            Measure::Latency(moves),
+        )
+        .target(
+            "100% in the new zone",
+            moved == plan.zone_moves,
+        ),
+    );
     let mut no_wait = setup::task(&mut env, "not_ready", &auth.url());
     no_wait.push(("consistency__wait_ms", "0".into()));
     let no_wait = ServiceProcess::start(Service::Task, &no_wait).await?;
@@ -324,6 +342,45 @@ pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
     lab.stop(polling, "auth").await?;
     lab.stop(no_wait, "task").await?;
     Ok(())
+}
+
+/// `n` times: move one member to the next of four zones, then at once create
+/// a task with the UpdateProfile's consistency token. Returns how many tasks
+/// resolved in the zone just set, and the time of each pair.
+async fn zone_moves(
+    signups: &AuthServiceClient<Channel>,
+    task: &Channel,
+    n: usize,
+) -> anyhow::Result<(usize, Latency)> {
+    const ZONES: [&str; 4] = [
+        "America/New_York",
+        "Europe/Paris",
+        "Australia/Sydney",
+        "Asia/Seoul",
+    ];
+    let id = signup::sign_up(signups.clone(), signup::request("mover", 0)).await?;
+    let token = mint_token(id, chrono::Duration::hours(1));
+    let mut auth = signups.clone();
+    let mut times = Vec::with_capacity(n);
+    let mut moved = 0;
+    for i in 0..n {
+        let zone = ZONES[i % ZONES.len()];
+        let start = Instant::now();
+        let mut req = tonic::Request::new(UpdateProfileRequest {
+            nickname: None,
+            region: Some(zone.to_owned()),
+        });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+        let updated = auth.update_profile(req).await?.into_inner();
+        let created = TaskClient::new(task.clone(), &token)?
+            .with_consistency_token(updated.consistency_token)
+            .create_task(task_request())
+            .await?;
+        times.push(start.elapsed());
+        moved += usize::from(created.time_zone == zone);
+    }
+    Ok((moved, Latency::of(&times)))
 }
 
 /// Durations in milliseconds, for the charts.
