@@ -17,6 +17,21 @@ const MEMBER_COLUMNS: &str = "id, email, nickname, region, version, created_at, 
 /// Name of the unique constraint that makes emails unique.
 pub const EMAIL_UNIQUE: &str = "members_email_key";
 
+/// [`insert_member`]'s statement: the member, then its event from the row.
+static INSERT_MEMBER_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let (columns, params) = outbox::insert_columns(8);
+    format!(
+        "WITH member AS (
+             INSERT INTO members (id, email, password_hash, nickname, region, version,
+                                  created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+             RETURNING id)
+         INSERT INTO outbox ({columns})
+         SELECT {params} FROM member
+         RETURNING member_id"
+    )
+});
+
 /// Inserts a new member at version 1 and its `member.created` event in one
 /// statement, so one round trip commits both or neither (a taken email fails
 /// the whole statement). Returns the member and the event id.
@@ -27,25 +42,15 @@ pub async fn insert_member<'e>(
 ) -> sqlx::Result<(Member, Uuid)> {
     let member = Member::signed_up(Uuid::now_v7(), new, Utc::now());
     let event = NewEvent::new(EventKind::Created, &member);
-    let (columns, params) = outbox::insert_columns(8);
     bind_event(
-        sqlx::query_as::<_, (Uuid,)>(sqlx::AssertSqlSafe(format!(
-            "WITH member AS (
-                 INSERT INTO members (id, email, password_hash, nickname, region, version,
-                                      created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
-                 RETURNING id)
-             INSERT INTO outbox ({columns})
-             SELECT {params} FROM member
-             RETURNING member_id"
-        )))
-        .bind(member.id)
-        .bind(member.email.as_str())
-        .bind(password_hash)
-        .bind(member.nickname.as_str())
-        .bind(member.region.as_str())
-        .bind(member.version)
-        .bind(member.created_at),
+        sqlx::query_as::<_, (Uuid,)>(sqlx::AssertSqlSafe(INSERT_MEMBER_SQL.as_str()))
+            .bind(member.id)
+            .bind(member.email.as_str())
+            .bind(password_hash)
+            .bind(member.nickname.as_str())
+            .bind(member.region.as_str())
+            .bind(member.version)
+            .bind(member.created_at),
         &event,
     )
     .fetch_one(db)

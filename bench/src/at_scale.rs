@@ -18,8 +18,8 @@ use crate::{
     load::closed_loop,
     relay_drain::{drain_to, purge},
     report::{Figure, Measure},
-    service::{Service, ServiceProcess},
-    setup::{self, HashCost, RelayDesign},
+    service::start_system,
+    setup::{self, RelayDesign},
     stats::Latency,
     system::{create_tasks, measure_propagation},
 };
@@ -207,16 +207,7 @@ async fn measure(lab: &mut Lab, scale: Scale, seed: bool) -> anyhow::Result<Cost
     .await?
     .latency;
 
-    let auth = ServiceProcess::start(
-        Service::Auth,
-        &setup::auth(&mut env, HashCost::BENCH, RelayDesign::Batched),
-    )
-    .await?;
-    let task = ServiceProcess::start(
-        Service::Task,
-        &setup::task(&mut env, "not_ready", &auth.url()),
-    )
-    .await?;
+    let (auth, task) = start_system(&mut env, "not_ready", &[]).await?;
     let signups = AuthServiceClient::new(auth.channel.clone());
     let propagated = measure_propagation(&signups, &task_db, RATE, plan.propagation).await?;
     let hits = &propagated.members[..plan.hits.min(propagated.members.len())];
@@ -241,6 +232,15 @@ const UUID7: &str = "encode(overlay(uuid_send(gen_random_uuid()) \
      placing substring(int8send((extract(epoch FROM ts) * 1000)::int8) FROM 3) \
      FROM 1 FOR 6), 'hex')::uuid";
 
+/// Rows `i` = 1..=`$1`, each with a time `ts` spread evenly over the `span`
+/// (a PostgreSQL interval) before now, oldest first.
+fn spread_over(span: &str) -> String {
+    format!(
+        "FROM generate_series(1, $1) i,
+              LATERAL (SELECT now() - interval '{span}' * (1 - i::float8 / $1) AS ts) t"
+    )
+}
+
 /// `n` members in auth, signed up over the last year, as a signup writes
 /// them (the hash is a fixed placeholder: nobody logs in as them).
 async fn seed_auth(db: &PgPool, n: i64) -> anyhow::Result<()> {
@@ -249,8 +249,8 @@ async fn seed_auth(db: &PgPool, n: i64) -> anyhow::Result<()> {
          SELECT {UUID7}, 'seed-' || i || '@example.com',
                 '$argon2id$v=19$m=65536,t=3,p=1$c2VlZHNlZWRzZWVk$c2VlZHNlZWRzZWVkc2VlZHNlZWRzZWVk',
                 'seed member ' || i, 'Asia/Seoul', ts, ts
-           FROM generate_series(1, $1) i,
-                LATERAL (SELECT now() - interval '365 days' * (1 - i::float8 / $1) AS ts) t"
+         {}",
+        spread_over("365 days")
     )))
     .bind(n)
     .execute(db)
@@ -266,8 +266,8 @@ async fn seed_task(db: &PgPool, members: i64, inbox: i64) -> anyhow::Result<()> 
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO members (id, nickname, region, version, occurred_at, replicated_at)
          SELECT {UUID7}, 'seed member ' || i, 'Asia/Seoul', 1, ts, ts
-           FROM generate_series(1, $1) i,
-                LATERAL (SELECT now() - interval '365 days' * (1 - i::float8 / $1) AS ts) t"
+         {}",
+        spread_over("365 days")
     )))
     .bind(members)
     .execute(db)
@@ -275,8 +275,8 @@ async fn seed_task(db: &PgPool, members: i64, inbox: i64) -> anyhow::Result<()> 
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO inbox (event_id, received_at)
          SELECT {UUID7}, ts
-           FROM generate_series(1, $1) i,
-                LATERAL (SELECT now() - interval '167 hours' * (1 - i::float8 / $1) AS ts) t"
+         {}",
+        spread_over("167 hours")
     )))
     .bind(inbox)
     .execute(db)

@@ -31,25 +31,26 @@ impl Charts {
         let stem = json.with_extension("");
         let path = |name: &str| PathBuf::from(format!("{}-{name}.svg", stem.display()));
         let mut written = Vec::new();
-        if !self.propagation.is_empty() {
-            let file = path("propagation");
-            cumulative(
-                &file,
+        let curves = [
+            (
+                "propagation",
                 "Propagation signup → replica at 500 signups/s",
                 "commit → applied in task's replica (ms, log scale)",
                 &self.propagation,
-            )?;
-            written.push(file);
-        }
-        if !self.not_ready.is_empty() {
-            let file = path("not-ready");
-            cumulative(
-                &file,
+            ),
+            (
+                "not-ready",
                 "not_ready: CreateTask right after SignUp, time to success",
                 "time to a created task (ms, log scale)",
                 &self.not_ready,
-            )?;
-            written.push(file);
+            ),
+        ];
+        for (name, title, x_desc, series) in curves {
+            if !series.is_empty() {
+                let file = path(name);
+                cumulative(&file, title, x_desc, series)?;
+                written.push(file);
+            }
         }
         if !self.at_scale.is_empty() {
             let file = path("at-scale");

@@ -21,8 +21,7 @@ use uuid::Uuid;
 use crate::{
     Lab,
     report::{Figure, Measure},
-    service::{Service, ServiceProcess},
-    setup::{self, HashCost, RelayDesign},
+    service::start_system,
     stats::Latency,
 };
 
@@ -38,16 +37,7 @@ fn python() -> String {
 pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
     let n = lab.plan.client_calls;
     let mut env = TestEnv::new();
-    let auth = ServiceProcess::start(
-        Service::Auth,
-        &setup::auth(&mut env, HashCost::BENCH, RelayDesign::Batched),
-    )
-    .await?;
-    let task = ServiceProcess::start(
-        Service::Task,
-        &setup::task(&mut env, "read_through", &auth.url()),
-    )
-    .await?;
+    let (auth, task) = start_system(&mut env, "read_through", &[]).await?;
     let tonic = tonic_samples(&auth.url(), &task.url(), n).await?;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/grpcio_latency.py");
     let (auth_url, task_url) = (auth.url(), task.url());

@@ -10,7 +10,7 @@ use crate::{
     Lab, broker, consumer_apply,
     relay_drain::drain_to,
     report::{Figure, Measure},
-    service::{Service, ServiceProcess},
+    service::start_system,
     setup::{self, HashCost, RelayDesign},
     system::measure_propagation,
 };
@@ -129,16 +129,11 @@ async fn propagate(
     env: &mut TestEnv,
     urls: Option<&str>,
 ) -> anyhow::Result<crate::stats::Latency> {
-    let on_nodes = |mut settings: Vec<(&'static str, String)>| {
-        if let Some(urls) = urls {
-            settings.push(("amqp__urls", urls.to_owned()));
-        }
-        settings
-    };
-    let auth_settings = on_nodes(setup::auth(env, HashCost::BENCH, RelayDesign::Batched));
-    let auth = ServiceProcess::start(Service::Auth, &auth_settings).await?;
-    let task_settings = on_nodes(setup::task(env, "not_ready", &auth.url()));
-    let task = ServiceProcess::start(Service::Task, &task_settings).await?;
+    let nodes: Vec<(&'static str, String)> = urls
+        .map(|urls| ("amqp__urls", urls.to_owned()))
+        .into_iter()
+        .collect();
+    let (auth, task) = start_system(env, "not_ready", &nodes).await?;
     let signups = AuthServiceClient::new(auth.channel.clone());
     let task_db = env.pool("task").await;
     let latency = measure_propagation(&signups, &task_db, RATE, lab.plan.propagation)

@@ -197,3 +197,21 @@ impl ServiceProcess {
         Ok(peak)
     }
 }
+
+/// auth (bench hash cost, the shipped relay) and then task in consistency
+/// `mode`, reading through to that auth, both on `env`'s databases and
+/// broker; `extra` settings go to both (e.g. `amqp__urls`).
+pub(crate) async fn start_system(
+    env: &mut memberflow_tests::env::TestEnv,
+    mode: &str,
+    extra: &[(&'static str, String)],
+) -> anyhow::Result<(ServiceProcess, ServiceProcess)> {
+    use crate::setup::{self, HashCost, RelayDesign};
+    let mut auth_settings = setup::auth(env, HashCost::BENCH, RelayDesign::Batched);
+    auth_settings.extend_from_slice(extra);
+    let auth = ServiceProcess::start(Service::Auth, &auth_settings).await?;
+    let mut task_settings = setup::task(env, mode, &auth.url());
+    task_settings.extend_from_slice(extra);
+    let task = ServiceProcess::start(Service::Task, &task_settings).await?;
+    Ok((auth, task))
+}

@@ -30,7 +30,7 @@ use crate::{
     Lab,
     load::{Run, closed_loop, open_loop},
     report::{Figure, Measure},
-    service::{Service, ServiceProcess},
+    service::{Service, ServiceProcess, start_system},
     setup::{self, HashCost, RelayDesign},
     signup,
     stats::Latency,
@@ -40,16 +40,7 @@ pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
     let plan = lab.plan.clone();
     let mut env = TestEnv::new();
     let bench_cost = HashCost::BENCH;
-    let auth = ServiceProcess::start(
-        Service::Auth,
-        &setup::auth(&mut env, bench_cost, RelayDesign::Batched),
-    )
-    .await?;
-    let task = ServiceProcess::start(
-        Service::Task,
-        &setup::task(&mut env, "not_ready", &auth.url()),
-    )
-    .await?;
+    let (auth, task) = start_system(&mut env, "not_ready", &[]).await?;
     let signups = AuthServiceClient::new(auth.channel.clone());
     let task_db = env.pool("task").await;
 

@@ -101,7 +101,8 @@ impl NewEvent {
 }
 
 /// The outbox columns a [`NewEvent`] fills, and its parameters from `$first`
-/// on, in the same order: the one definition both writers use.
+/// on, in the same order: the one definition both writers use. Called once
+/// per statement text (the texts are built once, not per RPC).
 pub(crate) fn insert_columns(first: usize) -> (&'static str, String) {
     let params: Vec<String> = (first..first + 8).map(|i| format!("${i}")).collect();
     (
@@ -109,6 +110,12 @@ pub(crate) fn insert_columns(first: usize) -> (&'static str, String) {
         params.join(", "),
     )
 }
+
+/// [`enqueue`]'s statement.
+static ENQUEUE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let (columns, params) = insert_columns(1);
+    format!("INSERT INTO outbox ({columns}) VALUES ({params}) RETURNING event_id")
+});
 
 /// Binds `event` in [`insert_columns`] order.
 pub(crate) fn bind_event<'q, O>(
@@ -134,11 +141,8 @@ pub async fn enqueue(
     member: &Member,
 ) -> sqlx::Result<Uuid> {
     let event = NewEvent::new(kind, member);
-    let (columns, params) = insert_columns(1);
     bind_event(
-        sqlx::query_as::<_, (Uuid,)>(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO outbox ({columns}) VALUES ({params}) RETURNING event_id"
-        ))),
+        sqlx::query_as::<_, (Uuid,)>(sqlx::AssertSqlSafe(ENQUEUE_SQL.as_str())),
         &event,
     )
     .fetch_one(conn)

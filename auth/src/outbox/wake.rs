@@ -54,15 +54,11 @@ impl RelayWake {
         if !self.enabled {
             return;
         }
-        match self.target() {
-            Target::Local => self.local.notify_one(),
-            Target::Remote => self.remote.notify_one(),
+        if self.leading.load(Ordering::Acquire) {
+            self.local.notify_one();
+        } else {
+            self.remote.notify_one();
         }
-    }
-
-    /// Which relay a commit must wake now.
-    fn target(&self) -> Target {
-        target(self.leading.load(Ordering::Acquire))
     }
 
     /// Wakes this process's relay (its LISTEN heard a NOTIFY).
@@ -104,23 +100,6 @@ impl RelayWake {
     }
 }
 
-/// Where a commit's wake-up goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Target {
-    /// This process leads: wake its relay in process.
-    Local,
-    /// Another instance leads (or none yet): NOTIFY.
-    Remote,
-}
-
-fn target(leading: bool) -> Target {
-    if leading {
-        Target::Local
-    } else {
-        Target::Remote
-    }
-}
-
 /// One `NOTIFY auth_outbox` in its own transaction, not waiting for the WAL
 /// flush. Also what `memberflow-admin outbox replay` sends after it moves
 /// rows back.
@@ -140,10 +119,22 @@ pub async fn notify(pool: &PgPool) -> sqlx::Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_leader_wakes_itself_and_a_standby_notifies() {
-        assert_eq!(target(true), Target::Local);
-        assert_eq!(target(false), Target::Remote);
+    /// Whether `notify` holds a stored permit; a zero timeout polls once.
+    async fn pending(notify: &Notify) -> bool {
+        tokio::time::timeout(std::time::Duration::ZERO, notify.notified())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_leader_wakes_itself_and_a_standby_notifies() {
+        let wake = RelayWake::new(true);
+        wake.set_leading(true);
+        wake.committed();
+        assert!(pending(&wake.local).await && !pending(&wake.remote).await);
+        wake.set_leading(false);
+        wake.committed();
+        assert!(pending(&wake.remote).await && !pending(&wake.local).await);
     }
 
     #[tokio::test]
