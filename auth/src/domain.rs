@@ -73,7 +73,7 @@ pub struct Nickname(String);
 
 impl Nickname {
     pub fn parse(raw: &str) -> Result<Self, String> {
-        memberflow_common::text::display_text(raw, 32).map(Self)
+        memberflow_contract::text::display_text(raw, 32).map(Self)
     }
 
     pub fn as_str(&self) -> &str {
@@ -150,8 +150,8 @@ impl Member {
     }
 
     /// The member's last session revocation, as tokens are checked against.
-    pub fn sessions(&self) -> memberflow_common::token::SessionsRevoked {
-        memberflow_common::token::SessionsRevoked {
+    pub fn sessions(&self) -> memberflow_contract::token::SessionsRevoked {
+        memberflow_contract::token::SessionsRevoked {
             not_before: self.sessions_not_before,
             version: self.sessions_version,
         }

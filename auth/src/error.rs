@@ -1,6 +1,6 @@
 //! The auth service's error type: its own variants beside the shared
 //! [`Failure`], mapped to gRPC status in one place.
-use memberflow_common::error::Failure;
+use memberflow_runtime::error::Failure;
 use tonic::Status;
 
 #[derive(Debug, thiserror::Error)]
@@ -17,7 +17,7 @@ pub enum Error {
     ConcurrentChange,
 }
 
-memberflow_common::service_error!(Error);
+memberflow_runtime::service_error!(Error);
 
 impl From<Error> for Status {
     fn from(e: Error) -> Self {

@@ -2,14 +2,14 @@
 use std::sync::Arc;
 
 use chrono::{Duration, Utc};
-use memberflow_common::{
-    consistency::ConsistencyToken,
-    digest::{self, parse_bound},
-    error::Failure,
-    grpc::{SERVICE_TOKEN_HEADER, Violations, timestamp},
-    proto::auth::v1::{self as pb, auth_service_server::AuthService},
-    token::{PublicKey, Signer, Verified, Verifier},
-};
+use memberflow_contract::consistency::ConsistencyToken;
+use memberflow_contract::digest::{self, parse_bound};
+use memberflow_contract::proto::auth::v1::{self as pb, auth_service_server::AuthService};
+use memberflow_contract::time::timestamp;
+use memberflow_contract::token::{PublicKey, Signer, Verified, Verifier};
+use memberflow_runtime::error::Failure;
+use memberflow_runtime::error::Violations;
+use memberflow_runtime::grpc::SERVICE_TOKEN_HEADER;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use subtle::ConstantTimeEq;
@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::{
     Error,
     domain::{Email, Member, NewMember, Nickname, Password, ProfileChange, Region},
-    outbox::{self, EventKind, wake::RelayWake},
+    outbox::{EventKind, write::Outbox},
     password::Hasher,
     repo,
     throttle::LoginThrottle,
@@ -39,7 +39,8 @@ pub struct AuthApi {
     pub(crate) token_ttl: Duration,
     pub(crate) service_token: SecretString,
     /// Wakes the outbox relay after each commit.
-    pub(crate) relay_wake: Arc<RelayWake>,
+    /// Every write that emits an event goes through it.
+    pub(crate) outbox: Outbox,
     /// Login and ChangePassword attempts per account and per peer.
     pub(crate) throttle: LoginThrottle,
 }
@@ -103,17 +104,13 @@ impl AuthApi {
     async fn sign_up(&self, new: NewMember) -> Result<Member, Error> {
         // Hash before opening the transaction: it takes milliseconds of CPU.
         let hash = self.hasher.hash(&new.password).await?;
-        let (member, event_id) =
-            repo::insert_member(&self.pool, &new, &hash)
-                .await
-                .map_err(|e| {
-                    if repo::on_constraint(&e, repo::EMAIL_UNIQUE) {
-                        Error::EmailTaken
-                    } else {
-                        e.into()
-                    }
-                })?;
-        self.relay_wake.committed();
+        let (member, event_id) = self.outbox.sign_up(&new, &hash).await.map_err(|e| {
+            if repo::on_constraint(&e, repo::EMAIL_UNIQUE) {
+                Error::EmailTaken
+            } else {
+                e.into()
+            }
+        })?;
         tracing::Span::current()
             .record("member_id", tracing::field::display(member.id))
             .record("event_id", tracing::field::display(event_id));
@@ -126,15 +123,14 @@ impl AuthApi {
         change: ProfileChange,
     ) -> Result<Member, Error> {
         let member_id = caller.member_id;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.outbox.begin().await?;
         let current = self.lock_caller(&mut tx, caller).await?;
         let Some(member) = repo::update_profile(&mut tx, member_id, &change).await? else {
             // Nothing really changes: same version, no event.
             return Ok(current);
         };
-        let event_id = outbox::enqueue(&mut tx, EventKind::Updated, &member).await?;
+        let event_id = tx.enqueue(EventKind::Updated, &member).await?;
         tx.commit().await?;
-        self.relay_wake.committed();
         tracing::Span::current().record("event_id", tracing::field::display(event_id));
         Ok(member)
     }
@@ -163,21 +159,20 @@ impl AuthApi {
         caller: Verified,
         password: Option<(&str, &str)>,
     ) -> Result<Member, Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.outbox.begin().await?;
         self.lock_caller(&mut tx, caller).await?;
         let member = repo::revoke_sessions(&mut tx, caller.member_id, password)
             .await?
             .ok_or(Error::ConcurrentChange)?;
-        let event_id = outbox::enqueue(&mut tx, EventKind::SessionsRevoked, &member).await?;
+        let event_id = tx.enqueue(EventKind::SessionsRevoked, &member).await?;
         tx.commit().await?;
-        self.relay_wake.committed();
         tracing::Span::current().record("event_id", tracing::field::display(event_id));
         Ok(member)
     }
 
     /// The caller of a member RPC, from their bearer token.
     fn authenticate<T>(&self, req: &Request<T>) -> Result<Verified, Error> {
-        let caller = self.verifier.authenticate(req.metadata())?;
+        let caller = memberflow_runtime::grpc::authenticate(&self.verifier, req.metadata())?;
         tracing::Span::current().record("member_id", tracing::field::display(caller.member_id));
         Ok(caller)
     }

@@ -2,7 +2,7 @@
 //! outbox is, what the relay does, and how many hashes wait.
 use std::sync::atomic::AtomicU64;
 
-use memberflow_common::metrics::{SharedRegistry, latency_buckets};
+use memberflow_runtime::metrics::{SharedRegistry, latency_buckets};
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},

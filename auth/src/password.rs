@@ -15,7 +15,7 @@ use argon2::{
     password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString, rand_core::OsRng},
 };
 
-use memberflow_common::error::Failure;
+use memberflow_runtime::error::Failure;
 
 use crate::{Error, domain::Password, metrics::AuthMetrics, settings::PasswordSettings};
 

@@ -1,62 +1,17 @@
 //! Member persistence. Functions take `&mut PgConnection` so the caller owns
-//! the transaction: that is how the outbox row rides in the same commit. A
-//! signup needs no transaction of its own: one statement writes the member
-//! and its event.
-use chrono::Utc;
-use sqlx::{PgConnection, PgExecutor, PgPool};
+//! the transaction: that is how the outbox row rides in the same commit
+//! (see `outbox::write`, which also holds the signup statement: one
+//! statement writes the member and its event).
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::{
-    domain::{Member, NewMember, ProfileChange},
-    outbox::{self, EventKind, NewEvent, bind_event},
-};
+use crate::domain::{Member, ProfileChange};
 
 const MEMBER_COLUMNS: &str = "id, email, nickname, region, version, created_at, updated_at, \
                               sessions_not_before, sessions_version";
 
 /// Name of the unique constraint that makes emails unique.
 pub const EMAIL_UNIQUE: &str = "members_email_key";
-
-/// [`insert_member`]'s statement: the member, then its event from the row.
-static INSERT_MEMBER_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let (columns, params) = outbox::insert_columns(8);
-    format!(
-        "WITH member AS (
-             INSERT INTO members (id, email, password_hash, nickname, region, version,
-                                  created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
-             RETURNING id)
-         INSERT INTO outbox ({columns})
-         SELECT {params} FROM member
-         RETURNING member_id"
-    )
-});
-
-/// Inserts a new member at version 1 and its `member.created` event in one
-/// statement, so one round trip commits both or neither (a taken email fails
-/// the whole statement). Returns the member and the event id.
-pub async fn insert_member<'e>(
-    db: impl PgExecutor<'e>,
-    new: &NewMember,
-    password_hash: &str,
-) -> sqlx::Result<(Member, Uuid)> {
-    let member = Member::signed_up(Uuid::now_v7(), new, Utc::now());
-    let event = NewEvent::new(EventKind::Created, &member);
-    bind_event(
-        sqlx::query_as::<_, (Uuid,)>(sqlx::AssertSqlSafe(INSERT_MEMBER_SQL.as_str()))
-            .bind(member.id)
-            .bind(member.email.as_str())
-            .bind(password_hash)
-            .bind(member.nickname.as_str())
-            .bind(member.region.as_str())
-            .bind(member.version)
-            .bind(member.created_at),
-        &event,
-    )
-    .fetch_one(db)
-    .await?;
-    Ok((member, event.event_id))
-}
 
 /// The member id, password hash and version for `email` (already
 /// lower-cased).
@@ -200,14 +155,14 @@ pub async fn digest(
     after: Uuid,
     until: Uuid,
     buckets: i32,
-) -> sqlx::Result<Vec<memberflow_common::digest::Bucket>> {
+) -> sqlx::Result<Vec<memberflow_contract::digest::Bucket>> {
     // PostgreSQL has no max(uuid); the canonical text sorts the same way.
     let rows: Vec<(Uuid, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT max(id::text)::uuid, count(*), sum(h)::text FROM (
              SELECT id, {hash} AS h, ntile($3) OVER (ORDER BY id) AS b
                FROM members WHERE id > $1 AND id <= $2) x
           GROUP BY b ORDER BY b",
-        hash = memberflow_common::digest::ROW_HASH_SQL
+        hash = memberflow_contract::digest::ROW_HASH_SQL
     )))
     .bind(after)
     .bind(until)
@@ -221,7 +176,7 @@ pub async fn digest(
         .enumerate()
         .map(|(i, (max_id, count, hash))| {
             let upper = if i == last { until } else { max_id };
-            let b = memberflow_common::digest::Bucket {
+            let b = memberflow_contract::digest::Bucket {
                 after: lower,
                 until: upper,
                 count,

@@ -1,9 +1,10 @@
 //! Typed settings of the auth service (`[auth]` of `config/*.toml`, then `AUTH__*`).
-use memberflow_common::{
+use memberflow_contract::token::{PublicKey, Signer};
+use memberflow_retry::Backoff;
+use memberflow_runtime::{
+    amqp,
     db::DatabaseSettings,
-    retry::Backoff,
-    settings::BaseSettings,
-    token::{PublicKey, Signer},
+    settings::{Audited, BaseSettings, ServiceSettings},
 };
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -23,10 +24,24 @@ pub struct Settings {
     pub login_throttle: LoginThrottleSettings,
 }
 
-memberflow_common::service_settings!(Settings, "auth", 50051, metrics: 9091, secrets: [
-    "token.signing_key" => token.signing_key,
-    "token.service_token" => token.service_token,
-]);
+impl ServiceSettings for Settings {
+    const SERVICE: &'static str = "auth";
+    const PORT: u16 = 50051;
+
+    fn base(&self) -> &BaseSettings {
+        &self.base
+    }
+
+    fn database(&self) -> &DatabaseSettings {
+        &self.database
+    }
+
+    fn audited(&self) -> Audited<'_> {
+        Audited::new(&self.base, &self.database, &self.amqp.url, &self.amqp.urls)
+            .secret("token.signing_key", &self.token.signing_key)
+            .secret("token.service_token", &self.token.service_token)
+    }
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -35,7 +50,7 @@ pub struct AmqpSettings {
     pub url: SecretString,
     /// The nodes of a RabbitMQ cluster; when set, `url` is not used. From
     /// the environment, comma-separated (`AUTH__AMQP__URLS`).
-    #[serde(deserialize_with = "memberflow_common::amqp::deserialize_urls")]
+    #[serde(deserialize_with = "amqp::deserialize_urls")]
     pub urls: Vec<SecretString>,
 }
 
@@ -50,8 +65,8 @@ impl Default for AmqpSettings {
 
 impl AmqpSettings {
     /// The broker nodes to connect to.
-    pub fn nodes(&self) -> memberflow_common::amqp::Nodes {
-        memberflow_common::amqp::Nodes::new(&self.url, &self.urls)
+    pub fn nodes(&self) -> amqp::Nodes {
+        amqp::Nodes::new(&self.url, &self.urls)
     }
 }
 

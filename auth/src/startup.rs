@@ -2,12 +2,14 @@
 //! the outbox relay, all stopped by one shutdown token.
 
 use chrono::Duration;
-use memberflow_common::{
-    grpc,
+use memberflow_contract::{
     proto::auth::v1::auth_service_server::AuthServiceServer,
-    shutdown::CancellationToken,
-    startup::{self, Gate, Prepared, spawn_health},
     token::{PublicKey, Signer, Verifier},
+};
+use memberflow_runtime::{
+    grpc,
+    shutdown::CancellationToken,
+    startup::{self, Gate, Prepared, Service, spawn_health},
 };
 use tonic::service::interceptor::InterceptedService;
 
@@ -17,6 +19,7 @@ use crate::{
     outbox::{
         relay::{Relay, watch_outbox},
         wake::RelayWake,
+        write::Outbox,
     },
     password::Hasher,
     settings::Settings,
@@ -37,11 +40,18 @@ pub struct Application {
     public_keys: Vec<PublicKey>,
 }
 
-impl Application {
+/// Runs auth as its process does (see [`startup::serve`]).
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    startup::serve::<Application>(settings).await
+}
+
+impl Service for Application {
+    type Settings = Settings;
+
     /// Audits the settings, binds the listener (port 0 allowed) and prepares
     /// a lazy pool; nothing talks to PostgreSQL or RabbitMQ until
     /// [`Self::run_until_stopped`].
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+    async fn build(settings: Settings) -> anyhow::Result<Self> {
         let prepared = Prepared::new(settings).await?;
         let (signer, public_keys) = prepared.settings.token.keys()?;
         Ok(Self {
@@ -53,7 +63,7 @@ impl Application {
 
     /// Serves until `shutdown` is cancelled, then stops accepting, finishes
     /// in-flight RPCs, lets the relay finish its batch, and returns.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let started = self.prepared.start(SERVICE_NAME, &shutdown).await?;
         let (settings, pool) = (started.settings, started.pool);
         let metrics = AuthMetrics::register(&started.registry);
@@ -68,7 +78,7 @@ impl Application {
             signer: self.signer,
             token_ttl: Duration::seconds(settings.token.ttl_secs),
             service_token: settings.token.service_token.clone(),
-            relay_wake: relay_wake.clone(),
+            outbox: Outbox::new(pool.clone(), relay_wake.clone()),
         };
         let gate = Gate::default();
         let server = grpc::spawn(
@@ -80,8 +90,9 @@ impl Application {
             started.listener,
             &shutdown,
         );
-        let workers = || {
+        let workers = |tasks: &mut tokio::task::JoinSet<()>| {
             spawn_health(
+                tasks,
                 started.health,
                 SERVICE_NAME,
                 pool.clone(),
@@ -96,16 +107,18 @@ impl Application {
                 relay_wake.clone(),
                 metrics.clone(),
             );
-            Ok(vec![
-                tokio::spawn(relay_wake.clone().run_notifier(
-                    pool.clone(),
-                    metrics.relay_wake_failures.clone(),
-                    shutdown.clone(),
-                )),
-                tokio::spawn(throttle.prune(shutdown.clone())),
-                tokio::spawn(watch_outbox(pool.clone(), metrics, shutdown.clone())),
-                tokio::spawn(relay.run(shutdown.clone())),
-            ])
+            if let Some(listen) = relay.listen_for_wakes(shutdown.clone()) {
+                tasks.spawn(listen);
+            }
+            tasks.spawn(relay_wake.clone().run_notifier(
+                pool.clone(),
+                metrics.relay_wake_failures.clone(),
+                shutdown.clone(),
+            ));
+            tasks.spawn(throttle.prune(shutdown.clone()));
+            tasks.spawn(watch_outbox(pool.clone(), metrics, shutdown.clone()));
+            tasks.spawn(relay.run(shutdown.clone()));
+            Ok(())
         };
         startup::run(
             server,
@@ -114,10 +127,13 @@ impl Application {
             pool.clone(),
             &MIGRATOR,
             shutdown.clone(),
+            started.tasks,
             workers,
         )
         .await
     }
-}
 
-memberflow_common::service_main!(Application, Settings, "auth");
+    fn prepared(&self) -> &Prepared<Settings> {
+        &self.prepared
+    }
+}

@@ -12,7 +12,8 @@ use governor::{
     DefaultKeyedRateLimiter, Quota, RateLimiter,
     clock::{Clock, DefaultClock},
 };
-use memberflow_common::{error::Failure, shutdown::CancellationToken};
+use memberflow_runtime::error::Failure;
+use memberflow_runtime::shutdown::CancellationToken;
 
 use crate::{
     metrics::{AuthMetrics, ThrottleLimit},

@@ -5,7 +5,7 @@
 //! ids as auth writes them, and in both cases one member with many tasks.
 use std::time::Duration;
 
-use memberflow_common::proto::{
+use memberflow_contract::proto::{
     auth::v1::auth_service_client::AuthServiceClient, task::v1::ListTasksRequest,
 };
 use memberflow_tests::{apps::mint_token, env::TestEnv};
@@ -341,7 +341,7 @@ async fn list_pages(
     calls: usize,
 ) -> anyhow::Result<(Latency, Latency)> {
     let token = mint_token(member, chrono::Duration::hours(1));
-    let client = memberflow_common::client::TaskClient::new(channel.clone(), &token)?;
+    let client = memberflow_client::TaskClient::new(channel.clone(), &token)?;
     let mut page_token = String::new();
     for _ in 1..DEEP_PAGE {
         let page = client.clone().list_tasks(request(page_token)).await?;

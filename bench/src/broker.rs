@@ -11,7 +11,8 @@ use lapin::{
     },
     types::FieldTable,
 };
-use memberflow_common::{amqp, proto::auth::v1::MemberChanged};
+use memberflow_contract::proto::auth::v1::MemberChanged;
+use memberflow_runtime::amqp;
 use prost::Message as _;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -24,7 +25,7 @@ pub(crate) fn member_created(event_id: Uuid, member_id: Uuid) -> Vec<u8> {
         nickname: "bench member".into(),
         region: "Asia/Seoul".into(),
         version: 1,
-        occurred_at: Some(memberflow_common::grpc::timestamp(chrono::Utc::now())),
+        occurred_at: Some(memberflow_contract::time::timestamp(chrono::Utc::now())),
         ..Default::default()
     }
     .encode_to_vec()
@@ -56,8 +57,8 @@ pub(crate) async fn publish_confirmed(
         }
     }
     let props = BasicProperties::default()
-        .with_delivery_mode(amqp::PERSISTENT)
-        .with_content_type(amqp::CONTENT_TYPE.into());
+        .with_delivery_mode(memberflow_contract::topology::PERSISTENT)
+        .with_content_type(memberflow_contract::topology::CONTENT_TYPE.into());
     let start = Instant::now();
     let mut in_flight = VecDeque::with_capacity(window);
     for (routing_key, body) in messages {

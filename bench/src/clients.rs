@@ -9,7 +9,7 @@
 //! ListTasks, GetTask, one call at a time.
 use std::{collections::HashMap, time::Duration};
 
-use memberflow_common::proto::{
+use memberflow_contract::proto::{
     auth::v1::{self as auth_pb, auth_service_client::AuthServiceClient},
     task::v1::{self as pb, task_service_client::TaskServiceClient},
 };
@@ -88,8 +88,9 @@ async fn tonic_samples(
     task_url: &str,
     n: usize,
 ) -> anyhow::Result<HashMap<&'static str, Vec<Duration>>> {
-    let mut auth = AuthServiceClient::connect(auth_url.to_owned()).await?;
-    let mut tasks = TaskServiceClient::connect(task_url.to_owned()).await?;
+    let channel = |url: &str| tonic::transport::Endpoint::from_shared(url.to_owned());
+    let mut auth = AuthServiceClient::new(channel(auth_url)?.connect().await?);
+    let mut tasks = TaskServiceClient::new(channel(task_url)?.connect().await?);
     let mut samples: HashMap<&'static str, Vec<Duration>> = HashMap::new();
     let run = Uuid::new_v4().simple().to_string();
     for i in 0..n {

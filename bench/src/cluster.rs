@@ -3,7 +3,7 @@
 //! queue (replicated on all three nodes, each publish confirmed by a
 //! majority), consumer apply from it, and signup → replica propagation at
 //! 500 signups/s through auth and task connected to all three nodes.
-use memberflow_common::proto::auth::v1::auth_service_client::AuthServiceClient;
+use memberflow_contract::proto::auth::v1::auth_service_client::AuthServiceClient;
 use memberflow_tests::{cluster::RabbitCluster, env::TestEnv};
 
 use crate::{

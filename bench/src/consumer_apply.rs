@@ -4,7 +4,6 @@
 //! replica write.
 use std::time::Duration;
 
-use memberflow_common::amqp;
 use memberflow_tests::{amqp::queue_depth, env::TestEnv, eventually};
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -121,10 +120,10 @@ pub(crate) async fn apply_on(
     let unique = events.len();
     broker::publish_confirmed(
         channel,
-        amqp::EXCHANGE,
+        memberflow_contract::topology::EXCHANGE,
         deliveries
             .into_iter()
-            .map(|b| (amqp::MEMBER_CREATED.to_owned(), b)),
+            .map(|b| (memberflow_contract::topology::MEMBER_CREATED.to_owned(), b)),
         500,
     )
     .await?;
@@ -162,10 +161,10 @@ pub(crate) async fn apply_on(
     .fetch_one(&db)
     .await?;
     eventually("queue acked empty", Duration::from_secs(30), || async {
-        (queue_depth(channel, task::consumer::QUEUE).await == 0).then_some(())
+        (queue_depth(channel, memberflow_contract::topology::QUEUE).await == 0).then_some(())
     })
     .await;
-    let dead = queue_depth(channel, task::consumer::DEAD_LETTER_QUEUE).await;
+    let dead = queue_depth(channel, memberflow_contract::topology::DEAD_LETTER_QUEUE).await;
     anyhow::ensure!(dead == 0, "{dead} events dead-lettered");
     for consumer in consumers {
         lab.stop(consumer, "task").await?;

@@ -6,10 +6,7 @@
 //! acks is measured here too, on the messages the raw publish queued.
 use std::time::Duration;
 
-use memberflow_common::{
-    amqp,
-    db::{DatabaseSettings, ensure_database},
-};
+use memberflow_runtime::db::{DatabaseSettings, ensure_database};
 use memberflow_tests::env::TestEnv;
 use sqlx::PgPool;
 use tokio::time::Instant;
@@ -51,15 +48,21 @@ pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
     purge(&channel).await?;
     let bodies = (0..plan.drain_rows).map(|_| {
         (
-            amqp::MEMBER_CREATED.to_owned(),
+            memberflow_contract::topology::MEMBER_CREATED.to_owned(),
             broker::member_created(Uuid::now_v7(), Uuid::now_v7()),
         )
     });
-    let published = broker::publish_confirmed(&channel, amqp::EXCHANGE, bodies, RAW_WINDOW).await?;
+    let published = broker::publish_confirmed(
+        &channel,
+        memberflow_contract::topology::EXCHANGE,
+        bodies,
+        RAW_WINDOW,
+    )
+    .await?;
     let raw_publish = rate(plan.drain_rows, published);
     let consumed = broker::consume_acked(
         &channel,
-        task::consumer::QUEUE,
+        memberflow_contract::topology::QUEUE,
         plan.drain_rows,
         RAW_PREFETCH,
     )
@@ -148,7 +151,7 @@ pub(crate) async fn drain_to(
          SELECT gen_random_uuid(), $1, gen_random_uuid(), 1, $2, now()
            FROM generate_series(1, $3)",
     )
-    .bind(amqp::MEMBER_CREATED)
+    .bind(memberflow_contract::topology::MEMBER_CREATED)
     .bind(&payload)
     .bind(rows as i64)
     .execute(db)
@@ -163,7 +166,8 @@ pub(crate) async fn drain_to(
     }
     let relay = ServiceProcess::start(Service::Auth, &settings).await?;
     let per_sec = watch.await??;
-    let delivered = memberflow_tests::amqp::queue_depth(channel, task::consumer::QUEUE).await;
+    let delivered =
+        memberflow_tests::amqp::queue_depth(channel, memberflow_contract::topology::QUEUE).await;
     anyhow::ensure!(
         delivered as usize == rows,
         "{delivered} of {rows} outbox rows reached the queue"
@@ -200,7 +204,10 @@ async fn watch_drain(db: PgPool, first: i64, rows: i64) -> anyhow::Result<f64> {
 
 pub(crate) async fn purge(channel: &lapin::Channel) -> anyhow::Result<()> {
     channel
-        .queue_purge(task::consumer::QUEUE.into(), Default::default())
+        .queue_purge(
+            memberflow_contract::topology::QUEUE.into(),
+            Default::default(),
+        )
         .await?;
     Ok(())
 }

@@ -37,7 +37,12 @@ async fn seed(pool: &PgPool, n: i64, replica: bool) -> anyhow::Result<()> {
 /// Starts auth on a fresh env and prepares task's database beside it.
 async fn stage(
     env: &mut TestEnv,
-) -> anyhow::Result<(ServiceProcess, PgPool, PgPool, task::resync::AuthSource)> {
+) -> anyhow::Result<(
+    ServiceProcess,
+    PgPool,
+    PgPool,
+    task::auth_client::AuthClient,
+)> {
     let auth = ServiceProcess::start(
         Service::Auth,
         &setup::auth(env, setup::HashCost::BENCH, setup::RelayDesign::Batched),
@@ -45,16 +50,16 @@ async fn stage(
     .await?;
     let auth_db = env.pool("auth").await;
     let task_settings =
-        memberflow_common::db::DatabaseSettings::with_url(&env.database_url("task"));
-    memberflow_common::db::ensure_database(&task_settings).await?;
+        memberflow_runtime::db::DatabaseSettings::with_url(&env.database_url("task"));
+    memberflow_runtime::db::ensure_database(&task_settings).await?;
     let task_db = env.pool("task").await;
     task::startup::MIGRATOR.run(&task_db).await?;
     let mut cfg = task::settings::AuthSettings {
         addr: format!("http://{}", auth.addr),
         ..Default::default()
     };
-    cfg.service_token = memberflow_common::secrets::DEV_SERVICE_TOKEN.into();
-    let source = task::resync::AuthSource::new(&cfg)?;
+    cfg.service_token = memberflow_runtime::secrets::DEV_SERVICE_TOKEN.into();
+    let source = task::auth_client::AuthClient::new(&cfg)?;
     Ok((auth, auth_db, task_db, source))
 }
 

@@ -3,10 +3,14 @@
 //! `AUTH__*` / `TASK__*` variables. Separate processes give each service its
 //! own address space, so its peak RSS can be read from `/proc`, and keep the
 //! bench's own load generation out of the services' runtimes.
+use memberflow_runtime::startup::Service as _;
 use std::{net::SocketAddr, process::Stdio, time::Duration};
 
 use anyhow::Context as _;
-use memberflow_common::{settings::ServiceSettings as _, settings::Source, shutdown, telemetry};
+use memberflow_runtime::settings::ServiceSettings as _;
+use memberflow_runtime::settings::Source;
+use memberflow_runtime::shutdown;
+use memberflow_runtime::telemetry;
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
@@ -40,7 +44,7 @@ impl Service {
     /// throughput from one address with many clients, so auth's login
     /// throttle is off and its hashing queue holds every client's hash.
     fn bench_env(self) -> Vec<(&'static str, &'static str)> {
-        use memberflow_common::secrets::{DEV_SERVICE_TOKEN, DEV_SIGNING_KEY};
+        use memberflow_runtime::secrets::{DEV_SERVICE_TOKEN, DEV_SIGNING_KEY};
         match self {
             Self::Auth => vec![
                 ("TOKEN__SIGNING_KEY", DEV_SIGNING_KEY),

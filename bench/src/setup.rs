@@ -1,6 +1,6 @@
 //! How the bench configures the services it starts: the hash costs and relay
 //! designs it compares, as `AUTH__*` / `TASK__*` settings.
-use memberflow_common::db::{DatabaseSettings, ensure_database};
+use memberflow_runtime::db::{DatabaseSettings, ensure_database};
 use memberflow_tests::env::TestEnv;
 use sqlx::{PgPool, migrate::Migrator};
 

@@ -1,8 +1,11 @@
 //! Signups through auth's API, and the same SQL transaction without the
 //! service around it (the limit the service is compared against).
 use anyhow::Context as _;
-use auth::{domain::NewMember, repo};
-use memberflow_common::proto::auth::v1::{SignUpRequest, auth_service_client::AuthServiceClient};
+use auth::{
+    domain::NewMember,
+    outbox::{wake::RelayWake, write::Outbox},
+};
+use memberflow_contract::proto::auth::v1::{SignUpRequest, auth_service_client::AuthServiceClient};
 use sqlx::PgPool;
 use tonic::transport::Channel;
 use uuid::Uuid;
@@ -35,11 +38,12 @@ pub(crate) async fn sign_up(
 /// as is, since hashing is not part of what it measures.
 const STORED_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$YmVuY2hzYWx0YmVuY2g$0M4Ybt2n6a5gFvhbY1W0qgW3q2ZrPj9o4vbzTq8tK3E";
 
-/// One signup transaction exactly as auth commits it (the member insert and
-/// its outbox row, through auth's own repository functions), with no RPC,
-/// validation or hashing around it.
+/// One signup exactly as auth commits it (the member and its outbox row in
+/// one statement, through auth's own [`Outbox::sign_up`]), with no RPC,
+/// validation or hashing around it, and no relay to wake.
 pub(crate) async fn raw_transaction(pool: PgPool, req: SignUpRequest) -> anyhow::Result<Uuid> {
     let new = NewMember::try_from(req).map_err(|_| anyhow::anyhow!("invalid signup"))?;
-    let (member, _) = repo::insert_member(&pool, &new, STORED_HASH).await?;
+    let outbox = Outbox::new(pool, RelayWake::new(false));
+    let (member, _) = outbox.sign_up(&new, STORED_HASH).await?;
     Ok(member.id)
 }

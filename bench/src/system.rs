@@ -11,14 +11,12 @@ use std::{
     time::Duration,
 };
 
-use memberflow_common::{
-    client::TaskClient,
-    db::{DatabaseSettings, ensure_database},
-    proto::{
-        auth::v1::{UpdateProfileRequest, auth_service_client::AuthServiceClient},
-        task::v1::CreateTaskRequest,
-    },
+use memberflow_client::TaskClient;
+use memberflow_contract::proto::{
+    auth::v1::{UpdateProfileRequest, auth_service_client::AuthServiceClient},
+    task::v1::CreateTaskRequest,
 };
+use memberflow_runtime::db::{DatabaseSettings, ensure_database};
 use memberflow_tests::{apps::mint_token, env::TestEnv, eventually};
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::time::Instant;

@@ -3,7 +3,7 @@
 //! against a real system.
 use std::{process::Output, time::Duration};
 
-use memberflow_common::secrets::DEV_SERVICE_TOKEN;
+use memberflow_runtime::secrets::DEV_SERVICE_TOKEN;
 use memberflow_tests::{
     apps::{auth_settings, spawn_auth, spawn_task, task_settings},
     env::TestEnv,

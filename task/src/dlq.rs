@@ -18,7 +18,7 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 
-use crate::consumer::{DEAD_LETTER_QUEUE, QUEUE, REASON_HEADER};
+use memberflow_contract::topology::{DEAD_LETTER_QUEUE, QUEUE, REASON_HEADER};
 
 /// How long one broker request of an admin command may take.
 const TIMEOUT: Duration = Duration::from_secs(10);

@@ -9,7 +9,7 @@ pub struct Title(String);
 
 impl Title {
     pub fn parse(raw: &str) -> Result<Self, String> {
-        memberflow_common::text::display_text(raw, 200).map(Self)
+        memberflow_contract::text::display_text(raw, 200).map(Self)
     }
 
     pub fn as_str(&self) -> &str {
@@ -88,8 +88,8 @@ pub struct ReplicaMember {
 
 impl ReplicaMember {
     /// The member's last session revocation, as tokens are checked against.
-    pub fn sessions(&self) -> memberflow_common::token::SessionsRevoked {
-        memberflow_common::token::SessionsRevoked {
+    pub fn sessions(&self) -> memberflow_contract::token::SessionsRevoked {
+        memberflow_contract::token::SessionsRevoked {
             not_before: self.sessions_not_before,
             version: self.sessions_version,
         }

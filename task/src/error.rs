@@ -2,7 +2,9 @@
 //! [`Failure`], mapped to gRPC status in one place.
 use std::{collections::HashMap, time::Duration};
 
-use memberflow_common::error::{Failure, TASK_DOMAIN, USER_NOT_READY};
+use memberflow_contract::reasons::TASK_DOMAIN;
+use memberflow_contract::reasons::USER_NOT_READY;
+use memberflow_runtime::error::Failure;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use uuid::Uuid;
@@ -23,7 +25,7 @@ pub enum Error {
     UnknownRegion(String),
 }
 
-memberflow_common::service_error!(Error);
+memberflow_runtime::service_error!(Error);
 
 impl From<Error> for Status {
     fn from(e: Error) -> Self {

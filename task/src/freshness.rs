@@ -16,14 +16,19 @@ use std::{
     time::Duration,
 };
 
-use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::{domain::ReplicaMember, replica};
-
 /// The NOTIFY channel replica applies are announced on.
 pub const CHANNEL: &str = "task_replica";
+/// The apply statement's last step: announces the rows of its `changed`
+/// CTE (columns `id`, `version`) on [`CHANNEL`] as `member:version,…`, which
+/// [`parse_payload`] reads; more than 100 rows send an empty payload, which
+/// makes every waiter re-check. Sent at commit, so waiters never see an
+/// uncommitted row.
+pub const NOTIFY_APPLIED_SQL: &str = "SELECT pg_notify('task_replica', CASE WHEN count(*) <= 100
+                 THEN string_agg(id::text || ':' || version, ',') ELSE '' END)
+               FROM changed HAVING count(*) > 0";
 /// Replication lags kept for sizing `RetryInfo`.
 const LAGS_KEPT: usize = 1024;
 /// Added to the lag p99 for `RetryInfo`.
@@ -67,44 +72,22 @@ impl Freshness {
             .sum()
     }
 
-    /// The replica row of `member` once it is at `min_version` or newer,
-    /// waiting at most `wait`; `None` if it is not by then.
-    pub async fn wait_for(
-        &self,
-        pool: &PgPool,
-        member: Uuid,
-        min_version: i64,
-        wait: Duration,
-    ) -> sqlx::Result<Option<ReplicaMember>> {
-        // Subscribe before reading, so an apply in between is not missed.
-        let mut rx = self
+    /// Starts watching `member`: the returned [`Watch`] wakes on every
+    /// apply of a newer version. Watch before reading the replica, so an
+    /// apply in between is not missed.
+    pub fn watch(&self, member: Uuid) -> Watch<'_> {
+        let rx = self
             .waiters
             .lock()
             .expect("waiters lock")
             .entry(member)
             .or_insert_with(|| watch::channel(0).0)
             .subscribe();
-        let deadline = tokio::time::Instant::now() + wait;
-        let found = loop {
-            if let Some(m) = replica::find(pool, member).await?
-                && m.version >= min_version
-            {
-                break Some(m);
-            }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => break None,
-            }
-        };
-        drop(rx);
-        let mut waiters = self.waiters.lock().expect("waiters lock");
-        if waiters
-            .get(&member)
-            .is_some_and(|tx| tx.receiver_count() == 0)
-        {
-            waiters.remove(&member);
+        Watch {
+            freshness: self,
+            member,
+            rx: Some(rx),
         }
-        Ok(found)
     }
 
     /// Records one applied event's replication lag, in seconds.
@@ -137,6 +120,39 @@ impl Freshness {
                 }
             }
             _ => self.applied_unnamed(),
+        }
+    }
+}
+
+/// One caller waiting for applies of one member; forgets the member when
+/// the last watcher goes.
+#[derive(Debug)]
+pub struct Watch<'a> {
+    freshness: &'a Freshness,
+    member: Uuid,
+    rx: Option<watch::Receiver<i64>>,
+}
+
+impl Watch<'_> {
+    /// Whether an apply came before `deadline` (then read the replica again).
+    pub async fn changed_before(&mut self, deadline: tokio::time::Instant) -> bool {
+        let rx = self.rx.as_mut().expect("present until drop");
+        matches!(
+            tokio::time::timeout_at(deadline, rx.changed()).await,
+            Ok(Ok(()))
+        )
+    }
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        let mut waiters = self.freshness.waiters.lock().expect("waiters lock");
+        if waiters
+            .get(&self.member)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            waiters.remove(&self.member);
         }
     }
 }
@@ -193,24 +209,28 @@ mod tests {
         assert_eq!(parse_payload("garbage"), None);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_apply_wakes_its_waiter_and_only_a_newer_version_counts() {
         let f = Freshness::default();
         let id = Uuid::now_v7();
-        let mut rx = f
-            .waiters
-            .lock()
-            .unwrap()
-            .entry(id)
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe();
-        f.applied(id, 2);
-        assert!(rx.has_changed().unwrap());
-        rx.mark_unchanged();
-        f.applied(id, 1);
-        assert!(!rx.has_changed().unwrap(), "an older version wakes nobody");
-        f.applied_unnamed();
-        assert!(rx.has_changed().unwrap());
+        let soon = || tokio::time::Instant::now() + Duration::from_millis(10);
+        let mut w = f.watch(id);
         assert_eq!(f.waiting(), 1);
+        f.applied(id, 2);
+        assert!(w.changed_before(soon()).await);
+        f.applied(id, 1);
+        assert!(
+            !w.changed_before(soon()).await,
+            "an older version wakes nobody"
+        );
+        f.applied_unnamed();
+        assert!(w.changed_before(soon()).await);
+        drop(w);
+        assert_eq!(f.waiting(), 0, "the last watcher forgets the member");
+    }
+
+    #[test]
+    fn the_notify_statement_names_this_channel() {
+        assert!(NOTIFY_APPLIED_SQL.contains(&format!("pg_notify('{CHANNEL}'")));
     }
 }

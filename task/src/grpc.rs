@@ -3,13 +3,12 @@ use std::{sync::Arc, time::Duration};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::DateTime;
-use memberflow_common::{
-    consistency::ConsistencyToken,
-    error::Failure,
-    grpc::{Violations, timestamp},
-    proto::task::v1::{self as pb, task_service_server::TaskService},
-    token::Verified,
-};
+use memberflow_contract::consistency::ConsistencyToken;
+use memberflow_contract::proto::task::v1::{self as pb, task_service_server::TaskService};
+use memberflow_contract::time::timestamp;
+use memberflow_contract::token::Verified;
+use memberflow_runtime::error::Failure;
+use memberflow_runtime::error::Violations;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -20,10 +19,11 @@ use crate::{
     freshness::Freshness,
     keys::TrustedKeys,
     metrics::{ReadThroughResult, TaskMetrics},
+    miss::{self, Policy, Seen, Step},
     read_through::{FetchError, ReadThrough},
     replica,
     repo::{self, Cursor},
-    settings::{ConsistencyMode, ConsistencySettings},
+    settings::ConsistencySettings,
 };
 
 const DEFAULT_PAGE_SIZE: i32 = 20;
@@ -136,61 +136,89 @@ impl TaskApi {
     }
 
     /// The member from the replica at `min_version` or newer (a missing
-    /// member counts as behind). When the replica is behind: `not_ready`
-    /// waits up to `consistency.wait_ms` for the consumer to bring it, then
-    /// answers USER_NOT_READY; `read_through` fetches at least that version
-    /// from auth. Never answers with an older copy.
+    /// member counts as behind), following [`miss::decide`] step by step:
+    /// one read of the replica, or one fetch from auth, per step. Never
+    /// answers with an older copy.
     async fn member(&self, id: Uuid, min_version: i64) -> Result<ReplicaMember, Error> {
-        let min_version = min_version.max(1);
-        if let Some(m) = replica::find(&self.pool, id).await?
-            && m.version >= min_version
-        {
-            return Ok(m);
+        let policy = Policy {
+            mode: self.consistency.mode,
+            wait: Duration::from_millis(self.consistency.wait_ms),
+        };
+        let mut held = replica::find(&self.pool, id).await?;
+        let mut watch = None;
+        let mut wait_over = false;
+        let step = loop {
+            let seen = Seen::Replica {
+                version: held.as_ref().map(|m| m.version),
+                wait_over,
+            };
+            match miss::decide(policy, min_version, seen) {
+                Step::Serve => return Ok(held.expect("a copy was seen")),
+                Step::Wait => {
+                    match &mut watch {
+                        // Watch, then read: an apply in between wakes us.
+                        None => {
+                            watch = Some((
+                                self.freshness.watch(id),
+                                tokio::time::Instant::now() + policy.wait,
+                            ))
+                        }
+                        Some((w, deadline)) => {
+                            if !w.changed_before(*deadline).await {
+                                wait_over = true;
+                                continue;
+                            }
+                        }
+                    }
+                    held = replica::find(&self.pool, id).await?;
+                }
+                step => break step,
+            }
+        };
+        drop(watch);
+        let (step, fetched) = match step {
+            Step::Fetch => self.fetch(id, min_version, policy).await,
+            step => (step, None),
+        };
+        match step {
+            Step::Serve => Ok(fetched.expect("a member was fetched")),
+            Step::NotFound => Err(Failure::NotFound(format!("member {id}")).into()),
+            _ => {
+                self.metrics.user_not_ready.inc();
+                Err(Error::UserNotReady {
+                    member_id: id,
+                    retry_after: self.freshness.retry_after(
+                        Duration::from_millis(self.consistency.retry_after_min_ms),
+                        Duration::from_millis(self.consistency.retry_after_max_ms),
+                    ),
+                })
+            }
         }
-        // In not_ready mode, wait (woken by the apply) rather than send the
-        // client away; read_through fetches from auth at once instead, which
-        // takes less than the replication it would wait for.
-        let wait = Duration::from_millis(self.consistency.wait_ms);
-        if self.consistency.mode == ConsistencyMode::NotReady
-            && !wait.is_zero()
-            && let Some(m) = self
-                .freshness
-                .wait_for(&self.pool, id, min_version, wait)
-                .await?
-        {
-            return Ok(m);
-        }
-        let not_ready = Error::UserNotReady {
-            member_id: id,
-            retry_after: self.freshness.retry_after(
-                Duration::from_millis(self.consistency.retry_after_min_ms),
-                Duration::from_millis(self.consistency.retry_after_max_ms),
+    }
+
+    /// The fetch step: GetMember from auth, provisioned into the replica;
+    /// the step after it and, to serve, the member.
+    async fn fetch(
+        &self,
+        id: Uuid,
+        min_version: i64,
+        policy: Policy,
+    ) -> (Step, Option<ReplicaMember>) {
+        let (seen, member, result) = match self.read_through.fetch_and_provision(id).await {
+            Ok(m) => (
+                Seen::Fetched { version: m.version },
+                Some(m),
+                ReadThroughResult::ok,
             ),
+            Err(FetchError::NotFound(_)) => {
+                (Seen::AuthNotFound, None, ReadThroughResult::not_found)
+            }
+            Err(FetchError::Unavailable(_)) => {
+                (Seen::AuthUnavailable, None, ReadThroughResult::unavailable)
+            }
         };
-        let fetched = match self.consistency.mode {
-            ConsistencyMode::NotReady => Err(not_ready),
-            ConsistencyMode::ReadThrough => match self.read_through.fetch_and_provision(id).await {
-                Ok(m) if m.version >= min_version => {
-                    self.metrics.read_through(ReadThroughResult::ok);
-                    Ok(m)
-                }
-                // auth is the source of truth; older than the caller's
-                // version would mean a token from elsewhere.
-                Ok(_) => Err(not_ready),
-                Err(FetchError::NotFound(_)) => {
-                    self.metrics.read_through(ReadThroughResult::not_found);
-                    Err(Failure::NotFound(format!("member {id}")).into())
-                }
-                Err(FetchError::Unavailable(_)) => {
-                    self.metrics.read_through(ReadThroughResult::unavailable);
-                    Err(not_ready)
-                }
-            },
-        };
-        if let Err(Error::UserNotReady { .. }) = &fetched {
-            self.metrics.user_not_ready.inc();
-        }
-        fetched
+        self.metrics.read_through(result);
+        (miss::decide(policy, min_version, seen), member)
     }
 
     async fn create(

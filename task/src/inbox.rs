@@ -2,7 +2,8 @@
 //! the background, so it does not grow without bound.
 use std::time::Duration;
 
-use memberflow_common::{shutdown::CancellationToken, telemetry::error_chain};
+use memberflow_runtime::shutdown::CancellationToken;
+use memberflow_runtime::telemetry::error_chain;
 use sqlx::PgPool;
 
 use crate::settings::InboxSettings;

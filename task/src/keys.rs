@@ -11,14 +11,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use memberflow_common::{
-    error::Failure,
-    grpc::bearer,
-    shutdown::CancellationToken,
-    token::{PublicKey, TokenError, Verified, Verifier},
-};
+use memberflow_contract::token::{PublicKey, TokenError, Verified, Verifier};
+use memberflow_runtime::error::Failure;
+use memberflow_runtime::grpc::bearer;
+use memberflow_runtime::shutdown::CancellationToken;
 
-use crate::resync::AuthSource;
+use crate::auth_client::AuthClient;
 
 /// The shortest time between two refreshes caused by unknown key ids.
 pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
@@ -28,14 +26,14 @@ pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 pub struct TrustedKeys {
     verifier: Verifier,
     configured: Arc<[PublicKey]>,
-    source: AuthSource,
+    source: AuthClient,
     last_refresh: Arc<Mutex<Option<Instant>>>,
     refresh_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl TrustedKeys {
     /// Starts with `configured` only; [`Self::refresh`] adds auth's.
-    pub fn new(configured: Vec<PublicKey>, source: AuthSource) -> Self {
+    pub fn new(configured: Vec<PublicKey>, source: AuthClient) -> Self {
         Self {
             verifier: Verifier::new(&configured),
             configured: configured.into(),

@@ -1,5 +1,6 @@
 //! The task service: members' tasks on top of an idempotent replica of auth's
 //! members. See `startup::Application` for the entry point.
+pub mod auth_client;
 pub mod consumer;
 pub mod dlq;
 pub mod domain;
@@ -9,6 +10,7 @@ pub mod grpc;
 pub mod inbox;
 pub mod keys;
 pub mod metrics;
+pub mod miss;
 pub mod read_through;
 pub mod reconcile;
 pub mod replica;

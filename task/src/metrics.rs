@@ -1,7 +1,7 @@
 //! task's own metrics, beside the gRPC ones every service has: what the
 //! consumer does with each event, how far behind the replica is, and how
 //! often a client had to wait for it.
-use memberflow_common::metrics::SharedRegistry;
+use memberflow_runtime::metrics::SharedRegistry;
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},

@@ -2,34 +2,26 @@
 //! provisions it, so CreateTask can go on at once.
 //!
 //! Concurrent misses for one member share one GetMember call (single-flight).
-//! The call goes through tower layers: a timeout and a concurrency limit, so a
-//! slow or dead auth costs a bounded wait and never piles up requests.
+//! The call is bounded by a timeout and a concurrency limit (see
+//! `auth_client`), so a slow or dead auth costs a bounded wait and never piles
+//! up requests.
 use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
 };
 
 use futures::{
     FutureExt,
     future::{BoxFuture, Shared},
 };
-use memberflow_common::{
-    grpc::SERVICE_TOKEN_HEADER,
-    proto::auth::v1::{GetMemberRequest, auth_service_client::AuthServiceClient},
-};
-use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
-use tonic::{Code, Request, transport::Channel};
-use tower::{ServiceBuilder, limit::ConcurrencyLimit, timeout::Timeout};
 use uuid::Uuid;
 
-use crate::{domain::ReplicaMember, replica, settings::AuthSettings};
+use crate::{auth_client::AuthClient, domain::ReplicaMember, replica};
 
-type Client = AuthServiceClient<Timeout<ConcurrencyLimit<Channel>>>;
 type Flight = Shared<BoxFuture<'static, Result<ReplicaMember, FetchError>>>;
 
 /// Why read-through could not provision a member.
@@ -46,31 +38,22 @@ pub enum FetchError {
 /// Fetches members from auth and provisions them into the replica.
 #[derive(Clone)]
 pub struct ReadThrough {
-    client: Client,
-    service_token: SecretString,
+    auth: AuthClient,
     pool: PgPool,
     inflight: Arc<Mutex<HashMap<Uuid, Flight>>>,
     calls: Arc<AtomicU64>,
 }
 
 impl ReadThrough {
-    /// Connects lazily, so task starts even while auth is down.
-    pub fn new(cfg: &AuthSettings, pool: PgPool) -> anyhow::Result<Self> {
-        let channel = cfg
-            .endpoint()?
-            .connect_timeout(Duration::from_millis(cfg.timeout_ms))
-            .connect_lazy();
-        let svc = ServiceBuilder::new()
-            .timeout(Duration::from_millis(cfg.timeout_ms))
-            .concurrency_limit(cfg.concurrency_limit.max(1))
-            .service(channel);
-        Ok(Self {
-            client: AuthServiceClient::new(svc),
-            service_token: cfg.service_token.clone(),
+    /// Fetches through `auth` (which connects lazily, so task starts even
+    /// while auth is down) into the replica in `pool`.
+    pub fn new(auth: AuthClient, pool: PgPool) -> Self {
+        Self {
+            auth,
             pool,
             inflight: Arc::default(),
             calls: Arc::default(),
-        })
+        }
     }
 
     /// GetMember calls made so far (tests check single-flight with it).
@@ -102,27 +85,14 @@ impl ReadThrough {
     #[tracing::instrument(name = "read_through", skip(self), fields(member_id = %id))]
     async fn fetch_uncached(&self, id: Uuid) -> Result<ReplicaMember, FetchError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let mut req = Request::new(GetMemberRequest {
-            member_id: id.to_string(),
-        });
-        let token =
-            self.service_token.expose_secret().parse().map_err(|_| {
-                FetchError::Unavailable("service token is not valid metadata".into())
-            })?;
-        req.metadata_mut().insert(SERVICE_TOKEN_HEADER, token);
-        // auth's GetMember span joins the caller's trace.
-        memberflow_common::trace_context::inject_metadata(req.metadata_mut());
-        let member = match self.client.clone().get_member(req).await {
-            Ok(r) => r.into_inner().member,
-            Err(s) if s.code() == Code::NotFound => return Err(FetchError::NotFound(id)),
+        let m = match self.auth.member(id).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Err(FetchError::NotFound(id)),
             Err(s) => {
                 tracing::warn!(code = ?s.code(), message = s.message(), "GetMember failed");
                 return Err(FetchError::Unavailable(s.message().to_owned()));
             }
-        }
-        .ok_or_else(|| FetchError::Unavailable("auth answered without a member".into()))?;
-        let m = crate::resync::replica_member(member)
-            .map_err(|e| FetchError::Unavailable(format!("auth answered a bad member: {e}")))?;
+        };
         replica::upsert(&self.pool, std::slice::from_ref(&m))
             .await
             .map_err(|e| FetchError::Unavailable(format!("provisioning failed: {e}")))?;

@@ -13,16 +13,14 @@
 use std::{collections::HashMap, time::Duration};
 
 use futures::StreamExt;
-use memberflow_common::{
-    digest::{self, Bucket},
-    shutdown::CancellationToken,
-    telemetry::error_chain,
-};
+use memberflow_contract::digest::{self, Bucket};
+use memberflow_runtime::shutdown::CancellationToken;
+use memberflow_runtime::telemetry::error_chain;
 use sqlx::{Connection, PgPool};
 use uuid::Uuid;
 
 use crate::{
-    domain::ReplicaMember, metrics::TaskMetrics, replica, resync::AuthSource,
+    auth_client::AuthClient, domain::ReplicaMember, metrics::TaskMetrics, replica,
     settings::ReconcileSettings,
 };
 
@@ -92,7 +90,7 @@ pub fn diff_leaf(theirs: &[(Uuid, i64)], ours: &[(Uuid, i64)]) -> LeafDiff {
 }
 
 /// One full comparison of the replica with auth, repairing what it finds.
-pub async fn reconcile_once(pool: &PgPool, source: &AuthSource) -> anyhow::Result<Pass> {
+pub async fn reconcile_once(pool: &PgPool, source: &AuthClient) -> anyhow::Result<Pass> {
     let mut pass = Pass::default();
     let mut ranges = vec![(digest::FIRST, digest::LAST)];
     while let Some((after, until)) = ranges.pop() {
@@ -121,7 +119,7 @@ pub async fn reconcile_once(pool: &PgPool, source: &AuthSource) -> anyhow::Resul
 
 async fn repair_leaf(
     pool: &PgPool,
-    source: &AuthSource,
+    source: &AuthClient,
     bucket: &Bucket,
     pass: &mut Pass,
 ) -> anyhow::Result<()> {
@@ -151,7 +149,7 @@ async fn repair_leaf(
 /// instance at a time.
 pub async fn run(
     pool: PgPool,
-    source: AuthSource,
+    source: AuthClient,
     cfg: ReconcileSettings,
     metrics: TaskMetrics,
     shutdown: CancellationToken,
@@ -194,7 +192,7 @@ pub async fn run(
 }
 
 /// A pass under the reconciler lock, or `None` when another instance holds it.
-pub async fn locked_pass(pool: &PgPool, source: &AuthSource) -> anyhow::Result<Option<Pass>> {
+pub async fn locked_pass(pool: &PgPool, source: &AuthClient) -> anyhow::Result<Option<Pass>> {
     let mut lock = pool.acquire().await?.detach();
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(LOCK_KEY)

@@ -88,18 +88,15 @@ pub async fn apply(pool: &PgPool, events: &[MemberEvent]) -> sqlx::Result<Applie
              {UPSERT_IF_NEWER}
              RETURNING id, version, extract(epoch FROM replicated_at - occurred_at)::float8 AS lag
          ), notified AS (
-             -- Wakes read-your-writes waiters in every task instance at
-             -- commit; a large batch sends no names (waiters re-check).
-             SELECT pg_notify('{channel}', CASE WHEN count(*) <= 100
-                 THEN string_agg(id::text || ':' || version, ',') ELSE '' END)
-               FROM changed HAVING count(*) > 0
+             -- Wakes read-your-writes waiters in every task instance.
+             {notify}
          )
          SELECT (SELECT count(*) FROM fresh),
                 coalesce((SELECT array_agg(id) FROM changed), '{{}}'),
                 coalesce((SELECT array_agg(version) FROM changed), '{{}}'),
                 coalesce((SELECT array_agg(lag) FROM changed), '{{}}'),
                 (SELECT count(*) FROM notified)",
-            channel = crate::freshness::CHANNEL
+            notify = crate::freshness::NOTIFY_APPLIED_SQL
         )))
         .bind(&event_ids)
         .bind(&member_ids)
@@ -177,7 +174,7 @@ pub async fn digest(pool: &PgPool, bounds: &[(Uuid, Uuid)]) -> sqlx::Result<Vec<
                 SELECT count(*) AS n, coalesce(sum({hash}), 0)::text AS hash
                   FROM members WHERE id > b.lo AND id <= b.hi) x
           ORDER BY b.i",
-        hash = memberflow_common::digest::ROW_HASH_SQL
+        hash = memberflow_contract::digest::ROW_HASH_SQL
     )))
     .bind(&after)
     .bind(&until)

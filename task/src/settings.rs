@@ -1,5 +1,10 @@
 //! Typed settings of the task service (`[task]` of `config/*.toml`, then `TASK__*`).
-use memberflow_common::{db::DatabaseSettings, retry::Backoff, settings::BaseSettings};
+use memberflow_retry::Backoff;
+use memberflow_runtime::{
+    amqp,
+    db::DatabaseSettings,
+    settings::{Audited, BaseSettings, ServiceSettings},
+};
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -20,9 +25,23 @@ pub struct Settings {
     pub reconcile: ReconcileSettings,
 }
 
-memberflow_common::service_settings!(Settings, "task", 50052, metrics: 9092, secrets: [
-    "auth.service_token" => auth.service_token,
-]);
+impl ServiceSettings for Settings {
+    const SERVICE: &'static str = "task";
+    const PORT: u16 = 50052;
+
+    fn base(&self) -> &BaseSettings {
+        &self.base
+    }
+
+    fn database(&self) -> &DatabaseSettings {
+        &self.database
+    }
+
+    fn audited(&self) -> Audited<'_> {
+        Audited::new(&self.base, &self.database, &self.amqp.url, &self.amqp.urls)
+            .secret("auth.service_token", &self.auth.service_token)
+    }
+}
 
 /// The consumer of `member.events`.
 #[derive(Debug, Clone, Deserialize)]
@@ -31,7 +50,7 @@ pub struct AmqpSettings {
     pub url: SecretString,
     /// The nodes of a RabbitMQ cluster; when set, `url` is not used. From
     /// the environment, comma-separated (`TASK__AMQP__URLS`).
-    #[serde(deserialize_with = "memberflow_common::amqp::deserialize_urls")]
+    #[serde(deserialize_with = "amqp::deserialize_urls")]
     pub urls: Vec<SecretString>,
     /// `x-quorum-initial-group-size` of task's quorum queues: how many nodes
     /// hold a replica. 0: 3 when `urls` names several nodes, else the
@@ -68,8 +87,8 @@ impl Default for AmqpSettings {
 
 impl AmqpSettings {
     /// The broker nodes to connect to.
-    pub fn nodes(&self) -> memberflow_common::amqp::Nodes {
-        memberflow_common::amqp::Nodes::new(&self.url, &self.urls)
+    pub fn nodes(&self) -> amqp::Nodes {
+        amqp::Nodes::new(&self.url, &self.urls)
     }
 
     /// The replica count to declare quorum queues with, if any.
@@ -96,7 +115,7 @@ pub struct AuthSettings {
     pub concurrency_limit: usize,
     /// `[task.auth.tls]`: TLS to auth (`https://` addr), and the client
     /// certificate for mutual TLS.
-    pub tls: memberflow_common::tls::ClientTls,
+    pub tls: memberflow_runtime::tls::ClientTls,
 }
 
 impl AuthSettings {

@@ -5,16 +5,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use memberflow_common::{
+use memberflow_contract::{
+    proto::task::v1::task_service_server::TaskServiceServer, token::PublicKey,
+};
+use memberflow_runtime::{
     db, grpc,
-    proto::task::v1::task_service_server::TaskServiceServer,
     shutdown::CancellationToken,
-    startup::{self, Gate, Prepared, spawn_health},
-    token::PublicKey,
+    startup::{self, Gate, Prepared, Service, spawn_health},
 };
 use tonic::service::interceptor::InterceptedService;
 
 use crate::{
+    auth_client::AuthClient,
     consumer::{Attachment, Consumer, ConsumerStats},
     freshness::{self, Freshness},
     grpc::TaskApi,
@@ -23,7 +25,6 @@ use crate::{
     metrics::TaskMetrics,
     read_through::ReadThrough,
     reconcile,
-    resync::AuthSource,
     settings::Settings,
 };
 
@@ -40,18 +41,25 @@ pub struct Application {
     stats: Arc<ConsumerStats>,
     metrics: TaskMetrics,
     read_through: ReadThrough,
-    source: AuthSource,
+    source: AuthClient,
     freshness: Arc<Freshness>,
     keys: TrustedKeys,
 }
 
-impl Application {
+/// Runs task as its process does (see [`startup::serve`]).
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    startup::serve::<Application>(settings).await
+}
+
+impl Service for Application {
+    type Settings = Settings;
+
     /// Audits the settings and binds the listener (port 0 allowed); nothing
     /// talks to PostgreSQL, RabbitMQ or auth until [`Self::run_until_stopped`].
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+    async fn build(settings: Settings) -> anyhow::Result<Self> {
         let prepared = Prepared::new(settings).await?;
-        let read_through = ReadThrough::new(&prepared.settings.auth, prepared.pool.clone())?;
-        let source = AuthSource::new(&prepared.settings.auth)?;
+        let source = AuthClient::new(&prepared.settings.auth)?;
+        let read_through = ReadThrough::new(source.clone(), prepared.pool.clone());
         let metrics = TaskMetrics::register(&prepared.registry);
         let configured = PublicKey::parse_bundle(&prepared.settings.token.public_keys)
             .map_err(|e| anyhow::anyhow!("task.token.public_keys: {e}"))?;
@@ -67,29 +75,9 @@ impl Application {
         })
     }
 
-    /// Consumer counters, shared with the running consumer.
-    pub fn stats(&self) -> Arc<ConsumerStats> {
-        self.stats.clone()
-    }
-
-    /// This instance's metrics (the same counters `/metrics` shows).
-    pub fn metrics(&self) -> TaskMetrics {
-        self.metrics.clone()
-    }
-
-    /// Read-your-writes waiters, to observe them.
-    pub fn freshness(&self) -> Arc<Freshness> {
-        self.freshness.clone()
-    }
-
-    /// The read-through client, to observe its calls.
-    pub fn read_through(&self) -> ReadThrough {
-        self.read_through.clone()
-    }
-
     /// Serves until `shutdown`: stops accepting, finishes in-flight RPCs,
     /// lets the consumer ack its batch and close its channel, then returns.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let started = self.prepared.start(SERVICE_NAME, &shutdown).await?;
         let (settings, pool) = (started.settings, started.pool);
         let metrics = self.metrics;
@@ -114,7 +102,7 @@ impl Application {
             &shutdown,
         );
         let (stats, source) = (self.stats, self.source);
-        let workers = || {
+        let workers = |tasks: &mut tokio::task::JoinSet<()>| {
             let consumer = Consumer::new(
                 pool.clone(),
                 settings.amqp.clone(),
@@ -123,22 +111,23 @@ impl Application {
                 freshness.clone(),
             );
             // Other instances' applies wake this one's waiters.
-            let listen = {
+            {
                 let (pool, backoff, stop) = (pool.clone(), settings.amqp.backoff, shutdown.clone());
                 let freshness = freshness.clone();
-                tokio::spawn(async move {
+                tasks.spawn(async move {
                     db::listen(pool, freshness::CHANNEL, backoff, stop, |payload| {
                         freshness.notified(payload)
                     })
                     .await;
-                })
-            };
+                });
+            }
             let attached = consumer.attached();
             // SERVING while the database answers and the consumer is attached
             // (or only briefly detached).
             let mut attachment =
                 Attachment::new(Duration::from_secs(settings.amqp.detached_grace_secs));
             spawn_health(
+                tasks,
                 started.health,
                 SERVICE_NAME,
                 pool.clone(),
@@ -146,26 +135,24 @@ impl Application {
                 shutdown.clone(),
                 move || attachment.healthy(*attached.borrow(), Instant::now()),
             );
-            Ok(vec![
-                listen,
-                tokio::spawn(self.keys.clone().refresh_every(
-                    Duration::from_secs(settings.token.refresh_secs),
-                    shutdown.clone(),
-                )),
-                tokio::spawn(consumer.run(shutdown.clone())),
-                tokio::spawn(inbox::run_pruner(
-                    pool.clone(),
-                    settings.inbox.clone(),
-                    shutdown.clone(),
-                )),
-                tokio::spawn(reconcile::run(
-                    pool.clone(),
-                    source,
-                    settings.reconcile.clone(),
-                    metrics,
-                    shutdown.clone(),
-                )),
-            ])
+            tasks.spawn(self.keys.clone().refresh_every(
+                Duration::from_secs(settings.token.refresh_secs),
+                shutdown.clone(),
+            ));
+            tasks.spawn(consumer.run(shutdown.clone()));
+            tasks.spawn(inbox::run_pruner(
+                pool.clone(),
+                settings.inbox.clone(),
+                shutdown.clone(),
+            ));
+            tasks.spawn(reconcile::run(
+                pool.clone(),
+                source,
+                settings.reconcile.clone(),
+                metrics,
+                shutdown.clone(),
+            ));
+            Ok(())
         };
         startup::run(
             server,
@@ -174,10 +161,35 @@ impl Application {
             pool.clone(),
             &MIGRATOR,
             shutdown.clone(),
+            started.tasks,
             workers,
         )
         .await
     }
+
+    fn prepared(&self) -> &Prepared<Settings> {
+        &self.prepared
+    }
 }
 
-memberflow_common::service_main!(Application, Settings, "task");
+impl Application {
+    /// Consumer counters, shared with the running consumer.
+    pub fn stats(&self) -> Arc<ConsumerStats> {
+        self.stats.clone()
+    }
+
+    /// This instance's metrics (the same counters `/metrics` shows).
+    pub fn metrics(&self) -> TaskMetrics {
+        self.metrics.clone()
+    }
+
+    /// Read-your-writes waiters, to observe them.
+    pub fn freshness(&self) -> Arc<Freshness> {
+        self.freshness.clone()
+    }
+
+    /// The read-through client, to observe its calls.
+    pub fn read_through(&self) -> ReadThrough {
+        self.read_through.clone()
+    }
+}

@@ -7,7 +7,8 @@ use lapin::{
     options::{BasicAckOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
     types::FieldTable,
 };
-use memberflow_common::amqp::{self, EXCHANGE};
+use memberflow_contract::topology::EXCHANGE;
+use memberflow_runtime::amqp;
 
 pub struct TestQueue {
     _conn: Connection,
@@ -134,20 +135,20 @@ impl RawPublisher {
     /// Publishes a `MemberChanged` event.
     pub async fn member_event(&self, e: &MemberEventFixture) {
         use prost::Message;
-        let body = memberflow_common::proto::auth::v1::MemberChanged {
+        let body = memberflow_contract::proto::auth::v1::MemberChanged {
             event_id: e.event_id.to_string(),
             member_id: e.member_id.to_string(),
             nickname: e.nickname.clone(),
             region: e.region.clone(),
             version: e.version,
-            occurred_at: Some(memberflow_common::grpc::timestamp(chrono::Utc::now())),
+            occurred_at: Some(memberflow_contract::time::timestamp(chrono::Utc::now())),
             ..Default::default()
         }
         .encode_to_vec();
         let rk = if e.version == 1 {
-            amqp::MEMBER_CREATED
+            memberflow_contract::topology::MEMBER_CREATED
         } else {
-            amqp::MEMBER_UPDATED
+            memberflow_contract::topology::MEMBER_UPDATED
         };
         self.publish(rk, &body).await;
     }

@@ -1,14 +1,13 @@
 //! Spawns the real services in-process, bound to port 0, and waits until
 //! their health check says SERVING.
+use memberflow_runtime::startup::Service as _;
 use std::{net::SocketAddr, time::Duration};
 
-use memberflow_common::{
-    proto::auth::v1::auth_service_client::AuthServiceClient,
-    retry::Backoff,
-    secrets::{DEV_SERVICE_TOKEN, DEV_SIGNING_KEY},
-    settings::Environment,
-    token::Signer,
-};
+use memberflow_contract::proto::auth::v1::auth_service_client::AuthServiceClient;
+use memberflow_contract::token::Signer;
+use memberflow_retry::Backoff;
+use memberflow_runtime::secrets::{DEV_SERVICE_TOKEN, DEV_SIGNING_KEY};
+use memberflow_runtime::settings::Environment;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic_health::pb::{
@@ -29,7 +28,7 @@ pub fn auth_settings(env: &mut TestEnv) -> auth::Settings {
     s.token.signing_key = DEV_SIGNING_KEY.into();
     s.token.service_token = DEV_SERVICE_TOKEN.into();
     s.base.server.addr = "127.0.0.1:0".into();
-    s.database = memberflow_common::db::DatabaseSettings::with_url(&env.database_url("auth"));
+    s.database = memberflow_runtime::db::DatabaseSettings::with_url(&env.database_url("auth"));
     s.amqp.url = env.amqp_url().into();
     s.password.memory_kib = TEST_ARGON2_MEMORY_KIB;
     s.password.iterations = 1;
@@ -193,7 +192,7 @@ pub fn task_settings(
     s.token.public_keys = dev_signer().public_key().to_pem();
     s.auth.service_token = DEV_SERVICE_TOKEN.into();
     s.base.server.addr = "127.0.0.1:0".into();
-    s.database = memberflow_common::db::DatabaseSettings::with_url(&env.database_url("task"));
+    s.database = memberflow_runtime::db::DatabaseSettings::with_url(&env.database_url("task"));
     s.amqp.url = env.amqp_url().into();
     s.amqp.backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(300));
     s.auth.addr = auth_addr.to_owned();
@@ -216,8 +215,8 @@ pub struct TestTask {
 
 impl TestTask {
     /// A client library instance acting for the holder of `token`.
-    pub fn client(&self, token: &str) -> memberflow_common::client::TaskClient {
-        memberflow_common::client::TaskClient::new(self.channel.clone(), token).expect("client")
+    pub fn client(&self, token: &str) -> memberflow_client::TaskClient {
+        memberflow_client::TaskClient::new(self.channel.clone(), token).expect("client")
     }
 
     /// Events the consumer has processed so far.

@@ -26,7 +26,7 @@ impl TestEnv {
     /// Creates the vhost (with permissions for `guest`). Databases are
     /// created by the services themselves, from [`Self::database_url`].
     pub fn new() -> Self {
-        memberflow_common::telemetry::init_for_tests();
+        memberflow_runtime::telemetry::init_for_tests();
         let id = Uuid::new_v4().simple().to_string()[..12].to_owned();
         let vhost = format!("mf-test-{id}");
         rabbitmqctl(&["add_vhost", &vhost]);
@@ -78,7 +78,7 @@ impl TestEnv {
     /// took 2.9 s, not 0.5 s; see the README's Security section).
     pub async fn pool(&mut self, service: &str) -> PgPool {
         let settings =
-            memberflow_common::db::DatabaseSettings::with_url(&self.database_url(service));
+            memberflow_runtime::db::DatabaseSettings::with_url(&self.database_url(service));
         PgPool::connect_with(settings.connect_options().expect("test database URL"))
             .await
             .expect("connect to test database")

@@ -1,13 +1,15 @@
 //! The auth service against real PostgreSQL and RabbitMQ: signup through the
 //! outbox, validation, credentials, and relay fault tolerance.
+use memberflow_runtime::startup::Service as _;
 use std::{collections::HashMap, time::Duration};
 
 use lapin::types::AMQPValue;
-use memberflow_common::{
-    amqp::{CONTENT_TYPE, MEMBER_CREATED, MEMBER_UPDATED},
-    grpc::{SERVICE_TOKEN_HEADER, violated_fields},
-    proto::auth::v1 as pb,
-};
+use memberflow_contract::proto::auth::v1 as pb;
+use memberflow_contract::topology::CONTENT_TYPE;
+use memberflow_contract::topology::MEMBER_CREATED;
+use memberflow_contract::topology::MEMBER_UPDATED;
+use memberflow_runtime::grpc::SERVICE_TOKEN_HEADER;
+use memberflow_runtime::grpc::violated_fields;
 use memberflow_tests::{
     amqp::TestQueue,
     apps::{TestAuth, auth_settings, spawn_auth},
@@ -500,7 +502,7 @@ async fn health_follows_the_database_both_ways_and_early_rpcs_are_unavailable() 
     let db = env
         .database_url("auth")
         .replace(&env.pg_host(), &proxy.host());
-    settings.database = memberflow_common::db::DatabaseSettings::with_url(&db);
+    settings.database = memberflow_runtime::db::DatabaseSettings::with_url(&db);
     let app = auth::Application::build(settings).await.unwrap();
     let addr = app.local_addr();
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -742,7 +744,7 @@ fn trusted<T>(msg: T) -> Request<T> {
     let mut req = Request::new(msg);
     req.metadata_mut().insert(
         SERVICE_TOKEN_HEADER,
-        memberflow_common::secrets::DEV_SERVICE_TOKEN
+        memberflow_runtime::secrets::DEV_SERVICE_TOKEN
             .parse()
             .unwrap(),
     );
@@ -843,7 +845,7 @@ async fn behind_pgbouncer_in_transaction_mode_the_relay_uses_its_direct_url() {
     let mut settings = auth_settings(&mut env);
     let direct = env.database_url("auth");
     let pooled = direct.replace(&env.pg_host(), &bouncer.host());
-    settings.database = memberflow_common::db::DatabaseSettings::with_url(&pooled);
+    settings.database = memberflow_runtime::db::DatabaseSettings::with_url(&pooled);
     settings.database.direct_url = Some(direct.into());
     // Debian's PgBouncer (1.18) cannot carry sqlx's named prepared
     // statements across server connections; one client on one server

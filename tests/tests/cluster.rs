@@ -10,7 +10,7 @@
 //! is empty and so is the DLQ.
 use std::time::{Duration, Instant};
 
-use memberflow_common::proto::auth::v1 as auth_pb;
+use memberflow_contract::proto::auth::v1 as auth_pb;
 use memberflow_tests::{
     amqp::queue_depth,
     apps::{TestAuth, auth_settings, spawn_auth, spawn_task, task_settings},
@@ -96,7 +96,7 @@ async fn converged(auth_db: &PgPool, task_db: &PgPool, dlq_url: &str, events: i6
         (count(auth_db, "SELECT count(*) FROM outbox").await == 0).then_some(())
     })
     .await;
-    let conn = memberflow_common::amqp::connect(dlq_url, "test")
+    let conn = memberflow_runtime::amqp::connect(dlq_url, "test")
         .await
         .unwrap();
     let channel = conn.create_channel().await.unwrap();

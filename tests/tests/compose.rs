@@ -1,6 +1,6 @@
 //! docker-compose.yml cannot be run here (no Docker engine), so the suite
 //! parses it and checks what it promises: services, ports, env, healthchecks.
-use memberflow_common::settings::ServiceSettings as _;
+use memberflow_runtime::settings::ServiceSettings as _;
 use serde_yaml::Value;
 
 fn compose() -> Value {
@@ -130,7 +130,7 @@ fn compose_file_names_every_service_port_and_setting() {
         let text = std::fs::read_to_string(format!("{root}/config/{file}")).unwrap();
         for known in [
             "MC4CAQAwBQYDK2VwBCIEIOVSUVx4HGcdvzxXuuKP6ZkRcdz8kXh67Rsr+Fgs89hj",
-            memberflow_common::secrets::DEV_SERVICE_TOKEN,
+            memberflow_runtime::secrets::DEV_SERVICE_TOKEN,
         ] {
             assert!(!text.contains(known), "config/{file} carries a secret");
         }
@@ -139,7 +139,7 @@ fn compose_file_names_every_service_port_and_setting() {
 
 #[test]
 fn config_files_load_into_settings() {
-    use memberflow_common::settings::{Environment, Source};
+    use memberflow_runtime::settings::{Environment, Source};
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../config");
     let source = |environment: &str| {
         let mut s = Source::dir(dir);
@@ -175,21 +175,21 @@ fn config_files_load_into_settings() {
 
 #[test]
 fn the_default_environment_is_production() {
-    let s = auth::Settings::load(&memberflow_common::settings::Source {
+    let s = auth::Settings::load(&memberflow_runtime::settings::Source {
         dir: None,
         vars: Some(Default::default()),
     })
     .unwrap();
     assert_eq!(
         s.base.environment,
-        memberflow_common::settings::Environment::Production
+        memberflow_runtime::settings::Environment::Production
     );
     assert!(s.audit().is_err(), "no secret configured: refused");
 }
 
 #[test]
 fn amqp_urls_come_from_the_environment_comma_separated() {
-    use memberflow_common::settings::Source;
+    use memberflow_runtime::settings::Source;
     use secrecy::ExposeSecret;
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../config");
     let mut source = Source::dir(dir);

@@ -3,11 +3,9 @@
 //! rather than by retries or polling.
 use std::time::{Duration, Instant};
 
-use memberflow_common::{
-    consistency::ConsistencyToken,
-    grpc::violated_fields,
-    proto::{auth::v1 as auth_pb, task::v1 as pb},
-};
+use memberflow_contract::consistency::ConsistencyToken;
+use memberflow_contract::proto::{auth::v1 as auth_pb, task::v1 as pb};
+use memberflow_runtime::grpc::violated_fields;
 use memberflow_tests::{
     amqp::{MemberEventFixture, RawPublisher},
     apps::{auth_settings, mint_token, spawn_auth, spawn_task, task_settings},

@@ -3,12 +3,11 @@
 //! scenario checks its end state in the databases and the broker.
 use std::{sync::Arc, time::Duration};
 
-use memberflow_common::{
-    client::TaskClient,
-    proto::{auth::v1 as auth_pb, task::v1 as pb},
-    settings::ServiceSettings as _,
-    settings::Source,
-};
+use memberflow_client::TaskClient;
+use memberflow_contract::proto::{auth::v1 as auth_pb, task::v1 as pb};
+use memberflow_contract::topology::{DEAD_LETTER_QUEUE, QUEUE};
+use memberflow_runtime::settings::ServiceSettings as _;
+use memberflow_runtime::settings::Source;
 use memberflow_tests::{
     amqp::RawPublisher,
     apps::{TestTask, auth_settings, spawn_auth, spawn_task, task_settings},
@@ -17,10 +16,7 @@ use memberflow_tests::{
     proxy::TcpProxy,
 };
 use sqlx::PgPool;
-use task::{
-    ConsistencyMode,
-    consumer::{DEAD_LETTER_QUEUE, QUEUE},
-};
+use task::ConsistencyMode;
 use tonic::Request;
 use uuid::Uuid;
 
@@ -65,7 +61,7 @@ async fn user_flow(auth: TestAuthClient, task: &TestTask, i: usize) -> (String, 
     (member.id, token)
 }
 
-type TestAuthClient = memberflow_common::proto::auth::v1::auth_service_client::AuthServiceClient<
+type TestAuthClient = memberflow_contract::proto::auth::v1::auth_service_client::AuthServiceClient<
     tonic::transport::Channel,
 >;
 
@@ -284,7 +280,7 @@ async fn task_killed_before_ack_gets_the_events_again_without_duplicates() {
     let mut env = TestEnv::new();
     let db = TcpProxy::start(&env.pg_host()).await;
     let mut t = task_settings(&mut env, ConsistencyMode::NotReady, "http://127.0.0.1:1");
-    t.database = memberflow_common::db::DatabaseSettings::with_url(
+    t.database = memberflow_runtime::db::DatabaseSettings::with_url(
         &env.database_url("task").replace(&env.pg_host(), &db.host()),
     );
     t.database.acquire_timeout_ms = 500;
@@ -492,7 +488,7 @@ async fn replica_stage(
 ) -> (
     memberflow_tests::apps::TestAuth,
     TestTask,
-    task::resync::AuthSource,
+    task::auth_client::AuthClient,
     PgPool,
     PgPool,
 ) {
@@ -503,7 +499,7 @@ async fn replica_stage(
         &format!("http://{}", auth.app.addr),
     );
     tune(&mut settings);
-    let source = task::resync::AuthSource::new(&settings.auth).unwrap();
+    let source = task::auth_client::AuthClient::new(&settings.auth).unwrap();
     let task = spawn_task(settings).await;
     let (auth_db, task_db) = (env.pool("auth").await, env.pool("task").await);
     (auth, task, source, auth_db, task_db)

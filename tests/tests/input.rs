@@ -2,7 +2,7 @@
 //! INVALID_ARGUMENT with a field violation naming it (beside any other bad
 //! field), and changes nothing; one email address is one account however it
 //! is spelled.
-use memberflow_common::proto::{auth::v1 as auth_pb, task::v1 as pb};
+use memberflow_contract::proto::{auth::v1 as auth_pb, task::v1 as pb};
 use memberflow_tests::{
     apps::{auth_settings, mint_token, spawn_auth, spawn_task, task_settings},
     env::TestEnv,

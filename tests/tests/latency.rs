@@ -5,7 +5,7 @@
 //! `TcpStream` speaking h2 that does not set nodelay itself.
 use std::time::{Duration, Instant};
 
-use memberflow_common::proto::auth::v1 as pb;
+use memberflow_contract::proto::auth::v1 as pb;
 use memberflow_tests::{
     apps::{auth_settings, spawn_auth},
     env::TestEnv,

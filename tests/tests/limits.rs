@@ -3,7 +3,7 @@
 //! HTTP/2 keepalive). Each refusal is a clean gRPC status.
 use std::time::{Duration, Instant};
 
-use memberflow_common::proto::auth::v1 as pb;
+use memberflow_contract::proto::auth::v1 as pb;
 use memberflow_tests::{
     apps::{TestAuth, auth_settings, health_status, spawn_auth},
     env::TestEnv,

@@ -4,7 +4,7 @@
 //! services really export.
 use std::{collections::BTreeSet, time::Duration};
 
-use memberflow_common::proto::{auth::v1 as auth_pb, task::v1 as pb};
+use memberflow_contract::proto::{auth::v1 as auth_pb, task::v1 as pb};
 use memberflow_tests::{
     apps::{auth_settings, spawn_auth, spawn_task, task_settings},
     env::TestEnv,

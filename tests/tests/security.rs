@@ -3,11 +3,9 @@
 //! sessions in auth at once and in task through the outbox.
 use std::time::{Duration, Instant};
 
-use memberflow_common::{
-    grpc::violated_fields,
-    proto::{auth::v1 as auth_pb, task::v1 as pb},
-    token::Signer,
-};
+use memberflow_contract::proto::{auth::v1 as auth_pb, task::v1 as pb};
+use memberflow_contract::token::Signer;
+use memberflow_runtime::grpc::violated_fields;
 use memberflow_tests::{
     amqp::{MemberEventFixture, RawPublisher, TestQueue},
     apps::{TestAuth, auth_settings, spawn_auth, spawn_task, task_settings},

@@ -5,11 +5,10 @@ use std::{
     time::Duration,
 };
 
-use memberflow_common::{
-    client::user_not_ready,
-    grpc::violated_fields,
-    proto::{auth::v1 as auth_pb, task::v1 as pb},
-};
+use memberflow_client::user_not_ready;
+use memberflow_contract::proto::{auth::v1 as auth_pb, task::v1 as pb};
+use memberflow_contract::topology::{DEAD_LETTER_QUEUE, QUEUE};
+use memberflow_runtime::grpc::violated_fields;
 use memberflow_tests::{
     amqp::{MemberEventFixture, RawPublisher},
     apps::{TestTask, auth_settings, mint_token, spawn_auth, spawn_task, task_settings},
@@ -18,11 +17,7 @@ use memberflow_tests::{
     proxy::TcpProxy,
 };
 use sqlx::PgPool;
-use task::{
-    ConsistencyMode,
-    consumer::{DEAD_LETTER_QUEUE, QUEUE},
-    metrics::EventOutcome,
-};
+use task::{ConsistencyMode, metrics::EventOutcome};
 use tonic::Code;
 use tonic_types::StatusExt;
 use uuid::Uuid;
@@ -444,7 +439,7 @@ async fn a_database_cut_during_consumption_loses_no_event() {
     let url = env
         .database_url("task")
         .replace(&env.pg_host(), &db_proxy.host());
-    s.database = memberflow_common::db::DatabaseSettings::with_url(&url);
+    s.database = memberflow_runtime::db::DatabaseSettings::with_url(&url);
     s.database.acquire_timeout_ms = 500;
     let task = spawn_task(s).await;
     let publisher = RawPublisher::connect(&env.amqp_url()).await;
@@ -570,7 +565,7 @@ async fn bad_input_and_bad_tokens_are_refused_and_write_nothing() {
     let member_id =
         Uuid::parse_str(&scalar_text(&pool, "SELECT id::text FROM members").await).unwrap();
     let forged = {
-        let (other, _) = memberflow_common::token::Signer::generate();
+        let (other, _) = memberflow_contract::token::Signer::generate();
         other.issue(
             member_id,
             0,
@@ -593,7 +588,7 @@ async fn bad_input_and_bad_tokens_are_refused_and_write_nothing() {
         assert_eq!(err.code(), Code::Unauthenticated);
     }
     let mut anonymous =
-        memberflow_common::proto::task::v1::task_service_client::TaskServiceClient::new(
+        memberflow_contract::proto::task::v1::task_service_client::TaskServiceClient::new(
             task.channel.clone(),
         );
     let err = anonymous

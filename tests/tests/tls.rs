@@ -2,15 +2,14 @@
 //! certificates made by the test (rcgen): auth accepts only clients whose
 //! certificate its CA signed; task reaches auth over mTLS for its public
 //! keys; plaintext and foreign certificates are refused.
+use memberflow_runtime::startup::Service as _;
 use std::{path::PathBuf, time::Duration};
 
-use memberflow_common::{
-    proto::{
-        auth::v1::{self as auth_pb, auth_service_client::AuthServiceClient},
-        task::v1 as pb,
-    },
-    tls::ClientTls,
+use memberflow_contract::proto::{
+    auth::v1::{self as auth_pb, auth_service_client::AuthServiceClient},
+    task::v1 as pb,
 };
+use memberflow_runtime::tls::ClientTls;
 use memberflow_tests::{
     apps::{Running, auth_settings, task_settings, wait_serving},
     env::TestEnv,
@@ -184,7 +183,7 @@ async fn tls_servers_and_mutual_tls_from_task_to_auth() {
         .unwrap()
         .into_inner()
         .access_token;
-    let mut tasks = memberflow_common::client::TaskClient::new(task_channel, &token).unwrap();
+    let mut tasks = memberflow_client::TaskClient::new(task_channel, &token).unwrap();
     tasks
         .create_task(pb::CreateTaskRequest {
             request_id: Uuid::new_v4().to_string(),
@@ -203,7 +202,7 @@ async fn sslmode_in_the_database_url_encrypts_the_connection() {
     let url = env.database_url("auth");
     let name = url.rsplit('/').next().unwrap().to_owned();
     s.database =
-        memberflow_common::db::DatabaseSettings::with_url(&format!("{url}?sslmode=require"));
+        memberflow_runtime::db::DatabaseSettings::with_url(&format!("{url}?sslmode=require"));
     let mut auth = memberflow_tests::apps::spawn_auth(s).await;
     auth.client
         .sign_up(auth_pb::SignUpRequest {

@@ -4,7 +4,7 @@
 //! span. Spans go to an in-process exporter (this binary's own subscriber).
 use std::time::Duration;
 
-use memberflow_common::proto::auth::v1 as auth_pb;
+use memberflow_contract::proto::auth::v1 as auth_pb;
 use memberflow_tests::{
     amqp::TestQueue,
     apps::{auth_settings, spawn_auth, spawn_task, task_settings},

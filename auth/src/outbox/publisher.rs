@@ -6,10 +6,11 @@ use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{AMQPValue, FieldTable},
 };
-use memberflow_common::{
-    amqp::{self, CONTENT_TYPE, EXCHANGE, PERSISTENT},
-    trace_context,
-};
+use memberflow_contract::topology::CONTENT_TYPE;
+use memberflow_contract::topology::EXCHANGE;
+use memberflow_contract::topology::PERSISTENT;
+use memberflow_runtime::amqp;
+use memberflow_runtime::trace_context;
 use tracing::Instrument;
 
 use super::{OutboxRow, settle::Delivery};

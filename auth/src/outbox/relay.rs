@@ -22,10 +22,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use memberflow_common::amqp::Nodes;
-use memberflow_common::{
-    db, retry::sleep_or_cancel, shutdown::CancellationToken, telemetry::error_chain,
-};
+use memberflow_retry::sleep_or_cancel;
+use memberflow_runtime::amqp::Nodes;
+use memberflow_runtime::db;
+use memberflow_runtime::shutdown::CancellationToken;
+use memberflow_runtime::telemetry::error_chain;
 use sqlx::{
     Connection, PgConnection, PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
@@ -275,21 +276,33 @@ impl Relay {
         }
     }
 
+    /// With `relay.wake_on_commit`, the loop that wakes this relay on
+    /// another instance's NOTIFY; the caller spawns and joins it.
+    pub fn listen_for_wakes(
+        &self,
+        shutdown: CancellationToken,
+    ) -> Option<impl Future<Output = ()> + Send + 'static> {
+        if !self.cfg.wake_on_commit {
+            return None;
+        }
+        // LISTEN needs a session: the direct connection, never a pooler.
+        let listen = PgPoolOptions::new().max_connections(1).connect_lazy_with(
+            self.leader_options
+                .clone()
+                .application_name("memberflow-listen"),
+        );
+        let (wake, backoff) = (self.wake.clone(), self.cfg.backoff);
+        // After a (re)connect too: commits may have been missed.
+        Some(async move {
+            db::listen(listen, NOTIFY_CHANNEL, backoff, shutdown, |_| {
+                wake.wake_local()
+            })
+            .await;
+        })
+    }
+
     /// Runs until `shutdown`; an in-flight batch is finished first.
     pub async fn run(self, shutdown: CancellationToken) {
-        if self.cfg.wake_on_commit {
-            // LISTEN needs a session: the direct connection, never a pooler.
-            let listen = PgPoolOptions::new().max_connections(1).connect_lazy_with(
-                self.leader_options
-                    .clone()
-                    .application_name("memberflow-listen"),
-            );
-            let (wake, backoff, stop) = (self.wake.clone(), self.cfg.backoff, shutdown.clone());
-            tokio::spawn(async move {
-                // After a (re)connect too: commits may have been missed.
-                db::listen(listen, NOTIFY_CHANNEL, backoff, stop, |_| wake.wake_local()).await;
-            });
-        }
         let mut retrying = self.cfg.backoff.retrying();
         while !shutdown.is_cancelled() {
             let Some(mut leader) = self.become_leader(&shutdown).await else {

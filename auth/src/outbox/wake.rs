@@ -19,7 +19,8 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
-use memberflow_common::{shutdown::CancellationToken, telemetry::error_chain};
+use memberflow_runtime::shutdown::CancellationToken;
+use memberflow_runtime::telemetry::error_chain;
 use prometheus_client::metrics::counter::Counter;
 use sqlx::PgPool;
 use tokio::sync::Notify;

@@ -13,7 +13,9 @@
 //! ```
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use memberflow_common::{amqp, settings::ConfigArg, settings::ServiceSettings as _};
+use memberflow_runtime::amqp;
+use memberflow_runtime::settings::ConfigArg;
+use memberflow_runtime::settings::ServiceSettings as _;
 use secrecy::ExposeSecret;
 
 #[derive(Parser)]
@@ -84,7 +86,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     if let Command::Keygen = args.command {
-        let (signer, pem) = memberflow_common::token::Signer::generate();
+        let (signer, pem) = memberflow_contract::token::Signer::generate();
         print!("{pem}");
         eprintln!("kid: {}", signer.public_key().kid());
         eprint!("{}", signer.public_key().to_pem());
@@ -97,7 +99,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let settings = task::Settings::load(&source)?;
             let pool = connect_db(&settings.database).await?;
             task::startup::MIGRATOR.run(&pool).await?;
-            let auth = task::resync::AuthSource::new(&settings.auth)?;
+            let auth = task::auth_client::AuthClient::new(&settings.auth)?;
             let scope = if members.is_empty() {
                 task::resync::Scope::All
             } else {
@@ -141,7 +143,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     eprintln!(
                         "{} message(s) in {}",
                         dead.len(),
-                        task::consumer::DEAD_LETTER_QUEUE
+                        memberflow_contract::topology::DEAD_LETTER_QUEUE
                     );
                 }
                 Dlq::Replay { ids } => {
@@ -152,7 +154,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     eprintln!(
                         "{} replayed to {}, {} left in the DLQ",
                         report.replayed.len(),
-                        task::consumer::QUEUE,
+                        memberflow_contract::topology::QUEUE,
                         report.kept
                     );
                     for id in ids.iter().filter(|i| !report.replayed.contains(i)) {
@@ -203,7 +205,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// A connection pool to `db`, failing fast with a clear message.
-async fn connect_db(db: &memberflow_common::db::DatabaseSettings) -> anyhow::Result<sqlx::PgPool> {
+async fn connect_db(db: &memberflow_runtime::db::DatabaseSettings) -> anyhow::Result<sqlx::PgPool> {
     let name = db.database_name()?;
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)

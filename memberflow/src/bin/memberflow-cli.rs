@@ -5,12 +5,10 @@
 //!  [--email E] [--region ZONE] [--due YYYY-MM-DDTHH:MM]`
 use std::{sync::Arc, time::Instant};
 
-use memberflow_common::{
-    client::TaskClient,
-    proto::{
-        auth::v1::{LoginRequest, SignUpRequest, auth_service_client::AuthServiceClient},
-        task::v1::CreateTaskRequest,
-    },
+use memberflow_client::TaskClient;
+use memberflow_contract::proto::{
+    auth::v1::{LoginRequest, SignUpRequest, auth_service_client::AuthServiceClient},
+    task::v1::CreateTaskRequest,
 };
 use tonic::transport::Channel;
 

@@ -14,7 +14,10 @@
 use std::process::Stdio;
 
 use clap::{Parser, Subcommand};
-use memberflow_common::{amqp, settings::ConfigArg, settings::ServiceSettings as _, shutdown};
+use memberflow_runtime::amqp;
+use memberflow_runtime::settings::ConfigArg;
+use memberflow_runtime::settings::ServiceSettings as _;
+use memberflow_runtime::shutdown;
 use secrecy::ExposeSecret;
 use sqlx::Connection;
 use tokio::io::{AsyncBufReadExt, BufReader};

@@ -31,9 +31,11 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable},
 };
-use memberflow_common::{
-    amqp, db, shutdown::CancellationToken, telemetry::error_chain, trace_context,
-};
+use memberflow_runtime::amqp;
+use memberflow_runtime::db;
+use memberflow_runtime::shutdown::CancellationToken;
+use memberflow_runtime::telemetry::error_chain;
+use memberflow_runtime::trace_context;
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -41,14 +43,15 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use self::plan::{Outcome, Plan, Triage};
-pub use self::topology::{
-    DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, QUEUE, REASON_HEADER, declare_topology,
-};
+pub use self::topology::declare_topology;
 use crate::{
     freshness::Freshness,
     metrics::{EventOutcome, TaskMetrics},
     replica::{self, MemberEvent},
     settings::AmqpSettings,
+};
+use memberflow_contract::topology::{
+    DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, QUEUE, REASON_HEADER,
 };
 
 /// Counters for logs, tests and benchmarks.

@@ -2,12 +2,12 @@
 //! and what to do with a batch once applying it has succeeded or failed. The
 //! loop in [`super`] only carries these out, so every rule here has a unit
 //! test that needs neither a broker nor a database.
-use memberflow_common::{
-    amqp::{MEMBER_CREATED, MEMBER_SESSIONS_REVOKED, MEMBER_UPDATED},
-    db::Fault,
-    grpc::from_timestamp,
-    proto::auth::v1 as pb,
-};
+use memberflow_contract::proto::auth::v1 as pb;
+use memberflow_contract::time::from_timestamp;
+use memberflow_contract::topology::MEMBER_CREATED;
+use memberflow_contract::topology::MEMBER_SESSIONS_REVOKED;
+use memberflow_contract::topology::MEMBER_UPDATED;
+use memberflow_runtime::db::Fault;
 use prost::Message;
 use uuid::Uuid;
 
@@ -182,7 +182,7 @@ pub fn plan(batch_len: usize, outcome: &Outcome) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use memberflow_common::grpc::timestamp;
+    use memberflow_contract::time::timestamp;
 
     fn body(f: impl FnOnce(&mut pb::MemberChanged)) -> Vec<u8> {
         let mut e = pb::MemberChanged {

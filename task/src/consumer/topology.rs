@@ -5,16 +5,8 @@ use lapin::{
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable},
 };
-use memberflow_common::amqp::{self, EXCHANGE};
-
-/// The queue task consumes, bound to `member.events` with `member.*`.
-pub const QUEUE: &str = "task.member-events";
-/// Where permanently bad messages go.
-pub const DEAD_LETTER_EXCHANGE: &str = "task.member-events.dlx";
-/// The dead-letter queue; `memberflow-admin dlq list` shows it.
-pub const DEAD_LETTER_QUEUE: &str = "task.member-events.dlq";
-/// Header a dead-lettered message carries: why it could not be applied.
-pub const REASON_HEADER: &str = "x-memberflow-reason";
+use memberflow_contract::topology::{DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, EXCHANGE, QUEUE};
+use memberflow_runtime::amqp;
 
 /// Declares everything task consumes from (idempotent).
 /// `group_size` sets `x-quorum-initial-group-size` (how many cluster nodes

@@ -14,7 +14,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     let mut cfg = tonic_prost_build::Config::new();
     cfg.protoc_executable(protoc);
+    // No transport: the stubs take a channel, so this crate needs no hyper.
     tonic_prost_build::configure()
+        .build_transport(false)
         .file_descriptor_set_path(out_dir.join("memberflow_descriptor.bin"))
         .compile_with_config(cfg, &files, std::slice::from_ref(&proto_root))?;
     println!("cargo:rerun-if-changed={}", proto_root.display());

@@ -5,6 +5,7 @@
 //! `grpc_server_handled_total{grpc_type,grpc_service,grpc_method,grpc_code}`
 //! and `grpc_server_handling_seconds{grpc_type,grpc_service,grpc_method}`.
 use std::{
+    collections::HashMap,
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
@@ -63,6 +64,8 @@ struct Handling {
 pub struct GrpcMetrics {
     handled: Family<Handled, Counter>,
     handling: Family<Handling, Histogram>,
+    /// `grpc_type` of each method path, from the served descriptors.
+    kinds: Arc<HashMap<String, &'static str>>,
 }
 
 impl std::fmt::Debug for GrpcMetrics {
@@ -77,6 +80,7 @@ impl GrpcMetrics {
         let m = Self {
             handled: Family::default(),
             handling: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
+            kinds: Arc::new(rpc_kinds()),
         };
         let mut r = registry.lock().expect("metrics registry poisoned");
         r.register(
@@ -135,6 +139,41 @@ pub fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
+/// The `grpc_type` label of every method either server serves, by path
+/// (`/auth.v1.AuthService/ListMembers`), read from the descriptors, so a new
+/// streaming RPC is labelled right without a list to keep in step.
+fn rpc_kinds() -> HashMap<String, &'static str> {
+    use prost::Message as _;
+    [
+        memberflow_contract::proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ]
+    .into_iter()
+    .flat_map(|bytes| {
+        prost_types::FileDescriptorSet::decode(bytes)
+            .expect("descriptors compiled into the binary are valid")
+            .file
+    })
+    .flat_map(|file| {
+        let package = file.package().to_owned();
+        file.service.into_iter().flat_map(move |service| {
+            let prefix = format!("/{package}.{}/", service.name());
+            service.method.into_iter().map(move |m| {
+                let kind = match (m.client_streaming(), m.server_streaming()) {
+                    (false, false) => "unary",
+                    (false, true) => "server_stream",
+                    (true, false) => "client_stream",
+                    (true, true) => "bidi_stream",
+                };
+                (format!("{prefix}{}", m.name()), kind)
+            })
+        })
+    })
+    .collect()
+}
+
 /// One RPC being handled.
 struct Rpc {
     kind: &'static str,
@@ -150,14 +189,7 @@ impl Rpc {
             .trim_start_matches('/')
             .split_once('/')
             .unwrap_or(("unknown", "unknown"));
-        // Only ListMembers streams from the server here; everything else is
-        // unary. The type label is kept for dashboards that group by it.
-        let kind =
-            if method == "ListMembers" || method == "Watch" || method == "ServerReflectionInfo" {
-                "server_stream"
-            } else {
-                "unary"
-            };
+        let kind = metrics.kinds.get(path).copied().unwrap_or("unary");
         Self {
             kind,
             service: service.to_owned(),
@@ -293,5 +325,21 @@ impl<B> Drop for RecordedBody<B> {
         if let Some(rpc) = self.rpc.take() {
             rpc.finish(tonic::Code::Cancelled);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rpc_kinds_come_from_the_descriptors() {
+        let kinds = super::rpc_kinds();
+        assert_eq!(kinds["/auth.v1.AuthService/SignUp"], "unary");
+        assert_eq!(kinds["/auth.v1.AuthService/ListMembers"], "server_stream");
+        assert_eq!(kinds["/task.v1.TaskService/CreateTask"], "unary");
+        assert_eq!(kinds["/grpc.health.v1.Health/Watch"], "server_stream");
+        assert_eq!(
+            kinds["/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"],
+            "bidi_stream"
+        );
     }
 }

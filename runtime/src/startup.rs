@@ -13,7 +13,7 @@ use std::{
 };
 
 use sqlx::PgPool;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status};
 use tonic_health::server::HealthReporter;
@@ -23,6 +23,7 @@ use crate::{
     db::{self, DatabaseSettings},
     metrics::{GrpcMetrics, SharedRegistry},
     settings::ServiceSettings,
+    telemetry,
 };
 
 /// How often health re-checks a service's dependencies.
@@ -85,6 +86,9 @@ pub struct Started<S> {
     pub ready: Readiness,
     pub health: HealthReporter,
     pub router: tonic::transport::server::Router<crate::grpc::ServerLayers>,
+    /// Every task the service spawns (the admin endpoint already; health and
+    /// the workers next); [`run`] drains them at shutdown.
+    pub tasks: JoinSet<()>,
 }
 
 impl<S: ServiceSettings> Prepared<S> {
@@ -98,7 +102,8 @@ impl<S: ServiceSettings> Prepared<S> {
         let limits = &self.settings.base().server.limits;
         let (health, router) =
             crate::grpc::server(service, self.grpc_metrics, limits, self.tls).await?;
-        tokio::spawn(crate::admin_http::serve(
+        let mut tasks = JoinSet::new();
+        tasks.spawn(crate::admin_http::serve(
             self.metrics_listener,
             self.registry.clone(),
             self.ready.clone(),
@@ -112,6 +117,7 @@ impl<S: ServiceSettings> Prepared<S> {
             ready: self.ready,
             health,
             router,
+            tasks,
         })
     }
 }
@@ -155,10 +161,12 @@ impl Gate {
 }
 
 /// The shared life of a service once its gRPC server is spawned (behind
-/// `gate`): migrate the database, open the gate, start the workers
-/// `start_workers` returns (relay, consumer, pruner, health…); when the
-/// server ends, cancel `shutdown` so everything else ends too, wait for the
-/// workers to finish their in-flight work, and close the pool.
+/// `gate`): migrate the database, open the gate, let `start_workers` spawn
+/// the workers (relay, consumer, pruner, health…) into `tasks`; when the
+/// server ends, cancel `shutdown` so everything else ends too, wait for every
+/// task to finish its in-flight work (a panic in one is returned), and close
+/// the pool.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     gate: Gate,
@@ -166,21 +174,26 @@ pub async fn run(
     pool: PgPool,
     migrator: &sqlx::migrate::Migrator,
     shutdown: CancellationToken,
-    start_workers: impl FnOnce() -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>>,
+    mut tasks: JoinSet<()>,
+    start_workers: impl FnOnce(&mut JoinSet<()>) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let mut workers = Vec::new();
+    let mut started = Ok(());
     if gate
         .migrate_then_open(database, &pool, migrator, &shutdown)
         .await
     {
-        workers = start_workers()?;
+        started = start_workers(&mut tasks);
+    }
+    if started.is_err() {
+        shutdown.cancel();
     }
     let served = server.await;
     shutdown.cancel();
-    for worker in workers {
-        worker.await?;
+    while let Some(finished) = tasks.join_next().await {
+        finished?;
     }
     pool.close().await;
+    started?;
     served??;
     Ok(())
 }
@@ -188,6 +201,7 @@ pub async fn run(
 /// Reports `service` SERVING while its database answers and `also()` holds,
 /// re-checked every [`HEALTH_EVERY`] until `shutdown`.
 pub fn spawn_health(
+    tasks: &mut JoinSet<()>,
     health: HealthReporter,
     service: &'static str,
     pool: PgPool,
@@ -195,7 +209,7 @@ pub fn spawn_health(
     shutdown: CancellationToken,
     mut also: impl FnMut() -> bool + Send + 'static,
 ) {
-    tokio::spawn(crate::grpc::report_health(
+    tasks.spawn(crate::grpc::report_health(
         health,
         service,
         HEALTH_EVERY,
@@ -209,42 +223,65 @@ pub fn spawn_health(
     ));
 }
 
-/// Gives a service's `Application` (which keeps its [`Prepared`] in a field
-/// named `prepared`) `local_addr()` and `metrics_addr()`, and defines the
-/// crate's `pub async fn serve(settings)`: what its binary and the launcher
-/// run. `serve` sets up logs and traces per `settings.base.telemetry`, builds
-/// the `Application`, serves until SIGTERM or Ctrl-C, then flushes the spans
-/// still buffered.
-#[macro_export]
-macro_rules! service_main {
-    ($app:ty, $settings:ty, $name:literal) => {
-        impl $app {
-            /// The gRPC address actually bound.
-            pub fn local_addr(&self) -> std::net::SocketAddr {
-                self.prepared.addr
-            }
+/// What the process runner needs of a service's `Application`: both
+/// services implement it, and [`serve`] runs either.
+pub trait Service: Sized + Send {
+    type Settings: ServiceSettings + Send;
 
-            /// The admin endpoint's address (`/metrics`, `/livez`, `/readyz`).
-            pub fn metrics_addr(&self) -> std::net::SocketAddr {
-                self.prepared.metrics_addr
-            }
-        }
+    /// Audits the settings and binds the listeners (port 0 allowed); nothing
+    /// talks to PostgreSQL, RabbitMQ or another service yet.
+    fn build(settings: Self::Settings) -> impl Future<Output = anyhow::Result<Self>> + Send;
 
-        /// Runs this service as its process does (see
-        /// `memberflow_common::service_main!`).
-        pub async fn serve(settings: $settings) -> anyhow::Result<()> {
-            $crate::telemetry::init($crate::telemetry::DEFAULT_FILTER, &settings.base.telemetry);
-            let app = <$app>::build(settings).await?;
-            tracing::info!(
-                addr = %app.local_addr(),
-                metrics = %app.metrics_addr(),
-                concat!($name, " listening")
-            );
-            let served = app
-                .run_until_stopped($crate::shutdown::on_os_signal())
-                .await;
-            $crate::telemetry::flush();
-            served
+    /// The audited settings, listeners and pool [`Self::build`] prepared.
+    fn prepared(&self) -> &Prepared<Self::Settings>;
+
+    /// Serves until `shutdown`, then finishes in-flight work and returns.
+    fn run_until_stopped(
+        self,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// The gRPC address actually bound.
+    fn local_addr(&self) -> SocketAddr {
+        self.prepared().addr
+    }
+
+    /// The admin endpoint's address (`/metrics`, `/livez`, `/readyz`).
+    fn metrics_addr(&self) -> SocketAddr {
+        self.prepared().metrics_addr
+    }
+}
+
+/// A service binary's whole `main`: reads `--config DIR` (see
+/// [`crate::settings::ConfigArg`]), loads `S`'s settings and [`serve`]s it.
+pub async fn main<S: Service>(about: &'static str) -> anyhow::Result<()> {
+    use clap::{Args as _, FromArgMatches as _};
+    let command = clap::Command::new(S::Settings::SERVICE)
+        .about(about)
+        .version(env!("CARGO_PKG_VERSION"));
+    let matches = crate::settings::ConfigArg::augment_args(command).get_matches();
+    let config = crate::settings::ConfigArg::from_arg_matches(&matches)?;
+    serve::<S>(S::Settings::load(&config.source()?)?).await
+}
+
+/// Runs service `S` as its process does: sets up logs and traces per
+/// `telemetry`, builds it, serves until SIGTERM or Ctrl-C, then flushes the
+/// spans still buffered. Both binaries and the launcher call this.
+pub async fn serve<S: Service>(settings: S::Settings) -> anyhow::Result<()> {
+    telemetry::init(telemetry::DEFAULT_FILTER, &settings.base().telemetry);
+    let service = S::Settings::SERVICE;
+    let app = S::build(settings).await?;
+    tracing::info!(addr = %app.local_addr(), metrics = %app.metrics_addr(), service, "listening");
+    let shutdown = CancellationToken::new();
+    let run = app.run_until_stopped(shutdown.clone());
+    tokio::pin!(run);
+    let served = tokio::select! {
+        served = &mut run => served,
+        () = crate::shutdown::os_signal() => {
+            shutdown.cancel();
+            run.await
         }
     };
+    telemetry::flush();
+    served
 }

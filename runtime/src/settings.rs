@@ -19,6 +19,7 @@ use std::{
 use secrecy::SecretString;
 use serde::{Deserialize, de::DeserializeOwned};
 
+pub use crate::secrets::Environment;
 use crate::secrets::{Audit, Refused};
 
 /// The env var naming the config folder when no `--config` flag is given.
@@ -31,10 +32,9 @@ pub trait ServiceSettings: DeserializeOwned + Sized {
     const SERVICE: &'static str;
     /// The port when nothing sets `server.addr`.
     const PORT: u16;
-    /// The admin HTTP port when nothing sets `metrics.addr`.
-    const METRICS_PORT: u16;
 
-    /// What the start-up audit looks at.
+    /// What the start-up audit looks at: every secret and every URL that
+    /// can carry credentials, each by its key.
     fn audited(&self) -> Audited<'_>;
     fn base(&self) -> &BaseSettings;
     fn database(&self) -> &crate::db::DatabaseSettings;
@@ -69,45 +69,6 @@ pub trait ServiceSettings: DeserializeOwned + Sized {
     }
 }
 
-/// Implements [`ServiceSettings`] for a service's settings struct, which has
-/// `base`, `database` and `amqp.url` like every service; the
-/// secrets are named by key and field path:
-///
-/// ```ignore
-/// memberflow_common::service_settings!(Settings, "auth", 50051, metrics: 9091, secrets: [
-///     "token.secret" => token.secret,
-/// ]);
-/// ```
-#[macro_export]
-macro_rules! service_settings {
-    ($settings:ty, $service:literal, $port:literal, metrics: $metrics_port:literal, secrets: [$($key:literal => $first:ident $(. $rest:ident)*),* $(,)?]) => {
-        impl $crate::settings::ServiceSettings for $settings {
-            const SERVICE: &'static str = $service;
-            const PORT: u16 = $port;
-            const METRICS_PORT: u16 = $metrics_port;
-
-            fn base(&self) -> &$crate::settings::BaseSettings {
-                &self.base
-            }
-
-            fn database(&self) -> &$crate::db::DatabaseSettings {
-                &self.database
-            }
-
-            fn audited(&self) -> $crate::settings::Audited<'_> {
-                $crate::settings::Audited {
-                    environment: self.base.environment,
-                    secrets: vec![$(($key, &self.$first $(.$rest)*)),*],
-                    urls: [("amqp.url", &self.amqp.url), ("database.url", &self.database.url)]
-                        .into_iter()
-                        .chain(self.amqp.urls.iter().map(|u| ("amqp.urls", u)))
-                        .collect(),
-                }
-            }
-        }
-    };
-}
-
 /// A service's environment, secrets and credentials-bearing URLs, each by
 /// its key below the service's table.
 #[derive(Debug)]
@@ -115,6 +76,33 @@ pub struct Audited<'a> {
     pub environment: Environment,
     pub secrets: Vec<(&'static str, &'a SecretString)>,
     pub urls: Vec<(&'static str, &'a SecretString)>,
+}
+
+impl<'a> Audited<'a> {
+    /// What every service has: its environment, the broker URLs
+    /// (`amqp.url`, each of `amqp.urls`) and the database URLs
+    /// (`database.url`, `database.direct_url`). Add the service's own
+    /// secrets with [`Self::secret`].
+    pub fn new(
+        base: &BaseSettings,
+        database: &'a crate::db::DatabaseSettings,
+        amqp_url: &'a SecretString,
+        amqp_urls: &'a [SecretString],
+    ) -> Self {
+        let mut urls = crate::amqp::audited_urls(amqp_url, amqp_urls);
+        urls.extend(database.audited_urls());
+        Self {
+            environment: base.environment,
+            secrets: Vec::new(),
+            urls,
+        }
+    }
+
+    /// Audits the secret at `key` too.
+    pub fn secret(mut self, key: &'static str, value: &'a SecretString) -> Self {
+        self.secrets.push((key, value));
+        self
+    }
 }
 
 /// What every service's settings have, flattened into them (so the keys
@@ -169,27 +157,6 @@ impl ConfigArg {
     /// The [`Source`] this flag names (see [`Source::locate`]).
     pub fn source(&self) -> Result<Source, SettingsError> {
         Source::locate(self.config.clone())
-    }
-}
-
-/// Which rules a service runs under.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Environment {
-    /// Repository dev values are accepted, with a warning.
-    Development,
-    /// Secrets must be real; the default.
-    #[default]
-    Production,
-}
-
-impl Environment {
-    /// The name used in files and env vars.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Development => "development",
-            Self::Production => "production",
-        }
     }
 }
 

@@ -1,26 +1,11 @@
-//! The AMQP topology both sides agree on, and connection helpers.
-//!
-//! auth publishes to [`EXCHANGE`]; task binds its own queue to it. Only the
-//! exchange and the routing keys are shared: each service declares what it
-//! owns (auth the exchange, task its queues), and both declare the exchange so
-//! neither has to start first.
+//! Connections to the broker, and the one declaration of the shared exchange
+//! (its names are in `memberflow_contract::topology`): both services declare
+//! it, so neither has to start first.
 use lapin::{
     Channel, Connection, ConnectionProperties, ExchangeKind, options::ExchangeDeclareOptions,
     types::FieldTable,
 };
-
-/// Durable topic exchange carrying member events.
-pub const EXCHANGE: &str = "member.events";
-/// Routing key of a `auth.v1.MemberChanged` at signup (version 1).
-pub const MEMBER_CREATED: &str = "member.created";
-/// Routing key of a `auth.v1.MemberChanged` after a profile change.
-pub const MEMBER_UPDATED: &str = "member.updated";
-/// Routing key of a `auth.v1.MemberSessionsRevoked` (Logout, ChangePassword).
-pub const MEMBER_SESSIONS_REVOKED: &str = "member.sessions_revoked";
-/// Content type of every event body.
-pub const CONTENT_TYPE: &str = "application/x-protobuf";
-/// AMQP `delivery_mode` for persistent messages.
-pub const PERSISTENT: u8 = 2;
+use memberflow_contract::topology::EXCHANGE;
 
 /// How long opening a connection may take; a half-open socket must not park
 /// a relay or consumer forever.
@@ -124,6 +109,16 @@ where
         .filter(|u| !u.is_empty())
         .map(secrecy::SecretString::from)
         .collect())
+}
+
+/// `amqp.url` and every `amqp.urls` entry, by key, for the start-up audit.
+pub fn audited_urls<'a>(
+    url: &'a secrecy::SecretString,
+    urls: &'a [secrecy::SecretString],
+) -> Vec<(&'static str, &'a secrecy::SecretString)> {
+    std::iter::once(("amqp.url", url))
+        .chain(urls.iter().map(|u| ("amqp.urls", u)))
+        .collect()
 }
 
 /// Declares [`EXCHANGE`] (idempotent).

@@ -19,8 +19,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::{error::Failure, grpc::bearer};
-
 const ISSUER: &str = "memberflow-auth";
 const AUDIENCE: &str = "memberflow";
 /// Clock skew tolerated on `exp` and `iat`, in seconds.
@@ -326,19 +324,6 @@ impl Verifier {
             .collect();
         kids.sort();
         kids
-    }
-
-    /// The token of `authorization: Bearer <token>` in `metadata`, checked
-    /// as [`Self::verify`] does. Both services authenticate members with
-    /// this one rule.
-    pub fn authenticate(
-        &self,
-        metadata: &tonic::metadata::MetadataMap,
-    ) -> Result<Verified, Failure> {
-        let token = bearer(metadata)
-            .ok_or_else(|| Failure::Unauthenticated("missing bearer token".into()))?;
-        self.verify(token)
-            .map_err(|e| Failure::Unauthenticated(e.to_string()))
     }
 
     /// Checks algorithm (EdDSA only), key id, signature, issuer, audience,

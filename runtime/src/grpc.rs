@@ -5,7 +5,7 @@ use std::{convert::Infallible, time::Duration};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::{
-    Code, Status,
+    Status,
     metadata::MetadataMap,
     transport::{
         Server,
@@ -13,13 +13,17 @@ use tonic::{
     },
 };
 use tonic_health::server::HealthReporter;
-use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+use tonic_types::StatusExt;
 use tower::layer::util::{Identity, Stack};
 
 use crate::{
+    error::Failure,
     limits::{LimitsLayer, ServerLimits},
     metrics::{GrpcMetrics, GrpcMetricsLayer, RecordedBody},
+};
+use memberflow_contract::{
     proto::FILE_DESCRIPTOR_SET,
+    token::{Verified, Verifier},
 };
 
 /// The body of every response the metrics layer passes on.
@@ -170,7 +174,7 @@ pub async fn report_health<F, Fut>(
             }
             last = Some(now);
         }
-        if !crate::retry::sleep_or_cancel(every, &shutdown).await {
+        if !memberflow_retry::sleep_or_cancel(every, &shutdown).await {
             return;
         }
     }
@@ -226,63 +230,15 @@ pub fn bearer(metadata: &MetadataMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Collects field violations while validating a request.
-#[derive(Debug, Default)]
-pub struct Violations(Vec<FieldViolation>);
-
-impl Violations {
-    /// Records that `field` is invalid because of `description`.
-    pub fn add(&mut self, field: &str, description: impl Into<String>) {
-        self.0.push(FieldViolation::new(field, description));
-    }
-
-    /// Records the error of `result`, if any, and passes its value on.
-    pub fn check<T, E: std::fmt::Display>(
-        &mut self,
-        field: &str,
-        result: Result<T, E>,
-    ) -> Option<T> {
-        result.map_err(|e| self.add(field, e.to_string())).ok()
-    }
-
-    /// `Ok` when nothing was recorded, else the violations as an error.
-    pub fn finish(self) -> Result<(), Self> {
-        if self.0.is_empty() { Ok(()) } else { Err(self) }
-    }
-}
-
-impl std::fmt::Display for Violations {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let fields: Vec<_> = self.0.iter().map(|v| v.field.as_str()).collect();
-        write!(f, "invalid {}", fields.join(", "))
-    }
-}
-
-impl std::error::Error for Violations {}
-
-/// `INVALID_ARGUMENT` with a `google.rpc.BadRequest` naming every bad field.
-impl From<Violations> for Status {
-    fn from(v: Violations) -> Self {
-        let message = v.to_string();
-        Status::with_error_details(
-            Code::InvalidArgument,
-            message,
-            ErrorDetails::with_bad_request(v.0),
-        )
-    }
-}
-
-/// Converts a UTC time to the protobuf well-known type.
-pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
-}
-
-/// Converts the protobuf well-known type back to a UTC time.
-pub fn from_timestamp(t: &prost_types::Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
-    chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?)
+/// The member behind `authorization: Bearer <token>` in `metadata`, checked
+/// as [`Verifier::verify`] does. Both services authenticate members with this
+/// one rule.
+pub fn authenticate(verifier: &Verifier, metadata: &MetadataMap) -> Result<Verified, Failure> {
+    let token =
+        bearer(metadata).ok_or_else(|| Failure::Unauthenticated("missing bearer token".into()))?;
+    verifier
+        .verify(token)
+        .map_err(|e| Failure::Unauthenticated(e.to_string()))
 }
 
 /// The field names of a `BadRequest` detail, for tests and clients.

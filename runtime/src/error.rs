@@ -1,14 +1,10 @@
 //! The failures both services answer the same way, and their one mapping to
-//! gRPC status. Each service wraps [`Failure`] in its own error enum, next to
+//! gRPC status, bad input's field violations included. Each service wraps [`Failure`] in its own error enum, next to
 //! the variants only it has (see [`service_error!`]).
-use tonic::Status;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-use crate::{db, grpc::Violations, telemetry::error_chain};
-
-/// `google.rpc.ErrorInfo` reason for a member task has not replicated yet.
-pub const USER_NOT_READY: &str = "USER_NOT_READY";
-/// `google.rpc.ErrorInfo` domain of task's errors.
-pub const TASK_DOMAIN: &str = "task.v1";
+use crate::{db, telemetry::error_chain};
 
 /// A failure any RPC of either service can meet.
 #[derive(Debug, thiserror::Error)]
@@ -90,8 +86,8 @@ macro_rules! service_error {
                 Self::Common(e.into())
             }
         }
-        impl From<$crate::grpc::Violations> for $error {
-            fn from(e: $crate::grpc::Violations) -> Self {
+        impl From<$crate::error::Violations> for $error {
+            fn from(e: $crate::error::Violations) -> Self {
                 Self::Common(e.into())
             }
         }
@@ -101,4 +97,50 @@ macro_rules! service_error {
             }
         }
     };
+}
+
+/// Collects field violations while validating a request.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    /// Records that `field` is invalid because of `description`.
+    pub fn add(&mut self, field: &str, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+
+    /// Records the error of `result`, if any, and passes its value on.
+    pub fn check<T, E: std::fmt::Display>(
+        &mut self,
+        field: &str,
+        result: Result<T, E>,
+    ) -> Option<T> {
+        result.map_err(|e| self.add(field, e.to_string())).ok()
+    }
+
+    /// `Ok` when nothing was recorded, else the violations as an error.
+    pub fn finish(self) -> Result<(), Self> {
+        if self.0.is_empty() { Ok(()) } else { Err(self) }
+    }
+}
+
+impl std::fmt::Display for Violations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let fields: Vec<_> = self.0.iter().map(|v| v.field.as_str()).collect();
+        write!(f, "invalid {}", fields.join(", "))
+    }
+}
+
+impl std::error::Error for Violations {}
+
+/// `INVALID_ARGUMENT` with a `google.rpc.BadRequest` naming every bad field.
+impl From<Violations> for Status {
+    fn from(v: Violations) -> Self {
+        let message = v.to_string();
+        Status::with_error_details(
+            Code::InvalidArgument,
+            message,
+            ErrorDetails::with_bad_request(v.0),
+        )
+    }
 }

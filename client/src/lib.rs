@@ -10,14 +10,14 @@ use std::{sync::Arc, time::Duration};
 use tonic::{Code, Request, Status, metadata::MetadataValue, transport::Channel};
 use tonic_types::StatusExt;
 
-use crate::{
-    error::USER_NOT_READY,
+use memberflow_contract::{
     proto::task::v1::{
         CreateTaskRequest, GetTaskRequest, ListTasksRequest, ListTasksResponse, Task,
         task_service_client::TaskServiceClient,
     },
-    retry::Backoff,
+    reasons::USER_NOT_READY,
 };
+use memberflow_retry::Backoff;
 
 /// One USER_NOT_READY answer and the wait before the next attempt.
 #[derive(Debug, Clone)]

@@ -6,8 +6,7 @@
 //! with them, or with a secret that is missing or short, and names the key.
 //! In `development` it starts, with one loud warning.
 use secrecy::{ExposeSecret, SecretString};
-
-use crate::settings::Environment;
+use serde::Deserialize;
 
 /// The development token signing key (`config/development.toml`, the tests):
 /// an Ed25519 private key in PKCS#8 PEM.
@@ -62,6 +61,27 @@ pub fn url_problem(url: &str) -> Option<&'static str> {
             .is_ok_and(|ip| ip.is_loopback());
     (userinfo == "guest:guest" && !loopback)
         .then_some("carries the default guest:guest credentials on a non-loopback host")
+}
+
+/// Which rules a service runs under.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    /// Repository dev values are accepted, with a warning.
+    Development,
+    /// Secrets must be real; the default.
+    #[default]
+    Production,
+}
+
+impl Environment {
+    /// The name used in files and env vars.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Development => "development",
+            Self::Production => "production",
+        }
+    }
 }
 
 /// Start-up refused, naming every offending key.

@@ -50,6 +50,13 @@ impl DatabaseSettings {
         parse(&self.url)
     }
 
+    /// The URLs the start-up audit checks, by key below the service's table.
+    pub fn audited_urls(&self) -> Vec<(&'static str, &SecretString)> {
+        std::iter::once(("database.url", &self.url))
+            .chain(self.direct_url.iter().map(|u| ("database.direct_url", u)))
+            .collect()
+    }
+
     /// Options for a session of its own: `direct_url` if set, else `url`.
     pub fn direct_connect_options(&self) -> Result<PgConnectOptions, sqlx::Error> {
         match &self.direct_url {
@@ -153,7 +160,7 @@ pub async fn bootstrap(
     migrator: &sqlx::migrate::Migrator,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> bool {
-    let mut retrying = crate::retry::Backoff::default().retrying();
+    let mut retrying = memberflow_retry::Backoff::default().retrying();
     loop {
         let attempt = async {
             ensure_database(settings).await?;
@@ -179,7 +186,7 @@ pub async fn bootstrap(
 pub async fn listen(
     pool: PgPool,
     channel: &str,
-    backoff: crate::retry::Backoff,
+    backoff: memberflow_retry::Backoff,
     shutdown: tokio_util::sync::CancellationToken,
     mut on_notify: impl FnMut(Option<&str>),
 ) {
