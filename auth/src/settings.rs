@@ -28,14 +28,6 @@ impl ServiceSettings for Settings {
     const SERVICE: &'static str = "auth";
     const PORT: u16 = 50051;
 
-    fn base(&self) -> &BaseSettings {
-        &self.base
-    }
-
-    fn database(&self) -> &DatabaseSettings {
-        &self.database
-    }
-
     fn audited(&self) -> Audited<'_> {
         Audited::new(&self.base, &self.database, &self.amqp.url, &self.amqp.urls)
             .secret("token.signing_key", &self.token.signing_key)

@@ -33,11 +33,18 @@ pub trait ServiceSettings: DeserializeOwned + Sized {
     /// The port when nothing sets `server.addr`.
     const PORT: u16;
 
-    /// What the start-up audit looks at: every secret and every URL that
-    /// can carry credentials, each by its key.
+    /// What every service has (base settings, database), and what the
+    /// start-up audit looks at: every secret and every URL that can carry
+    /// credentials, each by its key.
     fn audited(&self) -> Audited<'_>;
-    fn base(&self) -> &BaseSettings;
-    fn database(&self) -> &crate::db::DatabaseSettings;
+
+    fn base(&self) -> &BaseSettings {
+        self.audited().base
+    }
+
+    fn database(&self) -> &crate::db::DatabaseSettings {
+        self.audited().database
+    }
 
     /// Defaults, then the service's table of the config files, then its
     /// environment variables.
@@ -58,7 +65,7 @@ pub trait ServiceSettings: DeserializeOwned + Sized {
     fn audit(&self) -> Result<(), Refused> {
         let key = |k: &str| format!("{}.{k}", Self::SERVICE);
         let audited = self.audited();
-        let mut audit = Audit::new(audited.environment);
+        let mut audit = Audit::new(audited.base.environment);
         for (k, secret) in audited.secrets {
             audit = audit.secret(&key(k), secret);
         }
@@ -69,11 +76,12 @@ pub trait ServiceSettings: DeserializeOwned + Sized {
     }
 }
 
-/// A service's environment, secrets and credentials-bearing URLs, each by
-/// its key below the service's table.
+/// A service's base and database settings, and its secrets and
+/// credentials-bearing URLs, each by its key below the service's table.
 #[derive(Debug)]
 pub struct Audited<'a> {
-    pub environment: Environment,
+    pub base: &'a BaseSettings,
+    pub database: &'a crate::db::DatabaseSettings,
     pub secrets: Vec<(&'static str, &'a SecretString)>,
     pub urls: Vec<(&'static str, &'a SecretString)>,
 }
@@ -84,7 +92,7 @@ impl<'a> Audited<'a> {
     /// (`database.url`, `database.direct_url`). Add the service's own
     /// secrets with [`Self::secret`].
     pub fn new(
-        base: &BaseSettings,
+        base: &'a BaseSettings,
         database: &'a crate::db::DatabaseSettings,
         amqp_url: &'a SecretString,
         amqp_urls: &'a [SecretString],
@@ -92,7 +100,8 @@ impl<'a> Audited<'a> {
         let mut urls = crate::amqp::audited_urls(amqp_url, amqp_urls);
         urls.extend(database.audited_urls());
         Self {
-            environment: base.environment,
+            base,
+            database,
             secrets: Vec::new(),
             urls,
         }

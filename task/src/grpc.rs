@@ -204,19 +204,20 @@ impl TaskApi {
         min_version: i64,
         policy: Policy,
     ) -> (Step, Option<ReplicaMember>) {
-        let (seen, member, result) = match self.read_through.fetch_and_provision(id).await {
-            Ok(m) => (
-                Seen::Fetched { version: m.version },
-                Some(m),
-                ReadThroughResult::ok,
-            ),
-            Err(FetchError::NotFound(_)) => {
-                (Seen::AuthNotFound, None, ReadThroughResult::not_found)
-            }
-            Err(FetchError::Unavailable(_)) => {
-                (Seen::AuthUnavailable, None, ReadThroughResult::unavailable)
-            }
-        };
+        let (seen, member, result) =
+            match self.read_through.fetch_and_provision(id, min_version).await {
+                Ok(m) => (
+                    Seen::Fetched { version: m.version },
+                    Some(m),
+                    ReadThroughResult::ok,
+                ),
+                Err(FetchError::NotFound(_)) => {
+                    (Seen::AuthNotFound, None, ReadThroughResult::not_found)
+                }
+                Err(FetchError::Unavailable(_)) => {
+                    (Seen::AuthUnavailable, None, ReadThroughResult::unavailable)
+                }
+            };
         self.metrics.read_through(result);
         (miss::decide(policy, min_version, seen), member)
     }

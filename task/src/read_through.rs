@@ -61,8 +61,29 @@ impl ReadThrough {
         self.calls.load(Ordering::Relaxed)
     }
 
-    /// The member, fetched once however many callers miss at the same time.
-    pub async fn fetch_and_provision(&self, id: Uuid) -> Result<ReplicaMember, FetchError> {
+    /// The member at `min_version` or newer, fetched once however many
+    /// callers miss at the same time.
+    ///
+    /// A caller that finds no flight in progress may have read the replica
+    /// just before another flight provisioned the member; it reads the
+    /// replica once more before calling auth, so that late arrival does not
+    /// cost a second GetMember.
+    pub async fn fetch_and_provision(
+        &self,
+        id: Uuid,
+        min_version: i64,
+    ) -> Result<ReplicaMember, FetchError> {
+        let in_flight = self
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .contains_key(&id);
+        if !in_flight
+            && let Ok(Some(m)) = replica::find(&self.pool, id).await
+            && m.version >= min_version.max(1)
+        {
+            return Ok(m);
+        }
         let flight = {
             let mut map = self.inflight.lock().expect("inflight lock");
             map.entry(id)

@@ -29,14 +29,6 @@ impl ServiceSettings for Settings {
     const SERVICE: &'static str = "task";
     const PORT: u16 = 50052;
 
-    fn base(&self) -> &BaseSettings {
-        &self.base
-    }
-
-    fn database(&self) -> &DatabaseSettings {
-        &self.database
-    }
-
     fn audited(&self) -> Audited<'_> {
         Audited::new(&self.base, &self.database, &self.amqp.url, &self.amqp.urls)
             .secret("auth.service_token", &self.auth.service_token)

@@ -127,6 +127,56 @@ pub struct TestAuth {
     pub client: AuthServiceClient<Channel>,
 }
 
+impl TestAuth {
+    /// Signs `req` up and logs in with its password: (member id, access
+    /// token).
+    pub async fn member(
+        &mut self,
+        req: memberflow_contract::proto::auth::v1::SignUpRequest,
+    ) -> (uuid::Uuid, String) {
+        sign_up_and_log_in(&mut self.client, req).await
+    }
+}
+
+/// Signs `req` up through `client` and logs in with its password: (member
+/// id, access token).
+pub async fn sign_up_and_log_in(
+    client: &mut AuthServiceClient<Channel>,
+    req: memberflow_contract::proto::auth::v1::SignUpRequest,
+) -> (uuid::Uuid, String) {
+    let login = crate::fixtures::login(&req.email, &req.password);
+    let id = client
+        .sign_up(req)
+        .await
+        .expect("signup")
+        .into_inner()
+        .member
+        .expect("a member")
+        .id;
+    let token = client
+        .login(login)
+        .await
+        .expect("login")
+        .into_inner()
+        .access_token;
+    (id.parse().expect("a member id"), token)
+}
+
+/// auth, then task in `mode` reaching that auth, both SERVING: the system
+/// most suites test.
+pub async fn spawn_system(env: &mut TestEnv, mode: task::ConsistencyMode) -> (TestAuth, TestTask) {
+    let auth = spawn_auth(auth_settings(env)).await;
+    let auth_addr = format!("http://{}", auth.app.addr);
+    let task = spawn_task(task_settings(env, mode, &auth_addr)).await;
+    (auth, task)
+}
+
+/// task in `mode` with no auth to reach (read-through and key refreshes
+/// fail fast): for what task decides on its own.
+pub async fn spawn_task_alone(env: &mut TestEnv, mode: task::ConsistencyMode) -> TestTask {
+    spawn_task(task_settings(env, mode, "http://127.0.0.1:1")).await
+}
+
 /// Starts auth and waits until it reports SERVING.
 pub async fn spawn_auth(settings: auth::Settings) -> TestAuth {
     let app = auth::Application::build(settings)

@@ -1,10 +1,12 @@
 //! Test kit for the memberflow suites: every test gets its own PostgreSQL
 //! databases and RabbitMQ vhost ([`env::TestEnv`]), a TCP proxy it can cut
-//! ([`proxy::TcpProxy`]), and real services bound to port 0 ([`apps`]).
+//! ([`proxy::TcpProxy`]), real services bound to port 0 ([`apps`]), and the
+//! requests and queries every suite builds ([`fixtures`]).
 pub mod amqp;
 pub mod apps;
 pub mod cluster;
 pub mod env;
+pub mod fixtures;
 pub mod http;
 pub mod pgbouncer;
 pub mod prometheus;

@@ -1,6 +1,7 @@
 //! The auth service against real PostgreSQL and RabbitMQ: signup through the
 //! outbox, validation, credentials, and relay fault tolerance.
 use memberflow_runtime::startup::Service as _;
+use memberflow_tests::fixtures::{scalar, signup};
 use std::{collections::HashMap, time::Duration};
 
 use lapin::types::AMQPValue;
@@ -23,25 +24,9 @@ use tonic::{Code, Request};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn signup(email: &str) -> pb::SignUpRequest {
-    pb::SignUpRequest {
-        email: email.into(),
-        password: "correct horse battery".into(),
-        nickname: "Ann".into(),
-        region: "Asia/Seoul".into(),
-    }
-}
-
-async fn count(pool: &PgPool, table: &str) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
 async fn wait_outbox_empty(pool: &PgPool) {
     eventually("an empty outbox", WAIT, || async {
-        (count(pool, "outbox").await == 0).then_some(())
+        (scalar(pool, "SELECT count(*) FROM outbox").await == 0).then_some(())
     })
     .await;
 }
@@ -126,7 +111,7 @@ async fn a_failed_signup_publishes_nothing() {
         0,
         "the rolled-back signup published nothing"
     );
-    assert_eq!(count(&pool, "members").await, 1);
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM members").await, 1);
 }
 
 #[tokio::test]
@@ -203,8 +188,8 @@ async fn bad_input_gets_the_right_status_and_writes_nothing() {
         assert_eq!(err.code(), Code::InvalidArgument, "{req:?}");
         assert_eq!(violated_fields(&err), fields, "{req:?}");
     }
-    assert_eq!(count(&pool, "members").await, 0);
-    assert_eq!(count(&pool, "outbox").await, 0);
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM members").await, 0);
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM outbox").await, 0);
 
     // Login: a wrong email and a wrong password are indistinguishable.
     let member = auth
@@ -401,7 +386,7 @@ async fn fifty_signups_during_a_broker_outage_all_arrive_once_it_returns() {
         ids.push(m.into_inner().member.unwrap().id);
     }
     assert_eq!(
-        count(&pool, "outbox").await,
+        scalar(&pool, "SELECT count(*) FROM outbox").await,
         50,
         "events wait in the outbox while the broker is away"
     );
@@ -444,10 +429,10 @@ async fn two_relays_on_one_database_publish_each_event_once_in_version_order() {
             let email = format!("r{i}@example.com");
             c.sign_up(signup(&email)).await.unwrap();
             let token = c
-                .login(pb::LoginRequest {
-                    email,
-                    password: "correct horse battery".into(),
-                })
+                .login(memberflow_tests::fixtures::login(
+                    &email,
+                    memberflow_tests::fixtures::PASSWORD,
+                ))
                 .await
                 .unwrap()
                 .into_inner()
@@ -575,7 +560,7 @@ async fn an_unroutable_row_is_parked_without_holding_back_the_rows_behind_it() {
         let email = format!("flow{signed_up}@example.com");
         async move {
             client.sign_up(signup(&email)).await.expect("signup");
-            (count(&pool, "outbox_parked").await == 1).then_some(())
+            (scalar(&pool, "SELECT count(*) FROM outbox_parked").await == 1).then_some(())
         }
     })
     .await;
@@ -600,7 +585,7 @@ async fn an_unroutable_row_is_parked_without_holding_back_the_rows_behind_it() {
     .await
     .unwrap();
     eventually("the member's later row held", WAIT, || async {
-        (count(&pool, "outbox_parked").await == 2).then_some(())
+        (scalar(&pool, "SELECT count(*) FROM outbox_parked").await == 2).then_some(())
     })
     .await;
     let held = auth::outbox::parked::list(&pool).await.unwrap();
@@ -622,7 +607,7 @@ async fn an_unroutable_row_is_parked_without_holding_back_the_rows_behind_it() {
     billing.take(1, WAIT).await;
     observer.take(1, WAIT).await;
     wait_outbox_empty(&pool).await;
-    assert_eq!(count(&pool, "outbox_parked").await, 0);
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM outbox_parked").await, 0);
     assert!(
         auth::outbox::parked::replay(&pool, &[stuck_id])
             .await

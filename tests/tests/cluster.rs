@@ -8,6 +8,7 @@
 //! majority) are down, so nothing can be confirmed. After each, every member
 //! is in the replica at its version, each event was applied once, the outbox
 //! is empty and so is the DLQ.
+use memberflow_tests::fixtures::scalar;
 use std::time::{Duration, Instant};
 
 use memberflow_contract::proto::auth::v1 as auth_pb;
@@ -29,13 +30,6 @@ const WAIT: Duration = Duration::from_secs(90);
 async fn members(db: &PgPool) -> Vec<(Uuid, i64)> {
     sqlx::query_as("SELECT id, version FROM members ORDER BY id")
         .fetch_all(db)
-        .await
-        .unwrap()
-}
-
-async fn count(db: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-        .fetch_one(db)
         .await
         .unwrap()
 }
@@ -91,9 +85,9 @@ async fn converged(auth_db: &PgPool, task_db: &PgPool, dlq_url: &str, events: i6
         (members(task_db).await == members(auth_db).await).then_some(())
     })
     .await;
-    assert_eq!(count(task_db, "SELECT count(*) FROM inbox").await, events);
+    assert_eq!(scalar(task_db, "SELECT count(*) FROM inbox").await, events);
     eventually("the outbox is empty", WAIT, || async {
-        (count(auth_db, "SELECT count(*) FROM outbox").await == 0).then_some(())
+        (scalar(auth_db, "SELECT count(*) FROM outbox").await == 0).then_some(())
     })
     .await;
     let conn = memberflow_runtime::amqp::connect(dlq_url, "test")
@@ -219,7 +213,7 @@ async fn a_three_node_cluster_survives_losing_its_leader_a_minority_and_a_majori
         (relay_failures(&auth).await > failures_before).then_some(())
     })
     .await;
-    assert_eq!(count(&auth_db, "SELECT count(*) FROM outbox").await, 20);
+    assert_eq!(scalar(&auth_db, "SELECT count(*) FROM outbox").await, 20);
     assert_eq!(members(&task_db).await.len(), replicated);
     cluster.start_app(&n2).await;
     cluster.start_app(&n3).await;

@@ -1,6 +1,8 @@
 //! Read-your-writes through consistency tokens: a CreateTask right after a
 //! write in auth is served from a replica that has it, woken by the apply
 //! rather than by retries or polling.
+use memberflow_tests::apps::spawn_system;
+use memberflow_tests::fixtures::create_task;
 use std::time::{Duration, Instant};
 
 use memberflow_contract::consistency::ConsistencyToken;
@@ -8,7 +10,7 @@ use memberflow_contract::proto::{auth::v1 as auth_pb, task::v1 as pb};
 use memberflow_runtime::grpc::violated_fields;
 use memberflow_tests::{
     amqp::{MemberEventFixture, RawPublisher},
-    apps::{auth_settings, mint_token, spawn_auth, spawn_task, task_settings},
+    apps::{mint_token, spawn_task, task_settings},
     env::TestEnv,
     eventually,
 };
@@ -18,25 +20,10 @@ use uuid::Uuid;
 
 const NOWHERE: &str = "http://127.0.0.1:1";
 
-fn create(title: &str, consistency_token: String) -> pb::CreateTaskRequest {
-    pb::CreateTaskRequest {
-        request_id: Uuid::new_v4().to_string(),
-        title: title.into(),
-        due_local: "2026-12-24T18:00".into(),
-        consistency_token,
-    }
-}
-
 #[tokio::test]
 async fn create_task_after_a_region_change_uses_the_new_zone_without_retries() {
     let mut env = TestEnv::new();
-    let mut auth = spawn_auth(auth_settings(&mut env)).await;
-    let task = spawn_task(task_settings(
-        &mut env,
-        ConsistencyMode::NotReady,
-        &format!("http://{}", auth.app.addr),
-    ))
-    .await;
+    let (mut auth, task) = spawn_system(&mut env, ConsistencyMode::NotReady).await;
     let signed_up = auth
         .client
         .sign_up(auth_pb::SignUpRequest {
@@ -64,10 +51,7 @@ async fn create_task_after_a_region_change_uses_the_new_zone_without_retries() {
         .client(&access)
         .with_deadline(Duration::ZERO)
         .with_consistency_token(signed_up.consistency_token);
-    tasks
-        .create_task(create("first", String::new()))
-        .await
-        .unwrap();
+    tasks.create_task(create_task("first")).await.unwrap();
 
     let zones = [
         "America/New_York",
@@ -85,7 +69,7 @@ async fn create_task_after_a_region_change_uses_the_new_zone_without_retries() {
         let updated = auth.client.update_profile(req).await.unwrap().into_inner();
         tasks.set_consistency_token(updated.consistency_token);
         let created = tasks
-            .create_task(create(&format!("after move {i}"), String::new()))
+            .create_task(create_task(&format!("after move {i}")))
             .await
             .unwrap();
         assert_eq!(
@@ -112,7 +96,14 @@ async fn the_wait_is_woken_by_the_apply_and_falls_back_after_wait_ms() {
     let mut client = task
         .client(&mint_token(member_id, chrono::Duration::minutes(5)))
         .with_deadline(Duration::ZERO);
-    let waiting = tokio::spawn(async move { client.create_task(create("woken", token)).await });
+    let waiting = tokio::spawn(async move {
+        client
+            .create_task(pb::CreateTaskRequest {
+                consistency_token: token,
+                ..create_task("woken")
+            })
+            .await
+    });
     eventually(
         "CreateTask waiting for the replica",
         Duration::from_secs(10),
@@ -153,7 +144,13 @@ async fn not_ready_answers_after_the_wait_and_bad_tokens_are_refused() {
         version: 3,
     }
     .encode();
-    let err = client.create_task(create("late", token)).await.unwrap_err();
+    let err = client
+        .create_task(pb::CreateTaskRequest {
+            consistency_token: token,
+            ..create_task("late")
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert!(
         started.elapsed() >= Duration::from_millis(200),
@@ -170,7 +167,10 @@ async fn not_ready_answers_after_the_wait_and_bad_tokens_are_refused() {
         .encode(),
     ] {
         let err = client
-            .create_task(create("bad", bad.clone()))
+            .create_task(pb::CreateTaskRequest {
+                consistency_token: bad.clone(),
+                ..create_task("bad")
+            })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
@@ -189,13 +189,7 @@ async fn not_ready_answers_after_the_wait_and_bad_tokens_are_refused() {
 #[tokio::test]
 async fn read_through_fetches_the_newer_version_when_the_replica_is_behind() {
     let mut env = TestEnv::new();
-    let mut auth = spawn_auth(auth_settings(&mut env)).await;
-    let task = spawn_task(task_settings(
-        &mut env,
-        ConsistencyMode::ReadThrough,
-        &format!("http://{}", auth.app.addr),
-    ))
-    .await;
+    let (mut auth, task) = spawn_system(&mut env, ConsistencyMode::ReadThrough).await;
     let signed_up = auth
         .client
         .sign_up(auth_pb::SignUpRequest {
@@ -234,7 +228,10 @@ async fn read_through_fetches_the_newer_version_when_the_replica_is_behind() {
     let created = task
         .client(&mint_token(member_id, chrono::Duration::minutes(5)))
         .with_deadline(Duration::ZERO)
-        .create_task(create("fresh", token))
+        .create_task(pb::CreateTaskRequest {
+            consistency_token: token,
+            ..create_task("fresh")
+        })
         .await
         .unwrap();
     assert_eq!(created.time_zone, "America/New_York");

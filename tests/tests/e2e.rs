@@ -1,6 +1,11 @@
 //! The whole system: real auth and task over real PostgreSQL and RabbitMQ,
 //! with faults injected for real (a cut TCP proxy, a killed runtime). Each
 //! scenario checks its end state in the databases and the broker.
+use memberflow_tests::apps::spawn_task_alone;
+use memberflow_tests::{
+    apps::sign_up_and_log_in,
+    fixtures::{scalar, signup},
+};
 use std::{sync::Arc, time::Duration};
 
 use memberflow_client::TaskClient;
@@ -26,39 +31,23 @@ type Row = (Uuid, String, String, i64);
 /// Signs up, logs in and creates one task; returns the member id.
 async fn user_flow(auth: TestAuthClient, task: &TestTask, i: usize) -> (String, String) {
     let mut auth = auth;
-    let email = format!("user{i}@example.com");
-    let member = auth
-        .sign_up(auth_pb::SignUpRequest {
-            email: email.clone(),
-            password: "correct horse battery".into(),
+    let (member_id, token) = sign_up_and_log_in(
+        &mut auth,
+        auth_pb::SignUpRequest {
             nickname: format!("user {i}"),
             region: "America/New_York".into(),
-        })
-        .await
-        .expect("signup")
-        .into_inner()
-        .member
-        .unwrap();
-    let token = auth
-        .login(auth_pb::LoginRequest {
-            email,
-            password: "correct horse battery".into(),
-        })
-        .await
-        .expect("login")
-        .into_inner()
-        .access_token;
+            ..signup(&format!("user{i}@example.com"))
+        },
+    )
+    .await;
     let created = client(task, &token)
-        .create_task(pb::CreateTaskRequest {
-            request_id: Uuid::new_v4().to_string(),
-            title: format!("task of {i}"),
-            due_local: "2026-12-24T18:00".into(),
-            ..Default::default()
-        })
+        .create_task(memberflow_tests::fixtures::create_task(&format!(
+            "task of {i}"
+        )))
         .await
         .expect("create task");
-    assert_eq!(created.member_id, member.id);
-    (member.id, token)
+    assert_eq!(created.member_id, member_id.to_string());
+    (member_id.to_string(), token)
 }
 
 type TestAuthClient = memberflow_contract::proto::auth::v1::auth_service_client::AuthServiceClient<
@@ -85,18 +74,11 @@ async fn replica_converges(auth_db: &PgPool, task_db: &PgPool, expected: usize) 
     .await
 }
 
-async fn count(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
 /// Every member has exactly one task.
 async fn one_task_each(task_db: &PgPool, n: i64) {
-    assert_eq!(count(task_db, "SELECT count(*) FROM tasks").await, n);
+    assert_eq!(scalar(task_db, "SELECT count(*) FROM tasks").await, n);
     assert_eq!(
-        count(task_db, "SELECT count(DISTINCT member_id) FROM tasks").await,
+        scalar(task_db, "SELECT count(DISTINCT member_id) FROM tasks").await,
         n,
         "duplicate tasks"
     );
@@ -209,12 +191,12 @@ async fn broker_cut_mid_run_loses_and_duplicates_nothing() {
         })
         .collect();
     eventually("a third of the signups", WAIT, || async {
-        (count(&auth_db, "SELECT count(*) FROM members").await >= 30).then_some(())
+        (scalar(&auth_db, "SELECT count(*) FROM members").await >= 30).then_some(())
     })
     .await;
     broker.cut();
     eventually("more signups while cut", WAIT, || async {
-        (count(&auth_db, "SELECT count(*) FROM members").await >= 70).then_some(())
+        (scalar(&auth_db, "SELECT count(*) FROM members").await >= 70).then_some(())
     })
     .await;
     broker.restore();
@@ -224,23 +206,18 @@ async fn broker_cut_mid_run_loses_and_duplicates_nothing() {
     replica_converges(&auth_db, &task_db, n).await;
     one_task_each(&task_db, n as i64).await;
     assert_eq!(
-        count(&task_db, "SELECT count(*) FROM inbox").await,
+        scalar(&task_db, "SELECT count(*) FROM inbox").await,
         n as i64,
         "each event applied once"
     );
-    assert_eq!(count(&auth_db, "SELECT count(*) FROM outbox").await, 0);
+    assert_eq!(scalar(&auth_db, "SELECT count(*) FROM outbox").await, 0);
 }
 
 #[tokio::test]
 async fn auth_killed_after_commit_before_publish_publishes_after_restart() {
     let n = 20;
     let mut env = TestEnv::new();
-    let task = spawn_task(task_settings(
-        &mut env,
-        ConsistencyMode::NotReady,
-        "http://127.0.0.1:1",
-    ))
-    .await;
+    let task = spawn_task_alone(&mut env, ConsistencyMode::NotReady).await;
     let broker = TcpProxy::start(&env.amqp_host()).await;
     let mut a = auth_settings(&mut env);
     a.amqp.url = env.amqp_url_via(&broker.host()).into();
@@ -260,7 +237,7 @@ async fn auth_killed_after_commit_before_publish_publishes_after_restart() {
     }
     let (auth_db, task_db) = (env.pool("auth").await, env.pool("task").await);
     assert_eq!(
-        count(&auth_db, "SELECT count(*) FROM outbox").await,
+        scalar(&auth_db, "SELECT count(*) FROM outbox").await,
         n,
         "committed, not published"
     );
@@ -269,8 +246,8 @@ async fn auth_killed_after_commit_before_publish_publishes_after_restart() {
     broker.restore();
     let _restarted = spawn_auth(a).await;
     replica_converges(&auth_db, &task_db, n as usize).await;
-    assert_eq!(count(&task_db, "SELECT count(*) FROM inbox").await, n);
-    assert_eq!(count(&auth_db, "SELECT count(*) FROM outbox").await, 0);
+    assert_eq!(scalar(&task_db, "SELECT count(*) FROM inbox").await, n);
+    assert_eq!(scalar(&auth_db, "SELECT count(*) FROM outbox").await, 0);
     drop(task);
 }
 
@@ -314,7 +291,7 @@ async fn task_killed_before_ack_gets_the_events_again_without_duplicates() {
     let (auth_db, task_db) = (env.pool("auth").await, env.pool("task").await);
     replica_converges(&auth_db, &task_db, n as usize).await;
     assert_eq!(
-        count(&task_db, "SELECT count(*) FROM inbox").await,
+        scalar(&task_db, "SELECT count(*) FROM inbox").await,
         n,
         "redelivered, applied once"
     );
@@ -380,7 +357,7 @@ async fn two_auth_and_two_task_instances_keep_every_guarantee() {
     );
     one_task_each(&task_db, n as i64).await;
     assert_eq!(
-        count(&task_db, "SELECT count(*) FROM inbox").await,
+        scalar(&task_db, "SELECT count(*) FROM inbox").await,
         3 * n as i64,
         "each event applied once"
     );
@@ -627,7 +604,10 @@ async fn an_interrupted_resync_resumes_from_its_checkpoint() {
         .await
         .unwrap();
     assert_eq!(done.read, 2_000, "only what came after the checkpoint");
-    assert_eq!(count(&task_db, "SELECT count(*) FROM members").await, 2_000);
+    assert_eq!(
+        scalar(&task_db, "SELECT count(*) FROM members").await,
+        2_000
+    );
     assert_eq!(task::resync::checkpoint(&task_db).await.unwrap(), None);
 
     // Chosen members only.

@@ -3,8 +3,10 @@
 //! field), and changes nothing; one email address is one account however it
 //! is spelled.
 use memberflow_contract::proto::{auth::v1 as auth_pb, task::v1 as pb};
+use memberflow_tests::apps::spawn_task_alone;
+use memberflow_tests::fixtures::signup;
 use memberflow_tests::{
-    apps::{auth_settings, mint_token, spawn_auth, spawn_task, task_settings},
+    apps::{auth_settings, mint_token, spawn_auth},
     env::TestEnv,
 };
 use task::ConsistencyMode;
@@ -25,15 +27,6 @@ fn violations(status: &Status) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-fn signup(email: &str, nickname: &str) -> auth_pb::SignUpRequest {
-    auth_pb::SignUpRequest {
-        email: email.into(),
-        password: "correct horse battery".into(),
-        nickname: nickname.into(),
-        region: "Asia/Seoul".into(),
-    }
-}
-
 #[tokio::test]
 async fn nicknames_and_emails_follow_the_text_rules() {
     let mut env = TestEnv::new();
@@ -50,7 +43,10 @@ async fn nicknames_and_emails_follow_the_text_rules() {
     for (nickname, says) in bad_nicknames {
         let err = auth
             .client
-            .sign_up(signup("ann@example.com", nickname))
+            .sign_up(auth_pb::SignUpRequest {
+                nickname: nickname.into(),
+                ..signup("ann@example.com")
+            })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{nickname:?}");
@@ -63,7 +59,10 @@ async fn nicknames_and_emails_follow_the_text_rules() {
     let decomposed = "e\u{301}".repeat(32);
     let m = auth
         .client
-        .sign_up(signup("nfc@example.com", &decomposed))
+        .sign_up(auth_pb::SignUpRequest {
+            nickname: decomposed.clone(),
+            ..signup("nfc@example.com")
+        })
         .await
         .unwrap()
         .into_inner()
@@ -73,11 +72,21 @@ async fn nicknames_and_emails_follow_the_text_rules() {
 
     // One address, several spellings: one account.
     auth.client
-        .sign_up(signup("u@bücher.de", "U"))
+        .sign_up(auth_pb::SignUpRequest {
+            nickname: "U".into(),
+            ..signup("u@bücher.de")
+        })
         .await
         .unwrap();
     for same in ["u@xn--bcher-kva.de", "U@BÜCHER.de", "ｕ＠ｂüｃｈｅｒ．ｄｅ"] {
-        let err = auth.client.sign_up(signup(same, "U")).await.unwrap_err();
+        let err = auth
+            .client
+            .sign_up(auth_pb::SignUpRequest {
+                nickname: "U".into(),
+                ..signup(same)
+            })
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::AlreadyExists, "{same}");
         auth.client
             .login(auth_pb::LoginRequest {
@@ -97,12 +106,7 @@ async fn nicknames_and_emails_follow_the_text_rules() {
 #[tokio::test]
 async fn titles_and_due_times_follow_the_rules_and_every_bad_field_is_named() {
     let mut env = TestEnv::new();
-    let task = spawn_task(task_settings(
-        &mut env,
-        ConsistencyMode::NotReady,
-        "http://127.0.0.1:1",
-    ))
-    .await;
+    let task = spawn_task_alone(&mut env, ConsistencyMode::NotReady).await;
     let db = env.pool("task").await;
     let token = mint_token(Uuid::now_v7(), chrono::Duration::minutes(5));
     let mut client = task.client(&token);

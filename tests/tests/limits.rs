@@ -1,6 +1,7 @@
 //! Abuse limits: login throttling, the bounded hashing queue, and the
 //! server limits (metadata size, concurrency, per-RPC timeout, message size,
 //! HTTP/2 keepalive). Each refusal is a clean gRPC status.
+use memberflow_tests::fixtures::{PASSWORD, login, signup};
 use std::time::{Duration, Instant};
 
 use memberflow_contract::proto::auth::v1 as pb;
@@ -12,24 +13,6 @@ use memberflow_tests::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
-
-const PASSWORD: &str = "correct horse battery";
-
-fn signup(email: &str) -> pb::SignUpRequest {
-    pb::SignUpRequest {
-        email: email.into(),
-        password: PASSWORD.into(),
-        nickname: "Ann".into(),
-        region: "Asia/Seoul".into(),
-    }
-}
-
-fn login(email: &str, password: &str) -> pb::LoginRequest {
-    pb::LoginRequest {
-        email: email.into(),
-        password: password.into(),
-    }
-}
 
 fn retry_after(status: &Status) -> Option<Duration> {
     status.get_details_retry_info()?.retry_delay

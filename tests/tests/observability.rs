@@ -2,17 +2,12 @@
 //! services while members sign up and create tasks, and its query API must
 //! show the figures moving; the Grafana dashboard only queries metrics the
 //! services really export.
+use memberflow_tests::apps::spawn_system;
 use std::{collections::BTreeSet, time::Duration};
 
-use memberflow_contract::proto::{auth::v1 as auth_pb, task::v1 as pb};
-use memberflow_tests::{
-    apps::{auth_settings, spawn_auth, spawn_task, task_settings},
-    env::TestEnv,
-    eventually, http,
-    prometheus::Prometheus,
-};
+use memberflow_contract::proto::auth::v1 as auth_pb;
+use memberflow_tests::{env::TestEnv, eventually, http, prometheus::Prometheus};
 use task::ConsistencyMode;
-use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
 const MEMBERS: usize = 5;
@@ -20,13 +15,7 @@ const MEMBERS: usize = 5;
 #[tokio::test]
 async fn prometheus_sees_the_pipeline_move() {
     let mut env = TestEnv::new();
-    let mut auth = spawn_auth(auth_settings(&mut env)).await;
-    let task = spawn_task(task_settings(
-        &mut env,
-        ConsistencyMode::NotReady,
-        &format!("http://{}", auth.app.addr),
-    ))
-    .await;
+    let (mut auth, task) = spawn_system(&mut env, ConsistencyMode::NotReady).await;
     let prometheus =
         Prometheus::start(&[("auth", auth.metrics_addr), ("task", task.metrics_addr)]).await;
 
@@ -43,21 +32,16 @@ async fn prometheus_sees_the_pipeline_move() {
             .unwrap();
         let token = auth
             .client
-            .login(auth_pb::LoginRequest {
-                email,
-                password: "correct horse battery".into(),
-            })
+            .login(memberflow_tests::fixtures::login(
+                &email,
+                memberflow_tests::fixtures::PASSWORD,
+            ))
             .await
             .unwrap()
             .into_inner()
             .access_token;
         task.client(&token)
-            .create_task(pb::CreateTaskRequest {
-                request_id: Uuid::new_v4().to_string(),
-                title: "t".into(),
-                due_local: "2026-12-24T18:00".into(),
-                ..Default::default()
-            })
+            .create_task(memberflow_tests::fixtures::create_task("t"))
             .await
             .unwrap();
     }

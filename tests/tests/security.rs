@@ -1,6 +1,8 @@
 //! Access tokens and sessions: Ed25519 tokens with a key id, public keys
 //! from auth, rotation without downtime, and Logout / ChangePassword ending
 //! sessions in auth at once and in task through the outbox.
+use memberflow_tests::apps::spawn_system;
+use memberflow_tests::fixtures::{PASSWORD, create_task, signup};
 use std::time::{Duration, Instant};
 
 use memberflow_contract::proto::{auth::v1 as auth_pb, task::v1 as pb};
@@ -19,7 +21,6 @@ use tonic::{Code, Request};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(20);
-const PASSWORD: &str = "correct horse battery";
 
 fn bearer<T>(msg: T, token: &str) -> Request<T> {
     let mut req = Request::new(msg);
@@ -28,44 +29,10 @@ fn bearer<T>(msg: T, token: &str) -> Request<T> {
     req
 }
 
-fn create(title: &str) -> pb::CreateTaskRequest {
-    pb::CreateTaskRequest {
-        request_id: Uuid::new_v4().to_string(),
-        title: title.into(),
-        due_local: "2026-12-24T18:00".into(),
-        consistency_token: String::new(),
-    }
-}
-
-/// Signs `email` up and logs in: (member id, access token).
-async fn member(auth: &mut TestAuth, email: &str) -> (Uuid, String) {
-    let id = auth
-        .client
-        .sign_up(auth_pb::SignUpRequest {
-            email: email.into(),
-            password: PASSWORD.into(),
-            nickname: "Ann".into(),
-            region: "Asia/Seoul".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .member
-        .unwrap()
-        .id;
-    (
-        id.parse().unwrap(),
-        login(auth, email, PASSWORD).await.unwrap(),
-    )
-}
-
 async fn login(auth: &mut TestAuth, email: &str, password: &str) -> Result<String, tonic::Status> {
     Ok(auth
         .client
-        .login(auth_pb::LoginRequest {
-            email: email.into(),
-            password: password.into(),
-        })
+        .login(memberflow_tests::fixtures::login(email, password))
         .await?
         .into_inner()
         .access_token)
@@ -131,15 +98,18 @@ async fn tokens_are_ed25519_with_a_key_id_and_task_learns_keys_from_auth() {
     assert_eq!(jwk.kid, signer.public_key().kid());
     assert_eq!(jwk.x, signer.public_key().x());
 
-    let (_, token) = member(&mut auth, "ed@example.com").await;
+    let (_, token) = auth.member(signup("ed@example.com")).await;
     let header = jwt_header(&token);
     assert_eq!(header["alg"], "EdDSA");
     assert_eq!(header["kid"], jwk.kid.as_str());
-    task.client(&token).create_task(create("t")).await.unwrap();
+    task.client(&token)
+        .create_task(create_task("t"))
+        .await
+        .unwrap();
 
     // The development key is not trusted by this deployment, and an HS256
     // token is refused whatever secret it uses.
-    let (id, _) = member(&mut auth, "other@example.com").await;
+    let (id, _) = auth.member(signup("other@example.com")).await;
     let dev = memberflow_tests::apps::mint_token(id, chrono::Duration::minutes(5));
     let hs256 = {
         let header = base64_json(r#"{"alg":"HS256","typ":"JWT","kid":"x"}"#);
@@ -155,7 +125,7 @@ async fn tokens_are_ed25519_with_a_key_id_and_task_learns_keys_from_auth() {
         assert_eq!(err.code(), Code::Unauthenticated, "auth: {err:?}");
         let err = task
             .client(&bad)
-            .create_task(create("t"))
+            .create_task(create_task("t"))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated, "task: {err:?}");
@@ -184,9 +154,9 @@ async fn a_signing_key_rotates_without_refusing_a_valid_token() {
     ts.token.public_keys = String::new();
     ts.token.refresh_secs = 1;
     let task = spawn_task(ts).await;
-    let (_, old_token) = member(&mut auth, "rot@example.com").await;
+    let (_, old_token) = auth.member(signup("rot@example.com")).await;
     task.client(&old_token)
-        .create_task(create("a"))
+        .create_task(create_task("a"))
         .await
         .unwrap();
 
@@ -201,11 +171,11 @@ async fn a_signing_key_rotates_without_refusing_a_valid_token() {
     assert_eq!(jwt_header(&new_token)["kid"], new.public_key().kid());
     // task has never seen the new kid: it asks auth, and the call succeeds.
     task.client(&new_token)
-        .create_task(create("b"))
+        .create_task(create_task("b"))
         .await
         .unwrap();
     task.client(&old_token)
-        .create_task(create("c"))
+        .create_task(create_task("c"))
         .await
         .unwrap();
     update_nickname(&mut auth, &old_token, "Still me")
@@ -230,7 +200,7 @@ async fn a_signing_key_rotates_without_refusing_a_valid_token() {
     })
     .await;
     task.client(&new_token)
-        .create_task(create("d"))
+        .create_task(create_task("d"))
         .await
         .unwrap();
 }
@@ -246,19 +216,13 @@ async fn replica_sessions(pool: &PgPool, id: Uuid) -> Option<(i64, i64)> {
 #[tokio::test]
 async fn logout_ends_sessions_in_auth_at_once_and_in_task_after_replication() {
     let mut env = TestEnv::new();
-    let mut auth = spawn_auth(auth_settings(&mut env)).await;
-    let task = spawn_task(task_settings(
-        &mut env,
-        ConsistencyMode::NotReady,
-        &format!("http://{}", auth.app.addr),
-    ))
-    .await;
+    let (mut auth, task) = spawn_system(&mut env, ConsistencyMode::NotReady).await;
     let task_db = env.pool("task").await;
-    let (id, token) = member(&mut auth, "bye@example.com").await;
+    let (id, token) = auth.member(signup("bye@example.com")).await;
     let mut tasks = task.client(&token);
     eventually("member replicated", WAIT, || {
         let mut c = tasks.clone();
-        async move { c.create_task(create("before")).await.ok() }
+        async move { c.create_task(create_task("before")).await.ok() }
     })
     .await;
 
@@ -293,7 +257,7 @@ async fn logout_ends_sessions_in_auth_at_once_and_in_task_after_replication() {
     .await;
     let delay = logged_out.elapsed();
     eprintln!("logout reached task in {delay:?}");
-    let err = tasks.create_task(create("after")).await.unwrap_err();
+    let err = tasks.create_task(create_task("after")).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     let (version, sessions_version) = replica_sessions(&task_db, id).await.unwrap();
     assert_eq!(
@@ -318,14 +282,14 @@ async fn logout_ends_sessions_in_auth_at_once_and_in_task_after_replication() {
         replica_sessions(&task_db, id).await.unwrap(),
         (version, sessions_version)
     );
-    let err = tasks.create_task(create("after")).await.unwrap_err();
+    let err = tasks.create_task(create_task("after")).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 
     // A new login works everywhere, at once in auth.
     let again = login(&mut auth, "bye@example.com", PASSWORD).await.unwrap();
     update_nickname(&mut auth, &again, "Back").await.unwrap();
     task.client(&again)
-        .create_task(create("again"))
+        .create_task(create_task("again"))
         .await
         .unwrap();
 }
@@ -335,7 +299,7 @@ async fn change_password_checks_the_current_one_and_ends_sessions() {
     let mut env = TestEnv::new();
     let mut auth = spawn_auth(auth_settings(&mut env)).await;
     let auth_db = env.pool("auth").await;
-    let (id, token) = member(&mut auth, "pw@example.com").await;
+    let (id, token) = auth.member(signup("pw@example.com")).await;
     let change = |current: &str, new: &str| auth_pb::ChangePasswordRequest {
         current_password: current.into(),
         new_password: new.into(),

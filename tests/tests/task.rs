@@ -1,12 +1,14 @@
 //! The task service against real PostgreSQL, RabbitMQ and (where it matters)
 //! a real auth: consistency modes, idempotent replica, poison, faults.
+use memberflow_contract::proto::auth::v1::SignUpRequest;
+use memberflow_tests::fixtures::{create_task_due, scalar, signup};
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use memberflow_client::user_not_ready;
-use memberflow_contract::proto::{auth::v1 as auth_pb, task::v1 as pb};
+use memberflow_contract::proto::task::v1 as pb;
 use memberflow_contract::topology::{DEAD_LETTER_QUEUE, QUEUE};
 use memberflow_runtime::grpc::violated_fields;
 use memberflow_tests::{
@@ -25,59 +27,11 @@ use uuid::Uuid;
 const WAIT: Duration = Duration::from_secs(20);
 const NOWHERE: &str = "http://127.0.0.1:1";
 
-fn create(title: &str, due_local: &str) -> pb::CreateTaskRequest {
-    pb::CreateTaskRequest {
-        request_id: Uuid::new_v4().to_string(),
-        title: title.into(),
-        due_local: due_local.into(),
-        ..Default::default()
-    }
-}
-
-async fn scalar(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
 async fn wait_processed(task: &TestTask, n: u64) {
     eventually(&format!("{n} events processed"), WAIT, || async {
         (task.processed() >= n).then_some(())
     })
     .await;
-}
-
-/// Signs up and logs in through auth; returns (member id, token).
-async fn member(
-    auth: &mut memberflow_tests::apps::TestAuth,
-    email: &str,
-    region: &str,
-) -> (String, String) {
-    let m = auth
-        .client
-        .sign_up(auth_pb::SignUpRequest {
-            email: email.into(),
-            password: "correct horse battery".into(),
-            nickname: "Kim".into(),
-            region: region.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .member
-        .unwrap();
-    let token = auth
-        .client
-        .login(auth_pb::LoginRequest {
-            email: email.into(),
-            password: "correct horse battery".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .access_token;
-    (m.id, token)
 }
 
 #[tokio::test]
@@ -96,7 +50,12 @@ async fn read_through_creates_on_the_first_try_with_one_call_to_auth() {
         &auth_addr,
     ))
     .await;
-    let (member_id, token) = member(&mut auth, "rt@example.com", "Asia/Seoul").await;
+    let (member_id, token) = auth
+        .member(SignUpRequest {
+            region: "Asia/Seoul".into(),
+            ..signup("rt@example.com")
+        })
+        .await;
 
     // Ten concurrent misses for one member: one GetMember call.
     let retries = Arc::new(Mutex::new(0));
@@ -108,13 +67,13 @@ async fn read_through_creates_on_the_first_try_with_one_call_to_auth() {
             .on_retry(Arc::new(move |_| *r.lock().unwrap() += 1));
         calls.push(tokio::spawn(async move {
             client
-                .create_task(create(&format!("t{i}"), "2026-12-01T09:00"))
+                .create_task(create_task_due(&format!("t{i}"), "2026-12-01T09:00"))
                 .await
         }));
     }
     for c in calls {
         let t = c.await.unwrap().expect("created on the first try");
-        assert_eq!(t.member_id, member_id);
+        assert_eq!(t.member_id, member_id.to_string());
         assert_eq!(t.time_zone, "Asia/Seoul");
     }
     assert_eq!(
@@ -157,7 +116,12 @@ async fn not_ready_succeeds_through_the_client_backoff() {
     broker.cut();
     let mut auth = spawn_auth(a).await;
     let task = spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await;
-    let (member_id, token) = member(&mut auth, "nr@example.com", "Europe/Paris").await;
+    let (member_id, token) = auth
+        .member(SignUpRequest {
+            region: "Europe/Paris".into(),
+            ..signup("nr@example.com")
+        })
+        .await;
 
     // The first USER_NOT_READY lets the event through.
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -168,12 +132,12 @@ async fn not_ready_succeeds_through_the_client_backoff() {
         s.lock().unwrap().push(r.delay);
         b.restore();
     }));
-    let req = create("after backoff", "2026-12-01T09:00");
+    let req = create_task_due("after backoff", "2026-12-01T09:00");
     let t = client
         .create_task(req.clone())
         .await
         .expect("eventually created");
-    assert_eq!(t.member_id, member_id);
+    assert_eq!(t.member_id, member_id.to_string());
     assert!(
         !seen.lock().unwrap().is_empty(),
         "the client retried USER_NOT_READY"
@@ -199,7 +163,7 @@ async fn not_ready_answers_unavailable_with_error_info_and_retry_info() {
     let mut client = task.client(&token).with_deadline(Duration::ZERO);
 
     let status = client
-        .create_task(create("x", "2026-12-01T09:00"))
+        .create_task(create_task_due("x", "2026-12-01T09:00"))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
@@ -230,7 +194,7 @@ async fn read_through_with_auth_unreachable_answers_user_not_ready() {
     let status = task
         .client(&token)
         .with_deadline(Duration::ZERO)
-        .create_task(create("x", "2026-12-01T09:00"))
+        .create_task(create_task_due("x", "2026-12-01T09:00"))
         .await
         .unwrap_err();
     assert!(user_not_ready(&status).is_some(), "{status:?}");
@@ -420,12 +384,7 @@ async fn garbage_is_dead_lettered_with_its_reason_and_unknown_kinds_are_skipped(
     let token = mint_token(good.member_id, chrono::Duration::minutes(5));
     let err = task
         .client(&token)
-        .create_task(pb::CreateTaskRequest {
-            request_id: Uuid::new_v4().to_string(),
-            title: "t".into(),
-            due_local: "2026-12-24T18:00".into(),
-            ..Default::default()
-        })
+        .create_task(memberflow_tests::fixtures::create_task("t"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
@@ -488,7 +447,7 @@ async fn create_task_is_idempotent_on_request_id() {
     let mut env = TestEnv::new();
     let (task, token, pool) = with_member(&mut env, "Asia/Seoul").await;
     let mut client = task.client(&token);
-    let req = create("pay rent", "2026-12-01T09:00");
+    let req = create_task_due("pay rent", "2026-12-01T09:00");
     let first = client.create_task(req.clone()).await.unwrap();
     let again = client
         .create_task(pb::CreateTaskRequest {
@@ -521,12 +480,15 @@ async fn due_at_is_right_on_both_sides_of_a_dst_transition() {
         ("2026-11-01T01:30", "2026-11-01T05:30:00Z"), // ambiguous: the first (EDT)
         ("2026-11-01T02:30", "2026-11-01T07:30:00Z"), // EST
     ] {
-        let t = client.create_task(create("dst", local)).await.unwrap();
+        let t = client
+            .create_task(create_task_due("dst", local))
+            .await
+            .unwrap();
         assert_eq!(t.due_at.unwrap().seconds, utc(expected), "{local}");
         assert_eq!(t.time_zone, "America/New_York");
     }
     let gap = client
-        .create_task(create("dst", "2026-03-08T02:30"))
+        .create_task(create_task_due("dst", "2026-03-08T02:30"))
         .await
         .unwrap_err();
     assert_eq!(gap.code(), Code::InvalidArgument);
@@ -543,14 +505,17 @@ async fn bad_input_and_bad_tokens_are_refused_and_write_nothing() {
         (
             pb::CreateTaskRequest {
                 request_id: "nope".into(),
-                ..create("t", "2026-12-01T09:00")
+                ..create_task_due("t", "2026-12-01T09:00")
             },
             vec!["request_id"],
         ),
-        (create("", "2026-12-01T09:00"), vec!["title"]),
-        (create(&"t".repeat(201), "2026-12-01T09:00"), vec!["title"]),
-        (create("t", "2026-12-01 09:00"), vec!["due_local"]),
-        (create("t", "2026-02-30T09:00"), vec!["due_local"]),
+        (create_task_due("", "2026-12-01T09:00"), vec!["title"]),
+        (
+            create_task_due(&"t".repeat(201), "2026-12-01T09:00"),
+            vec!["title"],
+        ),
+        (create_task_due("t", "2026-12-01 09:00"), vec!["due_local"]),
+        (create_task_due("t", "2026-02-30T09:00"), vec!["due_local"]),
         (
             pb::CreateTaskRequest::default(),
             vec!["request_id", "title", "due_local"],
@@ -576,7 +541,7 @@ async fn bad_input_and_bad_tokens_are_refused_and_write_nothing() {
     for bad in [forged.as_str(), expired.as_str(), "garbage"] {
         let err = task
             .client(bad)
-            .create_task(create("t", "2026-12-01T09:00"))
+            .create_task(create_task_due("t", "2026-12-01T09:00"))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated);
@@ -592,7 +557,7 @@ async fn bad_input_and_bad_tokens_are_refused_and_write_nothing() {
             task.channel.clone(),
         );
     let err = anonymous
-        .create_task(create("t", "2026-12-01T09:00"))
+        .create_task(create_task_due("t", "2026-12-01T09:00"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
@@ -624,13 +589,13 @@ async fn members_see_only_their_own_tasks_newest_first() {
     let mut created = Vec::new();
     for i in 0..5 {
         created.push(
-            ca.create_task(create(&format!("a{i}"), "2026-12-01T09:00"))
+            ca.create_task(create_task_due(&format!("a{i}"), "2026-12-01T09:00"))
                 .await
                 .unwrap(),
         );
     }
     let theirs = cb
-        .create_task(create("b", "2026-12-01T09:00"))
+        .create_task(create_task_due("b", "2026-12-01T09:00"))
         .await
         .unwrap();
 
