@@ -27,11 +27,46 @@ use crate::{
 
 const RPCS: [&str; 5] = ["SignUp", "Login", "CreateTask", "ListTasks", "GetTask"];
 
-/// The Python with grpcio and grpcio-reflection (the README check's venv).
+/// The venv with grpcio and grpcio-reflection (the README check's).
+fn venv() -> String {
+    std::env::var("MEMBERFLOW_VENV").unwrap_or_else(|_| "/var/tmp/memberflow-venv".into())
+}
+
+/// The Python of [`venv`].
 fn python() -> String {
-    let venv =
-        std::env::var("MEMBERFLOW_VENV").unwrap_or_else(|_| "/var/tmp/memberflow-venv".into());
-    format!("{venv}/bin/python")
+    format!("{}/bin/python", venv())
+}
+
+async fn succeeds(program: &str, args: &[&str]) -> bool {
+    tokio::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|s| s.success())
+}
+
+/// Run before the first phase, so that a missing Python does not end a run
+/// minutes in: creates the venv the clients phase needs if it is not there,
+/// or stops saying what is missing and the one command that provides it.
+pub(crate) async fn ensure_python() -> anyhow::Result<()> {
+    let (venv, python) = (venv(), python());
+    let ready = || succeeds(&python, &["-c", "import grpc, grpc_reflection"]);
+    if ready().await {
+        return Ok(());
+    }
+    eprintln!("bench: creating {venv} with grpcio and grpcio-reflection for the clients phase");
+    let pip = format!("{venv}/bin/pip");
+    let _ = succeeds("python3", &["-m", "venv", &venv]).await
+        && succeeds(&pip, &["install", "-q", "grpcio", "grpcio-reflection"]).await;
+    anyhow::ensure!(
+        ready().await,
+        "the clients phase needs a Python with grpcio and grpcio-reflection at {python} \
+         and could not create it (python3 with its venv module, and PyPI, are needed).\n  \
+         Provide it with: scripts/install-tools python\n  \
+         or run another phase alone: --only system|relay|consumer|replica|scale"
+    );
+    Ok(())
 }
 
 pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {

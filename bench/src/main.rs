@@ -228,6 +228,9 @@ async fn main() -> anyhow::Result<()> {
         charts: charts::Charts::default(),
     };
     let wanted = |phase: &str| only.as_deref().is_none_or(|o| o == phase);
+    if wanted("clients") {
+        clients::ensure_python().await?;
+    }
     if wanted("system") {
         system::run(&mut lab).await?;
     }

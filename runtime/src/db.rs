@@ -161,6 +161,18 @@ pub async fn bootstrap(
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> bool {
     let mut retrying = memberflow_retry::Backoff::default().retrying();
+    // Named in the warning, since "connection refused" alone names nothing.
+    let address = settings
+        .connect_options()
+        .map(|o| {
+            format!(
+                "{}:{}/{}",
+                o.get_host(),
+                o.get_port(),
+                o.get_database().unwrap_or_default()
+            )
+        })
+        .unwrap_or_default();
     loop {
         let attempt = async {
             ensure_database(settings).await?;
@@ -170,6 +182,7 @@ pub async fn bootstrap(
         match attempt.await {
             Ok(()) => return true,
             Err(e) => tracing::warn!(
+                %address,
                 error.cause_chain = ?e,
                 "database not ready; retrying"
             ),

@@ -108,7 +108,8 @@ pub const SERVICE_TOKEN_HEADER: &str = "x-service-token";
 
 /// Reflection services for both protocol versions: grpcurl speaks v1, Python's
 /// grpcio and older tools still ask for v1alpha. Each port lists only its own
-/// service, health and reflection, although every descriptor is compiled in.
+/// service, health and reflection, although every descriptor is compiled in;
+/// the types error details name resolve too ([`error_detail_descriptors`]).
 fn reflection(
     service: &str,
 ) -> (
@@ -130,7 +131,8 @@ fn reflection(
         .fold(
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(error_detail_descriptors()),
             |b, name| b.with_service_name(name),
         )
     };
@@ -141,6 +143,31 @@ fn reflection(
         .build_v1alpha()
         .expect("descriptors compiled into the binary are valid");
     (v1, v1alpha)
+}
+
+/// The descriptors of every type an `Any` in a response can name, so that
+/// reflection clients (grpcurl) print error details rather than "not
+/// recognized": google.rpc's error details (BadRequest, ErrorInfo,
+/// RetryInfo, ...) and Status, with the well-known types they import.
+/// tonic-types ships them as `error_details.proto` and `status.proto`; they
+/// are served under their canonical `google/rpc/` paths, as other servers and
+/// clients know them.
+pub fn error_detail_descriptors() -> &'static [u8] {
+    use prost::Message as _;
+    static SET: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        let mut set = prost_types::FileDescriptorSet::decode(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            .expect("tonic-types ships a valid descriptor set");
+        for file in &mut set.file {
+            if let Some(name) = file.name.as_mut()
+                && file.package.as_deref() == Some("google.rpc")
+                && !name.starts_with("google/rpc/")
+            {
+                *name = format!("google/rpc/{name}");
+            }
+        }
+        set.encode_to_vec()
+    });
+    &SET
 }
 
 /// Keeps `service`'s health status equal to `ready()`, checked every

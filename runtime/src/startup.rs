@@ -53,9 +53,10 @@ impl<S: ServiceSettings> Prepared<S> {
     pub async fn new(settings: S) -> anyhow::Result<Self> {
         settings.audit()?;
         let tls = settings.base().server.tls.load(S::SERVICE)?;
-        let listener = TcpListener::bind(&settings.base().server.addr).await?;
+        let key = |k: &str| format!("{}.{k}", S::SERVICE);
+        let listener = bind(&key("server.addr"), &settings.base().server.addr).await?;
         let addr = listener.local_addr()?;
-        let metrics_listener = TcpListener::bind(&settings.base().metrics.addr).await?;
+        let metrics_listener = bind(&key("metrics.addr"), &settings.base().metrics.addr).await?;
         let metrics_addr = metrics_listener.local_addr()?;
         let pool = settings.database().lazy_pool()?;
         let registry = crate::metrics::registry();
@@ -73,6 +74,15 @@ impl<S: ServiceSettings> Prepared<S> {
             tls,
         })
     }
+}
+
+/// Binds `addr`; a failure names the address and the config key it came
+/// from (`task.metrics.addr`, set as `TASK__METRICS__ADDR`), which the OS
+/// error alone does not.
+async fn bind(key: &str, addr: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bind {key} {addr}: {e}"))
 }
 
 /// A prepared service once its servers exist: the gRPC router (health,

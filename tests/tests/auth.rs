@@ -884,11 +884,13 @@ async fn behind_pgbouncer_in_transaction_mode_the_relay_uses_its_direct_url() {
     assert_eq!(leader_app, "memberflow-relay");
 }
 
-/// The services a port's reflection lists (v1), as grpcurl would ask.
-async fn reflected_services(addr: std::net::SocketAddr) -> Vec<String> {
+/// One reflection (v1) request to `addr`, as grpcurl would send it.
+async fn reflect(
+    addr: std::net::SocketAddr,
+    request: tonic_reflection::pb::v1::server_reflection_request::MessageRequest,
+) -> tonic_reflection::pb::v1::server_reflection_response::MessageResponse {
     use tonic_reflection::pb::v1::{
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .unwrap()
@@ -898,7 +900,7 @@ async fn reflected_services(addr: std::net::SocketAddr) -> Vec<String> {
     let mut client = ServerReflectionClient::new(channel);
     let request = ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
+        message_request: Some(request),
     };
     let mut answers = client
         .server_reflection_info(futures::stream::iter([request]))
@@ -906,7 +908,32 @@ async fn reflected_services(addr: std::net::SocketAddr) -> Vec<String> {
         .unwrap()
         .into_inner();
     let answer = answers.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+    answer.message_response.expect("an answer")
+}
+
+/// The file names (and their descriptors) reflection answers `request` with.
+async fn reflected_files(
+    addr: std::net::SocketAddr,
+    request: tonic_reflection::pb::v1::server_reflection_request::MessageRequest,
+) -> Vec<prost_types::FileDescriptorProto> {
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    match reflect(addr, request.clone()).await {
+        MessageResponse::FileDescriptorResponse(files) => files
+            .file_descriptor_proto
+            .iter()
+            .map(|raw| prost_types::FileDescriptorProto::decode(raw.as_slice()).unwrap())
+            .collect(),
+        other => panic!("{request:?} on {addr}: {other:?}"),
+    }
+}
+
+/// The services a port's reflection lists (v1), as grpcurl would ask.
+async fn reflected_services(addr: std::net::SocketAddr) -> Vec<String> {
+    use tonic_reflection::pb::v1::{
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let answer = reflect(addr, MessageRequest::ListServices(String::new())).await;
+    let MessageResponse::ListServicesResponse(list) = answer else {
         panic!("not a service list: {answer:?}");
     };
     let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
@@ -940,6 +967,55 @@ async fn each_port_reflects_only_its_own_service() {
             .collect();
         expected.sort();
         assert_eq!(reflected_services(addr).await, expected);
+    }
+}
+
+/// grpcurl resolves the `Any`s in `grpc-status-details-bin` through the
+/// server's reflection; a type it cannot resolve prints as "not recognized"
+/// and base64. Every detail type the services send, and Status itself,
+/// resolves on both ports under its canonical file, with its imports.
+#[tokio::test]
+async fn reflection_resolves_every_error_detail_type() {
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    let mut env = TestEnv::new();
+    let auth = spawn_auth(auth_settings(&mut env)).await;
+    let task = memberflow_tests::apps::spawn_task(memberflow_tests::apps::task_settings(
+        &mut env,
+        task::ConsistencyMode::NotReady,
+        "http://127.0.0.1:1",
+    ))
+    .await;
+    for addr in [auth.app.addr, task.app.addr] {
+        for (symbol, file, import) in [
+            (
+                "google.rpc.BadRequest",
+                "google/rpc/error_details.proto",
+                "google/protobuf/duration.proto",
+            ),
+            (
+                "google.rpc.ErrorInfo",
+                "google/rpc/error_details.proto",
+                "google/protobuf/duration.proto",
+            ),
+            (
+                "google.rpc.RetryInfo",
+                "google/rpc/error_details.proto",
+                "google/protobuf/duration.proto",
+            ),
+            (
+                "google.rpc.Status",
+                "google/rpc/status.proto",
+                "google/protobuf/any.proto",
+            ),
+        ] {
+            let files =
+                reflected_files(addr, MessageRequest::FileContainingSymbol(symbol.into())).await;
+            assert_eq!(files[0].name(), file, "{symbol} on {addr}");
+            assert_eq!(files[0].dependency, [import], "{symbol} on {addr}");
+            let imported =
+                reflected_files(addr, MessageRequest::FileByFilename(import.into())).await;
+            assert_eq!(imported[0].name(), import, "{import} on {addr}");
+        }
     }
 }
 

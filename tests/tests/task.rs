@@ -1,6 +1,7 @@
 //! The task service against real PostgreSQL, RabbitMQ and (where it matters)
 //! a real auth: consistency modes, idempotent replica, poison, faults.
 use memberflow_contract::proto::auth::v1::SignUpRequest;
+use memberflow_runtime::startup::Service as _;
 use memberflow_tests::fixtures::{create_task_due, scalar, signup};
 use std::{
     sync::{Arc, Mutex},
@@ -785,5 +786,32 @@ async fn page_size_outside_0_to_100_is_invalid_not_capped() {
             })
             .await
             .unwrap();
+    }
+}
+
+/// A second instance on the same host: the error names the address and the
+/// config key, not only "Address already in use".
+#[tokio::test]
+async fn a_taken_address_is_named_with_its_config_key() {
+    let mut env = TestEnv::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    for (key, set) in [
+        (
+            "task.server.addr",
+            (|s, a| s.base.server.addr = a) as fn(&mut task::Settings, String),
+        ),
+        ("task.metrics.addr", |s, a| s.base.metrics.addr = a),
+    ] {
+        let mut settings = task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE);
+        set(&mut settings, addr.clone());
+        let err = match task::Application::build(settings).await {
+            Ok(_) => panic!("{key} = {addr} is taken, yet task started"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.starts_with(&format!("cannot bind {key} {addr}: Address already in use")),
+            "{err}"
+        );
     }
 }

@@ -5,10 +5,14 @@
 //!  [--email E] [--region ZONE] [--due YYYY-MM-DDTHH:MM]`
 use std::{sync::Arc, time::Instant};
 
+use anyhow::Context as _;
 use memberflow_client::TaskClient;
-use memberflow_contract::proto::{
-    auth::v1::{LoginRequest, SignUpRequest, auth_service_client::AuthServiceClient},
-    task::v1::CreateTaskRequest,
+use memberflow_contract::{
+    proto::{
+        auth::v1::{LoginRequest, SignUpRequest, auth_service_client::AuthServiceClient},
+        task::v1::CreateTaskRequest,
+    },
+    time::from_timestamp,
 };
 use tonic::transport::Channel;
 
@@ -16,6 +20,25 @@ fn arg(name: &str, default: &str) -> String {
     let mut args = std::env::args().skip_while(|a| a != name);
     args.next();
     args.next().unwrap_or_else(|| default.to_owned())
+}
+
+/// A channel to `url`; a failure names the URL and the flag it came from.
+async fn connect(flag: &str, url: &str) -> anyhow::Result<Channel> {
+    Channel::from_shared(url.to_owned())
+        .with_context(|| format!("{flag} {url} is not a URL"))?
+        .connect()
+        .await
+        .with_context(|| {
+            format!("cannot connect to {flag} {url} (is `cargo run -p memberflow` running?)")
+        })
+}
+
+/// A time as RFC 3339 in UTC, to the second.
+fn rfc3339(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map_or_else(
+        || "(not given)".to_owned(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )
 }
 
 #[tokio::main]
@@ -30,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
     let due = arg("--due", "2026-12-24T18:00");
     let password = "correct horse battery";
 
-    let mut auth = AuthServiceClient::new(Channel::from_shared(auth_url.clone())?.connect().await?);
+    let mut auth = AuthServiceClient::new(connect("--auth", &auth_url).await?);
     let started = Instant::now();
     let signed_up = auth
         .sign_up(SignUpRequest {
@@ -54,11 +77,11 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .into_inner();
     println!(
-        "2. logged in   token expires at {:?}",
-        login.expires_at.map(|t| t.seconds)
+        "2. logged in   token expires at {}",
+        rfc3339(login.expires_at.as_ref().and_then(from_timestamp))
     );
 
-    let channel = Channel::from_shared(task_url)?.connect().await?;
+    let channel = connect("--task", &task_url).await?;
     // The signup's consistency token: task waits for its replica to have the
     // member rather than answer USER_NOT_READY.
     let mut tasks = TaskClient::new(channel, &login.access_token)?
@@ -81,10 +104,10 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
     println!(
-        "3. created task {} due {due} {} = {}s UTC, {:?} after signup",
+        "3. created task {} due {due} {} = {}, {:?} after signup",
         task.id,
         task.time_zone,
-        task.due_at.map(|t| t.seconds).unwrap_or_default(),
+        rfc3339(task.due_at.as_ref().and_then(from_timestamp)),
         started.elapsed()
     );
     Ok(())

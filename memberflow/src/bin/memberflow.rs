@@ -128,22 +128,32 @@ async fn main() -> anyhow::Result<()> {
 
 /// Fails early, with what to do, when PostgreSQL or RabbitMQ is not there.
 async fn preflight(a: &auth::Settings, t: &task::Settings) -> anyhow::Result<()> {
-    for db in [&a.database, &t.database] {
-        let opts = db.connect_options()?.database("postgres");
+    for (key, db) in [("auth", &a.database), ("task", &t.database)] {
+        let opts = db
+            .connect_options()
+            .map_err(|e| anyhow::anyhow!("{key}.database.url: {e}"))?
+            .database("postgres");
         if let Err(e) = sqlx::PgConnection::connect_with(&opts).await {
             anyhow::bail!(
-                "PostgreSQL is not reachable ({e}).\n  Start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start\n  or with Docker: docker compose up -d postgres\n  or point AUTH__DATABASE__URL / TASK__DATABASE__URL at yours."
+                "PostgreSQL is not reachable at {}:{} ({key}.database.url): {e}\n  Start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start\n  or with Docker: docker compose up -d postgres\n  or point {}__DATABASE__URL at yours.",
+                opts.get_host(),
+                opts.get_port(),
+                key.to_uppercase()
             );
         }
     }
-    for url in [a.amqp.url.expose_secret(), t.amqp.url.expose_secret()] {
+    for (key, url) in [
+        ("auth", a.amqp.url.expose_secret()),
+        ("task", t.amqp.url.expose_secret()),
+    ] {
         match amqp::connect(url, "memberflow-preflight").await {
             Ok(c) => {
                 let _ = c.close(200, "preflight".into()).await;
             }
             Err(e) => anyhow::bail!(
-                "RabbitMQ is not reachable at {} ({e}).\n  Start it: rabbitmq-server -detached\n  or with Docker: docker compose up -d rabbitmq\n  or point AUTH__AMQP__URL / TASK__AMQP__URL at yours.",
-                amqp::redact_url(url)
+                "RabbitMQ is not reachable at {} ({key}.amqp.url): {e}\n  Start it: rabbitmq-server -detached\n  or with Docker: docker compose up -d rabbitmq\n  or point {}__AMQP__URL at yours.",
+                amqp::redact_url(url),
+                key.to_uppercase()
             ),
         }
     }

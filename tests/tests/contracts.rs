@@ -1,0 +1,190 @@
+//! The event contract between auth and task, in both directions (see
+//! docs/contracts.md): today's task applies what a newer auth may send, an
+//! event with fields it does not know, and the oldest event bytes auth ever
+//! published (frozen in tests/fixtures/events/).
+use std::time::Duration;
+
+use memberflow_contract::proto::auth::v1 as pb;
+use memberflow_contract::time::timestamp;
+use memberflow_contract::topology::MEMBER_CREATED;
+use memberflow_contract::topology::MEMBER_SESSIONS_REVOKED;
+use memberflow_contract::topology::MEMBER_UPDATED;
+use memberflow_contract::topology::QUEUE;
+use memberflow_tests::{
+    amqp::RawPublisher,
+    apps::{TestTask, spawn_task, task_settings},
+    env::TestEnv,
+    eventually,
+};
+use prost::Message;
+use sqlx::PgPool;
+use task::{
+    ConsistencyMode,
+    consumer::plan::{Triage, triage},
+    replica::MemberEvent,
+};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(20);
+const NOWHERE: &str = "http://127.0.0.1:1";
+
+/// Fields a newer auth might add to an event, one of each wire type
+/// (length-delimited, varint, 64- and 32-bit). Protobuf concatenation is a
+/// merge, so an event's bytes followed by these are exactly what that auth
+/// would publish.
+#[derive(Clone, PartialEq, prost::Message)]
+struct AddedByNewerAuth {
+    #[prost(string, tag = "9")]
+    locale: String,
+    #[prost(int64, tag = "10")]
+    plan_version: i64,
+    #[prost(fixed64, tag = "11")]
+    checksum: u64,
+    #[prost(float, tag = "12")]
+    score: f32,
+    #[prost(bytes = "vec", tag = "1000")]
+    extension: Vec<u8>,
+}
+
+fn newer(event: &impl Message) -> Vec<u8> {
+    let mut body = event.encode_to_vec();
+    AddedByNewerAuth {
+        locale: "ko-KR".into(),
+        plan_version: 3,
+        checksum: u64::MAX,
+        score: 0.5,
+        extension: vec![0x0a, 0x02, b'h', b'i'],
+    }
+    .encode(&mut body)
+    .expect("a Vec grows");
+    body
+}
+
+fn applied(routing_key: &str, body: &[u8]) -> MemberEvent {
+    match triage(routing_key, body) {
+        Triage::Apply(e) => e,
+        other => panic!("{routing_key}: not applied: {other:?}"),
+    }
+}
+
+async fn replica_row(pool: &PgPool, member: Uuid) -> Option<(i64, String, String)> {
+    sqlx::query_as("SELECT version, nickname, region FROM members WHERE id = $1")
+        .bind(member)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+}
+
+/// Waits until the replica holds `member` at `version`, then checks that
+/// nothing was dead-lettered or left behind.
+async fn assert_replicated(
+    pool: &PgPool,
+    task: &TestTask,
+    member: Uuid,
+    expected: (i64, &str, &str),
+) {
+    let row = eventually("the event applied", WAIT, || async {
+        replica_row(pool, member)
+            .await
+            .filter(|(v, _, _)| *v == expected.0)
+    })
+    .await;
+    assert_eq!((row.0, row.1.as_str(), row.2.as_str()), expected);
+    let stat = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(stat(&task.stats.poisoned), 0, "nothing dead-lettered");
+}
+
+#[tokio::test]
+async fn task_applies_events_from_a_newer_auth_with_fields_it_does_not_know() {
+    // Arrange: today's events, and the same with fields 9-12 and 1000 added.
+    let member = Uuid::now_v7();
+    let now = chrono::Utc::now();
+    let changed = pb::MemberChanged {
+        event_id: Uuid::now_v7().to_string(),
+        member_id: member.to_string(),
+        nickname: "Ann".into(),
+        region: "Asia/Seoul".into(),
+        version: 1,
+        occurred_at: Some(timestamp(now)),
+        ..Default::default()
+    };
+    let revoked = pb::MemberSessionsRevoked {
+        event_id: Uuid::now_v7().to_string(),
+        member_id: member.to_string(),
+        not_before: Some(timestamp(now)),
+        version: 2,
+        occurred_at: Some(timestamp(now)),
+        nickname: "Ann".into(),
+        region: "Europe/Berlin".into(),
+    };
+
+    // Act + Assert, decoding alone: the extra fields change nothing.
+    for (key, plain, extended) in [
+        (MEMBER_CREATED, changed.encode_to_vec(), newer(&changed)),
+        (
+            MEMBER_SESSIONS_REVOKED,
+            revoked.encode_to_vec(),
+            newer(&revoked),
+        ),
+    ] {
+        assert_ne!(plain, extended);
+        assert_eq!(applied(key, &extended), applied(key, &plain), "{key}");
+    }
+
+    // Act + Assert, through the broker into the replica.
+    let mut env = TestEnv::new();
+    let task = spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await;
+    let publisher = RawPublisher::connect(&env.amqp_url()).await;
+    let pool = env.pool("task").await;
+    publisher.publish(MEMBER_CREATED, &newer(&changed)).await;
+    assert_replicated(&pool, &task, member, (1, "Ann", "Asia/Seoul")).await;
+    publisher
+        .publish(MEMBER_SESSIONS_REVOKED, &newer(&revoked))
+        .await;
+    assert_replicated(&pool, &task, member, (2, "Ann", "Europe/Berlin")).await;
+    assert_eq!(publisher.depth(QUEUE).await, 0);
+}
+
+#[tokio::test]
+async fn task_applies_the_oldest_event_bytes_auth_ever_published() {
+    // Arrange: MemberCreated and MemberUpdated as the first auth encoded
+    // them (fields 1-6; see tests/fixtures/events/README.md).
+    let created = include_bytes!("../fixtures/events/member.created.v1.bin");
+    let updated = include_bytes!("../fixtures/events/member.updated.v1.bin");
+    let member: Uuid = "0192f5a0-3c1e-7b2a-9d4e-1a2b3c4d5e00".parse().unwrap();
+
+    // Act + Assert, decoding alone.
+    let first = applied(MEMBER_CREATED, created);
+    assert_eq!(
+        first,
+        MemberEvent {
+            event_id: "0192f5a0-3c1e-7b2a-9d4e-1a2b3c4d5e01".parse().unwrap(),
+            member_id: member,
+            nickname: "Ann".into(),
+            region: "Asia/Seoul".into(),
+            version: 1,
+            occurred_at: chrono::DateTime::from_timestamp(1_730_000_000, 123_456_000).unwrap(),
+            sessions_not_before: None,
+            sessions_version: 0,
+        }
+    );
+    let second = applied(MEMBER_UPDATED, updated);
+    assert_eq!(
+        (
+            second.version,
+            second.nickname.as_str(),
+            second.region.as_str()
+        ),
+        (2, "Ann Lee", "Europe/Berlin")
+    );
+
+    // Act + Assert, through the broker into the replica.
+    let mut env = TestEnv::new();
+    let task = spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await;
+    let publisher = RawPublisher::connect(&env.amqp_url()).await;
+    let pool = env.pool("task").await;
+    publisher.publish(MEMBER_CREATED, created).await;
+    assert_replicated(&pool, &task, member, (1, "Ann", "Asia/Seoul")).await;
+    publisher.publish(MEMBER_UPDATED, updated).await;
+    assert_replicated(&pool, &task, member, (2, "Ann Lee", "Europe/Berlin")).await;
+}
