@@ -61,6 +61,24 @@ fn ctl_ok(node: &str, args: &[&str]) {
     );
 }
 
+/// Kills any process still running as broker node `name` (found by its
+/// `RABBITMQ_NODENAME`), for nodes a killed test run left behind.
+fn kill_leftover(name: &str) {
+    let wanted = format!("RABBITMQ_NODENAME={name}");
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in procs.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        if environ.split(|b| *b == 0).any(|v| v == wanted.as_bytes()) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
 impl RabbitCluster {
     /// Starts three nodes and joins them; about 30 s.
     pub async fn start() -> Self {
@@ -71,9 +89,12 @@ impl RabbitCluster {
                 amqp_port: AMQP_BASE + n,
             })
             .collect();
-        // A node left over by a killed run would hold the ports.
+        // A node left over by a killed run would hold the name and the
+        // ports; one that does not answer `stop` (its directory already
+        // removed, or hung) is killed.
         for node in &nodes {
             let _ = ctl(&node.name, &["stop"]);
+            kill_leftover(&node.name);
         }
         let cluster = Self { dir, nodes };
         for (i, node) in cluster.nodes.iter().enumerate() {
