@@ -200,6 +200,11 @@ pub struct RelaySettings {
     pub wake_on_commit: bool,
     /// How often a non-leader instance tries to take over the relay.
     pub leader_retry_ms: u64,
+    /// The leader's lease: it renews every third of this; a leader that
+    /// stops renewing (paused, cut off from the database) loses leadership
+    /// this long after its last renewal, and a standby takes over within
+    /// `leader_retry_ms` more.
+    pub lease_ms: u64,
     /// Times a row may come back unroutable while the rows around it are
     /// routed before it is parked in `outbox_parked`.
     pub park_after_attempts: i32,
@@ -219,6 +224,7 @@ impl Default for RelaySettings {
             poll_interval_ms: 5_000,
             wake_on_commit: true,
             leader_retry_ms: 1_000,
+            lease_ms: 6_000,
             park_after_attempts: 5,
             statement_timeout_ms: 10_000,
             backoff: Backoff::default(),

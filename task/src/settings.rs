@@ -220,10 +220,17 @@ pub struct ReconcileSettings {
     /// Seconds between passes; 0 turns the reconciler off. A pass that finds
     /// nothing reads each replica row once, through the primary key.
     pub interval_secs: u64,
+    /// The reconciler's lease: one instance holds it and runs the passes,
+    /// renewing it every third of this; if it stops renewing (paused, cut
+    /// off), another instance takes over this long after its last renewal.
+    pub lease_ms: u64,
 }
 
 impl Default for ReconcileSettings {
     fn default() -> Self {
-        Self { interval_secs: 600 }
+        Self {
+            interval_secs: 600,
+            lease_ms: 6_000,
+        }
     }
 }
