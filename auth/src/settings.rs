@@ -52,6 +52,11 @@ pub struct AmqpSettings {
     /// the environment, comma-separated (`AUTH__AMQP__URLS`).
     #[serde(deserialize_with = "amqp::deserialize_urls")]
     pub urls: Vec<SecretString>,
+    /// The AMQP heartbeat asked for, in seconds (0: the broker's, 60 s by
+    /// default). The broker gives a silent (paused, hung) connection's
+    /// unacknowledged messages to another consumer after about two
+    /// intervals. A `heartbeat` parameter in a URL overrides it.
+    pub heartbeat_secs: u16,
 }
 
 impl Default for AmqpSettings {
@@ -59,6 +64,7 @@ impl Default for AmqpSettings {
         Self {
             url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
             urls: Vec::new(),
+            heartbeat_secs: amqp::DEFAULT_HEARTBEAT_SECS,
         }
     }
 }
@@ -66,7 +72,7 @@ impl Default for AmqpSettings {
 impl AmqpSettings {
     /// The broker nodes to connect to.
     pub fn nodes(&self) -> amqp::Nodes {
-        amqp::Nodes::new(&self.url, &self.urls)
+        amqp::Nodes::new(&self.url, &self.urls).with_heartbeat(self.heartbeat_secs)
     }
 }
 

@@ -68,6 +68,10 @@ pub struct TaskMetrics {
     /// `memberflow_consumer_retries_total`: batch retries after a transient
     /// database fault.
     pub consumer_retries: Counter,
+    /// `memberflow_consumer_given_back_total`: batches given back to the
+    /// broker because the database stayed unreachable past
+    /// `amqp.apply_timeout_ms` (a hung or cut database link).
+    pub consumer_given_back: Counter,
     /// `memberflow_reconcile_leader`: 1 on the instance holding the
     /// reconciler's lease.
     pub reconcile_leader: Gauge,
@@ -88,6 +92,7 @@ impl TaskMetrics {
             read_through: Family::default(),
             consumer_attached: Gauge::default(),
             consumer_retries: Counter::default(),
+            consumer_given_back: Counter::default(),
             reconcile_leader: Gauge::default(),
             reconcile_found: Counter::default(),
             reconcile_repaired: Counter::default(),
@@ -145,6 +150,11 @@ impl TaskMetrics {
             "memberflow_consumer_retries",
             "Batch retries after a transient database fault",
             m.consumer_retries.clone(),
+        );
+        r.register(
+            "memberflow_consumer_given_back",
+            "Batches given back to the broker because the database stayed unreachable",
+            m.consumer_given_back.clone(),
         );
         r.register(
             "memberflow_reconcile_leader",
