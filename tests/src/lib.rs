@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod env;
 pub mod http;
 pub mod pgbouncer;
+pub mod process;
 pub mod prometheus;
 pub mod proxy;
 
