@@ -44,6 +44,11 @@ pub struct AmqpSettings {
     /// the environment, comma-separated (`AUTH__AMQP__URLS`).
     #[serde(deserialize_with = "amqp::deserialize_urls")]
     pub urls: Vec<SecretString>,
+    /// The AMQP heartbeat asked for, in seconds (0: the broker's, 60 s by
+    /// default). The broker gives a silent (paused, hung) connection's
+    /// unacknowledged messages to another consumer after about two
+    /// intervals. A `heartbeat` parameter in a URL overrides it.
+    pub heartbeat_secs: u16,
 }
 
 impl Default for AmqpSettings {
@@ -51,6 +56,7 @@ impl Default for AmqpSettings {
         Self {
             url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
             urls: Vec::new(),
+            heartbeat_secs: amqp::DEFAULT_HEARTBEAT_SECS,
         }
     }
 }
@@ -58,7 +64,7 @@ impl Default for AmqpSettings {
 impl AmqpSettings {
     /// The broker nodes to connect to.
     pub fn nodes(&self) -> amqp::Nodes {
-        amqp::Nodes::new(&self.url, &self.urls)
+        amqp::Nodes::new(&self.url, &self.urls).with_heartbeat(self.heartbeat_secs)
     }
 }
 
@@ -192,6 +198,11 @@ pub struct RelaySettings {
     pub wake_on_commit: bool,
     /// How often a non-leader instance tries to take over the relay.
     pub leader_retry_ms: u64,
+    /// The leader's lease: it renews every third of this; a leader that
+    /// stops renewing (paused, cut off from the database) loses leadership
+    /// this long after its last renewal, and a standby takes over within
+    /// `leader_retry_ms` more.
+    pub lease_ms: u64,
     /// Times a row may come back unroutable while the rows around it are
     /// routed before it is parked in `outbox_parked`.
     pub park_after_attempts: i32,
@@ -211,6 +222,7 @@ impl Default for RelaySettings {
             poll_interval_ms: 5_000,
             wake_on_commit: true,
             leader_retry_ms: 1_000,
+            lease_ms: 6_000,
             park_after_attempts: 5,
             statement_timeout_ms: 10_000,
             backoff: Backoff::default(),

@@ -25,7 +25,7 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use uuid::Uuid;
 
 use crate::{
-    Lab,
+    Lab, floor,
     load::{Run, closed_loop, open_loop},
     report::{Figure, Measure},
     service::{Service, ServiceProcess, start_system},
@@ -154,10 +154,13 @@ pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
     }
     lab.stop(prod, setup::PRODUCTION_COST_ROLE).await?;
 
-    // Propagation with the shipped relay.
+    // Propagation with the shipped relay, each rate beside its floor (the
+    // bare chain of the same steps) measured right after it.
     let mut propagation = Vec::new();
+    let mut floors = Vec::new();
     for &per_sec in &plan.rates {
         propagation.push(measure_propagation(&signups, &task_db, per_sec, plan.propagation).await?);
+        floors.push(floor::propagation(&mut env, &raw_pool, per_sec, plan.propagation).await?);
     }
 
     // CreateTask on members the replica already holds.
@@ -298,10 +301,24 @@ pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
     )
     .await?;
     let polling_signups = AuthServiceClient::new(polling.channel.clone());
-    for (&per_sec, ours) in plan.rates.iter().zip(propagation) {
+    for ((&per_sec, ours), floor) in plan.rates.iter().zip(propagation).zip(floors) {
         let theirs =
             measure_propagation(&polling_signups, &task_db, per_sec, plan.propagation).await?;
         let achieved = ours.achieved;
+        lab.add(
+            Figure::new(
+                format!("Propagation beside its floor, {per_sec}/s"),
+                format!(
+                    "the shipped system as below; the floor, measured right after it at the same offered rate, runs per message in sequence the bare signup statement's commit, one raw lapin publish confirmed by a quorum queue, a raw consume and task's bare apply statement (one event each)"
+                ),
+                Measure::Latency(ours.latency),
+            )
+            .against("the bare chain (floor)", Measure::Latency(floor))
+            .target(
+                "p50 ≤ 1.3× the floor",
+                ours.latency.p50_ms <= 1.3 * floor.p50_ms,
+            ),
+        );
         let mut figure = Figure::new(
             format!("Propagation signup → replica, {per_sec}/s"),
             format!(

@@ -3,7 +3,7 @@
 //! it, so neither has to start first.
 use lapin::{
     Channel, Connection, ConnectionProperties, ExchangeKind, options::ExchangeDeclareOptions,
-    types::FieldTable,
+    types::FieldTable, uri::AMQPUri,
 };
 use memberflow_contract::topology::EXCHANGE;
 
@@ -11,10 +11,35 @@ use memberflow_contract::topology::EXCHANGE;
 /// a relay or consumer forever.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Opens a connection whose name shows up in the broker's connection list.
+/// The AMQP heartbeat both services ask for, in seconds (`amqp.heartbeat_secs`).
+/// RabbitMQ closes a connection after about two silent intervals, and only
+/// then gives its unacknowledged messages to another consumer; a paused
+/// process's kernel still answers TCP, so without heartbeats the broker's
+/// own 60 s default (2–3 minutes in practice) is all that notices.
+pub const DEFAULT_HEARTBEAT_SECS: u16 = 5;
+
+/// Opens a connection whose name shows up in the broker's connection list,
+/// with the default heartbeat unless the URL sets one.
 pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
+    connect_with_heartbeat(url, name, DEFAULT_HEARTBEAT_SECS).await
+}
+
+/// [`connect`] asking for a heartbeat of `heartbeat_secs` (0: the broker's),
+/// unless the URL's own `heartbeat` parameter (`amqp://…/vhost?heartbeat=10`)
+/// says otherwise.
+pub async fn connect_with_heartbeat(
+    url: &str,
+    name: &str,
+    heartbeat_secs: u16,
+) -> lapin::Result<Connection> {
+    let uri = with_heartbeat(url, heartbeat_secs).map_err(|e| {
+        lapin::Error::from(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("invalid AMQP URL: {e}"),
+        ))
+    })?;
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props))
+    tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri, props))
         .await
         .map_err(|_| {
             lapin::Error::from(std::io::Error::new(
@@ -22,6 +47,13 @@ pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
                 "AMQP connect timed out",
             ))
         })?
+}
+
+/// `url` parsed, its `heartbeat` parameter defaulting to `heartbeat_secs`.
+fn with_heartbeat(url: &str, heartbeat_secs: u16) -> Result<AMQPUri, String> {
+    let mut uri: AMQPUri = url.parse()?;
+    uri.query.heartbeat.get_or_insert(heartbeat_secs);
+    Ok(uri)
 }
 
 /// The broker nodes a service may use: `amqp.urls` (several nodes of one
@@ -33,10 +65,11 @@ pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
 pub struct Nodes {
     urls: std::sync::Arc<[secrecy::SecretString]>,
     next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    heartbeat_secs: u16,
 }
 
 impl Nodes {
-    /// `urls` when not empty, else `url`.
+    /// `urls` when not empty, else `url`, with the default heartbeat.
     pub fn new(url: &secrecy::SecretString, urls: &[secrecy::SecretString]) -> Self {
         let urls: Vec<_> = if urls.is_empty() {
             vec![url.clone()]
@@ -46,7 +79,15 @@ impl Nodes {
         Self {
             urls: urls.into(),
             next: Default::default(),
+            heartbeat_secs: DEFAULT_HEARTBEAT_SECS,
         }
+    }
+
+    /// Asks for a heartbeat of `secs` (`amqp.heartbeat_secs`) on every
+    /// connection whose URL does not set its own.
+    pub fn with_heartbeat(mut self, secs: u16) -> Self {
+        self.heartbeat_secs = secs;
+        self
     }
 
     /// How many nodes there are.
@@ -68,7 +109,7 @@ impl Nodes {
         for i in 0..self.urls.len() {
             let index = (start + i) % self.urls.len();
             let url = self.urls[index].expose_secret();
-            match connect(url, name).await {
+            match connect_with_heartbeat(url, name, self.heartbeat_secs).await {
                 Ok(conn) => {
                     self.next.store(index + 1, Ordering::Relaxed);
                     if self.urls.len() > 1 {
@@ -179,6 +220,16 @@ mod tests {
             .unwrap()
             .try_deserialize()
             .unwrap()
+    }
+
+    #[test]
+    fn the_heartbeat_defaults_to_the_setting_and_the_url_overrides_it() {
+        let uri = super::with_heartbeat("amqp://guest:guest@127.0.0.1:5672/%2f", 5).unwrap();
+        assert_eq!(uri.query.heartbeat, Some(5));
+        let uri =
+            super::with_heartbeat("amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=30", 5).unwrap();
+        assert_eq!(uri.query.heartbeat, Some(30));
+        assert!(super::with_heartbeat("not a url", 5).is_err());
     }
 
     #[test]

@@ -297,6 +297,24 @@ pub fn classify_sqlstate(code: &str) -> Fault {
     }
 }
 
+/// Whether `e` says the database could not be reached at all (no
+/// connection could be had or kept: I/O, TLS, a pool timeout, SQLSTATE class
+/// 08), as opposed to a fault the database itself reported. The first is
+/// this process's link; the second is the database's, which every instance
+/// meets alike.
+pub fn is_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| c.starts_with("08")),
+        _ => false,
+    }
+}
+
 /// Whether `e` passes by itself (see [`classify`]).
 pub fn is_transient(e: &sqlx::Error) -> bool {
     classify(e) == Fault::Transient
@@ -340,6 +358,15 @@ mod tests {
         ] {
             assert_eq!(classify_sqlstate(code), Fault::Permanent, "{code}");
         }
+    }
+
+    #[test]
+    fn only_link_failures_are_unreachable() {
+        assert!(is_unreachable(&sqlx::Error::PoolTimedOut));
+        assert!(is_unreachable(&sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused
+        ))));
+        assert!(!is_unreachable(&sqlx::Error::RowNotFound));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod amqp;
 pub mod db;
 pub mod error;
 pub mod grpc;
+pub mod lease;
 pub mod limits;
 pub mod metrics;
 pub mod secrets;

@@ -68,6 +68,13 @@ pub struct TaskMetrics {
     /// `memberflow_consumer_retries_total`: batch retries after a transient
     /// database fault.
     pub consumer_retries: Counter,
+    /// `memberflow_consumer_given_back_total`: batches given back to the
+    /// broker because the database stayed unreachable past
+    /// `amqp.apply_timeout_ms` (a hung or cut database link).
+    pub consumer_given_back: Counter,
+    /// `memberflow_reconcile_leader`: 1 on the instance holding the
+    /// reconciler's lease.
+    pub reconcile_leader: Gauge,
     /// `memberflow_reconcile_found_total`: divergent rows found.
     pub reconcile_found: Counter,
     /// `memberflow_reconcile_repaired_total`: rows rewritten to repair them.
@@ -85,6 +92,8 @@ impl TaskMetrics {
             read_through: Family::default(),
             consumer_attached: Gauge::default(),
             consumer_retries: Counter::default(),
+            consumer_given_back: Counter::default(),
+            reconcile_leader: Gauge::default(),
             reconcile_found: Counter::default(),
             reconcile_repaired: Counter::default(),
         };
@@ -141,6 +150,16 @@ impl TaskMetrics {
             "memberflow_consumer_retries",
             "Batch retries after a transient database fault",
             m.consumer_retries.clone(),
+        );
+        r.register(
+            "memberflow_consumer_given_back",
+            "Batches given back to the broker because the database stayed unreachable",
+            m.consumer_given_back.clone(),
+        );
+        r.register(
+            "memberflow_reconcile_leader",
+            "1 on the instance holding the reconciler's lease",
+            m.reconcile_leader.clone(),
         );
         r.register(
             "memberflow_reconcile_found",

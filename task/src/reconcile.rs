@@ -9,14 +9,20 @@
 //! enough to compare row by row; only the members found missing or behind
 //! are fetched and written, through the version guard. Nothing auth still
 //! has is ever deleted; rows auth does not have are reported, not removed.
-//! One task instance reconciles at a time (a PostgreSQL advisory lock).
+//! One task instance reconciles at a time: the holder of the `reconcile`
+//! lease (`memberflow_runtime::lease`), the same rule as auth's relay
+//! leader. A holder that stops renewing (paused, cut off) loses it within
+//! `reconcile.lease_ms`, and another instance takes over. Its repairs go
+//! through the version guard, so a resumed ex-holder that finishes a write
+//! can only move a row to a version auth had.
 use std::{collections::HashMap, time::Duration};
 
 use futures::StreamExt;
 use memberflow_contract::digest::{self, Bucket};
+use memberflow_runtime::lease::{Elector, Term};
 use memberflow_runtime::shutdown::CancellationToken;
 use memberflow_runtime::telemetry::error_chain;
-use sqlx::{Connection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
@@ -24,8 +30,10 @@ use crate::{
     settings::ReconcileSettings,
 };
 
-/// Advisory lock key of the reconciler ("mfrecncl").
-const LOCK_KEY: i64 = 0x6d66_7265_636e_636c;
+/// The name of the reconciler's lease.
+pub const LEASE: &str = "reconcile";
+/// How often an instance that does not hold the lease tries to take it.
+pub const STANDBY_RETRY: Duration = Duration::from_secs(1);
 /// Buckets per digest request.
 const FANOUT: i32 = 64;
 /// A differing bucket this small is compared row by row.
@@ -145,10 +153,26 @@ async fn repair_leaf(
     Ok(())
 }
 
-/// Reconciles every `interval_secs` (0: never) until `shutdown`, on one
-/// instance at a time.
+/// The reconciler's elector: the `reconcile` lease on task's database.
+pub fn elector(
+    db: sqlx::postgres::PgConnectOptions,
+    cfg: &ReconcileSettings,
+    backoff: memberflow_retry::Backoff,
+) -> Elector {
+    Elector::new(
+        db.application_name("memberflow-reconcile-lease"),
+        LEASE,
+        Duration::from_millis(cfg.lease_ms),
+        STANDBY_RETRY,
+        backoff,
+    )
+}
+
+/// Reconciles every `interval_secs` (0: never) until `shutdown`, on the one
+/// instance that holds the lease; the others stand by to take it over.
 pub async fn run(
     pool: PgPool,
+    elector: Elector,
     source: AuthClient,
     cfg: ReconcileSettings,
     metrics: TaskMetrics,
@@ -157,17 +181,54 @@ pub async fn run(
     if cfg.interval_secs == 0 {
         return;
     }
+    while !shutdown.is_cancelled() {
+        let Some(term) = elector.acquire(&shutdown).await else {
+            return;
+        };
+        metrics.reconcile_leader.set(1);
+        let renewing = CancellationToken::new();
+        tokio::join!(
+            async {
+                lead(&pool, &source, &cfg, &metrics, &term).await;
+                renewing.cancel();
+            },
+            elector.keep(&term, &renewing),
+        );
+        metrics.reconcile_leader.set(0);
+        // Fenced by the epoch: a no-op if another instance took over.
+        elector.release(&term).await;
+    }
+}
+
+/// Runs a pass every interval while `term` is held; a pass under a term
+/// that ends is abandoned (the next holder starts its own).
+async fn lead(
+    pool: &PgPool,
+    source: &AuthClient,
+    cfg: &ReconcileSettings,
+    metrics: &TaskMetrics,
+    term: &Term,
+) {
     let mut every = tokio::time::interval(Duration::from_secs(cfg.interval_secs));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    every.tick().await; // not at start-up: let the consumer catch up first
+    every.tick().await; // not at once: let the consumer catch up first
     loop {
         tokio::select! {
             _ = every.tick() => {}
-            () = shutdown.cancelled() => return,
+            () = term.ended() => return,
         }
-        match locked_pass(&pool, &source).await {
-            Ok(None) => tracing::debug!("another instance is reconciling"),
-            Ok(Some(pass)) => {
+        if !term.is_held() {
+            return;
+        }
+        let pass = tokio::select! {
+            pass = reconcile_once(pool, source) => pass,
+            () = term.ended() => {
+                tracing::warn!("the reconciler's lease ended mid-pass; abandoning the pass");
+                return;
+            }
+        };
+        match pass {
+            Ok(pass) => {
                 let found = pass.missing + pass.stale + pass.unexplained;
                 metrics.reconcile_found.inc_by(found);
                 metrics.reconcile_repaired.inc_by(pass.repaired);
@@ -189,22 +250,6 @@ pub async fn run(
             }
         }
     }
-}
-
-/// A pass under the reconciler lock, or `None` when another instance holds it.
-pub async fn locked_pass(pool: &PgPool, source: &AuthClient) -> anyhow::Result<Option<Pass>> {
-    let mut lock = pool.acquire().await?.detach();
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(LOCK_KEY)
-        .fetch_one(&mut lock)
-        .await?;
-    if !locked {
-        return Ok(None);
-    }
-    let pass = reconcile_once(pool, source).await;
-    // Closing the session releases the lock even if the unlock is lost.
-    let _ = lock.close().await;
-    pass.map(Some)
 }
 
 #[cfg(test)]

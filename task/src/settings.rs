@@ -44,6 +44,11 @@ pub struct AmqpSettings {
     /// the environment, comma-separated (`TASK__AMQP__URLS`).
     #[serde(deserialize_with = "amqp::deserialize_urls")]
     pub urls: Vec<SecretString>,
+    /// The AMQP heartbeat asked for, in seconds (0: the broker's, 60 s by
+    /// default). The broker gives a silent (paused, hung) connection's
+    /// unacknowledged messages to another consumer after about two
+    /// intervals. A `heartbeat` parameter in a URL overrides it.
+    pub heartbeat_secs: u16,
     /// `x-quorum-initial-group-size` of task's quorum queues: how many nodes
     /// hold a replica. 0: 3 when `urls` names several nodes, else the
     /// broker's default. Only read when the queues are first declared.
@@ -60,6 +65,12 @@ pub struct AmqpSettings {
     /// How long the consumer may be detached from the broker before health
     /// says NOT_SERVING.
     pub detached_grace_secs: u64,
+    /// How long a batch may find the database unreachable (no connection,
+    /// or no answer: each apply is bounded by this too, since a blackholed
+    /// link never answers). Past it the consumer gives its unacknowledged
+    /// messages back to the broker, so another instance applies them, and
+    /// reattaches once the database answers again.
+    pub apply_timeout_ms: u64,
 }
 
 impl Default for AmqpSettings {
@@ -67,12 +78,14 @@ impl Default for AmqpSettings {
         Self {
             url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
             urls: Vec::new(),
+            heartbeat_secs: amqp::DEFAULT_HEARTBEAT_SECS,
             quorum_initial_group_size: 0,
             prefetch: 256,
             batch_max: 256,
             delivery_limit: 10,
             backoff: Backoff::default(),
             detached_grace_secs: 10,
+            apply_timeout_ms: 5_000,
         }
     }
 }
@@ -80,7 +93,7 @@ impl Default for AmqpSettings {
 impl AmqpSettings {
     /// The broker nodes to connect to.
     pub fn nodes(&self) -> amqp::Nodes {
-        amqp::Nodes::new(&self.url, &self.urls)
+        amqp::Nodes::new(&self.url, &self.urls).with_heartbeat(self.heartbeat_secs)
     }
 
     /// The replica count to declare quorum queues with, if any.
@@ -212,10 +225,17 @@ pub struct ReconcileSettings {
     /// Seconds between passes; 0 turns the reconciler off. A pass that finds
     /// nothing reads each replica row once, through the primary key.
     pub interval_secs: u64,
+    /// The reconciler's lease: one instance holds it and runs the passes,
+    /// renewing it every third of this; if it stops renewing (paused, cut
+    /// off), another instance takes over this long after its last renewal.
+    pub lease_ms: u64,
 }
 
 impl Default for ReconcileSettings {
     fn default() -> Self {
-        Self { interval_secs: 600 }
+        Self {
+            interval_secs: 600,
+            lease_ms: 6_000,
+        }
     }
 }

@@ -147,6 +147,11 @@ impl Service for Application {
             ));
             tasks.spawn(reconcile::run(
                 pool.clone(),
+                reconcile::elector(
+                    settings.database.direct_connect_options()?,
+                    &settings.reconcile,
+                    settings.amqp.backoff,
+                ),
                 source,
                 settings.reconcile.clone(),
                 metrics,

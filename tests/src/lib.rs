@@ -9,6 +9,7 @@ pub mod env;
 pub mod fixtures;
 pub mod http;
 pub mod pgbouncer;
+pub mod process;
 pub mod prometheus;
 pub mod proxy;
 

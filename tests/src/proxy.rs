@@ -1,6 +1,8 @@
 //! A TCP proxy a test controls: it sits between a service and PostgreSQL or
 //! RabbitMQ, and can cut every connection (and refuse new ones) until
-//! restored. This is how fault tests inject real network failures.
+//! restored, or blackhole them: stop forwarding while every socket stays
+//! open, as a dead route or a hung middlebox does, which no error reveals.
+//! This is how fault tests inject real network failures.
 use std::{
     net::SocketAddr,
     sync::{
@@ -22,6 +24,8 @@ struct State {
     up: AtomicBool,
     /// Cancelled on cut; replaced on restore.
     generation: std::sync::Mutex<CancellationToken>,
+    /// Forwarding is allowed while this is `true` (see [`TcpProxy::blackhole`]).
+    flowing: tokio::sync::watch::Sender<bool>,
 }
 
 impl TcpProxy {
@@ -32,6 +36,7 @@ impl TcpProxy {
         let state = Arc::new(State {
             up: AtomicBool::new(true),
             generation: std::sync::Mutex::new(CancellationToken::new()),
+            flowing: tokio::sync::watch::Sender::new(true),
         });
         let stop = CancellationToken::new();
         let upstream = upstream.to_owned();
@@ -53,7 +58,8 @@ impl TcpProxy {
                     }
                     let generation = state.generation.lock().expect("lock").clone();
                     let upstream = upstream.clone();
-                    tokio::spawn(pipe(client, upstream, generation));
+                    let flowing = state.flowing.subscribe();
+                    tokio::spawn(pipe(client, upstream, generation, flowing));
                 }
             });
         }
@@ -71,10 +77,18 @@ impl TcpProxy {
         self.state.generation.lock().expect("lock").cancel();
     }
 
-    /// Accepts and forwards connections again.
+    /// Accepts and forwards connections again (after a cut or a blackhole).
     pub fn restore(&self) {
         *self.state.generation.lock().expect("lock") = CancellationToken::new();
         self.state.up.store(true, Ordering::SeqCst);
+        self.state.flowing.send_replace(true);
+    }
+
+    /// Stops forwarding in both directions and keeps every socket open, old
+    /// and new: bytes sent either way wait, unread, until [`Self::restore`].
+    /// Neither side sees an error; only its own timeouts can tell.
+    pub fn blackhole(&self) {
+        self.state.flowing.send_replace(false);
     }
 }
 
@@ -85,14 +99,67 @@ impl Drop for TcpProxy {
     }
 }
 
-async fn pipe(mut client: TcpStream, upstream: String, generation: CancellationToken) {
-    let Ok(mut server) = TcpStream::connect(&upstream).await else {
+async fn pipe(
+    client: TcpStream,
+    upstream: String,
+    generation: CancellationToken,
+    flowing: tokio::sync::watch::Receiver<bool>,
+) {
+    // A new connection during a blackhole is accepted and then left
+    // hanging, as a dead route leaves a SYN.
+    if !wait_flowing(&mut flowing.clone(), &generation).await {
+        return;
+    }
+    let Ok(server) = TcpStream::connect(&upstream).await else {
         return;
     };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
     tokio::select! {
         () = generation.cancelled() => {}
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+        () = forward(client_read, server_write, flowing.clone(), &generation) => {}
+        () = forward(server_read, client_write, flowing, &generation) => {}
+    }
+}
+
+/// Copies `from` to `to` while forwarding is allowed; during a blackhole it
+/// neither reads nor writes, so the sockets stay open and silent.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut flowing: tokio::sync::watch::Receiver<bool>,
+    generation: &CancellationToken,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if !wait_flowing(&mut flowing, generation).await {
+            return;
+        }
+        let n = tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            // A blackhole that starts while this side waits for bytes.
+            _ = flowing.wait_for(|f| !*f) => continue,
+        };
+        // Bytes read just before a blackhole are held until it ends.
+        if !wait_flowing(&mut flowing, generation).await || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Waits until forwarding is allowed; `false` if the connection was cut.
+async fn wait_flowing(
+    flowing: &mut tokio::sync::watch::Receiver<bool>,
+    generation: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        ok = flowing.wait_for(|f| *f) => ok.is_ok(),
+        () = generation.cancelled() => false,
     }
 }

@@ -617,18 +617,27 @@ async fn an_unroutable_row_is_parked_without_holding_back_the_rows_behind_it() {
     );
 }
 
-/// The pid of the session holding the relay's leader lock, once one does.
+/// The pid of the relay leader's own session (only a leader has one), once
+/// one exists.
 async fn leader_pid(pool: &PgPool) -> i32 {
     eventually("a relay leader", WAIT, || async {
         sqlx::query_scalar::<_, i32>(
-            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
-                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            "SELECT pid FROM pg_stat_activity
+              WHERE application_name = 'memberflow-relay' AND datname = current_database()",
         )
         .fetch_optional(pool)
         .await
         .unwrap()
     })
     .await
+}
+
+/// The relay lease's epoch: each new term of leadership bumps it.
+async fn relay_epoch(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT epoch FROM leases WHERE name = 'relay'")
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -639,18 +648,11 @@ async fn a_killed_leader_session_hands_over_and_the_outbox_drains() {
     let b = spawn_auth(auth_settings(&mut env)).await;
     let pool = env.pool("auth").await;
     let old = leader_pid(&pool).await;
-    let app: String =
-        sqlx::query_scalar("SELECT application_name FROM pg_stat_activity WHERE pid = $1")
-            .bind(old)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert_eq!(app, "memberflow-relay");
-    // Standbys keep one session for their lock attempts: one per instance.
-    eventually("one relay session per instance", WAIT, || async {
+    // Every instance keeps one session for the lease (campaign or renew).
+    eventually("one lease session per instance", WAIT, || async {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity
-              WHERE application_name = 'memberflow-relay' AND datname = current_database()",
+              WHERE application_name = 'memberflow-relay-lease' AND datname = current_database()",
         )
         .fetch_one(&pool)
         .await
@@ -658,6 +660,7 @@ async fn a_killed_leader_session_hands_over_and_the_outbox_drains() {
         (n == 2).then_some(())
     })
     .await;
+    let epoch = relay_epoch(&pool).await;
 
     let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
         .bind(old)
@@ -675,6 +678,7 @@ async fn a_killed_leader_session_hands_over_and_the_outbox_drains() {
     wait_outbox_empty(&pool).await;
     let new = leader_pid(&pool).await;
     assert_ne!(new, old, "a new session leads");
+    assert!(relay_epoch(&pool).await > epoch, "under a new term");
     assert_eq!(observer.depth().await, 0, "each event published once");
 }
 

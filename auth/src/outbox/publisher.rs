@@ -10,6 +10,7 @@ use memberflow_contract::topology::CONTENT_TYPE;
 use memberflow_contract::topology::EXCHANGE;
 use memberflow_contract::topology::PERSISTENT;
 use memberflow_runtime::amqp;
+use memberflow_runtime::lease::Term;
 use memberflow_runtime::trace_context;
 use tracing::Instrument;
 
@@ -28,6 +29,8 @@ pub enum Stop {
     TimedOut,
     #[error("confirms are not enabled on the channel")]
     NotConfirming,
+    #[error("the relay's lease lapsed mid-batch")]
+    Deposed,
 }
 
 impl Publisher {
@@ -54,16 +57,22 @@ impl Publisher {
     /// deadline: lapin can leave a publish pending forever when the socket
     /// dies mid-write, so nothing here waits unbounded. Returns the broker's
     /// answer per row, and why the batch stopped short, if it did. Transport
-    /// errors are returned as errors.
+    /// errors are returned as errors. A relay that resumes from a pause to
+    /// find its `term` lapsed publishes nothing more of the batch.
     pub async fn publish_batch(
         &self,
         rows: &[OutboxRow],
         timeout: Duration,
+        term: &Term,
     ) -> lapin::Result<(Vec<Delivery>, Option<Stop>)> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut pending = Vec::with_capacity(rows.len());
         let mut stopped = None;
         for row in rows {
+            if !term.is_held() {
+                stopped = Some(Stop::Deposed);
+                break;
+            }
             // The publish continues the trace of the change that wrote the
             // row; the consumer continues it from this span.
             let span = tracing::info_span!(

@@ -1,13 +1,17 @@
 //! The outbox relay: moves committed outbox rows to RabbitMQ.
 //!
 //! # Several auth instances on one database
-//! Exactly one relay per database publishes: the *leader*, which holds a
-//! session-level PostgreSQL advisory lock on a dedicated connection. Others
-//! retry the lock every `leader_retry_ms`; when the leader's process or
-//! connection dies, PostgreSQL releases the lock and another instance takes
-//! over. Because one leader publishes rows in `id` order on one channel, and
-//! one member's events get increasing ids (the member row lock serialises
-//! them), per-member version order holds on the wire.
+//! Exactly one relay per database publishes: the *leader*, which holds the
+//! `relay` lease (see `memberflow_runtime::lease`). It renews the lease every
+//! third of `relay.lease_ms`; a leader that stops renewing (its process
+//! paused, dead, or cut off from the database) loses it when PostgreSQL's
+//! clock passes the expiry, and a standby, retrying every `leader_retry_ms`,
+//! takes it with the next epoch. A resumed ex-leader checks its lease before
+//! each batch and each publish, and every write it makes to the outbox is
+//! fenced by its epoch: once deposed it deletes, parks and blames nothing.
+//! Because one leader publishes rows in `id` order on one channel, and one
+//! member's events get increasing ids (the member row lock serialises them),
+//! per-member version order holds on the wire.
 //!
 //! The leader never tracks a high-water mark: it reads whatever rows exist,
 //! oldest first, and deletes only what the broker confirmed, so a row whose
@@ -18,13 +22,13 @@
 //! other instances' commits (see [`super::wake`]); a slow poll catches
 //! anything missed.
 use std::{
-    sync::Arc,
+    sync::{Arc, LazyLock},
     time::{Duration, Instant},
 };
 
-use memberflow_retry::sleep_or_cancel;
 use memberflow_runtime::amqp::Nodes;
 use memberflow_runtime::db;
+use memberflow_runtime::lease::{Elector, FENCE, Term};
 use memberflow_runtime::shutdown::CancellationToken;
 use memberflow_runtime::telemetry::error_chain;
 use sqlx::{
@@ -44,8 +48,8 @@ use crate::{metrics::AuthMetrics, settings::RelaySettings};
 /// How often the relay repeats that nothing is routable.
 const TOPOLOGY_WARN_EVERY: Duration = Duration::from_secs(30);
 
-/// Advisory lock key of the relay leader ("memberfr" as bytes).
-pub const LEADER_LOCK_KEY: i64 = 0x6d65_6d62_6572_6672;
+/// The name of the relay leader's lease.
+pub const LEASE: &str = "relay";
 
 /// What one step of the relay did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -71,8 +75,11 @@ pub struct Report {
 pub enum Outcome {
     /// A batch was published; see the report.
     Batch(Report),
-    /// The outbox was empty.
+    /// The outbox was empty (or this relay's lease is gone: the read is
+    /// fenced too).
     Empty,
+    /// The lease is gone: nothing was written, and no new batch may start.
+    Deposed,
 }
 
 /// Why a relay step failed. Nothing is deleted that was not confirmed, so
@@ -90,27 +97,29 @@ pub const HELD_BEHIND: &str = "held behind a parked event of the same member";
 
 /// Publishes one batch: reads the oldest rows, parks those whose member has
 /// a parked row, publishes the rest with pipelined confirms, and settles
-/// each row by the broker's answer (see [`settle`]). `conn` must be the
-/// leader's.
+/// each row by the broker's answer (see [`settle`]). `term` is the leader's
+/// lease: nothing starts unless it is held, and each write is fenced by its
+/// epoch, so a relay that lost the lease mid-batch changes no row.
 pub async fn relay_once(
     conn: &mut PgConnection,
     publisher: &Publisher,
     cfg: &RelaySettings,
+    term: &Term,
 ) -> Result<Outcome, RelayError> {
+    if !term.is_held() {
+        return Ok(Outcome::Deposed);
+    }
     // One read: the rows, and whether their member has a parked row (the
     // EXISTS probes outbox_parked's member index, normally empty).
-    let read: Vec<(OutboxRow, bool)> = sqlx::query_as(
-        "SELECT o.id, o.event_id, o.routing_key, o.member_id, o.version, o.payload,
-                o.occurred_at, o.attempts, o.traceparent, o.tracestate,
-                EXISTS (SELECT 1 FROM outbox_parked p WHERE p.member_id = o.member_id) AS held
-           FROM outbox o ORDER BY o.id LIMIT $1",
-    )
-    .bind(cfg.batch_size)
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(|r: Held| (r.row, r.held))
-    .collect();
+    let read: Vec<(OutboxRow, bool)> = sqlx::query_as(READ.as_str())
+        .bind(term.name())
+        .bind(term.epoch())
+        .bind(cfg.batch_size)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|r: Held| (r.row, r.held))
+        .collect();
     if read.is_empty() {
         return Ok(Outcome::Empty);
     }
@@ -121,14 +130,17 @@ pub async fn relay_once(
         .map(|(r, _)| r.member_id)
         .collect();
     if !held.is_empty() {
-        report.parked += park(conn, &[], &held, HELD_BEHIND).await?;
+        match park(conn, term, &[], &held, HELD_BEHIND).await? {
+            Some(n) => report.parked += n,
+            None => return Ok(Outcome::Deposed),
+        }
     }
     let rows: Vec<OutboxRow> = read
         .into_iter()
         .filter_map(|(r, held)| (!held).then_some(r))
         .collect();
     let timeout = Duration::from_millis(cfg.confirm_timeout_ms);
-    let (answers, stopped) = publisher.publish_batch(&rows, timeout).await?;
+    let (answers, stopped) = publisher.publish_batch(&rows, timeout, term).await?;
     let states: Vec<RowState> = rows
         .iter()
         .map(|r| RowState {
@@ -138,19 +150,27 @@ pub async fn relay_once(
         .collect();
     let plan = settle(&states, &answers, cfg.park_after_attempts);
     if !plan.delete.is_empty() {
-        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+        let (leading, _): (bool, i64) = sqlx::query_as(DELETE.as_str())
+            .bind(term.name())
+            .bind(term.epoch())
             .bind(&plan.delete)
-            .execute(&mut *conn)
+            .fetch_one(&mut *conn)
             .await?;
+        if !leading {
+            return Ok(Outcome::Deposed);
+        }
     }
     if !plan.blame.is_empty() {
-        sqlx::query(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1)",
-        )
-        .bind(&plan.blame)
-        .bind(UNROUTABLE)
-        .execute(&mut *conn)
-        .await?;
+        let leading: bool = sqlx::query_scalar(BLAME.as_str())
+            .bind(term.name())
+            .bind(term.epoch())
+            .bind(&plan.blame)
+            .bind(UNROUTABLE)
+            .fetch_one(&mut *conn)
+            .await?;
+        if !leading {
+            return Ok(Outcome::Deposed);
+        }
     }
     if !plan.park.is_empty() {
         let parked_members: Vec<Uuid> = rows
@@ -158,7 +178,10 @@ pub async fn relay_once(
             .filter(|r| plan.park.contains(&r.id))
             .map(|r| r.member_id)
             .collect();
-        report.parked += park(conn, &plan.park, &parked_members, UNROUTABLE).await?;
+        match park(conn, term, &plan.park, &parked_members, UNROUTABLE).await? {
+            Some(n) => report.parked += n,
+            None => return Ok(Outcome::Deposed),
+        }
         tracing::warn!(rows = ?plan.park, "parked outbox rows that kept failing; see `memberflow-admin outbox parked`");
     }
     report.attempted = rows.len();
@@ -168,6 +191,62 @@ pub async fn relay_once(
     report.stopped = stopped;
     Ok(Outcome::Batch(report))
 }
+
+/// The oldest rows, while the lease `$1` has epoch `$2`.
+static READ: LazyLock<String> = LazyLock::new(|| {
+    "SELECT o.id, o.event_id, o.routing_key, o.member_id, o.version, o.payload,
+            o.occurred_at, o.attempts, o.traceparent, o.tracestate,
+            EXISTS (SELECT 1 FROM outbox_parked p WHERE p.member_id = o.member_id) AS held
+       FROM outbox o
+      WHERE EXISTS (SELECT 1 FROM leases WHERE name = $1 AND epoch = $2)
+      ORDER BY o.id LIMIT $3"
+        .to_owned()
+});
+
+/// Deletes the confirmed rows `$3`, fenced; says whether the fence held.
+static DELETE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH {FENCE},
+              gone AS (DELETE FROM outbox WHERE id = ANY($3) AND EXISTS (SELECT 1 FROM lease)
+                       RETURNING 1)
+         SELECT EXISTS (SELECT 1 FROM lease), (SELECT count(*) FROM gone)"
+    )
+});
+
+/// Counts one more attempt, with error `$4`, on the rows `$3`, fenced.
+static BLAME: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH {FENCE},
+              blamed AS (UPDATE outbox SET attempts = attempts + 1, last_error = $4
+                          WHERE id = ANY($3) AND EXISTS (SELECT 1 FROM lease) RETURNING 1)
+         SELECT EXISTS (SELECT 1 FROM lease)"
+    )
+});
+
+/// Moves rows `$3`, and every row of members `$4`, to `outbox_parked`,
+/// fenced (see [`park`]).
+static PARK: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH {FENCE},
+              moved AS (
+                  DELETE FROM outbox
+                   WHERE (id = ANY($3) OR member_id = ANY($4)) AND EXISTS (SELECT 1 FROM lease)
+               RETURNING *
+              ),
+              parked AS (
+                  INSERT INTO outbox_parked
+                      (id, event_id, routing_key, member_id, version, payload, occurred_at,
+                       traceparent, tracestate, attempts, last_error)
+                  SELECT id, event_id, routing_key, member_id, version, payload, occurred_at,
+                         traceparent, tracestate, attempts + (id = ANY($3))::int,
+                         CASE WHEN id = ANY($3) THEN $5 ELSE $6 END
+                    FROM moved
+                  ON CONFLICT (id) DO NOTHING
+                  RETURNING 1
+              )
+         SELECT EXISTS (SELECT 1 FROM lease), (SELECT count(*) FROM parked)"
+    )
+});
 
 /// An outbox row, and whether a parked row of its member holds it back.
 #[derive(sqlx::FromRow)]
@@ -182,44 +261,34 @@ const UNROUTABLE: &str = "unroutable: no queue is bound for its routing key";
 
 /// Moves the rows `ids`, and every outbox row of `members`, to
 /// `outbox_parked`: the rows named get `reason` and one more attempt, the
-/// others [`HELD_BEHIND`]. Returns how many rows moved.
+/// others [`HELD_BEHIND`]. Returns how many rows moved, or `None` when the
+/// lease is gone (nothing moved).
 async fn park(
     conn: &mut PgConnection,
+    term: &Term,
     ids: &[i64],
     members: &[Uuid],
     reason: &str,
-) -> sqlx::Result<usize> {
-    let moved = sqlx::query(
-        "WITH moved AS (
-             DELETE FROM outbox WHERE id = ANY($1) OR member_id = ANY($2) RETURNING *
-         )
-         INSERT INTO outbox_parked
-             (id, event_id, routing_key, member_id, version, payload, occurred_at,
-              traceparent, tracestate, attempts, last_error)
-         SELECT id, event_id, routing_key, member_id, version, payload, occurred_at,
-                traceparent, tracestate, attempts + (id = ANY($1))::int,
-                CASE WHEN id = ANY($1) THEN $3 ELSE $4 END
-           FROM moved
-         ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(ids)
-    .bind(members)
-    .bind(reason)
-    .bind(HELD_BEHIND)
-    .execute(conn)
-    .await?;
-    Ok(moved.rows_affected() as usize)
+) -> sqlx::Result<Option<usize>> {
+    let (leading, moved): (bool, i64) = sqlx::query_as(PARK.as_str())
+        .bind(term.name())
+        .bind(term.epoch())
+        .bind(ids)
+        .bind(members)
+        .bind(reason)
+        .bind(HELD_BEHIND)
+        .fetch_one(conn)
+        .await?;
+    Ok(leading.then_some(moved as usize))
 }
 
 /// How long opening the leader's connection may take.
 const LEADER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The leader's session settings. Leadership is a session-level advisory
-/// lock, so it lasts exactly as long as PostgreSQL believes the session is
-/// alive:
+/// The leader's session settings (leadership itself is the lease, not this
+/// session):
 /// * server-side TCP keepalive (idle 5 s, then 3 probes 2 s apart) ends the
-///   session of a leader whose host or network died silently within about
-///   11 s, which frees the lock for a standby;
+///   session of a leader whose host or network died silently;
 /// * `statement_timeout` and `idle_in_transaction_session_timeout` keep a
 ///   stuck leader from holding locks or rows.
 pub fn leader_session(db: PgConnectOptions, cfg: &RelaySettings) -> PgConnectOptions {
@@ -238,28 +307,29 @@ pub fn leader_session(db: PgConnectOptions, cfg: &RelaySettings) -> PgConnectOpt
     ])
 }
 
-/// Tries to become the relay leader on `conn`.
-pub async fn try_lead(conn: &mut PgConnection) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(LEADER_LOCK_KEY)
-        .fetch_one(conn)
-        .await
-}
-
 /// The background relay of one auth instance.
 pub struct Relay {
     metrics: AuthMetrics,
     /// The leader's own session, hardened by [`leader_session`].
     leader_options: PgConnectOptions,
+    /// Campaigns for, renews and releases the [`LEASE`].
+    elector: Elector,
     brokers: Nodes,
     cfg: RelaySettings,
     wake: Arc<RelayWake>,
 }
 
+/// How a term as leader ended.
+enum Led {
+    Shutdown,
+    /// The lease lapsed or another instance took it.
+    Deposed,
+}
+
 impl Relay {
     /// `wake` is told of the RPC handlers' commits. `db` must
-    /// reach PostgreSQL directly (not through a transaction pooler): the
-    /// leader lock and LISTEN live in a session.
+    /// reach PostgreSQL directly (not through a transaction pooler): LISTEN
+    /// lives in a session.
     pub fn new(
         db: PgConnectOptions,
         brokers: Nodes,
@@ -267,9 +337,17 @@ impl Relay {
         wake: Arc<RelayWake>,
         metrics: AuthMetrics,
     ) -> Self {
+        let elector = Elector::new(
+            db.clone().application_name("memberflow-relay-lease"),
+            LEASE,
+            Duration::from_millis(cfg.lease_ms),
+            Duration::from_millis(cfg.leader_retry_ms),
+            cfg.backoff,
+        );
         Self {
             metrics,
             leader_options: leader_session(db, &cfg),
+            elector,
             brokers,
             cfg,
             wake,
@@ -301,71 +379,47 @@ impl Relay {
         })
     }
 
-    /// Runs until `shutdown`; an in-flight batch is finished first.
+    /// Runs until `shutdown`; an in-flight batch is finished first. Each
+    /// turn campaigns for the lease, leads while renewing it, and gives it
+    /// up at the end.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut retrying = self.cfg.backoff.retrying();
         while !shutdown.is_cancelled() {
-            let Some(mut leader) = self.become_leader(&shutdown).await else {
+            let Some(term) = self.elector.acquire(&shutdown).await else {
                 break;
             };
-            tracing::info!("outbox relay is the leader for this database");
+            tracing::info!(
+                epoch = term.epoch(),
+                "outbox relay is the leader for this database"
+            );
             self.metrics.relay_leader.set(1);
             self.wake.set_leading(true);
-            let led = self.lead(&mut leader, &shutdown).await;
+            let renewing = CancellationToken::new();
+            let (led, ()) = tokio::join!(
+                async {
+                    let led = self.lead(&term, &shutdown).await;
+                    renewing.cancel();
+                    led
+                },
+                self.elector.keep(&term, &renewing),
+            );
             self.wake.set_leading(false);
             self.metrics.relay_leader.set(0);
+            // Fenced by the epoch: a no-op if another instance took over.
+            self.elector.release(&term).await;
             match led {
-                Ok(()) => {
-                    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-                        .bind(LEADER_LOCK_KEY)
-                        .execute(&mut leader)
-                        .await;
-                }
+                Ok(Led::Shutdown) => {}
+                Ok(Led::Deposed) => tracing::warn!(
+                    epoch = term.epoch(),
+                    "the relay is no longer the leader: its lease lapsed or another instance took it"
+                ),
                 Err(e) => {
                     tracing::warn!(error.cause_chain = %error_chain(&e), "relay lost its database connection; stepping down");
-                    // Dropping the connection releases the lock server-side.
-                    drop(leader);
                     retrying.wait(&shutdown).await;
                 }
             }
         }
         tracing::info!("outbox relay stopped");
-    }
-
-    /// Waits until this instance holds the leader lock, or shutdown. A
-    /// standby keeps one connection for its attempts rather than opening one
-    /// per attempt.
-    async fn become_leader(&self, shutdown: &CancellationToken) -> Option<PgConnection> {
-        let mut retrying = self.cfg.backoff.retrying();
-        let retry = Duration::from_millis(self.cfg.leader_retry_ms);
-        let mut standby: Option<PgConnection> = None;
-        loop {
-            let conn = match standby.take() {
-                Some(c) => Ok(c),
-                None => self.connect_leader().await,
-            };
-            let attempt = match conn {
-                Ok(mut c) => match try_lead(&mut c).await {
-                    Ok(true) => return Some(c),
-                    Ok(false) => {
-                        standby = Some(c);
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(e),
-            };
-            let wait = match attempt {
-                Ok(()) => retry,
-                Err(e) => {
-                    tracing::warn!(error.cause_chain = %error_chain(&e), "cannot reach the database for the relay lock");
-                    retrying.next_delay()
-                }
-            };
-            if !sleep_or_cancel(wait, shutdown).await {
-                return None;
-            }
-        }
     }
 
     async fn connect_leader(&self) -> sqlx::Result<PgConnection> {
@@ -377,13 +431,12 @@ impl Relay {
         .map_err(|_| sqlx::Error::PoolTimedOut)?
     }
 
-    /// Publishes while leader. Returns `Ok` on shutdown and `Err` when the
-    /// leader connection fails (leadership may be lost).
-    async fn lead(
-        &self,
-        leader: &mut PgConnection,
-        shutdown: &CancellationToken,
-    ) -> Result<(), sqlx::Error> {
+    /// Publishes while `term` is held. Returns how the term ended, or `Err`
+    /// when the leader's connection fails.
+    async fn lead(&self, term: &Term, shutdown: &CancellationToken) -> Result<Led, sqlx::Error> {
+        let mut leader = self.connect_leader().await?;
+        // Cancelled when the term ends or at shutdown.
+        let ending = term.token();
         let mut publisher: Option<Publisher> = None;
         let mut retrying = self.cfg.backoff.retrying();
         let poll = Duration::from_millis(self.cfg.poll_interval_ms);
@@ -393,7 +446,12 @@ impl Relay {
             Duration::from_millis(3 * self.cfg.statement_timeout_ms + self.cfg.confirm_timeout_ms);
         let result = loop {
             if shutdown.is_cancelled() {
-                break Ok(());
+                break Ok(Led::Shutdown);
+            }
+            // Checked before anything new starts: a relay that resumes
+            // from a pause finds its lease lapsed here.
+            if !term.is_held() {
+                break Ok(Led::Deposed);
             }
             let p = match publisher.take() {
                 Some(p) if p.is_healthy() => p,
@@ -408,7 +466,7 @@ impl Relay {
                         }
                         Err(e) => {
                             tracing::warn!(error.cause_chain = %error_chain(&e), "relay cannot reach the broker; backing off");
-                            retrying.wait(shutdown).await;
+                            retrying.wait(ending).await;
                             continue;
                         }
                     }
@@ -417,22 +475,24 @@ impl Relay {
             // Bounded on the client side too: a session that died without a
             // word answers nothing, and this leader must stop, not hang.
             let started = Instant::now();
-            let step = tokio::time::timeout(step_bound, relay_once(leader, &p, &self.cfg))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(RelayError::Database(sqlx::Error::Io(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "the leader's database session stopped answering",
-                    ))))
-                });
+            let step =
+                tokio::time::timeout(step_bound, relay_once(&mut leader, &p, &self.cfg, term))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(RelayError::Database(sqlx::Error::Io(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the leader's database session stopped answering",
+                        ))))
+                    });
             publisher = Some(p);
             match step {
+                Ok(Outcome::Deposed) => break Ok(Led::Deposed),
                 Ok(Outcome::Empty) => {
                     retrying.reset();
                     tokio::select! {
                         () = self.wake.woken(), if self.cfg.wake_on_commit => {}
                         () = tokio::time::sleep(poll) => {}
-                        () = shutdown.cancelled() => {}
+                        () = ending.cancelled() => {}
                     }
                 }
                 Ok(Outcome::Batch(report)) => {
@@ -464,7 +524,7 @@ impl Relay {
                         }
                     }
                     if report.topology_fault || report.stopped.is_some() || report.blamed > 0 {
-                        retrying.wait(shutdown).await;
+                        retrying.wait(ending).await;
                     } else {
                         retrying.reset();
                     }
@@ -476,13 +536,14 @@ impl Relay {
                     if let Some(p) = publisher.take() {
                         p.close().await;
                     }
-                    retrying.wait(shutdown).await;
+                    retrying.wait(ending).await;
                 }
             }
         };
         if let Some(p) = publisher {
             p.close().await;
         }
+        let _ = leader.close().await;
         result
     }
 }

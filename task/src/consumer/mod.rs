@@ -3,10 +3,15 @@
 //! * Acks only after the transaction that applied the event has committed.
 //! * What to do with each delivery and each batch is decided by the pure
 //!   rules in [`plan`]; this module carries them out:
-//!   - a transient database fault (see `common::db::classify`) retries the
-//!     batch in-process with backoff, unacked, for as long as it lasts;
+//!   - a transient fault the database reports (see
+//!     `memberflow_runtime::db::classify`) retries the batch in-process with
+//!     backoff, unacked, for as long as it lasts;
 //!   - a permanent one isolates the bad event, which alone is dead-lettered
 //!     with its reason in the [`REASON_HEADER`] header;
+//!   - a database this instance cannot reach (no connection, or no answer:
+//!     a blackholed link) for `amqp.apply_timeout_ms` gives the batch back:
+//!     the channel is closed, so the broker hands the unacked messages to
+//!     another instance, and this one reattaches once its database answers;
 //!   - an unknown event kind is acked and counted.
 //! * After a broker restart the consumer reconnects and re-declares topology.
 pub mod plan;
@@ -78,6 +83,24 @@ fn closed() -> lapin::Error {
     ))
 }
 
+/// Why a session with the broker ended without a broker error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Shutdown,
+    /// An apply went unanswered: the batch was given back.
+    DatabaseHung,
+}
+
+/// How a batch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    Done,
+    /// Shutdown came while a transient fault lasted: left unacked.
+    Shutdown,
+    /// An apply went unanswered: to be given back.
+    GiveBack,
+}
+
 /// Resolves when the connection reports an error or its events end.
 async fn connection_lost(
     events: &mut (impl futures::Stream<Item = lapin::Event> + Unpin),
@@ -140,7 +163,21 @@ impl Consumer {
         let mut retrying = self.cfg.backoff.retrying();
         while !shutdown.is_cancelled() {
             match self.session(&shutdown).await {
-                Ok(()) => break,
+                Ok(Ended::Shutdown) => break,
+                Ok(Ended::DatabaseHung) => {
+                    self.set_attached(false);
+                    tracing::warn!(
+                        apply_timeout_ms = self.cfg.apply_timeout_ms,
+                        "the database did not answer an apply in time; gave the batch back to the broker, detached until the database answers"
+                    );
+                    // Reattaching first would only take another batch hostage.
+                    let mut probing = self.cfg.backoff.retrying();
+                    while !db::is_alive(&self.pool).await {
+                        if !probing.wait(&shutdown).await {
+                            break;
+                        }
+                    }
+                }
                 Err(e) => {
                     self.set_attached(false);
                     tracing::warn!(error.cause_chain = %error_chain(&e), "consumer lost the broker; reconnecting");
@@ -154,8 +191,9 @@ impl Consumer {
         tracing::info!("consumer stopped");
     }
 
-    /// One connection's worth of consuming. `Ok` means shutdown.
-    async fn session(&self, shutdown: &CancellationToken) -> lapin::Result<()> {
+    /// One connection's worth of consuming: until shutdown, a broker error,
+    /// or a batch given back.
+    async fn session(&self, shutdown: &CancellationToken) -> lapin::Result<Ended> {
         let conn = self.brokers.connect("task.consumer").await?;
         // lapin can leave a request pending forever when the socket dies
         // mid-write, so set-up is bounded like the connect.
@@ -199,7 +237,7 @@ impl Consumer {
         let mut dlq_every = tokio::time::interval(DLQ_GAUGE_EVERY);
         let result = loop {
             let batch = tokio::select! {
-                () = shutdown.cancelled() => break Ok(()),
+                () = shutdown.cancelled() => break Ok(Ended::Shutdown),
                 e = connection_lost(&mut events) => break Err(e),
                 _ = dlq_every.tick() => {
                     // One passive declare per interval, not per scrape.
@@ -230,9 +268,12 @@ impl Consumer {
                 r = self.process(deliveries, &dead_letters, shutdown) => r?,
                 e = connection_lost(&mut events) => break Err(e),
             };
-            if !settled {
+            match settled {
+                Settled::Done => {}
                 // Shutdown while a fault lasted: leave the batch unacked.
-                break Ok(());
+                Settled::Shutdown => break Ok(Ended::Shutdown),
+                // Closing the channel below returns every unacked delivery.
+                Settled::GiveBack => break Ok(Ended::DatabaseHung),
             }
         };
         if result.is_ok() {
@@ -250,15 +291,15 @@ impl Consumer {
         result
     }
 
-    /// Settles one batch of deliveries as [`plan`] decides. Returns `false`
-    /// if shutdown came while a transient fault lasted; what was not settled
-    /// by then stays unacked.
+    /// Settles one batch of deliveries as [`plan`] decides. What is not
+    /// settled when it returns early (shutdown while a transient fault
+    /// lasted, or a hung apply) stays unacked.
     async fn process(
         &self,
         deliveries: Vec<Delivery>,
         dead_letters: &Channel,
         shutdown: &CancellationToken,
-    ) -> lapin::Result<bool> {
+    ) -> lapin::Result<Settled> {
         let mut batch = Vec::with_capacity(deliveries.len());
         for d in deliveries {
             // The kind is the `type` property the relay sets, else the routing
@@ -282,8 +323,11 @@ impl Consumer {
             }
         }
         if batch.is_empty() {
-            return Ok(true);
+            return Ok(Settled::Done);
         }
+        let give_back_after = Duration::from_millis(self.cfg.apply_timeout_ms);
+        // Since when the current part has found the database unreachable.
+        let mut unreachable_since: Option<tokio::time::Instant> = None;
         // Parts still to settle, in delivery order: the whole batch first,
         // single events after an isolation.
         let mut parts: VecDeque<&[(Delivery, MemberEvent)]> = VecDeque::from([batch.as_slice()]);
@@ -291,11 +335,15 @@ impl Consumer {
         while let Some(&part) = parts.front() {
             let events: Vec<MemberEvent> = part.iter().map(|(_, e)| e.clone()).collect();
             let span = apply_span(part);
-            let outcome = match replica::apply(&self.pool, &events)
-                .instrument(span.clone())
-                .await
-            {
-                Ok(applied) => {
+            let started = tokio::time::Instant::now();
+            // Bounded so that the whole time unreachable stays within
+            // `give_back_after`: an apply on a blackholed link never ends.
+            let bound = give_back_after
+                .saturating_sub(unreachable_since.map_or(Duration::ZERO, |since| started - since));
+            let apply = replica::apply(&self.pool, &events).instrument(span.clone());
+            let outcome = match tokio::time::timeout(bound, apply).await {
+                Ok(Ok(applied)) => {
+                    unreachable_since = None;
                     let changed = applied.changed.len() as u64;
                     span.in_scope(|| tracing::debug!(changed, "applied"));
                     let m = &self.metrics;
@@ -309,12 +357,23 @@ impl Consumer {
                     }
                     Outcome::Committed
                 }
-                Err(e) => Outcome::Failed {
-                    fault: db::classify(&e),
+                Err(_) => Outcome::Unreachable {
+                    for_: unreachable_since.get_or_insert(started).elapsed(),
+                    reason: "no answer from the database within amqp.apply_timeout_ms".into(),
+                },
+                Ok(Err(e)) if db::is_unreachable(&e) => Outcome::Unreachable {
+                    for_: unreachable_since.get_or_insert(started).elapsed(),
                     reason: error_chain(&e),
                 },
+                Ok(Err(e)) => {
+                    unreachable_since = None;
+                    Outcome::Failed {
+                        fault: db::classify(&e),
+                        reason: error_chain(&e),
+                    }
+                }
             };
-            match plan::plan(part.len(), &outcome) {
+            match plan::plan(part.len(), &outcome, give_back_after) {
                 Plan::Ack => {
                     self.stats.batches.fetch_add(1, Ordering::Relaxed);
                     self.stats
@@ -333,12 +392,18 @@ impl Consumer {
                 }
                 Plan::Retry => {
                     self.metrics.consumer_retries.inc();
-                    if let Outcome::Failed { reason, .. } = &outcome {
+                    if let Outcome::Failed { reason, .. } | Outcome::Unreachable { reason, .. } =
+                        &outcome
+                    {
                         span.in_scope(|| tracing::warn!(error.cause_chain = %reason, "transient database fault; retrying the batch"));
                     }
                     if !retrying.wait(shutdown).await {
-                        return Ok(false);
+                        return Ok(Settled::Shutdown);
                     }
+                }
+                Plan::GiveBack => {
+                    self.metrics.consumer_given_back.inc();
+                    return Ok(Settled::GiveBack);
                 }
                 Plan::Isolate => {
                     span.in_scope(|| {
@@ -355,7 +420,7 @@ impl Consumer {
                 }
             }
         }
-        Ok(true)
+        Ok(Settled::Done)
     }
 
     /// Copies `d` to the dead-letter exchange with its properties, headers

@@ -9,6 +9,7 @@ use memberflow_contract::topology::MEMBER_SESSIONS_REVOKED;
 use memberflow_contract::topology::MEMBER_UPDATED;
 use memberflow_runtime::db::Fault;
 use prost::Message;
+use std::time::Duration;
 use uuid::Uuid;
 
 use crate::replica::MemberEvent;
@@ -140,8 +141,13 @@ fn state(
 pub enum Outcome {
     /// The transaction committed.
     Committed,
-    /// It failed; `reason` is the error's cause chain.
+    /// The database reported a fault; `reason` is the error's cause chain.
     Failed { fault: Fault, reason: String },
+    /// The database could not be reached: no connection could be had, or
+    /// the apply got no answer within its bound (a blackholed route, a hung
+    /// proxy, while this instance's broker heartbeats keep flowing). `for_`
+    /// is how long this part has been failing so.
+    Unreachable { for_: Duration, reason: String },
 }
 
 /// What to do with a batch after trying to apply it.
@@ -157,13 +163,25 @@ pub enum Plan {
     Isolate,
     /// Dead-letter this single event, with the reason.
     DeadLetter(String),
+    /// Give every unacknowledged delivery back to the broker (close the
+    /// channel), so another instance applies them, and stay detached until
+    /// the database answers again.
+    GiveBack,
 }
 
-/// The rule: commit → ack; a transient fault → retry the batch as it is; a
-/// permanent fault → isolate, and dead-letter only an event that fails alone.
-pub fn plan(batch_len: usize, outcome: &Outcome) -> Plan {
+/// The rule: commit → ack; a fault the database reports → retry the batch
+/// as it is if transient; a permanent one → isolate, and dead-letter only an
+/// event that fails alone; an unreachable database → retry, but once that
+/// has lasted `give_back_after` (`amqp.apply_timeout_ms`), give the batch
+/// back. A fault the database reports is every instance's, so the batch
+/// waits where it is; an unreachable database may be this instance's link
+/// alone, and waiting on it would hold the batch from every other instance
+/// for as long as it lasts.
+pub fn plan(batch_len: usize, outcome: &Outcome, give_back_after: Duration) -> Plan {
     match outcome {
         Outcome::Committed => Plan::Ack,
+        Outcome::Unreachable { for_, .. } if *for_ >= give_back_after => Plan::GiveBack,
+        Outcome::Unreachable { .. } => Plan::Retry,
         Outcome::Failed {
             fault: Fault::Transient,
             ..
@@ -281,23 +299,40 @@ mod tests {
         }
     }
 
+    const BOUND: Duration = Duration::from_secs(5);
+
     #[test]
     fn a_committed_batch_is_acked() {
-        assert_eq!(plan(1, &Outcome::Committed), Plan::Ack);
-        assert_eq!(plan(200, &Outcome::Committed), Plan::Ack);
+        assert_eq!(plan(1, &Outcome::Committed, BOUND), Plan::Ack);
+        assert_eq!(plan(200, &Outcome::Committed, BOUND), Plan::Ack);
     }
 
     #[test]
-    fn transient_faults_retry_the_batch_whatever_its_size() {
-        assert_eq!(plan(1, &failed(Fault::Transient)), Plan::Retry);
-        assert_eq!(plan(200, &failed(Fault::Transient)), Plan::Retry);
+    fn transient_faults_retry_the_batch_whatever_its_size_and_however_long() {
+        assert_eq!(plan(1, &failed(Fault::Transient), BOUND), Plan::Retry);
+        assert_eq!(plan(200, &failed(Fault::Transient), BOUND), Plan::Retry);
+    }
+
+    fn unreachable(secs: u64) -> Outcome {
+        Outcome::Unreachable {
+            for_: Duration::from_secs(secs),
+            reason: "no answer".into(),
+        }
+    }
+
+    #[test]
+    fn an_unreachable_database_is_retried_then_the_batch_given_back() {
+        assert_eq!(plan(1, &unreachable(2), BOUND), Plan::Retry);
+        assert_eq!(plan(200, &unreachable(4), BOUND), Plan::Retry);
+        assert_eq!(plan(1, &unreachable(5), BOUND), Plan::GiveBack);
+        assert_eq!(plan(200, &unreachable(60), BOUND), Plan::GiveBack);
     }
 
     #[test]
     fn permanent_faults_isolate_then_dead_letter_the_one_that_fails_alone() {
-        assert_eq!(plan(2, &failed(Fault::Permanent)), Plan::Isolate);
+        assert_eq!(plan(2, &failed(Fault::Permanent), BOUND), Plan::Isolate);
         assert_eq!(
-            plan(1, &failed(Fault::Permanent)),
+            plan(1, &failed(Fault::Permanent), BOUND),
             Plan::DeadLetter("boom".into())
         );
     }

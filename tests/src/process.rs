@@ -1,0 +1,210 @@
+//! Services as child processes, for the faults a thread cannot fake: a
+//! paused process (SIGSTOP) keeps its TCP sessions open, and its kernel
+//! answers keepalives, while nothing in it runs. The child is the tests
+//! crate's `mf-service` binary (pass `env!("CARGO_BIN_EXE_mf-service")`,
+//! which cargo builds before the suites), running the same `Application`
+//! the real binaries do, configured by environment variables only. Killed
+//! on drop; its log is printed if the test failed.
+use std::{net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
+
+use memberflow_runtime::secrets::{DEV_SERVICE_TOKEN, DEV_SIGNING_KEY};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+use tonic::transport::Channel;
+
+use crate::{apps::TEST_ARGON2_MEMORY_KIB, env::TestEnv};
+
+/// A running service process, SERVING on `addr`.
+pub struct ServiceProcess {
+    pub service: &'static str,
+    pub addr: SocketAddr,
+    /// The admin endpoint: `/metrics`, `/livez`, `/readyz`.
+    pub metrics_addr: SocketAddr,
+    pub channel: Channel,
+    child: Child,
+    log: PathBuf,
+}
+
+/// The variables of an auth instance on `env`, as the in-process suites
+/// configure one (`apps::auth_settings`), keys without the `AUTH__` prefix.
+pub fn auth_vars(env: &mut TestEnv) -> Vec<(String, String)> {
+    vars(&[
+        ("TOKEN__SIGNING_KEY", DEV_SIGNING_KEY.to_owned()),
+        ("TOKEN__SERVICE_TOKEN", DEV_SERVICE_TOKEN.to_owned()),
+        ("DATABASE__URL", env.database_url("auth")),
+        ("AMQP__URL", env.amqp_url()),
+        ("PASSWORD__MEMORY_KIB", TEST_ARGON2_MEMORY_KIB.to_string()),
+        ("PASSWORD__ITERATIONS", "1".into()),
+        ("LOGIN_THROTTLE__PER_EMAIL__BURST", "0".into()),
+        ("LOGIN_THROTTLE__PER_PEER__BURST", "0".into()),
+    ])
+}
+
+/// The variables of a task instance on `env` reading through to
+/// `auth_addr`, keys without the `TASK__` prefix.
+pub fn task_vars(env: &mut TestEnv, auth_addr: &str) -> Vec<(String, String)> {
+    vars(&[
+        ("AUTH__SERVICE_TOKEN", DEV_SERVICE_TOKEN.to_owned()),
+        ("AUTH__ADDR", auth_addr.to_owned()),
+        (
+            "TOKEN__PUBLIC_KEYS",
+            crate::apps::dev_signer().public_key().to_pem(),
+        ),
+        ("DATABASE__URL", env.database_url("task")),
+        ("AMQP__URL", env.amqp_url()),
+    ])
+}
+
+fn vars(pairs: &[(&str, String)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
+}
+
+impl ServiceProcess {
+    /// Starts `service` ("auth" or "task") from the `mf-service` binary at
+    /// `exe` with `vars` (keys without the prefix; later keys win), on ports
+    /// the OS picks, in `development`, and waits until it is SERVING.
+    /// Inherited `AUTH__*` / `TASK__*` variables are dropped.
+    pub async fn start(exe: &str, service: &'static str, vars: &[(String, String)]) -> Self {
+        let prefix = format!("{}__", service.to_ascii_uppercase());
+        let log = std::env::temp_dir().join(format!(
+            "mf-{service}-{}.log",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let mut cmd = Command::new(exe);
+        cmd.arg(service);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with(&prefix) {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env(format!("{prefix}SERVER__ADDR"), "127.0.0.1:0")
+            .env(format!("{prefix}METRICS__ADDR"), "127.0.0.1:0")
+            .env(format!("{prefix}ENVIRONMENT"), "development")
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        for (key, value) in vars {
+            cmd.env(format!("{prefix}{key}"), value);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("child log file"))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {exe}: {e}"));
+        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("{service} did not start within 30 s; see {log:?}"))
+            .expect("child stdout")
+            .unwrap_or_else(|| panic!("{service} exited before listening; see {log:?}"));
+        let (addr, metrics_addr) = first
+            .split_once(' ')
+            .and_then(|(a, m)| Some((a.parse().ok()?, m.parse().ok()?)))
+            .unwrap_or_else(|| panic!("{service} printed {first:?}, not its addresses"));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect to the child");
+        let health = match service {
+            "auth" => auth::SERVICE_NAME,
+            _ => task::SERVICE_NAME,
+        };
+        crate::apps::wait_serving(channel.clone(), health).await;
+        Self {
+            service,
+            addr,
+            metrics_addr,
+            channel,
+            child,
+            log,
+        }
+    }
+
+    /// `http://addr`, for task's `auth.addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Pauses the process (SIGSTOP): nothing in it runs, its sockets stay
+    /// open, and its kernel still answers TCP.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Resumes a paused process (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("the child runs");
+        let status = std::process::Command::new("kill")
+            .args([format!("-{name}"), pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} {pid}");
+    }
+
+    /// The sum of the samples of metric `name` (every label set), or `None`
+    /// when the endpoint does not answer within a second (a paused process)
+    /// or has no such metric.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let get = crate::http::get(self.metrics_addr, "/metrics");
+        let (_, body) = tokio::time::timeout(Duration::from_secs(1), get)
+            .await
+            .ok()?
+            .ok()?;
+        sum_samples(&body, name)
+    }
+}
+
+/// The sum of the samples of `name` in a Prometheus text exposition.
+pub fn sum_samples(body: &str, name: &str) -> Option<f64> {
+    let samples: Vec<f64> = body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let metric = series.split('{').next()?;
+            (metric == name).then(|| value.parse().ok())?
+        })
+        .collect();
+    (!samples.is_empty()).then(|| samples.iter().sum())
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        // SIGKILL ends a stopped process too.
+        let _ = self.child.start_kill();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            eprintln!("--- last lines of {} ({:?}) ---", self.service, self.log);
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn samples_are_summed_over_label_sets_by_exact_name() {
+        let body =
+            "# TYPE a counter\na_total{x=\"1\"} 2\na_total{x=\"2\"} 3\na_total_other 9\nb 1\n";
+        assert_eq!(super::sum_samples(body, "a_total"), Some(5.0));
+        assert_eq!(super::sum_samples(body, "b"), Some(1.0));
+        assert_eq!(super::sum_samples(body, "c"), None);
+    }
+}
