@@ -162,21 +162,6 @@ pub async fn sign_up_and_log_in(
     (id.parse().expect("a member id"), token)
 }
 
-/// auth, then task in `mode` reaching that auth, both SERVING: the system
-/// most suites test.
-pub async fn spawn_system(env: &mut TestEnv, mode: task::ConsistencyMode) -> (TestAuth, TestTask) {
-    let auth = spawn_auth(auth_settings(env)).await;
-    let auth_addr = format!("http://{}", auth.app.addr);
-    let task = spawn_task(task_settings(env, mode, &auth_addr)).await;
-    (auth, task)
-}
-
-/// task in `mode` with no auth to reach (read-through and key refreshes
-/// fail fast): for what task decides on its own.
-pub async fn spawn_task_alone(env: &mut TestEnv, mode: task::ConsistencyMode) -> TestTask {
-    spawn_task(task_settings(env, mode, "http://127.0.0.1:1")).await
-}
-
 /// Starts auth and waits until it reports SERVING.
 pub async fn spawn_auth(settings: auth::Settings) -> TestAuth {
     let app = auth::Application::build(settings)

@@ -1,6 +1,7 @@
 //! Test kit for the memberflow suites: every test gets its own PostgreSQL
 //! databases and RabbitMQ vhost ([`env::TestEnv`]), a TCP proxy it can cut
-//! ([`proxy::TcpProxy`]), real services bound to port 0 ([`apps`]), and the
+//! ([`proxy::TcpProxy`]), real services bound to port 0 ([`apps`]), assembled into a system
+//! ([`system::System::builder`]), and the
 //! requests and queries every suite builds ([`fixtures`]).
 pub mod amqp;
 pub mod apps;
@@ -12,6 +13,7 @@ pub mod pgbouncer;
 pub mod process;
 pub mod prometheus;
 pub mod proxy;
+pub mod system;
 
 use std::{future::Future, time::Duration};
 

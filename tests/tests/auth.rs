@@ -1,7 +1,9 @@
 //! The auth service against real PostgreSQL and RabbitMQ: signup through the
 //! outbox, validation, credentials, and relay fault tolerance.
 use memberflow_runtime::startup::Service as _;
+use memberflow_tests::apps::sign_up_and_log_in;
 use memberflow_tests::fixtures::{scalar, signup};
+use memberflow_tests::system::NOWHERE;
 use std::{collections::HashMap, time::Duration};
 
 use lapin::types::AMQPValue;
@@ -426,17 +428,7 @@ async fn two_relays_on_one_database_publish_each_event_once_in_version_order() {
         let clients = [a.client.clone(), b.client.clone()];
         tasks.push(tokio::spawn(async move {
             let mut c = clients[i % 2].clone();
-            let email = format!("r{i}@example.com");
-            c.sign_up(signup(&email)).await.unwrap();
-            let token = c
-                .login(memberflow_tests::fixtures::login(
-                    &email,
-                    memberflow_tests::fixtures::PASSWORD,
-                ))
-                .await
-                .unwrap()
-                .into_inner()
-                .access_token;
+            let (_, token) = sign_up_and_log_in(&mut c, signup(&format!("r{i}@example.com"))).await;
             for u in 0..updates {
                 let mut c = clients[(i + u + 1) % 2].clone();
                 let mut req = Request::new(pb::UpdateProfileRequest {
@@ -855,7 +847,9 @@ async fn behind_pgbouncer_in_transaction_mode_the_relay_uses_its_direct_url() {
     wait_outbox_empty(&pool).await;
     assert_eq!(observer.depth().await, 0, "each event once");
 
-    // The RPCs went through PgBouncer; the relay's sessions did not.
+    // The RPCs went through PgBouncer; the relay's sessions (the leader's
+    // and the lease's) did not.
+    leader_pid(&pool).await;
     let admin = format!("postgres://postgres@{}/pgbouncer", bouncer.host());
     let mut console = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
         .await
@@ -878,14 +872,6 @@ async fn behind_pgbouncer_in_transaction_mode_the_relay_uses_its_direct_url() {
         !names.iter().any(|n| n.starts_with("memberflow-")),
         "no relay session through PgBouncer: {names:?}"
     );
-    let leader_app: String = sqlx::query_scalar(
-        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-          WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database()",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(leader_app, "memberflow-relay");
 }
 
 /// One reflection (v1) request to `addr`, as grpcurl would send it.
@@ -952,7 +938,7 @@ async fn each_port_reflects_only_its_own_service() {
     let task = memberflow_tests::apps::spawn_task(memberflow_tests::apps::task_settings(
         &mut env,
         task::ConsistencyMode::NotReady,
-        "http://127.0.0.1:1",
+        NOWHERE,
     ))
     .await;
     let plumbing = [
@@ -986,7 +972,7 @@ async fn reflection_resolves_every_error_detail_type() {
     let task = memberflow_tests::apps::spawn_task(memberflow_tests::apps::task_settings(
         &mut env,
         task::ConsistencyMode::NotReady,
-        "http://127.0.0.1:1",
+        NOWHERE,
     ))
     .await;
     for addr in [auth.app.addr, task.app.addr] {

@@ -1,8 +1,9 @@
 //! Read-your-writes through consistency tokens: a CreateTask right after a
 //! write in auth is served from a replica that has it, woken by the apply
 //! rather than by retries or polling.
-use memberflow_tests::apps::spawn_system;
 use memberflow_tests::fixtures::create_task;
+use memberflow_tests::system::NOWHERE;
+use memberflow_tests::system::spawn_system;
 use std::time::{Duration, Instant};
 
 use memberflow_contract::consistency::ConsistencyToken;
@@ -17,8 +18,6 @@ use memberflow_tests::{
 use task::ConsistencyMode;
 use tonic::{Code, Request};
 use uuid::Uuid;
-
-const NOWHERE: &str = "http://127.0.0.1:1";
 
 #[tokio::test]
 async fn create_task_after_a_region_change_uses_the_new_zone_without_retries() {

@@ -1,8 +1,8 @@
 //! Access tokens and sessions: Ed25519 tokens with a key id, public keys
 //! from auth, rotation without downtime, and Logout / ChangePassword ending
 //! sessions in auth at once and in task through the outbox.
-use memberflow_tests::apps::spawn_system;
 use memberflow_tests::fixtures::{PASSWORD, create_task, signup};
+use memberflow_tests::system::spawn_system;
 use std::time::{Duration, Instant};
 
 use memberflow_contract::proto::{auth::v1 as auth_pb, task::v1 as pb};
