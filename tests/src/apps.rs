@@ -144,7 +144,7 @@ pub async fn sign_up_and_log_in(
     client: &mut AuthServiceClient<Channel>,
     req: memberflow_contract::proto::auth::v1::SignUpRequest,
 ) -> (uuid::Uuid, String) {
-    let login = crate::fixtures::login(&req.email, &req.password);
+    let (email, password) = (req.email.clone(), req.password.clone());
     let id = client
         .sign_up(req)
         .await
@@ -153,13 +153,26 @@ pub async fn sign_up_and_log_in(
         .member
         .expect("a member")
         .id;
-    let token = client
-        .login(login)
+    let token = log_in_with(client, &email, &password).await;
+    (id.parse().expect("a member id"), token)
+}
+
+/// Logs in as `email` with the fixtures' password: the access token.
+pub async fn log_in(client: &mut AuthServiceClient<Channel>, email: &str) -> String {
+    log_in_with(client, email, crate::fixtures::PASSWORD).await
+}
+
+async fn log_in_with(
+    client: &mut AuthServiceClient<Channel>,
+    email: &str,
+    password: &str,
+) -> String {
+    client
+        .login(crate::fixtures::login(email, password))
         .await
         .expect("login")
         .into_inner()
-        .access_token;
-    (id.parse().expect("a member id"), token)
+        .access_token
 }
 
 /// Starts auth and waits until it reports SERVING.

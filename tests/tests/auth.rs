@@ -1,7 +1,8 @@
 //! The auth service against real PostgreSQL and RabbitMQ: signup through the
 //! outbox, validation, credentials, and relay fault tolerance.
 use memberflow_runtime::startup::Service as _;
-use memberflow_tests::apps::sign_up_and_log_in;
+use memberflow_tests::apps::{log_in, sign_up_and_log_in};
+use memberflow_tests::fixtures::bearer;
 use memberflow_tests::fixtures::{scalar, signup};
 use memberflow_tests::system::NOWHERE;
 use std::{collections::HashMap, time::Duration};
@@ -294,21 +295,14 @@ async fn bad_input_gets_the_right_status_and_writes_nothing() {
         .await
         .unwrap_err();
     assert_eq!(anonymous.code(), Code::Unauthenticated);
-    let token = c
-        .login(pb::LoginRequest {
-            email: "b@example.com".into(),
-            password: "correct horse battery".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .access_token;
-    let mut bad = Request::new(pb::UpdateProfileRequest {
-        nickname: None,
-        region: Some("Nowhere/Land".into()),
-    });
-    bad.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let token = log_in(&mut c, "b@example.com").await;
+    let bad = bearer(
+        pb::UpdateProfileRequest {
+            nickname: None,
+            region: Some("Nowhere/Land".into()),
+        },
+        &token,
+    );
     let bad = c.update_profile(bad).await.unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
     assert_eq!(violated_fields(&bad), vec!["region"]);
@@ -326,22 +320,14 @@ async fn update_profile_bumps_the_version_and_emits_member_updated() {
     let queue = TestQueue::bind(&env.amqp_url(), "observer").await;
     let mut auth = spawn_auth(auth_settings(&mut env)).await;
     auth.client.sign_up(signup("c@example.com")).await.unwrap();
-    let token = auth
-        .client
-        .login(pb::LoginRequest {
-            email: "c@example.com".into(),
-            password: "correct horse battery".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .access_token;
-    let mut req = Request::new(pb::UpdateProfileRequest {
-        nickname: Some("Annie".into()),
-        region: Some("Europe/Berlin".into()),
-    });
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let token = log_in(&mut auth.client, "c@example.com").await;
+    let req = bearer(
+        pb::UpdateProfileRequest {
+            nickname: Some("Annie".into()),
+            region: Some("Europe/Berlin".into()),
+        },
+        &token,
+    );
     let member = auth
         .client
         .update_profile(req)
@@ -431,12 +417,13 @@ async fn two_relays_on_one_database_publish_each_event_once_in_version_order() {
             let (_, token) = sign_up_and_log_in(&mut c, signup(&format!("r{i}@example.com"))).await;
             for u in 0..updates {
                 let mut c = clients[(i + u + 1) % 2].clone();
-                let mut req = Request::new(pb::UpdateProfileRequest {
-                    nickname: Some(format!("v{}", u + 2)),
-                    region: None,
-                });
-                req.metadata_mut()
-                    .insert("authorization", format!("Bearer {token}").parse().unwrap());
+                let req = bearer(
+                    pb::UpdateProfileRequest {
+                        nickname: Some(format!("v{}", u + 2)),
+                        region: None,
+                    },
+                    &token,
+                );
                 c.update_profile(req).await.unwrap();
             }
         }));
@@ -1019,31 +1006,24 @@ async fn an_update_that_changes_nothing_keeps_the_version_and_emits_nothing() {
         .await
         .unwrap();
     queue.take(1, WAIT).await;
-    let token = auth
-        .client
-        .login(pb::LoginRequest {
-            email: "same@example.com".into(),
-            password: "correct horse battery".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .access_token;
-    let mut req = Request::new(pb::UpdateProfileRequest {
-        nickname: Some("Ann".into()),
-        region: Some("Asia/Seoul".into()),
-    });
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let token = log_in(&mut auth.client, "same@example.com").await;
+    let req = bearer(
+        pb::UpdateProfileRequest {
+            nickname: Some("Ann".into()),
+            region: Some("Asia/Seoul".into()),
+        },
+        &token,
+    );
     let same = auth.client.update_profile(req).await.unwrap().into_inner();
     assert_eq!(same.member.unwrap().version, 1, "no new version");
     // A real change after it is version 2: the no-op emitted nothing before it.
-    let mut req = Request::new(pb::UpdateProfileRequest {
-        nickname: Some("Anna".into()),
-        region: None,
-    });
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let req = bearer(
+        pb::UpdateProfileRequest {
+            nickname: Some("Anna".into()),
+            region: None,
+        },
+        &token,
+    );
     let changed = auth.client.update_profile(req).await.unwrap().into_inner();
     assert_eq!(changed.member.unwrap().version, 2);
     let next = queue.take(1, WAIT).await;

@@ -1,6 +1,7 @@
 //! The whole system: real auth and task over real PostgreSQL and RabbitMQ,
 //! with faults injected for real (a cut TCP proxy, a killed runtime). Each
 //! scenario checks its end state in the databases and the broker.
+use memberflow_tests::fixtures::bearer;
 use memberflow_tests::system::spawn_task_alone;
 use memberflow_tests::system::{NOWHERE, System};
 use memberflow_tests::{
@@ -23,7 +24,6 @@ use memberflow_tests::{
 };
 use sqlx::PgPool;
 use task::ConsistencyMode;
-use tonic::Request;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -309,12 +309,13 @@ async fn two_auth_and_two_task_instances_keep_every_guarantee() {
                 let (_, token) = user_flow(a, &t, i).await;
                 // Two profile changes through the other auth instance.
                 for v in 2..=3 {
-                    let mut req = Request::new(auth_pb::UpdateProfileRequest {
-                        nickname: Some(format!("v{v}")),
-                        region: None,
-                    });
-                    req.metadata_mut()
-                        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+                    let req = bearer(
+                        auth_pb::UpdateProfileRequest {
+                            nickname: Some(format!("v{v}")),
+                            region: None,
+                        },
+                        &token,
+                    );
                     b.clone().update_profile(req).await.unwrap();
                 }
             })
@@ -383,13 +384,12 @@ async fn profile_updates_racing_their_signup_event_end_at_the_newest_version() {
                         let mut a = a.clone();
                         let token = token.clone();
                         tokio::spawn(async move {
-                            let mut req = Request::new(auth_pb::UpdateProfileRequest {
-                                nickname: Some(format!("n{u}")),
-                                region: Some("Europe/Berlin".into()),
-                            });
-                            req.metadata_mut().insert(
-                                "authorization",
-                                format!("Bearer {token}").parse().unwrap(),
+                            let req = bearer(
+                                auth_pb::UpdateProfileRequest {
+                                    nickname: Some(format!("n{u}")),
+                                    region: Some("Europe/Berlin".into()),
+                                },
+                                &token,
                             );
                             a.update_profile(req).await.unwrap();
                         })
