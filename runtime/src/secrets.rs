@@ -120,6 +120,13 @@ impl Audit {
         self
     }
 
+    /// Records a problem found elsewhere (a check that needed a
+    /// connection), at config key `key`.
+    pub fn problem(mut self, key: &str, problem: &str) -> Self {
+        self.problems.push(format!("{key} {problem}"));
+        self
+    }
+
     /// `Err` in production if anything was found; in development, one
     /// warning listing it.
     pub fn finish(self) -> Result<(), Refused> {
@@ -129,7 +136,7 @@ impl Audit {
             (Environment::Development, false) => {
                 tracing::warn!(
                     problems = %self.problems.join("; "),
-                    "DEVELOPMENT MODE: running with secrets that would be refused in production"
+                    "DEVELOPMENT MODE: running with secrets or roles that would be refused in production"
                 );
                 Ok(())
             }
