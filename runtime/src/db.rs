@@ -124,11 +124,11 @@ fn tls_pointless(url: &str, options: &PgConnectOptions) -> bool {
 /// exists, the role has no CREATEDB) never needs the maintenance database.
 pub async fn ensure_database(settings: &DatabaseSettings) -> Result<(), sqlx::Error> {
     let name = settings.database_name()?;
-    match PgConnection::connect_with(&settings.connect_options()?).await {
-        Ok(conn) => return conn.close().await,
-        // 3D000 invalid_catalog_name: it does not exist yet.
-        Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("3D000") => {}
-        Err(e) => return Err(e),
+    // Any failure (3D000 invalid_catalog_name; a pooler's own answer for a
+    // missing database) falls through to the maintenance database, which
+    // reports what is really wrong.
+    if let Ok(conn) = PgConnection::connect_with(&settings.connect_options()?).await {
+        return conn.close().await;
     }
     let maintenance = settings.connect_options()?.database("postgres");
     let mut conn = PgConnection::connect_with(&maintenance).await?;
