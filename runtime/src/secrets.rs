@@ -171,6 +171,21 @@ mod tests {
     }
 
     #[test]
+    fn a_problem_found_after_connecting_is_refused_in_production_only() {
+        let superuser = |environment| {
+            Audit::new(environment)
+                .problem("task.database.url", "connects as the PostgreSQL superuser")
+                .finish()
+        };
+        let err = superuser(Environment::Production).unwrap_err();
+        assert!(
+            err.to_string().contains("task.database.url connects as"),
+            "{err}"
+        );
+        assert!(superuser(Environment::Development).is_ok());
+    }
+
+    #[test]
     fn production_refuses_and_names_the_key_development_warns() {
         let known = SecretString::from(DEV_SIGNING_KEY);
         let err = Audit::new(Environment::Production)

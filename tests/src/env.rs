@@ -261,6 +261,9 @@ impl Drop for TestEnv {
                 "kept vhost {} and databases {:?}",
                 self.vhost, self.databases
             );
+            if let Some(p) = &self.principals {
+                eprintln!("kept broker users {:?} and roles {:?}", p.users, p.roles);
+            }
             return;
         }
         rabbitmqctl(&["delete_vhost", &self.vhost]);
