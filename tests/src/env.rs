@@ -25,6 +25,8 @@ pub struct TestEnv {
     /// Set by [`Self::least_privilege`]: the services connect as their own
     /// users and roles, created for this test only.
     principals: Option<Principals>,
+    /// Roles a test created itself ([`Self::drop_role_at_end`]).
+    extra_roles: Vec<String>,
 }
 
 /// The broker users and database roles of one least-privilege test. Broker
@@ -113,6 +115,7 @@ impl TestEnv {
             vhost,
             databases: Vec::new(),
             principals: None,
+            extra_roles: Vec::new(),
         }
     }
 
@@ -161,6 +164,12 @@ impl TestEnv {
             }
         }
         let _ = admin.close().await;
+    }
+
+    /// Drops `role` after this test's databases, for a test that creates
+    /// a role by other means (the docs' SQL for an existing deployment).
+    pub fn drop_role_at_end(&mut self, role: &str) {
+        self.extra_roles.push(role.to_owned());
     }
 
     fn principals_mut(&mut self) -> &mut Principals {
@@ -268,7 +277,8 @@ impl Drop for TestEnv {
         }
         rabbitmqctl(&["delete_vhost", &self.vhost]);
         let principals = self.principals.take();
-        let (users, roles) = principals.map(|p| (p.users, p.roles)).unwrap_or_default();
+        let (users, mut roles) = principals.map(|p| (p.users, p.roles)).unwrap_or_default();
+        roles.append(&mut self.extra_roles);
         for user in users {
             // Not asserted: a panic inside a panicking test's drop aborts.
             let _ = Command::new("rabbitmqctl")

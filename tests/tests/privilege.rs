@@ -13,8 +13,8 @@ use memberflow_contract::proto::auth::v1 as auth_pb;
 use memberflow_contract::topology::{DEAD_LETTER_QUEUE, EXCHANGE, MEMBER_UPDATED, QUEUE, rights};
 use memberflow_runtime::{amqp, settings::Environment, startup::Service as _};
 use memberflow_tests::{
-    apps::{mint_token, spawn_system, spawn_task, task_settings},
-    env::{TestEnv, database_role, rabbitmqctl_grants, role_sql},
+    apps::{auth_settings, mint_token, spawn_auth, spawn_system, spawn_task, task_settings},
+    env::{TestEnv, database_role, pg_base, rabbitmqctl_grants, role_sql},
     eventually,
     fixtures::{create_task, scalar, seed_auth_members, signup},
 };
@@ -450,4 +450,65 @@ async fn the_docs_print_the_grants_the_tests_run() {
             None => assert!(!init.contains(&format!("topic-permissions/%2F/{user} "))),
         }
     }
+}
+
+#[tokio::test]
+async fn an_existing_deployment_moves_to_a_role_of_its_own_with_the_docs_sql() {
+    // Arrange: auth migrated and serving as the superuser, as deployments
+    // did before; then stopped.
+    let mut env = TestEnv::new();
+    let mut auth = spawn_auth(auth_settings(&mut env)).await;
+    sign_up(&mut auth, "before@example.com", "Before").await;
+    auth.app.stop().await.unwrap();
+    let database = env
+        .database_url("auth")
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let role = database_role("auth", &env.id);
+    env.drop_role_at_end(&role);
+
+    // Act: the role, then docs/security.md's SQL for an existing deployment,
+    // with this test's names.
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/security.md"))
+        .unwrap();
+    let start = docs
+        .find("ALTER DATABASE auth OWNER TO memberflow_auth;")
+        .expect("the docs hand an existing database over");
+    let block = &docs[start..start + docs[start..].find("```").unwrap()];
+    let sql = block
+        .replace("memberflow_auth", &role)
+        .replace("DATABASE auth ", &format!("DATABASE \"{database}\" "));
+    let (on_server, in_database) = sql.split_once("\\connect auth\n").unwrap();
+    let mut server = PgConnection::connect(&format!("{}/postgres", pg_base()))
+        .await
+        .unwrap();
+    let create_role = role_sql(&role, "pw", &database).remove(0);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("{create_role};{on_server}")))
+        .execute(&mut server)
+        .await
+        .unwrap();
+    let auth_db = env.pool("auth").await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(in_database.to_owned()))
+        .execute(&auth_db)
+        .await
+        .unwrap();
+
+    // Assert: auth starts as the role (its migrations table read and
+    // checked), signs up, and the superuser owns nothing left in public.
+    let mut settings = auth_settings(&mut env);
+    settings.database = memberflow_runtime::db::DatabaseSettings::with_url(&format!(
+        "postgres://{role}:pw@{}/{database}",
+        env.pg_host()
+    ));
+    let mut auth = spawn_auth(settings).await;
+    sign_up(&mut auth, "after@example.com", "After").await;
+    let foreign = format!(
+        "SELECT (SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner <> '{role}')
+              + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                  WHERE n.nspname = 'public' AND pg_get_userbyid(p.proowner) <> '{role}')"
+    );
+    assert_eq!(scalar(&auth_db, &foreign).await, 0);
+    assert_eq!(scalar(&auth_db, "SELECT count(*) FROM members").await, 2);
 }
