@@ -191,11 +191,7 @@ pub async fn bootstrap(
     loop {
         let attempt = async {
             ensure_database(settings).await?;
-            let role = superuser(pool).await?;
-            Ok::<_, anyhow::Error>(role)
-        };
-        let attempt = async {
-            if let Some(role) = attempt.await? {
+            if let Some(role) = superuser(pool).await? {
                 let problem = format!(
                     "connects as the PostgreSQL superuser {role:?}, which passes every grant and \
                      CONNECT revoke; give the service a role of its own (docs/security.md)"
