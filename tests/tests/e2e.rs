@@ -6,7 +6,7 @@ use memberflow_tests::system::spawn_task_alone;
 use memberflow_tests::system::{NOWHERE, System};
 use memberflow_tests::{
     apps::sign_up_and_log_in,
-    fixtures::{scalar, signup},
+    fixtures::{scalar, seed_auth_members, signup},
 };
 use std::{sync::Arc, time::Duration};
 
@@ -407,21 +407,6 @@ async fn profile_updates_racing_their_signup_event_end_at_the_newest_version() {
     let (auth_db, task_db) = (env.pool("auth").await, env.pool("task").await);
     let rows = replica_converges(&auth_db, &task_db, n).await;
     assert!(rows.iter().all(|r| r.3 == 4 && r.2 == "Europe/Berlin"));
-}
-
-/// Puts `n` members straight into auth's table, bypassing the outbox, as a
-/// restore or a lost event would leave them: the replica never hears of them.
-async fn seed_auth_members(auth_db: &PgPool, n: i64) {
-    sqlx::query(
-        "INSERT INTO members (id, email, password_hash, nickname, region, version)
-         SELECT gen_random_uuid(), 'seed' || g || '@example.com', 'not-a-hash',
-                'seed ' || g, 'Asia/Seoul', 1 + g % 3
-           FROM generate_series(1, $1) g",
-    )
-    .bind(n)
-    .execute(auth_db)
-    .await
-    .unwrap();
 }
 
 /// auth and a task reading through to it, for the resync and reconciler
