@@ -238,6 +238,9 @@ fn amqp_urls_come_from_the_environment_comma_separated() {
     source.vars = Some(
         [
             ("TASK__ENVIRONMENT".to_owned(), "development".to_owned()),
+            // A shared broker key and one of task's own, side by side.
+            ("TASK__AMQP__HEARTBEAT_SECS".to_owned(), "9".to_owned()),
+            ("TASK__AMQP__PREFETCH".to_owned(), "7".to_owned()),
             (
                 "TASK__AMQP__URLS".to_owned(),
                 "amqp://guest:guest@127.0.0.1:5681/%2f,amqp://guest:guest@127.0.0.1:5682/%2f"
@@ -256,6 +259,7 @@ fn amqp_urls_come_from_the_environment_comma_separated() {
         ]
     );
     assert_eq!(task.amqp.nodes().len(), 2);
+    assert_eq!((task.amqp.heartbeat_secs, task.amqp.prefetch), (9, 7));
     assert_eq!(
         task.amqp.quorum_group_size(),
         Some(3),
