@@ -83,7 +83,11 @@ pub(crate) async fn propagation(
                     anyhow::bail!("the floor published an event task cannot apply");
                 };
                 task::replica::apply(&replica, std::slice::from_ref(&event)).await?;
-                let start = started.lock().expect("poisoned").get(&event.event_id).copied();
+                let start = started
+                    .lock()
+                    .expect("poisoned")
+                    .get(&event.event_id)
+                    .copied();
                 if let Some(start) = start {
                     applied.lock().expect("poisoned").push(start.elapsed());
                 }
@@ -122,10 +126,14 @@ pub(crate) async fn propagation(
     })
     .await?;
     let n = run.values.len();
-    eventually("the floor's events applied", Duration::from_secs(60), || {
-        let applied = applied.clone();
-        async move { (applied.lock().expect("poisoned").len() >= n).then_some(()) }
-    })
+    eventually(
+        "the floor's events applied",
+        Duration::from_secs(60),
+        || {
+            let applied = applied.clone();
+            async move { (applied.lock().expect("poisoned").len() >= n).then_some(()) }
+        },
+    )
     .await;
     consumer.abort();
     let _ = consumer_conn.close(200, "bench done".into()).await;

@@ -1,7 +1,8 @@
 //! Test kit for the memberflow suites: every test gets its own PostgreSQL
 //! databases and RabbitMQ vhost ([`env::TestEnv`]), a TCP proxy it can cut
 //! ([`proxy::TcpProxy`]), real services bound to port 0 ([`apps`]), and the
-//! requests and queries every suite builds ([`fixtures`]).
+//! requests and queries every suite builds ([`fixtures`]), and the replica
+//! beside auth for the resync and reconciler suites ([`replica`]).
 pub mod amqp;
 pub mod apps;
 pub mod cluster;
@@ -12,6 +13,7 @@ pub mod pgbouncer;
 pub mod process;
 pub mod prometheus;
 pub mod proxy;
+pub mod replica;
 
 use std::{future::Future, time::Duration};
 
