@@ -229,7 +229,7 @@ pub async fn carry_out(pool: &PgPool, plan: &Plan, policy: UnknownRows) -> sqlx:
     let mut done = PerKind::default();
     if !plan.upsert.is_empty() {
         let mut conn = pool.acquire().await?;
-        done.merge(&upsert(&mut *conn, &plan.upsert).await?);
+        done.merge(&upsert(&mut conn, &plan.upsert).await?);
     }
     done.merge(&overwrite(pool, &plan.overwrite).await?);
     done.add(Kind::Unknown, unknown(pool, &plan.unknown, policy).await?);

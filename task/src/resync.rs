@@ -86,7 +86,7 @@ pub async fn resync(
         let mut tx = pool.begin().await?;
         let ids: Vec<Uuid> = members.iter().map(|m| m.id).collect();
         let plan = repair::decide(&members, &replica::observe_ids(&mut *tx, &ids).await?);
-        let mut repaired = repair::upsert(&mut *tx, &plan.upsert).await?;
+        let mut repaired = repair::upsert(&mut tx, &plan.upsert).await?;
         if let (true, Some(last)) = (checkpointed, members.last()) {
             sqlx::query(
                 "INSERT INTO resync_checkpoint (name, last_id) VALUES ($1, $2)
