@@ -293,6 +293,60 @@ async fn resync_over_a_replica_that_is_ahead_brings_it_to_auths_state() {
 }
 
 #[tokio::test]
+async fn the_digest_sees_content_at_the_same_version_and_both_sides_hash_alike() {
+    // Arrange: 300 members, some with ended sessions, replicated.
+    let mut env = TestEnv::new();
+    let (_auth, _task, source, auth_db, task_db) =
+        replica_stage(&mut env, |s| s.reconcile.interval_secs = 0).await;
+    seed_auth_members(&auth_db, 300).await;
+    sqlx::query(
+        "UPDATE members SET sessions_not_before = now(), sessions_version = version
+          WHERE id IN (SELECT id FROM members ORDER BY id LIMIT 100)",
+    )
+    .execute(&auth_db)
+    .await
+    .unwrap();
+    task::resync::resync(&task_db, &source, task::resync::Scope::All, |_| {})
+        .await
+        .unwrap();
+    let pass = task::reconcile::reconcile_once(&task_db, &source, UnknownRows::Report)
+        .await
+        .unwrap();
+    assert_eq!(pass.found.total(), 0, "equal rows hash alike: {pass:?}");
+
+    // Act: content changes at the same version: nickname, region, session
+    // state (set and cleared).
+    sqlx::raw_sql(
+        "UPDATE members SET nickname = 'other'
+          WHERE id IN (SELECT id FROM members ORDER BY id OFFSET 150 LIMIT 3);
+         UPDATE members SET region = 'Europe/Oslo'
+          WHERE id IN (SELECT id FROM members ORDER BY id OFFSET 200 LIMIT 3);
+         UPDATE members SET sessions_not_before = NULL
+          WHERE id IN (SELECT id FROM members ORDER BY id LIMIT 2);
+         UPDATE members SET sessions_not_before = now(), sessions_version = 9
+          WHERE id IN (SELECT id FROM members ORDER BY id DESC LIMIT 2);",
+    )
+    .execute(&task_db)
+    .await
+    .unwrap();
+    let pass = task::reconcile::reconcile_once(&task_db, &source, UnknownRows::Report)
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(
+        (
+            pass.found.get(Kind::Conflict),
+            pass.repaired.get(Kind::Conflict)
+        ),
+        (10, 10),
+        "{pass:?}"
+    );
+    assert_eq!(pass.found.total(), 10);
+    assert_eq!(members(&task_db).await, members(&auth_db).await);
+}
+
+#[tokio::test]
 async fn rows_auth_does_not_have_are_reported_or_removed_unless_they_have_tasks() {
     // Arrange: one real member; two replica rows auth never had, one of
     // which has a task.
