@@ -308,7 +308,8 @@ pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
         lab.add(
             Figure::new(
                 format!("Propagation beside its floor, {per_sec}/s"),
-                "the shipped system as below; the floor, measured right after it at the same offered rate, runs per message in sequence the bare signup statement's commit, one raw lapin publish confirmed by a quorum queue, a raw consume and task's bare apply statement (one event each)",
+                "the shipped system as below; the floor, measured right after it at the same offered rate, runs per message in sequence the bare signup statement's commit, one raw lapin publish confirmed by a quorum queue, a raw consume and task's bare apply statement (one event each)"
+                    .to_owned(),
                 Measure::Latency(ours.latency),
             )
             .against("the bare chain (floor)", Measure::Latency(floor))

@@ -144,14 +144,12 @@ impl TestAuth {
         nickname: Option<&str>,
         region: Option<&str>,
     ) -> i64 {
-        let mut req =
-            tonic::Request::new(memberflow_contract::proto::auth::v1::UpdateProfileRequest {
+        let req = crate::fixtures::bearer(
+            memberflow_contract::proto::auth::v1::UpdateProfileRequest {
                 nickname: nickname.map(str::to_owned),
                 region: region.map(str::to_owned),
-            });
-        req.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {token}").parse().expect("metadata"),
+            },
+            token,
         );
         self.client
             .update_profile(req)
@@ -170,7 +168,7 @@ pub async fn sign_up_and_log_in(
     client: &mut AuthServiceClient<Channel>,
     req: memberflow_contract::proto::auth::v1::SignUpRequest,
 ) -> (uuid::Uuid, String) {
-    let login = crate::fixtures::login(&req.email, &req.password);
+    let (email, password) = (req.email.clone(), req.password.clone());
     let id = client
         .sign_up(req)
         .await
@@ -179,28 +177,26 @@ pub async fn sign_up_and_log_in(
         .member
         .expect("a member")
         .id;
-    let token = client
-        .login(login)
-        .await
-        .expect("login")
-        .into_inner()
-        .access_token;
+    let token = log_in_with(client, &email, &password).await;
     (id.parse().expect("a member id"), token)
 }
 
-/// auth, then task in `mode` reaching that auth, both SERVING: the system
-/// most suites test.
-pub async fn spawn_system(env: &mut TestEnv, mode: task::ConsistencyMode) -> (TestAuth, TestTask) {
-    let auth = spawn_auth(auth_settings(env)).await;
-    let auth_addr = format!("http://{}", auth.app.addr);
-    let task = spawn_task(task_settings(env, mode, &auth_addr)).await;
-    (auth, task)
+/// Logs in as `email` with the fixtures' password: the access token.
+pub async fn log_in(client: &mut AuthServiceClient<Channel>, email: &str) -> String {
+    log_in_with(client, email, crate::fixtures::PASSWORD).await
 }
 
-/// task in `mode` with no auth to reach (read-through and key refreshes
-/// fail fast): for what task decides on its own.
-pub async fn spawn_task_alone(env: &mut TestEnv, mode: task::ConsistencyMode) -> TestTask {
-    spawn_task(task_settings(env, mode, "http://127.0.0.1:1")).await
+async fn log_in_with(
+    client: &mut AuthServiceClient<Channel>,
+    email: &str,
+    password: &str,
+) -> String {
+    client
+        .login(crate::fixtures::login(email, password))
+        .await
+        .expect("login")
+        .into_inner()
+        .access_token
 }
 
 /// Starts auth and waits until it reports SERVING.

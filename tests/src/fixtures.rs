@@ -2,6 +2,7 @@
 //! a login, a task to create, a scalar query.
 use memberflow_contract::proto::{auth::v1 as auth_pb, task::v1 as pb};
 use sqlx::PgPool;
+use tonic::Request;
 use uuid::Uuid;
 
 /// The password every fixture member has.
@@ -51,4 +52,14 @@ pub fn create_task_due(title: &str, due_local: &str) -> pb::CreateTaskRequest {
         due_local: due_local.into(),
         ..create_task(title)
     }
+}
+
+/// `msg` with `authorization: Bearer <token>`.
+pub fn bearer<T>(msg: T, token: &str) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("a token is ASCII"),
+    );
+    req
 }

@@ -64,6 +64,23 @@ fn vars(pairs: &[(&str, String)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The tests crate's `mf-service` binary, which cargo builds before it runs
+/// the suites: beside the directory of the running test binary
+/// (`target/<profile>/deps/`).
+pub fn service_exe() -> String {
+    let me = std::env::current_exe().expect("the test binary's path");
+    let dir = me
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
+    let exe = dir.join("mf-service");
+    assert!(
+        exe.exists(),
+        "{exe:?} is missing: run the suites with cargo test -p memberflow-tests"
+    );
+    exe.to_string_lossy().into_owned()
+}
+
 impl ServiceProcess {
     /// Starts `service` ("auth" or "task") from the `mf-service` binary at
     /// `exe` with `vars` (keys without the prefix; later keys win), on ports

@@ -83,3 +83,19 @@ impl Drop for Prometheus {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Whether the exposition `exported` (every service's `/metrics` text) has
+/// metric `name`: a sample line, or its family's TYPE line when it has no
+/// sample yet (OpenMetrics names a counter's family without `_total`). For
+/// checks that what a dashboard or an alert queries is really exported.
+pub fn is_exported(exported: &str, name: &str) -> bool {
+    let family = ["_total", "_bucket", "_count", "_sum"]
+        .iter()
+        .find_map(|suffix| name.strip_suffix(suffix))
+        .unwrap_or(name);
+    exported.lines().any(|l| {
+        l.starts_with(&format!("{name} "))
+            || l.starts_with(&format!("{name}{{"))
+            || l.starts_with(&format!("# TYPE {family} "))
+    })
+}

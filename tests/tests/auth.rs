@@ -1,7 +1,10 @@
 //! The auth service against real PostgreSQL and RabbitMQ: signup through the
 //! outbox, validation, credentials, and relay fault tolerance.
 use memberflow_runtime::startup::Service as _;
+use memberflow_tests::apps::{log_in, sign_up_and_log_in};
+use memberflow_tests::fixtures::bearer;
 use memberflow_tests::fixtures::{scalar, signup};
+use memberflow_tests::system::NOWHERE;
 use std::{collections::HashMap, time::Duration};
 
 use lapin::types::AMQPValue;
@@ -292,21 +295,14 @@ async fn bad_input_gets_the_right_status_and_writes_nothing() {
         .await
         .unwrap_err();
     assert_eq!(anonymous.code(), Code::Unauthenticated);
-    let token = c
-        .login(pb::LoginRequest {
-            email: "b@example.com".into(),
-            password: "correct horse battery".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .access_token;
-    let mut bad = Request::new(pb::UpdateProfileRequest {
-        nickname: None,
-        region: Some("Nowhere/Land".into()),
-    });
-    bad.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let token = log_in(&mut c, "b@example.com").await;
+    let bad = bearer(
+        pb::UpdateProfileRequest {
+            nickname: None,
+            region: Some("Nowhere/Land".into()),
+        },
+        &token,
+    );
     let bad = c.update_profile(bad).await.unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
     assert_eq!(violated_fields(&bad), vec!["region"]);
@@ -324,22 +320,14 @@ async fn update_profile_bumps_the_version_and_emits_member_updated() {
     let queue = TestQueue::bind(&env.amqp_url(), "observer").await;
     let mut auth = spawn_auth(auth_settings(&mut env)).await;
     auth.client.sign_up(signup("c@example.com")).await.unwrap();
-    let token = auth
-        .client
-        .login(pb::LoginRequest {
-            email: "c@example.com".into(),
-            password: "correct horse battery".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .access_token;
-    let mut req = Request::new(pb::UpdateProfileRequest {
-        nickname: Some("Annie".into()),
-        region: Some("Europe/Berlin".into()),
-    });
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let token = log_in(&mut auth.client, "c@example.com").await;
+    let req = bearer(
+        pb::UpdateProfileRequest {
+            nickname: Some("Annie".into()),
+            region: Some("Europe/Berlin".into()),
+        },
+        &token,
+    );
     let member = auth
         .client
         .update_profile(req)
@@ -426,25 +414,16 @@ async fn two_relays_on_one_database_publish_each_event_once_in_version_order() {
         let clients = [a.client.clone(), b.client.clone()];
         tasks.push(tokio::spawn(async move {
             let mut c = clients[i % 2].clone();
-            let email = format!("r{i}@example.com");
-            c.sign_up(signup(&email)).await.unwrap();
-            let token = c
-                .login(memberflow_tests::fixtures::login(
-                    &email,
-                    memberflow_tests::fixtures::PASSWORD,
-                ))
-                .await
-                .unwrap()
-                .into_inner()
-                .access_token;
+            let (_, token) = sign_up_and_log_in(&mut c, signup(&format!("r{i}@example.com"))).await;
             for u in 0..updates {
                 let mut c = clients[(i + u + 1) % 2].clone();
-                let mut req = Request::new(pb::UpdateProfileRequest {
-                    nickname: Some(format!("v{}", u + 2)),
-                    region: None,
-                });
-                req.metadata_mut()
-                    .insert("authorization", format!("Bearer {token}").parse().unwrap());
+                let req = bearer(
+                    pb::UpdateProfileRequest {
+                        nickname: Some(format!("v{}", u + 2)),
+                        region: None,
+                    },
+                    &token,
+                );
                 c.update_profile(req).await.unwrap();
             }
         }));
@@ -855,7 +834,9 @@ async fn behind_pgbouncer_in_transaction_mode_the_relay_uses_its_direct_url() {
     wait_outbox_empty(&pool).await;
     assert_eq!(observer.depth().await, 0, "each event once");
 
-    // The RPCs went through PgBouncer; the relay's sessions did not.
+    // The RPCs went through PgBouncer; the relay's sessions (the leader's
+    // and the lease's) did not.
+    leader_pid(&pool).await;
     let admin = format!("postgres://postgres@{}/pgbouncer", bouncer.host());
     let mut console = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
         .await
@@ -878,14 +859,6 @@ async fn behind_pgbouncer_in_transaction_mode_the_relay_uses_its_direct_url() {
         !names.iter().any(|n| n.starts_with("memberflow-")),
         "no relay session through PgBouncer: {names:?}"
     );
-    let leader_app: String = sqlx::query_scalar(
-        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-          WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database()",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(leader_app, "memberflow-relay");
 }
 
 /// One reflection (v1) request to `addr`, as grpcurl would send it.
@@ -952,7 +925,7 @@ async fn each_port_reflects_only_its_own_service() {
     let task = memberflow_tests::apps::spawn_task(memberflow_tests::apps::task_settings(
         &mut env,
         task::ConsistencyMode::NotReady,
-        "http://127.0.0.1:1",
+        NOWHERE,
     ))
     .await;
     let plumbing = [
@@ -986,7 +959,7 @@ async fn reflection_resolves_every_error_detail_type() {
     let task = memberflow_tests::apps::spawn_task(memberflow_tests::apps::task_settings(
         &mut env,
         task::ConsistencyMode::NotReady,
-        "http://127.0.0.1:1",
+        NOWHERE,
     ))
     .await;
     for addr in [auth.app.addr, task.app.addr] {
@@ -1033,31 +1006,24 @@ async fn an_update_that_changes_nothing_keeps_the_version_and_emits_nothing() {
         .await
         .unwrap();
     queue.take(1, WAIT).await;
-    let token = auth
-        .client
-        .login(pb::LoginRequest {
-            email: "same@example.com".into(),
-            password: "correct horse battery".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .access_token;
-    let mut req = Request::new(pb::UpdateProfileRequest {
-        nickname: Some("Ann".into()),
-        region: Some("Asia/Seoul".into()),
-    });
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let token = log_in(&mut auth.client, "same@example.com").await;
+    let req = bearer(
+        pb::UpdateProfileRequest {
+            nickname: Some("Ann".into()),
+            region: Some("Asia/Seoul".into()),
+        },
+        &token,
+    );
     let same = auth.client.update_profile(req).await.unwrap().into_inner();
     assert_eq!(same.member.unwrap().version, 1, "no new version");
     // A real change after it is version 2: the no-op emitted nothing before it.
-    let mut req = Request::new(pb::UpdateProfileRequest {
-        nickname: Some("Anna".into()),
-        region: None,
-    });
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let req = bearer(
+        pb::UpdateProfileRequest {
+            nickname: Some("Anna".into()),
+            region: None,
+        },
+        &token,
+    );
     let changed = auth.client.update_profile(req).await.unwrap().into_inner();
     assert_eq!(changed.member.unwrap().version, 2);
     let next = queue.take(1, WAIT).await;

@@ -9,6 +9,7 @@
 //! is in the replica at its version, each event was applied once, the outbox
 //! is empty and so is the DLQ.
 use memberflow_tests::fixtures::scalar;
+use memberflow_tests::system::NOWHERE;
 use std::time::{Duration, Instant};
 
 use memberflow_contract::proto::auth::v1 as auth_pb;
@@ -110,7 +111,7 @@ async fn a_three_node_cluster_survives_losing_its_leader_a_minority_and_a_majori
     let auth = spawn_auth(a).await;
     let mut tasks = Vec::new();
     for _ in 0..2 {
-        let mut t = task_settings(&mut env, ConsistencyMode::NotReady, "http://127.0.0.1:1");
+        let mut t = task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE);
         t.amqp.urls = urls.iter().map(|u| u.as_str().into()).collect();
         tasks.push(spawn_task(t).await);
     }

@@ -1,8 +1,10 @@
 //! Read-your-writes through consistency tokens: a CreateTask right after a
 //! write in auth is served from a replica that has it, woken by the apply
 //! rather than by retries or polling.
-use memberflow_tests::apps::spawn_system;
+use memberflow_tests::fixtures::bearer;
 use memberflow_tests::fixtures::create_task;
+use memberflow_tests::system::NOWHERE;
+use memberflow_tests::system::spawn_system;
 use std::time::{Duration, Instant};
 
 use memberflow_contract::consistency::ConsistencyToken;
@@ -15,10 +17,8 @@ use memberflow_tests::{
     eventually,
 };
 use task::ConsistencyMode;
-use tonic::{Code, Request};
+use tonic::Code;
 use uuid::Uuid;
-
-const NOWHERE: &str = "http://127.0.0.1:1";
 
 #[tokio::test]
 async fn create_task_after_a_region_change_uses_the_new_zone_without_retries() {
@@ -60,12 +60,13 @@ async fn create_task_after_a_region_change_uses_the_new_zone_without_retries() {
         "Asia/Seoul",
     ];
     for (i, zone) in zones.iter().cycle().take(20).enumerate() {
-        let mut req = Request::new(auth_pb::UpdateProfileRequest {
-            nickname: None,
-            region: Some((*zone).to_owned()),
-        });
-        req.metadata_mut()
-            .insert("authorization", format!("Bearer {access}").parse().unwrap());
+        let req = bearer(
+            auth_pb::UpdateProfileRequest {
+                nickname: None,
+                region: Some((*zone).to_owned()),
+            },
+            &access,
+        );
         let updated = auth.client.update_profile(req).await.unwrap().into_inner();
         tasks.set_consistency_token(updated.consistency_token);
         let created = tasks

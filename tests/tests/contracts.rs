@@ -2,6 +2,7 @@
 //! docs/contracts.md): today's task applies what a newer auth may send, an
 //! event with fields it does not know, and the oldest event bytes auth ever
 //! published (frozen in tests/fixtures/events/).
+use memberflow_tests::system::spawn_task_alone;
 use std::time::Duration;
 
 use memberflow_contract::proto::auth::v1 as pb;
@@ -10,12 +11,7 @@ use memberflow_contract::topology::MEMBER_CREATED;
 use memberflow_contract::topology::MEMBER_SESSIONS_REVOKED;
 use memberflow_contract::topology::MEMBER_UPDATED;
 use memberflow_contract::topology::QUEUE;
-use memberflow_tests::{
-    amqp::RawPublisher,
-    apps::{TestTask, spawn_task, task_settings},
-    env::TestEnv,
-    eventually,
-};
+use memberflow_tests::{amqp::RawPublisher, apps::TestTask, env::TestEnv, eventually};
 use prost::Message;
 use sqlx::PgPool;
 use task::{
@@ -26,7 +22,6 @@ use task::{
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(20);
-const NOWHERE: &str = "http://127.0.0.1:1";
 
 /// Fields a newer auth might add to an event, one of each wire type
 /// (length-delimited, varint, 64- and 32-bit). Protobuf concatenation is a
@@ -133,7 +128,7 @@ async fn task_applies_events_from_a_newer_auth_with_fields_it_does_not_know() {
 
     // Act + Assert, through the broker into the replica.
     let mut env = TestEnv::new();
-    let task = spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await;
+    let task = spawn_task_alone(&mut env, ConsistencyMode::NotReady).await;
     let publisher = RawPublisher::connect(&env.amqp_url()).await;
     let pool = env.pool("task").await;
     publisher.publish(MEMBER_CREATED, &newer(&changed)).await;
@@ -180,7 +175,7 @@ async fn task_applies_the_oldest_event_bytes_auth_ever_published() {
 
     // Act + Assert, through the broker into the replica.
     let mut env = TestEnv::new();
-    let task = spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await;
+    let task = spawn_task_alone(&mut env, ConsistencyMode::NotReady).await;
     let publisher = RawPublisher::connect(&env.amqp_url()).await;
     let pool = env.pool("task").await;
     publisher.publish(MEMBER_CREATED, created).await;

@@ -1,8 +1,10 @@
 //! The whole system: real auth and task over real PostgreSQL and RabbitMQ,
 //! with faults injected for real (a cut TCP proxy, a killed runtime). Each
 //! scenario checks its end state in the databases and the broker.
-use memberflow_tests::apps::spawn_task_alone;
+use memberflow_tests::fixtures::bearer;
 use memberflow_tests::replica::{replica_stage, seed_auth_members};
+use memberflow_tests::system::spawn_task_alone;
+use memberflow_tests::system::{NOWHERE, System};
 use memberflow_tests::{
     apps::sign_up_and_log_in,
     fixtures::{scalar, signup},
@@ -23,7 +25,6 @@ use memberflow_tests::{
 };
 use sqlx::PgPool;
 use task::ConsistencyMode;
-use tonic::Request;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -176,13 +177,10 @@ async fn load_200_members_in_not_ready_mode() {
 async fn broker_cut_mid_run_loses_and_duplicates_nothing() {
     let n = 100;
     let mut env = TestEnv::new();
-    let broker = TcpProxy::start(&env.amqp_host()).await;
-    let mut a = auth_settings(&mut env);
-    a.amqp.url = env.amqp_url_via(&broker.host()).into();
-    let auth = spawn_auth(a).await;
-    let mut t = task_settings(&mut env, ConsistencyMode::NotReady, "http://127.0.0.1:1");
-    t.amqp.url = env.amqp_url_via(&broker.host()).into();
-    let task = Arc::new(spawn_task(t).await);
+    let mut system = System::builder(&mut env).broker_via_proxy().start().await;
+    let broker = system.broker().clone();
+    let auth = system.auths.remove(0);
+    let task = Arc::new(system.tasks.remove(0));
     let (auth_db, task_db) = (env.pool("auth").await, env.pool("task").await);
 
     let flows: Vec<_> = (0..n)
@@ -227,12 +225,7 @@ async fn auth_killed_after_commit_before_publish_publishes_after_restart() {
     for i in 0..n {
         auth.client
             .clone()
-            .sign_up(auth_pb::SignUpRequest {
-                email: format!("k{i}@example.com"),
-                password: "correct horse battery".into(),
-                nickname: "k".into(),
-                region: "Asia/Seoul".into(),
-            })
+            .sign_up(signup(&format!("k{i}@example.com")))
             .await
             .unwrap();
     }
@@ -257,7 +250,7 @@ async fn task_killed_before_ack_gets_the_events_again_without_duplicates() {
     let n = 20;
     let mut env = TestEnv::new();
     let db = TcpProxy::start(&env.pg_host()).await;
-    let mut t = task_settings(&mut env, ConsistencyMode::NotReady, "http://127.0.0.1:1");
+    let mut t = task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE);
     t.database = memberflow_runtime::db::DatabaseSettings::with_url(
         &env.database_url("task").replace(&env.pg_host(), &db.host()),
     );
@@ -270,12 +263,7 @@ async fn task_killed_before_ack_gets_the_events_again_without_duplicates() {
     for i in 0..n {
         auth.client
             .clone()
-            .sign_up(auth_pb::SignUpRequest {
-                email: format!("t{i}@example.com"),
-                password: "correct horse battery".into(),
-                nickname: "t".into(),
-                region: "Asia/Seoul".into(),
-            })
+            .sign_up(signup(&format!("t{i}@example.com")))
             .await
             .unwrap();
     }
@@ -308,22 +296,8 @@ async fn two_auth_and_two_task_instances_keep_every_guarantee() {
         spawn_auth(auth_settings(&mut env)).await,
     ];
     let tasks = [
-        Arc::new(
-            spawn_task(task_settings(
-                &mut env,
-                ConsistencyMode::NotReady,
-                "http://127.0.0.1:1",
-            ))
-            .await,
-        ),
-        Arc::new(
-            spawn_task(task_settings(
-                &mut env,
-                ConsistencyMode::NotReady,
-                "http://127.0.0.1:1",
-            ))
-            .await,
-        ),
+        Arc::new(spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await),
+        Arc::new(spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await),
     ];
     let flows: Vec<_> = (0..n)
         .map(|i| {
@@ -336,12 +310,13 @@ async fn two_auth_and_two_task_instances_keep_every_guarantee() {
                 let (_, token) = user_flow(a, &t, i).await;
                 // Two profile changes through the other auth instance.
                 for v in 2..=3 {
-                    let mut req = Request::new(auth_pb::UpdateProfileRequest {
-                        nickname: Some(format!("v{v}")),
-                        region: None,
-                    });
-                    req.metadata_mut()
-                        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+                    let req = bearer(
+                        auth_pb::UpdateProfileRequest {
+                            nickname: Some(format!("v{v}")),
+                            region: None,
+                        },
+                        &token,
+                    );
                     b.clone().update_profile(req).await.unwrap();
                 }
             })
@@ -369,14 +344,8 @@ async fn poison_published_to_the_exchange_is_dead_lettered_while_events_flow() {
     let n = 10;
     let mut env = TestEnv::new();
     let auth = spawn_auth(auth_settings(&mut env)).await;
-    let task = Arc::new(
-        spawn_task(task_settings(
-            &mut env,
-            ConsistencyMode::NotReady,
-            "http://127.0.0.1:1",
-        ))
-        .await,
-    );
+    let task =
+        Arc::new(spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await);
     let publisher = RawPublisher::connect(&env.amqp_url()).await;
     for i in 0..n {
         publisher
@@ -416,13 +385,12 @@ async fn profile_updates_racing_their_signup_event_end_at_the_newest_version() {
                         let mut a = a.clone();
                         let token = token.clone();
                         tokio::spawn(async move {
-                            let mut req = Request::new(auth_pb::UpdateProfileRequest {
-                                nickname: Some(format!("n{u}")),
-                                region: Some("Europe/Berlin".into()),
-                            });
-                            req.metadata_mut().insert(
-                                "authorization",
-                                format!("Bearer {token}").parse().unwrap(),
+                            let req = bearer(
+                                auth_pb::UpdateProfileRequest {
+                                    nickname: Some(format!("n{u}")),
+                                    region: Some("Europe/Berlin".into()),
+                                },
+                                &token,
                             );
                             a.update_profile(req).await.unwrap();
                         })

@@ -5,37 +5,29 @@
 use std::time::{Duration, Instant};
 
 use auth::outbox::{publisher::Publisher, relay};
-use memberflow_contract::proto::auth::v1 as pb;
+use memberflow_contract::proto::auth::v1::auth_service_client::AuthServiceClient;
 use memberflow_contract::topology::{DEAD_LETTER_QUEUE, QUEUE};
 use memberflow_runtime::{amqp::Nodes, lease::Elector, shutdown::CancellationToken};
 use memberflow_tests::{
     amqp::{MemberEventFixture, RawPublisher, TestQueue},
-    apps::{auth_settings, spawn_auth, spawn_task, task_settings},
+    apps::{auth_settings, spawn_task, task_settings},
     env::TestEnv,
     eventually,
-    process::{ServiceProcess, auth_vars, task_vars},
+    fixtures::{scalar, signup},
+    process::ServiceProcess,
     proxy::TcpProxy,
+    system::{NOWHERE, System, spawn_task_alone},
 };
 use sqlx::{Connection, PgPool};
 use task::ConsistencyMode;
 use uuid::Uuid;
 
-/// The child-process service binary of the tests crate.
-const EXE: &str = env!("CARGO_BIN_EXE_mf-service");
-const NOWHERE: &str = "http://127.0.0.1:1";
 const WAIT: Duration = Duration::from_secs(30);
 /// The shipped defaults these tests measure against.
 const LEASE: Duration = Duration::from_millis(6_000);
 const LEADER_RETRY: Duration = Duration::from_millis(1_000);
 const HEARTBEAT: Duration = Duration::from_secs(5);
 const APPLY_TIMEOUT: Duration = Duration::from_millis(5_000);
-
-async fn scalar(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
 
 /// Waits until the replica holds `n` members; returns how long that took
 /// from `since`.
@@ -47,19 +39,12 @@ async fn replica_reaches(pool: &PgPool, n: i64, since: Instant, bound: Duration)
     since.elapsed()
 }
 
+/// Signs up members `from..to` through `auth`.
 async fn sign_up(auth: &ServiceProcess, from: usize, to: usize) {
-    let mut client =
-        memberflow_contract::proto::auth::v1::auth_service_client::AuthServiceClient::new(
-            auth.channel.clone(),
-        );
+    let mut client = AuthServiceClient::new(auth.channel.clone());
     for i in from..to {
         client
-            .sign_up(pb::SignUpRequest {
-                email: format!("hang{i}@example.com"),
-                password: "correct horse battery".into(),
-                nickname: "Ann".into(),
-                region: "Asia/Seoul".into(),
-            })
+            .sign_up(signup(&format!("hang{i}@example.com")))
             .await
             .unwrap();
     }
@@ -96,11 +81,16 @@ async fn a_paused_relay_leader_loses_its_lease_and_a_standby_publishes() {
     // publish.
     let mut env = TestEnv::new();
     let observer = TestQueue::bind(&env.amqp_url(), "observer").await;
-    let _task = spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await;
+    let system = System::builder(&mut env)
+        .auth_instances(2)
+        .auth_processes()
+        .start()
+        .await;
     let replica = env.pool("task").await;
-    let a = ServiceProcess::start(EXE, "auth", &auth_vars(&mut env)).await;
-    let b = ServiceProcess::start(EXE, "auth", &auth_vars(&mut env)).await;
-    let (leader, standby) = holder("memberflow_relay_leader", &a, &b).await;
+    let [a, b] = &system.auth_processes[..] else {
+        unreachable!("two auth processes")
+    };
+    let (leader, standby) = holder("memberflow_relay_leader", a, b).await;
     sign_up(standby, 0, 1).await;
     replica_reaches(&replica, 1, Instant::now(), WAIT).await;
     let batches = leader.metric("memberflow_relay_batch_seconds_count").await;
@@ -259,8 +249,15 @@ async fn a_deposed_relay_writes_nothing_and_starts_no_batch() {
 #[tokio::test]
 async fn a_paused_consumer_gives_its_messages_back_within_the_heartbeat_bound() {
     let mut env = TestEnv::new();
-    let a = ServiceProcess::start(EXE, "task", &task_vars(&mut env, NOWHERE)).await;
-    let b = ServiceProcess::start(EXE, "task", &task_vars(&mut env, NOWHERE)).await;
+    let system = System::builder(&mut env)
+        .auth_instances(0)
+        .task_instances(2)
+        .task_processes()
+        .start()
+        .await;
+    let [a, b] = &system.task_processes[..] else {
+        unreachable!("two task processes")
+    };
     let replica = env.pool("task").await;
     let publisher = RawPublisher::connect(&env.amqp_url()).await;
     let event = || MemberEventFixture::new(Uuid::new_v4(), 1, "Asia/Seoul");
@@ -287,7 +284,7 @@ async fn a_paused_consumer_gives_its_messages_back_within_the_heartbeat_bound() 
         "the other instance applied the paused one's share"
     );
     a.resume();
-    metric_becomes(&a, "memberflow_consumer_attached", 1.0).await;
+    metric_becomes(a, "memberflow_consumer_attached", 1.0).await;
     assert_eq!(publisher.depth(DEAD_LETTER_QUEUE).await, 0);
     assert_eq!(scalar(&replica, "SELECT count(*) FROM inbox").await, 201);
 }
@@ -303,7 +300,7 @@ async fn a_blackholed_database_link_gives_the_batch_back() {
         .replace(&env.pg_host(), &proxy.host());
     via_proxy.database = memberflow_runtime::db::DatabaseSettings::with_url(&url);
     let a = spawn_task(via_proxy).await;
-    let b = spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await;
+    let b = spawn_task_alone(&mut env, ConsistencyMode::NotReady).await;
     let replica = env.pool("task").await;
     let publisher = RawPublisher::connect(&env.amqp_url()).await;
     let event = || MemberEventFixture::new(Uuid::new_v4(), 1, "Asia/Seoul");
@@ -351,26 +348,26 @@ async fn a_paused_reconciler_hands_its_lease_over() {
     // Arrange: auth with three members, two task processes reconciling
     // every second.
     let mut env = TestEnv::new();
-    let mut auth = spawn_auth(auth_settings(&mut env)).await;
-    let auth_url = format!("http://{}", auth.app.addr);
-    let mut vars = task_vars(&mut env, &auth_url);
-    vars.push(("RECONCILE__INTERVAL_SECS".into(), "1".into()));
-    let a = ServiceProcess::start(EXE, "task", &vars).await;
-    let b = ServiceProcess::start(EXE, "task", &vars).await;
+    let mut system = System::builder(&mut env)
+        .task_instances(2)
+        .task_processes()
+        .task_var("RECONCILE__INTERVAL_SECS", "1")
+        .start()
+        .await;
     let replica = env.pool("task").await;
     for i in 0..3 {
-        auth.client
-            .sign_up(pb::SignUpRequest {
-                email: format!("r{i}@example.com"),
-                password: "correct horse battery".into(),
-                nickname: "Ann".into(),
-                region: "Asia/Seoul".into(),
-            })
+        system
+            .auth()
+            .client
+            .sign_up(signup(&format!("r{i}@example.com")))
             .await
             .unwrap();
     }
     replica_reaches(&replica, 3, Instant::now(), WAIT).await;
-    let (reconciler, other) = holder("memberflow_reconcile_leader", &a, &b).await;
+    let [a, b] = &system.task_processes[..] else {
+        unreachable!("two task processes")
+    };
+    let (reconciler, other) = holder("memberflow_reconcile_leader", a, b).await;
 
     // Act: pause the lease holder, then lose a replica row.
     reconciler.pause();

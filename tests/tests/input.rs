@@ -3,8 +3,8 @@
 //! field), and changes nothing; one email address is one account however it
 //! is spelled.
 use memberflow_contract::proto::{auth::v1 as auth_pb, task::v1 as pb};
-use memberflow_tests::apps::spawn_task_alone;
 use memberflow_tests::fixtures::signup;
+use memberflow_tests::system::spawn_task_alone;
 use memberflow_tests::{
     apps::{auth_settings, mint_token, spawn_auth},
     env::TestEnv,

@@ -1,6 +1,7 @@
 //! Abuse limits: login throttling, the bounded hashing queue, and the
 //! server limits (metadata size, concurrency, per-RPC timeout, message size,
 //! HTTP/2 keepalive). Each refusal is a clean gRPC status.
+use memberflow_tests::fixtures::bearer;
 use memberflow_tests::fixtures::{PASSWORD, login, signup};
 use std::time::{Duration, Instant};
 
@@ -247,12 +248,13 @@ async fn server_limits_answer_clean_statuses() {
         .unwrap();
     let mut busy = auth.client.clone();
     let held = tokio::spawn(async move {
-        let mut req = Request::new(pb::UpdateProfileRequest {
-            nickname: Some("Held".into()),
-            region: None,
-        });
-        req.metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let req = bearer(
+            pb::UpdateProfileRequest {
+                nickname: Some("Held".into()),
+                region: None,
+            },
+            &token,
+        );
         busy.update_profile(req).await
     });
     // The held call is in flight (it holds the one permit) once its

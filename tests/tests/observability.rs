@@ -2,7 +2,7 @@
 //! services while members sign up and create tasks, and its query API must
 //! show the figures moving; the Grafana dashboard only queries metrics the
 //! services really export.
-use memberflow_tests::apps::spawn_system;
+use memberflow_tests::system::spawn_system;
 use std::{collections::BTreeSet, time::Duration};
 
 use memberflow_contract::proto::auth::v1 as auth_pb;
@@ -20,26 +20,13 @@ async fn prometheus_sees_the_pipeline_move() {
         Prometheus::start(&[("auth", auth.metrics_addr), ("task", task.metrics_addr)]).await;
 
     for i in 0..MEMBERS {
-        let email = format!("p{i}@example.com");
-        auth.client
-            .sign_up(auth_pb::SignUpRequest {
-                email: email.clone(),
-                password: "correct horse battery".into(),
+        let (_, token) = auth
+            .member(auth_pb::SignUpRequest {
                 nickname: format!("p{i}"),
                 region: "Europe/Paris".into(),
+                ..memberflow_tests::fixtures::signup(&format!("p{i}@example.com"))
             })
-            .await
-            .unwrap();
-        let token = auth
-            .client
-            .login(memberflow_tests::fixtures::login(
-                &email,
-                memberflow_tests::fixtures::PASSWORD,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .access_token;
+            .await;
         task.client(&token)
             .create_task(memberflow_tests::fixtures::create_task("t"))
             .await
@@ -115,16 +102,8 @@ async fn prometheus_sees_the_pipeline_move() {
     }
     assert!(queried.len() >= 10, "{queried:?}");
     for name in &queried {
-        // A sample line, or the family's TYPE line when it has no sample yet
-        // (OpenMetrics names a counter's family without `_total`).
-        let family = ["_total", "_bucket", "_count", "_sum"]
-            .iter()
-            .find_map(|suffix| name.strip_suffix(suffix))
-            .unwrap_or(name);
         assert!(
-            exported.lines().any(|l| l.starts_with(&format!("{name} "))
-                || l.starts_with(&format!("{name}{{"))
-                || l.starts_with(&format!("# TYPE {family} "))),
+            memberflow_tests::prometheus::is_exported(&exported, name),
             "the dashboard queries {name}, which no service exports"
         );
     }

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use memberflow_contract::digest;
 use memberflow_tests::{
     amqp::{MemberEventFixture, RawPublisher},
-    apps::{auth_settings, spawn_auth},
+    apps::{auth_settings, log_in, spawn_auth},
     env::TestEnv,
     eventually,
-    fixtures::{PASSWORD, login, signup},
+    fixtures::signup,
     replica::{members, replica_stage, seed_auth_members},
 };
 use sqlx::PgPool;
@@ -162,13 +162,7 @@ async fn a_restore_of_auth_then_updates_that_reuse_versions_converge_within_one_
     let auth_db = env.pool("auth").await;
     let mut versions = Vec::new();
     for email in ["r1@example.com", "r2@example.com"] {
-        let token = auth
-            .client
-            .login(login(email, PASSWORD))
-            .await
-            .unwrap()
-            .into_inner()
-            .access_token;
+        let token = log_in(&mut auth.client, email).await;
         auth.update_profile(&token, Some("After2"), None).await;
         versions.push(auth.update_profile(&token, Some("After3"), None).await);
     }

@@ -1,8 +1,9 @@
 //! Access tokens and sessions: Ed25519 tokens with a key id, public keys
 //! from auth, rotation without downtime, and Logout / ChangePassword ending
 //! sessions in auth at once and in task through the outbox.
-use memberflow_tests::apps::spawn_system;
+use memberflow_tests::fixtures::bearer;
 use memberflow_tests::fixtures::{PASSWORD, create_task, signup};
+use memberflow_tests::system::spawn_system;
 use std::time::{Duration, Instant};
 
 use memberflow_contract::proto::{auth::v1 as auth_pb, task::v1 as pb};
@@ -21,13 +22,6 @@ use tonic::{Code, Request};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn bearer<T>(msg: T, token: &str) -> Request<T> {
-    let mut req = Request::new(msg);
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    req
-}
 
 async fn login(auth: &mut TestAuth, email: &str, password: &str) -> Result<String, tonic::Status> {
     Ok(auth

@@ -14,10 +14,11 @@ use memberflow_contract::topology::{DEAD_LETTER_QUEUE, QUEUE};
 use memberflow_runtime::grpc::violated_fields;
 use memberflow_tests::{
     amqp::{MemberEventFixture, RawPublisher},
-    apps::{TestTask, auth_settings, mint_token, spawn_auth, spawn_task, task_settings},
+    apps::{TestTask, mint_token, spawn_task, task_settings},
     env::TestEnv,
     eventually,
     proxy::TcpProxy,
+    system::{NOWHERE, System, spawn_task_alone},
 };
 use sqlx::PgPool;
 use task::{ConsistencyMode, metrics::EventOutcome};
@@ -26,7 +27,6 @@ use tonic_types::StatusExt;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(20);
-const NOWHERE: &str = "http://127.0.0.1:1";
 
 async fn wait_processed(task: &TestTask, n: u64) {
     eventually(&format!("{n} events processed"), WAIT, || async {
@@ -39,25 +39,22 @@ async fn wait_processed(task: &TestTask, n: u64) {
 async fn read_through_creates_on_the_first_try_with_one_call_to_auth() {
     let mut env = TestEnv::new();
     // auth's events are held back, so task must read through.
-    let broker = TcpProxy::start(&env.amqp_host()).await;
-    let mut a = auth_settings(&mut env);
-    a.amqp.url = env.amqp_url_via(&broker.host()).into();
+    let mut system = System::builder(&mut env)
+        .mode(ConsistencyMode::ReadThrough)
+        .broker_via_proxy()
+        .start()
+        .await;
+    let broker = system.broker().clone();
     broker.cut();
-    let mut auth = spawn_auth(a).await;
-    let auth_addr = format!("http://{}", auth.app.addr);
-    let task = spawn_task(task_settings(
-        &mut env,
-        ConsistencyMode::ReadThrough,
-        &auth_addr,
-    ))
-    .await;
-    let (member_id, token) = auth
+    let (member_id, token) = system
+        .auth()
         .member(SignUpRequest {
             region: "Asia/Seoul".into(),
             ..signup("rt@example.com")
         })
         .await;
 
+    let task = system.task();
     // Ten concurrent misses for one member: one GetMember call.
     let retries = Arc::new(Mutex::new(0));
     let mut calls = Vec::new();
@@ -98,7 +95,7 @@ async fn read_through_creates_on_the_first_try_with_one_call_to_auth() {
 
     // The event arrives later and is a no-op.
     broker.restore();
-    wait_processed(&task, 1).await;
+    wait_processed(task, 1).await;
     assert_eq!(scalar(&pool, "SELECT count(*) FROM inbox").await, 1);
     let after: chrono::DateTime<chrono::Utc> =
         sqlx::query_scalar("SELECT replicated_at FROM members")
@@ -111,23 +108,21 @@ async fn read_through_creates_on_the_first_try_with_one_call_to_auth() {
 #[tokio::test]
 async fn not_ready_succeeds_through_the_client_backoff() {
     let mut env = TestEnv::new();
-    let broker = TcpProxy::start(&env.amqp_host()).await;
-    let mut a = auth_settings(&mut env);
-    a.amqp.url = env.amqp_url_via(&broker.host()).into();
+    let mut system = System::builder(&mut env).broker_via_proxy().start().await;
+    let broker = system.broker().clone();
     broker.cut();
-    let mut auth = spawn_auth(a).await;
-    let task = spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await;
-    let (member_id, token) = auth
+    let (member_id, token) = system
+        .auth()
         .member(SignUpRequest {
             region: "Europe/Paris".into(),
             ..signup("nr@example.com")
         })
         .await;
+    let task = system.task();
 
     // The first USER_NOT_READY lets the event through.
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
-    let broker = Arc::new(broker);
     let b = broker.clone();
     let mut client = task.client(&token).on_retry(Arc::new(move |r| {
         s.lock().unwrap().push(r.delay);
@@ -158,7 +153,7 @@ async fn not_ready_succeeds_through_the_client_backoff() {
 #[tokio::test]
 async fn not_ready_answers_unavailable_with_error_info_and_retry_info() {
     let mut env = TestEnv::new();
-    let task = spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await;
+    let task = spawn_task_alone(&mut env, ConsistencyMode::NotReady).await;
     let member_id = Uuid::new_v4();
     let token = mint_token(member_id, chrono::Duration::minutes(5));
     let mut client = task.client(&token).with_deadline(Duration::ZERO);
@@ -205,7 +200,7 @@ async fn read_through_with_auth_unreachable_answers_user_not_ready() {
 #[tokio::test]
 async fn a_duplicated_event_changes_the_replica_once() {
     let mut env = TestEnv::new();
-    let task = spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await;
+    let task = spawn_task_alone(&mut env, ConsistencyMode::NotReady).await;
     let publisher = RawPublisher::connect(&env.amqp_url()).await;
     let pool = env.pool("task").await;
     let event = MemberEventFixture::new(Uuid::new_v4(), 1, "Asia/Seoul");
@@ -292,7 +287,7 @@ async fn old_inbox_ids_are_pruned_and_a_replay_after_that_is_still_a_no_op() {
 #[tokio::test]
 async fn the_inbox_prune_finds_due_ids_through_an_index() {
     let mut env = TestEnv::new();
-    let _task = spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await;
+    let _task = spawn_task_alone(&mut env, ConsistencyMode::NotReady).await;
     let pool = env.pool("task").await;
     sqlx::query(
         "INSERT INTO inbox (event_id, received_at)
@@ -322,7 +317,7 @@ async fn the_inbox_prune_finds_due_ids_through_an_index() {
 #[tokio::test]
 async fn versions_delivered_3_1_2_leave_the_replica_at_3() {
     let mut env = TestEnv::new();
-    let task = spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await;
+    let task = spawn_task_alone(&mut env, ConsistencyMode::NotReady).await;
     let publisher = RawPublisher::connect(&env.amqp_url()).await;
     let id = Uuid::new_v4();
     for v in [3, 1, 2] {
@@ -343,7 +338,7 @@ async fn versions_delivered_3_1_2_leave_the_replica_at_3() {
 #[tokio::test]
 async fn garbage_is_dead_lettered_with_its_reason_and_unknown_kinds_are_skipped() {
     let mut env = TestEnv::new();
-    let task = spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await;
+    let task = spawn_task_alone(&mut env, ConsistencyMode::NotReady).await;
     let publisher = RawPublisher::connect(&env.amqp_url()).await;
     publisher
         .publish("member.created", b"\xff\xfe definitely not protobuf")
@@ -575,7 +570,7 @@ async fn scalar_text(pool: &PgPool, sql: &str) -> String {
 #[tokio::test]
 async fn members_see_only_their_own_tasks_newest_first() {
     let mut env = TestEnv::new();
-    let task = spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await;
+    let task = spawn_task_alone(&mut env, ConsistencyMode::NotReady).await;
     let publisher = RawPublisher::connect(&env.amqp_url()).await;
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     publisher
@@ -649,7 +644,7 @@ async fn clear_fault(pool: &PgPool) {
 #[tokio::test]
 async fn transient_database_faults_are_waited_out_and_dead_letter_nothing() {
     let mut env = TestEnv::new();
-    let task = spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await;
+    let task = spawn_task_alone(&mut env, ConsistencyMode::NotReady).await;
     let publisher = RawPublisher::connect(&env.amqp_url()).await;
     let pool = env.pool("task").await;
     let retries = || task.metrics.consumer_retries.get();
@@ -745,11 +740,13 @@ async fn a_permanently_failing_event_is_isolated_and_dead_lettered_alone() {
 async fn health_is_not_serving_while_the_consumer_is_detached_past_its_grace() {
     use tonic_health::pb::health_check_response::ServingStatus;
     let mut env = TestEnv::new();
-    let broker = TcpProxy::start(&env.amqp_host()).await;
-    let mut settings = task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE);
-    settings.amqp.url = env.amqp_url_via(&broker.host()).into();
-    settings.amqp.detached_grace_secs = 1;
-    let task = spawn_task(settings).await;
+    let system = System::builder(&mut env)
+        .auth_instances(0)
+        .broker_via_proxy()
+        .tune_task(|s| s.amqp.detached_grace_secs = 1)
+        .start()
+        .await;
+    let (broker, task) = (system.broker(), system.task());
 
     broker.cut();
     eventually("NOT_SERVING once detached past the grace", WAIT, || async {
@@ -765,7 +762,7 @@ async fn health_is_not_serving_while_the_consumer_is_detached_past_its_grace() {
 #[tokio::test]
 async fn page_size_outside_0_to_100_is_invalid_not_capped() {
     let mut env = TestEnv::new();
-    let task = spawn_task(task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE)).await;
+    let task = spawn_task_alone(&mut env, ConsistencyMode::NotReady).await;
     let mut client = task.client(&mint_token(Uuid::new_v4(), chrono::Duration::minutes(5)));
     for size in [-1, 101, 1000] {
         let err = client
