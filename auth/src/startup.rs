@@ -80,7 +80,7 @@ impl Service for Application {
             service_token: settings.token.service_token.clone(),
             outbox: Outbox::new(pool.clone(), relay_wake.clone()),
         };
-        let gate = Gate::default();
+        let gate = Gate::for_service(&settings);
         let server = grpc::spawn(
             started.router.add_service(InterceptedService::new(
                 AuthServiceServer::new(api)

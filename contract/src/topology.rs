@@ -28,3 +28,60 @@ pub const DEAD_LETTER_EXCHANGE: &str = "task.member-events.dlx";
 pub const DEAD_LETTER_QUEUE: &str = "task.member-events.dlq";
 /// Header a dead-lettered message carries: why it could not be applied.
 pub const REASON_HEADER: &str = "x-memberflow-reason";
+
+/// The broker rights of each principal, so that the docs, compose and the
+/// tests grant exactly the same thing: least privilege, one user per
+/// service and one for the operator (`docs/security.md`, "Least
+/// privilege").
+pub mod rights {
+    /// One user's `rabbitmqctl set_permissions` patterns (configure, write,
+    /// read; each a regex matched against an exchange or queue name, the
+    /// default exchange being `amq.default`), and its
+    /// `set_topic_permissions` on [`super::EXCHANGE`] (write: routing keys
+    /// it may publish with; read: binding keys it may bind with), if any.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Rights {
+        /// A user name suffix: the docs and compose call the users
+        /// `memberflow-auth`, `memberflow-task`, `memberflow-admin`.
+        pub principal: &'static str,
+        pub configure: &'static str,
+        pub write: &'static str,
+        pub read: &'static str,
+        /// (write, read) on `member.events`.
+        pub topic: Option<(&'static str, &'static str)>,
+    }
+
+    /// auth declares and publishes to `member.events`, with `member.*`
+    /// routing keys only; it reads nothing.
+    pub const AUTH: Rights = Rights {
+        principal: "auth",
+        configure: r"^member\.events$",
+        write: r"^member\.events$",
+        read: "^$",
+        topic: Some((r"^member\.", "^$")),
+    };
+
+    /// task declares `member.events` (configure, so either side may start
+    /// first), declares, binds and consumes its own queues, and publishes
+    /// to its own dead-letter exchange; it may not write to `member.events`.
+    pub const TASK: Rights = Rights {
+        principal: "task",
+        configure: r"^(member\.events|task\.member-events(\.dlx|\.dlq)?)$",
+        write: r"^task\.member-events(\.dlx|\.dlq)?$",
+        read: r"^(member\.events|task\.member-events(\.dlx)?)$",
+        topic: Some(("^$", r"^member\.")),
+    };
+
+    /// `memberflow-admin dlq list|replay`: reads the DLQ and publishes back
+    /// to task's queue through the default exchange; declares nothing.
+    pub const ADMIN: Rights = Rights {
+        principal: "admin",
+        configure: "^$",
+        write: r"^amq\.default$",
+        read: r"^task\.member-events\.dlq$",
+        topic: None,
+    };
+
+    /// Every principal, in the order the docs list them.
+    pub const ALL: [Rights; 3] = [AUTH, TASK, ADMIN];
+}

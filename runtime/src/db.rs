@@ -118,8 +118,18 @@ fn tls_pointless(url: &str, options: &PgConnectOptions) -> bool {
 
 /// Creates the target database if it does not exist, through the `postgres`
 /// maintenance database. Safe when several instances start at once.
+///
+/// A database that exists is found by connecting to it, so a service whose
+/// role may connect only to its own database (production: the database
+/// exists, the role has no CREATEDB) never needs the maintenance database.
 pub async fn ensure_database(settings: &DatabaseSettings) -> Result<(), sqlx::Error> {
     let name = settings.database_name()?;
+    // Any failure (3D000 invalid_catalog_name; a pooler's own answer for a
+    // missing database) falls through to the maintenance database, which
+    // reports what is really wrong.
+    if let Ok(conn) = PgConnection::connect_with(&settings.connect_options()?).await {
+        return conn.close().await;
+    }
     let maintenance = settings.connect_options()?.database("postgres");
     let mut conn = PgConnection::connect_with(&maintenance).await?;
     let exists: bool =
@@ -150,16 +160,21 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// Creates the database if needed and runs `migrator`, retrying with the
-/// default backoff while PostgreSQL is unreachable. Returns `false` if
-/// `shutdown` came first. Services report NOT_SERVING until this returns
-/// `true`.
+/// Creates the database if needed, checks the role (see [`superuser`]:
+/// refused in production, a warning in development) and runs `migrator`
+/// as that role, so the service's role owns what the migrations create.
+/// Retries with the default backoff while PostgreSQL is unreachable.
+/// `Ok(false)` if `shutdown` came first. Services report NOT_SERVING until
+/// this returns `Ok(true)`. `key` names the URL in a refusal
+/// (`auth.database.url`).
 pub async fn bootstrap(
     settings: &DatabaseSettings,
     pool: &PgPool,
     migrator: &sqlx::migrate::Migrator,
+    environment: crate::secrets::Environment,
+    key: &str,
     shutdown: &tokio_util::sync::CancellationToken,
-) -> bool {
+) -> Result<bool, crate::secrets::Refused> {
     let mut retrying = memberflow_retry::Backoff::default().retrying();
     // Named in the warning, since "connection refused" alone names nothing.
     let address = settings
@@ -176,11 +191,24 @@ pub async fn bootstrap(
     loop {
         let attempt = async {
             ensure_database(settings).await?;
+            if let Some(role) = superuser(pool).await? {
+                let problem = format!(
+                    "connects as the PostgreSQL superuser {role:?}, which passes every grant and \
+                     CONNECT revoke; give the service a role of its own (docs/security.md)"
+                );
+                if let Err(refused) = crate::secrets::Audit::new(environment)
+                    .problem(key, &problem)
+                    .finish()
+                {
+                    return Ok(Err(refused));
+                }
+            }
             migrator.run(pool).await?;
-            Ok::<_, anyhow::Error>(())
+            Ok::<_, anyhow::Error>(Ok(()))
         };
         match attempt.await {
-            Ok(()) => return true,
+            Ok(Ok(())) => return Ok(true),
+            Ok(Err(refused)) => return Err(refused),
             Err(e) => tracing::warn!(
                 %address,
                 error.cause_chain = ?e,
@@ -188,9 +216,21 @@ pub async fn bootstrap(
             ),
         }
         if !retrying.wait(shutdown).await {
-            return false;
+            return Ok(false);
         }
     }
+}
+
+/// The session's role if it is a PostgreSQL superuser. A superuser passes
+/// every privilege check, `CONNECT` revokes included, so one service
+/// holding it could read the other's database: production refuses it.
+pub async fn superuser(pool: &PgPool) -> Result<Option<String>, sqlx::Error> {
+    let (role, is_superuser): (String, bool) = sqlx::query_as(
+        "SELECT current_user::text, rolsuper FROM pg_roles WHERE rolname = current_user",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(is_superuser.then_some(role))
 }
 
 /// Listens on `channel` until `shutdown`, reconnecting with `backoff`.

@@ -120,6 +120,13 @@ impl Audit {
         self
     }
 
+    /// Records a problem found elsewhere (a check that needed a
+    /// connection), at config key `key`.
+    pub fn problem(mut self, key: &str, problem: &str) -> Self {
+        self.problems.push(format!("{key} {problem}"));
+        self
+    }
+
     /// `Err` in production if anything was found; in development, one
     /// warning listing it.
     pub fn finish(self) -> Result<(), Refused> {
@@ -129,7 +136,7 @@ impl Audit {
             (Environment::Development, false) => {
                 tracing::warn!(
                     problems = %self.problems.join("; "),
-                    "DEVELOPMENT MODE: running with secrets that would be refused in production"
+                    "DEVELOPMENT MODE: running with secrets or roles that would be refused in production"
                 );
                 Ok(())
             }
@@ -161,6 +168,21 @@ mod tests {
         assert!(url_problem("amqp://guest:guest@rabbit.internal:5672/%2f").is_some());
         assert!(url_problem("amqps://app:s3cret@rabbit.internal/%2f").is_none());
         assert!(url_problem("postgres://postgres@db/auth").is_none());
+    }
+
+    #[test]
+    fn a_problem_found_after_connecting_is_refused_in_production_only() {
+        let superuser = |environment| {
+            Audit::new(environment)
+                .problem("task.database.url", "connects as the PostgreSQL superuser")
+                .finish()
+        };
+        let err = superuser(Environment::Production).unwrap_err();
+        assert!(
+            err.to_string().contains("task.database.url connects as"),
+            "{err}"
+        );
+        assert!(superuser(Environment::Development).is_ok());
     }
 
     #[test]

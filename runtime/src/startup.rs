@@ -134,15 +134,30 @@ impl<S: ServiceSettings> Prepared<S> {
 
 /// Holds RPCs back until the database is migrated: until then they get
 /// UNAVAILABLE rather than failing on a missing table as INTERNAL.
-#[derive(Debug, Clone, Default)]
-pub struct Gate(Arc<AtomicBool>);
+#[derive(Debug, Clone)]
+pub struct Gate {
+    open: Arc<AtomicBool>,
+    environment: crate::secrets::Environment,
+    /// The database URL's key, named in a refusal (`auth.database.url`).
+    key: String,
+}
 
 impl Gate {
+    /// A closed gate for a service with `settings`: the environment decides
+    /// whether a superuser database role is refused or warned about.
+    pub fn for_service<S: ServiceSettings>(settings: &S) -> Self {
+        Self {
+            open: Arc::default(),
+            environment: settings.base().environment,
+            key: format!("{}.database.url", S::SERVICE),
+        }
+    }
+
     /// The interceptor to put on the service.
     pub fn interceptor(
         &self,
     ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + use<> {
-        let open = self.0.clone();
+        let open = self.open.clone();
         move |req| {
             if open.load(Ordering::Acquire) {
                 Ok(req)
@@ -155,18 +170,26 @@ impl Gate {
     }
 
     /// Creates and migrates the database, retrying while it is unreachable
-    /// (see [`db::bootstrap`]), then lets RPCs through. `false` if shutdown
-    /// came first.
+    /// (see [`db::bootstrap`]), then lets RPCs through. `Ok(false)` if
+    /// shutdown came first; `Err` if production refuses the database role.
     pub async fn migrate_then_open(
         &self,
         settings: &DatabaseSettings,
         pool: &PgPool,
         migrator: &sqlx::migrate::Migrator,
         shutdown: &CancellationToken,
-    ) -> bool {
-        let migrated = db::bootstrap(settings, pool, migrator, shutdown).await;
-        self.0.store(migrated, Ordering::Release);
-        migrated
+    ) -> Result<bool, crate::secrets::Refused> {
+        let migrated = db::bootstrap(
+            settings,
+            pool,
+            migrator,
+            self.environment,
+            &self.key,
+            shutdown,
+        )
+        .await?;
+        self.open.store(migrated, Ordering::Release);
+        Ok(migrated)
     }
 }
 
@@ -187,13 +210,17 @@ pub async fn run(
     mut tasks: JoinSet<()>,
     start_workers: impl FnOnce(&mut JoinSet<()>) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let mut started = Ok(());
-    if gate
+    let started = match gate
         .migrate_then_open(database, &pool, migrator, &shutdown)
         .await
     {
-        started = start_workers(&mut tasks);
-    }
+        Ok(true) => start_workers(&mut tasks),
+        Ok(false) => Ok(()),
+        Err(refused) => {
+            tracing::error!(error.message = %refused, "refusing to start");
+            Err(refused.into())
+        }
+    };
     if started.is_err() {
         shutdown.cancel();
     }

@@ -91,7 +91,7 @@ impl Service for Application {
             read_through: self.read_through,
         };
         tracing::info!(mode = ?settings.consistency.mode, "consistency mode");
-        let gate = Gate::default();
+        let gate = Gate::for_service(&settings);
         let server = grpc::spawn(
             started.router.add_service(InterceptedService::new(
                 TaskServiceServer::new(api)

@@ -29,7 +29,7 @@ pub fn auth_settings(env: &mut TestEnv) -> auth::Settings {
     s.token.service_token = DEV_SERVICE_TOKEN.into();
     s.base.server.addr = "127.0.0.1:0".into();
     s.database = memberflow_runtime::db::DatabaseSettings::with_url(&env.database_url("auth"));
-    s.amqp.url = env.amqp_url().into();
+    s.amqp.url = env.amqp_url_as("auth").into();
     s.password.memory_kib = TEST_ARGON2_MEMORY_KIB;
     s.password.iterations = 1;
     // Suites log in many times from one address; the throttle's own tests
@@ -265,7 +265,7 @@ pub fn task_settings(
     s.auth.service_token = DEV_SERVICE_TOKEN.into();
     s.base.server.addr = "127.0.0.1:0".into();
     s.database = memberflow_runtime::db::DatabaseSettings::with_url(&env.database_url("task"));
-    s.amqp.url = env.amqp_url().into();
+    s.amqp.url = env.amqp_url_as("task").into();
     s.amqp.backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(300));
     s.auth.addr = auth_addr.to_owned();
     s.consistency.mode = mode;

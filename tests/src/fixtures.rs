@@ -63,3 +63,18 @@ pub fn bearer<T>(msg: T, token: &str) -> Request<T> {
     );
     req
 }
+
+/// Puts `n` members straight into auth's table, bypassing the outbox, as a
+/// restore or a lost event would leave them: the replica never hears of them.
+pub async fn seed_auth_members(auth_db: &PgPool, n: i64) {
+    sqlx::query(
+        "INSERT INTO members (id, email, password_hash, nickname, region, version)
+         SELECT gen_random_uuid(), 'seed' || g || '@example.com', 'not-a-hash',
+                'seed ' || g, 'Asia/Seoul', 1 + g % 3
+           FROM generate_series(1, $1) g",
+    )
+    .bind(n)
+    .execute(auth_db)
+    .await
+    .unwrap();
+}

@@ -1,7 +1,7 @@
 //! The replica beside auth, for the resync and reconciler suites: a stage
 //! (auth, a task reading through to it, auth as task's resync source, both
-//! databases), members seeded into auth without events, and the replicable
-//! state of either side to compare.
+//! databases) and the replicable state of either side to compare. Members
+//! seeded into auth without events: `fixtures::seed_auth_members`.
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -24,21 +24,6 @@ pub async fn members(pool: &PgPool) -> Vec<MemberRow> {
     .fetch_all(pool)
     .await
     .expect("read members")
-}
-
-/// Puts `n` members straight into auth's table, bypassing the outbox, as a
-/// restore or a lost event would leave them: the replica never hears of them.
-pub async fn seed_auth_members(auth_db: &PgPool, n: i64) {
-    sqlx::query(
-        "INSERT INTO members (id, email, password_hash, nickname, region, version)
-         SELECT gen_random_uuid(), 'seed' || g || '@example.com', 'not-a-hash',
-                'seed ' || g, 'Asia/Seoul', 1 + g % 3
-           FROM generate_series(1, $1) g",
-    )
-    .bind(n)
-    .execute(auth_db)
-    .await
-    .expect("seed auth members");
 }
 
 /// auth and a task reading through to it: `tune` adjusts task's settings;

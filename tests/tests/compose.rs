@@ -138,6 +138,48 @@ fn compose_file_names_every_service_port_and_setting() {
 }
 
 #[test]
+fn each_service_connects_as_its_own_user_and_role() {
+    let c = compose();
+    let s = &c["services"];
+    for (svc, prefix, broker_user, role) in [
+        ("auth", "AUTH", "memberflow-auth:", "memberflow_auth:"),
+        ("task", "TASK", "memberflow-task:", "memberflow_task:"),
+    ] {
+        let env = &s[svc]["environment"];
+        let amqp = env[format!("{prefix}__AMQP__URL").as_str()]
+            .as_str()
+            .unwrap();
+        let db = env[format!("{prefix}__DATABASE__URL").as_str()]
+            .as_str()
+            .unwrap();
+        assert!(amqp.starts_with(&format!("amqp://{broker_user}")), "{amqp}");
+        assert!(db.starts_with(&format!("postgres://{role}")), "{db}");
+        assert_eq!(
+            s[svc]["depends_on"]["rabbitmq-init"]["condition"].as_str(),
+            Some("service_completed_successfully"),
+            "{svc} starts once its broker user exists"
+        );
+    }
+    let pg = &s["postgres"]["environment"];
+    assert!(
+        pg["POSTGRES_HOST_AUTH_METHOD"].is_null(),
+        "passwords are checked"
+    );
+    assert!(pg["POSTGRES_PASSWORD"].as_str().unwrap().contains(":?"));
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    for volume in strings(&s["postgres"]["volumes"])
+        .into_iter()
+        .chain(strings(&s["rabbitmq-init"]["volumes"]))
+    {
+        let local = volume.split(':').next().unwrap();
+        assert!(
+            std::path::Path::new(&format!("{root}/{local}")).exists(),
+            "{volume} mounts a missing path"
+        );
+    }
+}
+
+#[test]
 fn config_files_load_into_settings() {
     use memberflow_runtime::settings::{Environment, Source};
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../config");

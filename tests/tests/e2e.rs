@@ -2,12 +2,12 @@
 //! with faults injected for real (a cut TCP proxy, a killed runtime). Each
 //! scenario checks its end state in the databases and the broker.
 use memberflow_tests::fixtures::bearer;
-use memberflow_tests::replica::{replica_stage, seed_auth_members};
+use memberflow_tests::replica::replica_stage;
 use memberflow_tests::system::spawn_task_alone;
 use memberflow_tests::system::{NOWHERE, System};
 use memberflow_tests::{
     apps::sign_up_and_log_in,
-    fixtures::{scalar, signup},
+    fixtures::{scalar, seed_auth_members, signup},
 };
 use std::{sync::Arc, time::Duration};
 

@@ -150,9 +150,12 @@ async fn a_deposed_relay_writes_nothing_and_starts_no_batch() {
             &settings.database,
             &schema,
             &auth::startup::MIGRATOR,
+            settings.base.environment,
+            "auth.database.url",
             &shutdown
         )
         .await
+        .expect("development warns, never refuses")
     );
     let db = env.pool("auth").await;
     for _ in 0..3 {

@@ -10,8 +10,8 @@ use memberflow_tests::{
     apps::{auth_settings, log_in, spawn_auth},
     env::TestEnv,
     eventually,
-    fixtures::signup,
-    replica::{members, replica_stage, seed_auth_members},
+    fixtures::{seed_auth_members, signup},
+    replica::{members, replica_stage},
 };
 use sqlx::PgPool;
 use task::{
