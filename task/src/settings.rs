@@ -229,6 +229,9 @@ pub struct ReconcileSettings {
     /// renewing it every third of this; if it stops renewing (paused, cut
     /// off), another instance takes over this long after its last renewal.
     pub lease_ms: u64,
+    /// What to do with a replica row auth does not have: `report` (the
+    /// default) or `remove` (see `repair::UnknownRows`).
+    pub unknown_rows: crate::repair::UnknownRows,
 }
 
 impl Default for ReconcileSettings {
@@ -236,6 +239,7 @@ impl Default for ReconcileSettings {
         Self {
             interval_secs: 600,
             lease_ms: 6_000,
+            unknown_rows: crate::repair::UnknownRows::Report,
         }
     }
 }
