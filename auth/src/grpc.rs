@@ -142,9 +142,11 @@ impl AuthApi {
         tx: &mut sqlx::PgConnection,
         caller: Verified,
     ) -> Result<Member, Error> {
+        // No live row: the member deleted their account (a token is only
+        // ever signed for a member that existed), so the token is refused.
         let member = repo::lock_member(tx, caller.member_id)
             .await?
-            .ok_or_else(|| Failure::NotFound(format!("member {}", caller.member_id)))?;
+            .ok_or_else(|| Failure::Unauthenticated(DELETED.into()))?;
         if caller.revoked_by(&member.sessions()) {
             return Err(Failure::Unauthenticated(REVOKED.into()).into());
         }
@@ -168,6 +170,22 @@ impl AuthApi {
         tx.commit().await?;
         tracing::Span::current().record("event_id", tracing::field::display(event_id));
         Ok(member)
+    }
+
+    /// Turns the caller into a tombstone, removes their pending and parked
+    /// events and writes MemberDeleted, in one transaction. The lock taken
+    /// first orders it with a concurrent UpdateProfile: whichever commits
+    /// second sees the other (an UpdateProfile after it finds no member).
+    async fn delete_account(&self, caller: Verified, hash: &str) -> Result<repo::Tombstone, Error> {
+        let mut tx = self.outbox.begin().await?;
+        self.lock_caller(&mut tx, caller).await?;
+        let tombstone = repo::delete_member(&mut tx, caller.member_id, hash)
+            .await?
+            .ok_or(Error::ConcurrentChange)?;
+        let event_id = tx.enqueue_deleted(&tombstone).await?;
+        tx.commit().await?;
+        tracing::Span::current().record("event_id", tracing::field::display(event_id));
+        Ok(tombstone)
     }
 
     /// The caller of a member RPC, from their bearer token.
@@ -258,6 +276,8 @@ impl AuthService for AuthApi {
             .await
             .map_err(Error::from)?
             .pop()
+            // A tombstone is not a member: nothing a caller could provision.
+            .filter(|m| !m.deleted)
             .ok_or_else(|| Failure::NotFound(format!("member {id}")))?;
         Ok(Response::new(pb::GetMemberResponse {
             member: Some(member.into()),
@@ -399,9 +419,7 @@ impl AuthService for AuthApi {
         let (member, old_hash) = repo::find_with_hash(&self.pool, caller.member_id)
             .await
             .map_err(Error::from)?
-            .ok_or_else(|| {
-                Error::from(Failure::NotFound(format!("member {}", caller.member_id)))
-            })?;
+            .ok_or_else(|| Error::from(Failure::Unauthenticated(DELETED.into())))?;
         if caller.revoked_by(&member.sessions()) {
             return Err(Error::from(Failure::Unauthenticated(REVOKED.into())).into());
         }
@@ -426,7 +444,48 @@ impl AuthService for AuthApi {
             consistency_token: consistency_token(&member),
         }))
     }
+
+    #[tracing::instrument(name = "DeleteAccount", skip_all, fields(member_id, event_id))]
+    async fn delete_account(
+        &self,
+        request: Request<pb::DeleteAccountRequest>,
+    ) -> Result<Response<pb::DeleteAccountResponse>, Status> {
+        let caller = self.authenticate(&request)?;
+        let peer = request.remote_addr().map(|a| a.ip());
+        let req = request.into_inner();
+        if req.password.is_empty() {
+            let mut v = Violations::default();
+            v.add("password", "must not be empty");
+            return Err(Error::from(v).into());
+        }
+        let (member, hash) = repo::find_with_hash(&self.pool, caller.member_id)
+            .await
+            .map_err(Error::from)?
+            .ok_or_else(|| Error::from(Failure::Unauthenticated(DELETED.into())))?;
+        if caller.revoked_by(&member.sessions()) {
+            return Err(Error::from(Failure::Unauthenticated(REVOKED.into())).into());
+        }
+        self.throttle
+            .attempt(&format!("member:{}", caller.member_id), peer)
+            .map_err(Error::from)?;
+        if !self.hasher.verify(req.password, Some(hash.clone())).await? {
+            let mut v = Violations::default();
+            v.add("password", "does not match the member's password");
+            return Err(Error::from(v).into());
+        }
+        let tombstone = self.delete_account(caller, &hash).await?;
+        Ok(Response::new(pb::DeleteAccountResponse {
+            consistency_token: ConsistencyToken {
+                member_id: tombstone.id,
+                version: tombstone.version,
+            }
+            .encode(),
+        }))
+    }
 }
+
+/// What a token of a deleted member gets.
+const DELETED: &str = "the account was deleted";
 
 /// What a token from before a Logout or ChangePassword gets.
 const REVOKED: &str = "the access token was revoked (logout or password change); log in again";
@@ -479,6 +538,15 @@ impl TryFrom<pb::ListMembersRequest> for MemberQuery {
 
 impl From<repo::MemberState> for pb::MemberState {
     fn from(m: repo::MemberState) -> Self {
+        if m.deleted {
+            // A tombstone: id and version only.
+            return Self {
+                id: m.id.to_string(),
+                version: m.version,
+                deleted: true,
+                ..Self::default()
+            };
+        }
         Self {
             id: m.id.to_string(),
             nickname: m.nickname,
@@ -487,6 +555,7 @@ impl From<repo::MemberState> for pb::MemberState {
             updated_at: Some(timestamp(m.updated_at)),
             sessions_not_before: m.sessions_not_before.map(timestamp),
             sessions_version: m.sessions_version,
+            deleted: false,
         }
     }
 }

@@ -39,7 +39,7 @@ pub async fn update_profile(
                 region = COALESCE($3, region),
                 version = version + 1,
                 updated_at = now()
-          WHERE id = $1
+          WHERE id = $1 AND deleted_at IS NULL
             AND (COALESCE($2, nickname) IS DISTINCT FROM nickname
                  OR COALESCE($3, region) IS DISTINCT FROM region)
       RETURNING {MEMBER_COLUMNS}"
@@ -60,7 +60,7 @@ pub async fn find_with_hash(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<(Mem
         password_hash: String,
     }
     let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {MEMBER_COLUMNS}, password_hash FROM members WHERE id = $1"
+        "SELECT {MEMBER_COLUMNS}, password_hash FROM members WHERE id = $1 AND deleted_at IS NULL"
     )))
     .bind(id)
     .fetch_optional(pool)
@@ -85,7 +85,7 @@ pub async fn revoke_sessions(
                 sessions_not_before = now(),
                 password_hash = COALESCE($3, password_hash),
                 updated_at = now()
-          WHERE id = $1 AND ($2::text IS NULL OR password_hash = $2)
+          WHERE id = $1 AND deleted_at IS NULL AND ($2::text IS NULL OR password_hash = $2)
       RETURNING {MEMBER_COLUMNS}"
     )))
     .bind(id)
@@ -95,14 +95,60 @@ pub async fn revoke_sessions(
     .await
 }
 
-/// The member `id`, locked for the rest of the caller's transaction.
+/// The member `id`, locked for the rest of the caller's transaction; `None`
+/// for a tombstone. A deletion committed while this waited for the lock
+/// counts: the row is checked again once locked.
 pub async fn lock_member(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Member>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {MEMBER_COLUMNS} FROM members WHERE id = $1 FOR UPDATE"
+        "SELECT {MEMBER_COLUMNS} FROM members WHERE id = $1 AND deleted_at IS NULL FOR UPDATE"
     )))
     .bind(id)
     .fetch_optional(conn)
     .await
+}
+
+/// What is left of a deleted member: its id, its last version and when.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Tombstone {
+    pub id: Uuid,
+    pub version: i64,
+    pub deleted_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Turns member `id` into a [`Tombstone`] at a new version, while its
+/// password hash is still `hash` (a concurrent ChangePassword wins, and this
+/// answers `None`): email, password hash, nickname, region and session state
+/// are cleared, so the email is free at once and every token is refused. The
+/// member's pending and parked outbox rows go too: they carry the nickname
+/// and region, and the MemberDeleted the caller enqueues supersedes them.
+pub async fn delete_member(
+    conn: &mut PgConnection,
+    id: Uuid,
+    hash: &str,
+) -> sqlx::Result<Option<Tombstone>> {
+    let tombstone: Option<Tombstone> = sqlx::query_as(
+        "UPDATE members
+            SET email = NULL, password_hash = NULL, nickname = NULL, region = NULL,
+                sessions_not_before = NULL, sessions_version = 0,
+                version = version + 1, deleted_at = now(), updated_at = now()
+          WHERE id = $1 AND deleted_at IS NULL AND password_hash = $2
+      RETURNING id, version, deleted_at",
+    )
+    .bind(id)
+    .bind(hash)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if tombstone.is_some() {
+        sqlx::query("DELETE FROM outbox WHERE member_id = $1")
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("DELETE FROM outbox_parked WHERE member_id = $1")
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(tombstone)
 }
 
 /// Whether `e` is a violation of the unique constraint `name`.
@@ -112,7 +158,8 @@ pub fn on_constraint(e: &sqlx::Error, name: &str) -> bool {
         .is_some_and(|c| c == name)
 }
 
-/// The replicable state of one member.
+/// The replicable state of one member. A tombstone has `deleted` set, its id
+/// and version, and every other field empty.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct MemberState {
     pub id: Uuid,
@@ -122,6 +169,7 @@ pub struct MemberState {
     pub updated_at: chrono::DateTime<chrono::Utc>,
     pub sessions_not_before: Option<chrono::DateTime<chrono::Utc>>,
     pub sessions_version: i64,
+    pub deleted: bool,
 }
 
 /// Up to `limit` members in `(after, until]`, in id order, only `ids` when
@@ -134,7 +182,9 @@ pub async fn member_states(
     limit: i64,
 ) -> sqlx::Result<Vec<MemberState>> {
     sqlx::query_as(
-        "SELECT id, nickname, region, version, updated_at, sessions_not_before, sessions_version
+        "SELECT id, coalesce(nickname, '') AS nickname, coalesce(region, '') AS region,
+                version, updated_at, sessions_not_before, sessions_version,
+                deleted_at IS NOT NULL AS deleted
            FROM members
           WHERE id > $1 AND id <= $2 AND (cardinality($3::uuid[]) = 0 OR id = ANY($3))
           ORDER BY id LIMIT $4",

@@ -17,10 +17,17 @@ use uuid::Uuid;
 /// way XOR would. `hashtextextended` is PostgreSQL's hash for hash
 /// partitioning, so it is stable across versions.
 ///
-/// A column added to the replicated state (e.g. deletion) joins this list
-/// and `task::domain::ReplicaMember::same_content`.
-pub const ROW_HASH_SQL: &str = "hashtextextended(ROW(id, version, nickname, region, \
-     sessions_version, (extract(epoch FROM sessions_not_before) * 1000000)::int8)::text, 0)";
+/// A tombstone (`deleted_at` set) hashes as its id, its version and the
+/// word `deleted` only: that is all ListMembers tells of it, and a live row
+/// at the same version never hashes the same. A live row hashes as it did
+/// before deletions existed, so old and new replicas agree on it.
+///
+/// A column added to the replicated state joins this list and
+/// `task::domain::ReplicaMember::same_content`.
+pub const ROW_HASH_SQL: &str = "hashtextextended(CASE WHEN deleted_at IS NULL \
+     THEN ROW(id, version, nickname, region, sessions_version, \
+     (extract(epoch FROM sessions_not_before) * 1000000)::int8)::text \
+     ELSE ROW(id, version, 'deleted')::text END, 0)";
 
 /// The lowest member id; ranges are `(after, until]`, so it is never a member.
 pub const FIRST: Uuid = Uuid::nil();

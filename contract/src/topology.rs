@@ -12,6 +12,8 @@ pub const MEMBER_CREATED: &str = "member.created";
 pub const MEMBER_UPDATED: &str = "member.updated";
 /// Routing key of a `auth.v1.MemberSessionsRevoked` (Logout, ChangePassword).
 pub const MEMBER_SESSIONS_REVOKED: &str = "member.sessions_revoked";
+/// Routing key of a `auth.v1.MemberDeleted` (DeleteAccount).
+pub const MEMBER_DELETED: &str = "member.deleted";
 /// Content type of every event body.
 pub const CONTENT_TYPE: &str = "application/x-protobuf";
 /// AMQP `delivery_mode` for persistent messages.

@@ -162,6 +162,15 @@ impl AuthClient {
 
 /// A member as auth serves it (ListMembers, GetMember), as the replica keeps it.
 fn replica_member(m: MemberState) -> anyhow::Result<ReplicaMember> {
+    if m.deleted {
+        // A tombstone: id and version only; the deletion time is when the
+        // replica learnt of it.
+        return Ok(ReplicaMember::tombstone(
+            Uuid::parse_str(&m.id)?,
+            m.version,
+            chrono::Utc::now(),
+        ));
+    }
     Ok(ReplicaMember {
         id: Uuid::parse_str(&m.id)?,
         nickname: m.nickname,
@@ -174,5 +183,6 @@ fn replica_member(m: MemberState) -> anyhow::Result<ReplicaMember> {
             .ok_or_else(|| anyhow::anyhow!("member {} without updated_at", m.id))?,
         sessions_not_before: m.sessions_not_before.as_ref().and_then(from_timestamp),
         sessions_version: m.sessions_version,
+        deleted_at: None,
     })
 }

@@ -84,9 +84,31 @@ pub struct ReplicaMember {
     /// When the member's sessions were last ended, and at which version.
     pub sessions_not_before: Option<DateTime<Utc>>,
     pub sessions_version: i64,
+    /// Set on a tombstone: auth deleted the member at `version`. A
+    /// tombstone's nickname and region are empty and it has no tasks.
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
 impl ReplicaMember {
+    /// The tombstone of member `id`, deleted at `version` at `at`.
+    pub fn tombstone(id: Uuid, version: i64, at: DateTime<Utc>) -> Self {
+        Self {
+            id,
+            nickname: String::new(),
+            region: String::new(),
+            version,
+            occurred_at: at,
+            sessions_not_before: None,
+            sessions_version: 0,
+            deleted_at: Some(at),
+        }
+    }
+
+    /// Whether auth deleted this member.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted_at.is_some()
+    }
+
     /// The member's last session revocation, as tokens are checked against.
     pub fn sessions(&self) -> memberflow_contract::token::SessionsRevoked {
         memberflow_contract::token::SessionsRevoked {
@@ -100,6 +122,11 @@ impl ReplicaMember {
     /// version (nickname, region, session state). `occurred_at` is when
     /// auth made the change, not part of the member, so it is left out.
     pub fn same_content(&self, other: &Self) -> bool {
+        // A tombstone's content is only that it is one (its deletion time is
+        // not part of the digest: ListMembers does not carry it).
+        if self.is_deleted() || other.is_deleted() {
+            return self.is_deleted() == other.is_deleted();
+        }
         (
             &self.nickname,
             &self.region,

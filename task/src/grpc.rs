@@ -95,7 +95,11 @@ impl TaskApi {
 
     /// Refuses a token issued before the member's sessions were ended, as far
     /// as the replica knows (within the replication delay of auth).
+    /// A tombstone refuses every token: the member deleted their account.
     fn refuse_revoked(caller: Verified, member: &ReplicaMember) -> Result<(), Error> {
+        if member.is_deleted() {
+            return Err(Failure::Unauthenticated("the account was deleted".into()).into());
+        }
         if caller.revoked_by(&member.sessions()) {
             return Err(Failure::Unauthenticated(
                 "the access token was revoked (logout or password change); log in again".into(),

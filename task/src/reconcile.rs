@@ -101,6 +101,11 @@ pub async fn reconcile_once(
             }
         }
     }
+    // Tasks a CreateTask committed beside a tombstone's purge.
+    let purged = replica::purge_tombstoned_tasks(pool).await?;
+    if purged > 0 {
+        tracing::info!(tasks = purged, "deleted the tasks of deleted members");
+    }
     Ok(pass)
 }
 

@@ -249,7 +249,38 @@ mod tests {
             occurred_at: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
             sessions_not_before: None,
             sessions_version: 0,
+            deleted_at: None,
         }
+    }
+
+    #[test]
+    fn tombstones_are_applied_and_never_undone() {
+        let at = |s: i64| DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap();
+        let gone = |id, v, s| ReplicaMember::tombstone(Uuid::from_u128(id), v, at(s));
+        let theirs = [gone(1, 3, 5), gone(2, 3, 5), gone(3, 3, 5), gone(4, 3, 5)];
+        let ours = [
+            // Behind: the live row becomes the tombstone, through the guard.
+            seen(member(1, 2, "Ann")),
+            // The same tombstone, learnt at another time: equal.
+            seen(gone(2, 3, 9)),
+            // Live at auth's version (a forged event): set to the tombstone.
+            seen(member(3, 3, "Forged")),
+            // Live ahead of the tombstone: set down to it.
+            seen(member(4, 7, "Forged")),
+        ];
+        let plan = decide(&theirs, &ours);
+        assert_eq!(plan.upsert, vec![(Kind::Behind, theirs[0].clone())]);
+        let kinds: Vec<(Kind, bool)> = plan
+            .overwrite
+            .iter()
+            .map(|o| (o.kind, o.target.is_deleted()))
+            .collect();
+        assert_eq!(kinds, vec![(Kind::Conflict, true), (Kind::Ahead, true)]);
+        assert!(plan.unknown.is_empty());
+        // A tombstone auth does not have is never read as a member to keep:
+        // auth's live row (a new version) wins through the guard.
+        let plan = decide(&[member(5, 4, "Back")], &[seen(gone(5, 3, 5))]);
+        assert_eq!(plan.upsert, vec![(Kind::Behind, member(5, 4, "Back"))]);
     }
 
     fn seen(m: ReplicaMember) -> Observed {

@@ -20,8 +20,40 @@ const UPSERT_IF_NEWER: &str = "ON CONFLICT (id) DO UPDATE
                 occurred_at = EXCLUDED.occurred_at,
                 sessions_not_before = EXCLUDED.sessions_not_before,
                 sessions_version = EXCLUDED.sessions_version,
+                deleted_at = EXCLUDED.deleted_at,
                 replicated_at = clock_timestamp()
           WHERE members.version < EXCLUDED.version";
+
+/// Deletes the tasks of every member in `$1` the replica holds as a
+/// tombstone. Every writer that may write a tombstone runs it after (as a
+/// statement of its own, so it sees a task whose insert it waited for), and
+/// the reconciler sweeps with [`purge_tombstoned_tasks`].
+const PURGE_TASKS_SQL: &str = "DELETE FROM tasks t USING members m
+     WHERE t.member_id = m.id AND m.deleted_at IS NOT NULL AND m.id = ANY($1)";
+
+/// Deletes the tasks of the tombstones among `ids`; returns how many.
+pub async fn purge_tasks<'e>(db: impl PgExecutor<'e>, ids: &[Uuid]) -> sqlx::Result<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    Ok(sqlx::query(PURGE_TASKS_SQL)
+        .bind(ids)
+        .execute(db)
+        .await?
+        .rows_affected())
+}
+
+/// Deletes every task of any tombstone: the reconciler's sweep, which
+/// catches a task a racing CreateTask committed after a tombstone's purge.
+pub async fn purge_tombstoned_tasks(pool: &PgPool) -> sqlx::Result<u64> {
+    Ok(sqlx::query(
+        "DELETE FROM tasks t USING members m
+          WHERE t.member_id = m.id AND m.deleted_at IS NOT NULL",
+    )
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
 
 /// A decoded, validated member event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +66,9 @@ pub struct MemberEvent {
     pub occurred_at: DateTime<Utc>,
     pub sessions_not_before: Option<DateTime<Utc>>,
     pub sessions_version: i64,
+    /// A MemberDeleted: the member becomes a tombstone at `version` (the
+    /// nickname and region are empty) and its tasks are deleted.
+    pub deleted: bool,
 }
 
 /// What applying a batch did.
@@ -50,6 +85,8 @@ pub struct Applied {
 /// Applies `events` in one statement (so in one transaction): events already
 /// in the inbox are skipped, the rest are recorded there, and each member
 /// moves to its newest version if that is newer than what the replica holds.
+/// The tasks of members that became (or were) tombstones are deleted in the
+/// same transaction.
 pub async fn apply(pool: &PgPool, events: &[MemberEvent]) -> sqlx::Result<Applied> {
     let mut event_ids = Vec::with_capacity(events.len());
     let mut member_ids = Vec::with_capacity(events.len());
@@ -59,7 +96,9 @@ pub async fn apply(pool: &PgPool, events: &[MemberEvent]) -> sqlx::Result<Applie
     let mut occurred = Vec::with_capacity(events.len());
     let mut not_before = Vec::with_capacity(events.len());
     let mut sessions_versions = Vec::with_capacity(events.len());
+    let mut deleted = Vec::with_capacity(events.len());
     for e in events {
+        deleted.push(e.deleted);
         not_before.push(e.sessions_not_before);
         sessions_versions.push(e.sessions_version);
         event_ids.push(e.event_id);
@@ -70,22 +109,24 @@ pub async fn apply(pool: &PgPool, events: &[MemberEvent]) -> sqlx::Result<Applie
         occurred.push(e.occurred_at);
     }
     type Row = (i64, Vec<Uuid>, Vec<i64>, Vec<f64>, i64);
+    let mut tx = pool.begin().await?;
     let (fresh, ids, versions, lags, _notified): Row =
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "WITH batch AS (
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[],
-                                  $6::timestamptz[], $7::timestamptz[], $8::int8[])
+                                  $6::timestamptz[], $7::timestamptz[], $8::int8[], $9::bool[])
                  AS e(event_id, member_id, nickname, region, version, occurred_at,
-                      sessions_not_before, sessions_version)
+                      sessions_not_before, sessions_version, deleted)
          ), fresh AS (
              INSERT INTO inbox (event_id) SELECT event_id FROM batch
              ON CONFLICT DO NOTHING
              RETURNING event_id
          ), changed AS (
              INSERT INTO members (id, nickname, region, version, occurred_at,
-                                  sessions_not_before, sessions_version)
+                                  sessions_not_before, sessions_version, deleted_at)
              SELECT DISTINCT ON (b.member_id) b.member_id, b.nickname, b.region, b.version,
-                    b.occurred_at, b.sessions_not_before, b.sessions_version
+                    b.occurred_at, b.sessions_not_before, b.sessions_version,
+                    CASE WHEN b.deleted THEN b.occurred_at END
                FROM batch b JOIN fresh f USING (event_id)
               ORDER BY b.member_id, b.version DESC
              {UPSERT_IF_NEWER}
@@ -109,8 +150,16 @@ pub async fn apply(pool: &PgPool, events: &[MemberEvent]) -> sqlx::Result<Applie
         .bind(&occurred)
         .bind(&not_before)
         .bind(&sessions_versions)
-        .fetch_one(pool)
+        .bind(&deleted)
+        .fetch_one(&mut *tx)
         .await?;
+    let tombstoned: Vec<Uuid> = events
+        .iter()
+        .filter(|e| e.deleted)
+        .map(|e| e.member_id)
+        .collect();
+    purge_tasks(&mut *tx, &tombstoned).await?;
+    tx.commit().await?;
     Ok(Applied {
         fresh: fresh as u64,
         changed: ids
@@ -124,7 +173,10 @@ pub async fn apply(pool: &PgPool, events: &[MemberEvent]) -> sqlx::Result<Applie
 
 /// Writes members read from auth (read-through, resync, the reconciler)
 /// through the version guard, in one statement; returns how many rows
-/// changed. Never moves a row backwards, so it is safe while events flow.
+/// changed. Never moves a row backwards, so it is safe while events flow. The
+/// tasks of a member written as a tombstone are deleted by the same
+/// statement (a task a racing CreateTask commits meanwhile is left to the
+/// reconciler's [`purge_tombstoned_tasks`]).
 pub async fn upsert<'e>(db: impl PgExecutor<'e>, members: &[ReplicaMember]) -> sqlx::Result<u64> {
     let ids: Vec<Uuid> = members.iter().map(|m| m.id).collect();
     let nicknames: Vec<&str> = members.iter().map(|m| m.nickname.as_str()).collect();
@@ -133,12 +185,21 @@ pub async fn upsert<'e>(db: impl PgExecutor<'e>, members: &[ReplicaMember]) -> s
     let occurred: Vec<DateTime<Utc>> = members.iter().map(|m| m.occurred_at).collect();
     let not_before: Vec<_> = members.iter().map(|m| m.sessions_not_before).collect();
     let sessions_versions: Vec<i64> = members.iter().map(|m| m.sessions_version).collect();
-    let done = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO members (id, nickname, region, version, occurred_at,
-                              sessions_not_before, sessions_version)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::timestamptz[],
-                              $6::timestamptz[], $7::int8[])
-         {UPSERT_IF_NEWER}"
+    let deleted_at: Vec<_> = members.iter().map(|m| m.deleted_at).collect();
+    let (changed,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH up AS (
+             INSERT INTO members (id, nickname, region, version, occurred_at,
+                                  sessions_not_before, sessions_version, deleted_at)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[],
+                                  $5::timestamptz[], $6::timestamptz[], $7::int8[],
+                                  $8::timestamptz[])
+             {UPSERT_IF_NEWER}
+             RETURNING id, deleted_at
+         ), purged AS (
+             DELETE FROM tasks WHERE member_id IN
+                 (SELECT id FROM up WHERE deleted_at IS NOT NULL)
+         )
+         SELECT count(*) FROM up"
     )))
     .bind(&ids)
     .bind(&nicknames)
@@ -147,14 +208,15 @@ pub async fn upsert<'e>(db: impl PgExecutor<'e>, members: &[ReplicaMember]) -> s
     .bind(&occurred)
     .bind(&not_before)
     .bind(&sessions_versions)
-    .execute(db)
+    .bind(&deleted_at)
+    .fetch_one(db)
     .await?;
-    Ok(done.rows_affected())
+    Ok(changed as u64)
 }
 
 /// The replica columns a [`Observed`] row is read from.
 const OBSERVED_COLUMNS: &str = "id, nickname, region, version, occurred_at, sessions_not_before,
-                                sessions_version, replicated_at";
+                                sessions_version, deleted_at, replicated_at";
 
 /// Up to `limit` replica rows in `(after, until]`, in id order, as observed
 /// for a later compare-and-set.
@@ -192,25 +254,28 @@ pub async fn set_if_unchanged(pool: &PgPool, plan: &[Overwrite]) -> sqlx::Result
     let t = |f: fn(&Overwrite) -> &ReplicaMember| plan.iter().map(f).collect::<Vec<_>>();
     let (targets, seen) = (t(|o| &o.target), t(|o| &o.observed.member));
     let seen_at: Vec<DateTime<Utc>> = plan.iter().map(|o| o.observed.replicated_at).collect();
-    sqlx::query_scalar(
+    let mut tx = pool.begin().await?;
+    let set: Vec<Uuid> = sqlx::query_scalar(
         "UPDATE members m
             SET nickname = t.nickname, region = t.region, version = t.version,
                 occurred_at = t.occurred_at, sessions_not_before = t.sessions_not_before,
-                sessions_version = t.sessions_version, replicated_at = clock_timestamp()
+                sessions_version = t.sessions_version, deleted_at = t.deleted_at,
+                replicated_at = clock_timestamp()
            FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::timestamptz[],
                        $6::timestamptz[], $7::int8[],
                        $8::int8[], $9::text[], $10::text[], $11::timestamptz[], $12::int8[],
-                       $13::timestamptz[])
+                       $13::timestamptz[], $14::timestamptz[], $15::timestamptz[])
              AS t(id, nickname, region, version, occurred_at, sessions_not_before,
                   sessions_version,
                   seen_version, seen_nickname, seen_region, seen_not_before,
-                  seen_sessions_version, seen_at)
+                  seen_sessions_version, seen_at, deleted_at, seen_deleted_at)
           WHERE m.id = t.id
             AND m.version = t.seen_version
             AND m.replicated_at = t.seen_at
-            AND (m.nickname, m.region, m.sessions_not_before, m.sessions_version)
+            AND (m.nickname, m.region, m.sessions_not_before, m.sessions_version, m.deleted_at)
                 IS NOT DISTINCT FROM
-                (t.seen_nickname, t.seen_region, t.seen_not_before, t.seen_sessions_version)
+                (t.seen_nickname, t.seen_region, t.seen_not_before, t.seen_sessions_version,
+                 t.seen_deleted_at)
       RETURNING m.id",
     )
     .bind(targets.iter().map(|m| m.id).collect::<Vec<_>>())
@@ -250,8 +315,13 @@ pub async fn set_if_unchanged(pool: &PgPool, plan: &[Overwrite]) -> sqlx::Result
     )
     .bind(seen.iter().map(|m| m.sessions_version).collect::<Vec<_>>())
     .bind(&seen_at)
-    .fetch_all(pool)
-    .await
+    .bind(targets.iter().map(|m| m.deleted_at).collect::<Vec<_>>())
+    .bind(seen.iter().map(|m| m.deleted_at).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await?;
+    purge_tasks(&mut *tx, &set).await?;
+    tx.commit().await?;
+    Ok(set)
 }
 
 /// Deletes rows auth does not have, where each is still as observed and has
@@ -294,7 +364,8 @@ pub async fn digest(pool: &PgPool, bounds: &[(Uuid, Uuid)]) -> sqlx::Result<Vec<
 
 pub async fn find<'e>(db: impl PgExecutor<'e>, id: Uuid) -> sqlx::Result<Option<ReplicaMember>> {
     sqlx::query_as(
-        "SELECT id, nickname, region, version, occurred_at, sessions_not_before, sessions_version
+        "SELECT id, nickname, region, version, occurred_at, sessions_not_before, sessions_version,
+                deleted_at
            FROM members WHERE id = $1",
     )
     .bind(id)

@@ -17,8 +17,13 @@ pub async fn create_idempotent(
     time_zone: &str,
 ) -> sqlx::Result<Task> {
     let inserted: Option<Task> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        // Only for a live member, share-locked: a tombstone written meanwhile
+        // is seen once its lock is released, and one written after waits
+        // for this insert and then deletes the task.
         "INSERT INTO tasks (id, member_id, request_id, title, due_at, time_zone)
-         VALUES ($1, $2, $3, $4, $5, $6)
+         SELECT $1, $2, $3, $4, $5, $6
+          WHERE EXISTS (SELECT 1 FROM members
+                         WHERE id = $2 AND deleted_at IS NULL FOR SHARE)
          ON CONFLICT (member_id, request_id) DO NOTHING
          RETURNING {COLUMNS}"
     )))

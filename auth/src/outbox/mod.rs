@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use memberflow_contract::proto::auth::v1 as pb;
 use memberflow_contract::time::timestamp;
 use memberflow_contract::topology::MEMBER_CREATED;
+use memberflow_contract::topology::MEMBER_DELETED;
 use memberflow_contract::topology::MEMBER_SESSIONS_REVOKED;
 use memberflow_contract::topology::MEMBER_UPDATED;
 use memberflow_runtime::trace_context;
@@ -27,6 +28,8 @@ pub enum EventKind {
     Updated,
     /// Logout or ChangePassword ended the member's sessions.
     SessionsRevoked,
+    /// DeleteAccount: the member is a tombstone (see [`encode_deleted`]).
+    Deleted,
 }
 
 impl EventKind {
@@ -35,6 +38,7 @@ impl EventKind {
             Self::Created => MEMBER_CREATED,
             Self::Updated => MEMBER_UPDATED,
             Self::SessionsRevoked => MEMBER_SESSIONS_REVOKED,
+            Self::Deleted => MEMBER_DELETED,
         }
     }
 }
@@ -65,7 +69,27 @@ pub fn encode(kind: EventKind, event_id: Uuid, member: &Member) -> Vec<u8> {
             region: member.region.clone(),
         }
         .encode_to_vec(),
+        EventKind::Deleted => {
+            encode_deleted(event_id, member.id, member.version, member.updated_at)
+        }
     }
+}
+
+/// Encodes a MemberDeleted: the id, the version and the time of the
+/// deletion, and no personal data.
+pub fn encode_deleted(
+    event_id: Uuid,
+    member_id: Uuid,
+    version: i64,
+    deleted_at: DateTime<Utc>,
+) -> Vec<u8> {
+    pb::MemberDeleted {
+        event_id: event_id.to_string(),
+        member_id: member_id.to_string(),
+        version,
+        occurred_at: Some(timestamp(deleted_at)),
+    }
+    .encode_to_vec()
 }
 
 /// One row waiting to be published.

@@ -96,6 +96,23 @@ impl Tx {
         Ok(event.event_id)
     }
 
+    /// Writes the MemberDeleted event of `tombstone`, in this transaction.
+    /// Returns the event id.
+    pub async fn enqueue_deleted(
+        &mut self,
+        tombstone: &crate::repo::Tombstone,
+    ) -> sqlx::Result<Uuid> {
+        let event = NewEvent::deleted(tombstone);
+        bind_event(
+            sqlx::query_as::<_, (Uuid,)>(sqlx::AssertSqlSafe(ENQUEUE_SQL.as_str())),
+            &event,
+        )
+        .fetch_one(&mut *self.tx)
+        .await?;
+        self.enqueued = true;
+        Ok(event.event_id)
+    }
+
     /// Commits; wakes the relay if an event was written.
     pub async fn commit(self) -> sqlx::Result<()> {
         self.tx.commit().await?;
@@ -162,6 +179,29 @@ impl NewEvent {
             version: member.version,
             payload: encode(kind, event_id, member),
             occurred_at: member.updated_at,
+            traceparent: trace.traceparent,
+            tracestate: trace.tracestate,
+        }
+    }
+}
+
+impl NewEvent {
+    /// The MemberDeleted event for `tombstone`.
+    pub fn deleted(tombstone: &crate::repo::Tombstone) -> Self {
+        let event_id = Uuid::now_v7();
+        let trace = trace_context::current();
+        Self {
+            event_id,
+            routing_key: EventKind::Deleted.routing_key(),
+            member_id: tombstone.id,
+            version: tombstone.version,
+            payload: super::encode_deleted(
+                event_id,
+                tombstone.id,
+                tombstone.version,
+                tombstone.deleted_at,
+            ),
+            occurred_at: tombstone.deleted_at,
             traceparent: trace.traceparent,
             tracestate: trace.tracestate,
         }

@@ -5,6 +5,7 @@
 use memberflow_contract::proto::auth::v1 as pb;
 use memberflow_contract::time::from_timestamp;
 use memberflow_contract::topology::MEMBER_CREATED;
+use memberflow_contract::topology::MEMBER_DELETED;
 use memberflow_contract::topology::MEMBER_SESSIONS_REVOKED;
 use memberflow_contract::topology::MEMBER_UPDATED;
 use memberflow_runtime::db::Fault;
@@ -57,8 +58,40 @@ pub fn triage(routing_key: &str, body: &[u8]) -> Triage {
             Ok(event) => Triage::Apply(event),
             Err(poison) => Triage::Poison(poison),
         },
+        MEMBER_DELETED => match decode_deleted(body) {
+            Ok(event) => Triage::Apply(event),
+            Err(poison) => Triage::Poison(poison),
+        },
         other => Triage::Unknown(other.to_owned()),
     }
+}
+
+/// A MemberDeleted: the member's tombstone at `version`. It carries no
+/// nickname or region, so it skips [`state`]'s checks of them.
+fn decode_deleted(body: &[u8]) -> Result<MemberEvent, Poison> {
+    let e = pb::MemberDeleted::decode(body).map_err(|e| Poison::Undecodable(e.to_string()))?;
+    let event_id = Uuid::parse_str(&e.event_id).map_err(|_| invalid("event_id", "not a UUID"))?;
+    let member_id =
+        Uuid::parse_str(&e.member_id).map_err(|_| invalid("member_id", "not a UUID"))?;
+    if e.version < 1 {
+        return Err(invalid("version", "must be at least 1"));
+    }
+    let occurred_at = e
+        .occurred_at
+        .as_ref()
+        .and_then(from_timestamp)
+        .ok_or_else(|| invalid("occurred_at", "missing or out of range"))?;
+    Ok(MemberEvent {
+        event_id,
+        member_id,
+        nickname: String::new(),
+        region: String::new(),
+        version: e.version,
+        occurred_at,
+        sessions_not_before: None,
+        sessions_version: 0,
+        deleted: true,
+    })
 }
 
 fn decode(body: &[u8]) -> Result<MemberEvent, Poison> {
@@ -133,6 +166,7 @@ fn state(
         occurred_at,
         sessions_not_before,
         sessions_version,
+        deleted: false,
     })
 }
 
@@ -249,6 +283,37 @@ mod tests {
         };
         assert!(matches!(
             triage(MEMBER_SESSIONS_REVOKED, &missing.encode_to_vec()),
+            Triage::Poison(_)
+        ));
+    }
+
+    #[test]
+    fn member_deleted_is_a_tombstone_without_personal_data() {
+        let e = pb::MemberDeleted {
+            event_id: Uuid::now_v7().to_string(),
+            member_id: Uuid::now_v7().to_string(),
+            version: 4,
+            occurred_at: Some(timestamp(chrono::Utc::now())),
+        };
+        let Triage::Apply(applied) = triage(MEMBER_DELETED, &e.encode_to_vec()) else {
+            panic!("not applied");
+        };
+        assert!(applied.deleted);
+        assert_eq!((applied.version, applied.nickname.as_str()), (4, ""));
+        let broken = pb::MemberDeleted {
+            version: 0,
+            ..e.clone()
+        };
+        assert!(matches!(
+            triage(MEMBER_DELETED, &broken.encode_to_vec()),
+            Triage::Poison(_)
+        ));
+        let timeless = pb::MemberDeleted {
+            occurred_at: None,
+            ..e
+        };
+        assert!(matches!(
+            triage(MEMBER_DELETED, &timeless.encode_to_vec()),
             Triage::Poison(_)
         ));
     }
