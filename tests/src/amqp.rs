@@ -181,6 +181,30 @@ impl MemberEventFixture {
     }
 }
 
+/// Takes every message now ready in `queue` (which must exist) and acks it,
+/// unseen by its consumers: what an old consumer that skips an event does.
+/// Returns each message's routing key.
+pub async fn ack_unseen(amqp_url: &str, queue: &str) -> Vec<String> {
+    let conn = amqp::connect(amqp_url, "test-skipper")
+        .await
+        .expect("amqp connect");
+    let channel = conn.create_channel().await.expect("channel");
+    let mut keys = Vec::new();
+    while let Some(m) = channel
+        .basic_get(queue.into(), BasicGetOptions::default())
+        .await
+        .expect("basic.get")
+    {
+        m.delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack");
+        keys.push(m.delivery.routing_key.to_string());
+    }
+    keys
+}
+
 /// Messages ready in `queue`, by passive declare.
 pub async fn queue_depth(channel: &Channel, queue: &str) -> u32 {
     channel

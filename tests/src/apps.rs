@@ -160,6 +160,27 @@ impl TestAuth {
             .expect("a member")
             .version
     }
+
+    /// DeleteAccount as the holder of `token` with `password`: the
+    /// consistency token naming the deletion, or the status.
+    pub async fn delete_account(
+        &mut self,
+        token: &str,
+        password: &str,
+    ) -> Result<String, tonic::Status> {
+        let req = crate::fixtures::bearer(
+            memberflow_contract::proto::auth::v1::DeleteAccountRequest {
+                password: password.to_owned(),
+            },
+            token,
+        );
+        Ok(self
+            .client
+            .delete_account(req)
+            .await?
+            .into_inner()
+            .consistency_token)
+    }
 }
 
 /// Signs `req` up through `client` and logs in with its password: (member

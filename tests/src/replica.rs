@@ -12,13 +12,15 @@ use crate::{
 };
 
 /// A member's replicable state, as both sides store it: id, nickname,
-/// region, version, sessions_version, sessions_not_before.
+/// region, version, sessions_version, sessions_not_before. A tombstone reads
+/// as empty nickname and region on both sides.
 pub type MemberRow = (Uuid, String, String, i64, i64, Option<DateTime<Utc>>);
 
 /// Every member of `pool` (auth's or task's database), in id order.
 pub async fn members(pool: &PgPool) -> Vec<MemberRow> {
     sqlx::query_as(
-        "SELECT id, nickname, region, version, sessions_version, sessions_not_before
+        "SELECT id, coalesce(nickname, '') AS nickname, coalesce(region, '') AS region,
+                version, sessions_version, sessions_not_before
            FROM members ORDER BY id",
     )
     .fetch_all(pool)

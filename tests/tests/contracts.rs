@@ -161,6 +161,7 @@ async fn task_applies_the_oldest_event_bytes_auth_ever_published() {
             occurred_at: chrono::DateTime::from_timestamp(1_730_000_000, 123_456_000).unwrap(),
             sessions_not_before: None,
             sessions_version: 0,
+            deleted: false,
         }
     );
     let second = applied(MEMBER_UPDATED, updated);

@@ -212,6 +212,7 @@ async fn an_event_applied_between_the_read_and_the_write_is_not_undone() {
         occurred_at: chrono::Utc::now(),
         sessions_not_before: None,
         sessions_version: 0,
+        deleted: false,
     };
     replica::apply(&task_db, &[event]).await.unwrap();
     let done = repair::overwrite(&task_db, &plan.overwrite).await.unwrap();
