@@ -15,12 +15,14 @@
 //! auth's (a forged event) or was lost by auth (a restore).
 use std::collections::HashMap;
 
-use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{domain::ReplicaMember, replica};
+use crate::{
+    domain::ReplicaMember,
+    replica::{self, Observed},
+};
 
 /// How a replica row differs from auth.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -100,16 +102,6 @@ pub enum UnknownRows {
     /// tasks was vouched for by auth once (a token auth signed created them),
     /// so it is kept and reported.
     Remove,
-}
-
-/// A replica row as the reconciler or resync read it: the compare-and-set
-/// token of a later write.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct Observed {
-    #[sqlx(flatten)]
-    pub member: ReplicaMember,
-    /// Every replica writer stamps it, so it changes with every write.
-    pub replicated_at: DateTime<Utc>,
 }
 
 /// A row to move to auth's state, only if it is still as observed.
@@ -206,7 +198,8 @@ pub async fn overwrite(pool: &PgPool, plan: &[Overwrite]) -> sqlx::Result<PerKin
         return Ok(done);
     }
     let kinds: HashMap<Uuid, Kind> = plan.iter().map(|o| (o.target.id, o.kind)).collect();
-    for id in replica::set_if_unchanged(pool, plan).await? {
+    for id in replica::set_if_unchanged(pool, plan.iter().map(|o| (&o.observed, &o.target))).await?
+    {
         if let Some(kind) = kinds.get(&id) {
             done.add(*kind, 1);
         }
@@ -239,6 +232,7 @@ pub async fn carry_out(pool: &PgPool, plan: &Plan, policy: UnknownRows) -> sqlx:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::DateTime;
 
     fn member(id: u128, version: i64, nickname: &str) -> ReplicaMember {
         ReplicaMember {

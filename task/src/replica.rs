@@ -5,7 +5,6 @@ use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::domain::ReplicaMember;
-use crate::repair::{Observed, Overwrite};
 
 /// The version guard every writer of the replica goes through (events,
 /// read-through, resync, the reconciler): a row only ever moves to a newer
@@ -214,6 +213,16 @@ pub async fn upsert<'e>(db: impl PgExecutor<'e>, members: &[ReplicaMember]) -> s
     Ok(changed as u64)
 }
 
+/// A replica row as the reconciler or resync read it: the compare-and-set
+/// token of a later write.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Observed {
+    #[sqlx(flatten)]
+    pub member: ReplicaMember,
+    /// Every replica writer stamps it, so it changes with every write.
+    pub replicated_at: DateTime<Utc>,
+}
+
 /// The replica columns a [`Observed`] row is read from.
 const OBSERVED_COLUMNS: &str = "id, nickname, region, version, occurred_at, sessions_not_before,
                                 sessions_version, deleted_at, replicated_at";
@@ -249,11 +258,17 @@ pub async fn observe_ids<'e>(db: impl PgExecutor<'e>, ids: &[Uuid]) -> sqlx::Res
 /// Sets each planned row to auth's state, bypassing the version guard, but
 /// only where the row is still exactly as observed: same version, content
 /// and `replicated_at` (which every writer stamps, so even a change and its
-/// undo in between are seen). Returns the ids set. One statement.
-pub async fn set_if_unchanged(pool: &PgPool, plan: &[Overwrite]) -> sqlx::Result<Vec<Uuid>> {
-    let t = |f: fn(&Overwrite) -> &ReplicaMember| plan.iter().map(f).collect::<Vec<_>>();
-    let (targets, seen) = (t(|o| &o.target), t(|o| &o.observed.member));
-    let seen_at: Vec<DateTime<Utc>> = plan.iter().map(|o| o.observed.replicated_at).collect();
+/// undo in between are seen). `plan` pairs each row as observed with the
+/// state to set. Returns the ids set. One statement, then the tasks of any
+/// row set to a tombstone are deleted in the same transaction.
+pub async fn set_if_unchanged<'a>(
+    pool: &PgPool,
+    plan: impl IntoIterator<Item = (&'a Observed, &'a ReplicaMember)>,
+) -> sqlx::Result<Vec<Uuid>> {
+    let plan: Vec<_> = plan.into_iter().collect();
+    let targets: Vec<&ReplicaMember> = plan.iter().map(|(_, target)| *target).collect();
+    let seen: Vec<&ReplicaMember> = plan.iter().map(|(observed, _)| &observed.member).collect();
+    let seen_at: Vec<DateTime<Utc>> = plan.iter().map(|(o, _)| o.replicated_at).collect();
     let mut tx = pool.begin().await?;
     let set: Vec<Uuid> = sqlx::query_scalar(
         "UPDATE members m

@@ -130,7 +130,7 @@ async fn overwrite_confirmed(
     while let Some(page) = pages.next().await {
         now.extend(page?);
     }
-    let observed: Vec<repair::Observed> = suspects.iter().map(|o| o.observed.clone()).collect();
+    let observed: Vec<replica::Observed> = suspects.iter().map(|o| o.observed.clone()).collect();
     let plan = repair::decide(&now, &observed);
     // Resync removes nothing; anything behind now moves on its own (events).
     Ok(repair::overwrite(pool, &plan.overwrite).await?)
