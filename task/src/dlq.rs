@@ -98,6 +98,53 @@ pub async fn replay(conn: &Connection, ids: &[String]) -> lapin::Result<Replayed
     Ok(report)
 }
 
+/// What dropping a member's messages did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    /// Message ids removed from the DLQ, oldest first.
+    pub dropped: Vec<String>,
+    /// Messages left in the DLQ, in their order.
+    pub kept: usize,
+}
+
+/// Removes every message of `member` from the DLQ (they carry the member's
+/// nickname and region: after an account deletion they are the last copy in
+/// task's reach) and leaves the rest in order. A message is the member's
+/// when its `member_id` header or its body's `member_id` (field 2 of every
+/// member event) names them.
+pub async fn drop_member(conn: &Connection, member: uuid::Uuid) -> lapin::Result<Dropped> {
+    let channel = conn.create_channel().await?;
+    let all = drain(&channel).await?;
+    let mut report = Dropped::default();
+    let mut keep = Vec::new();
+    let wanted = member.to_string();
+    for m in all {
+        let d = describe(&m);
+        if d.member_id != wanted && body_member(&m.delivery.data).as_deref() != Some(&wanted) {
+            keep.push(m);
+            continue;
+        }
+        bounded(m.delivery.acker.ack(BasicAckOptions::default())).await?;
+        report.dropped.push(d.message_id);
+    }
+    report.kept = keep.len();
+    release(&channel, &keep).await?;
+    Ok(report)
+}
+
+/// The `member_id` (field 2) of any member event body, if it decodes.
+fn body_member(body: &[u8]) -> Option<String> {
+    /// Field 2 of MemberChanged, MemberSessionsRevoked and MemberDeleted
+    /// alike; decoding skips the rest.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct MemberId {
+        #[prost(string, tag = "2")]
+        member_id: String,
+    }
+    use prost::Message as _;
+    MemberId::decode(body).ok().map(|m| m.member_id)
+}
+
 /// Takes every message, unacked, so each is seen once.
 async fn drain(channel: &Channel) -> lapin::Result<Vec<BasicGetMessage>> {
     let mut all = Vec::new();

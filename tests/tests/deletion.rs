@@ -340,35 +340,7 @@ async fn nothing_resurrects_a_deleted_member() {
     unchanged().await;
 
     // A DLQ replay of an older event of the member.
-    let stale = {
-        use prost::Message;
-        auth_pb::MemberChanged {
-            event_id: Uuid::now_v7().to_string(),
-            member_id: id.to_string(),
-            nickname: p.nickname.clone(),
-            region: "Asia/Seoul".into(),
-            version: 1,
-            occurred_at: Some(memberflow_contract::time::timestamp(chrono::Utc::now())),
-            ..Default::default()
-        }
-        .encode_to_vec()
-    };
-    publisher
-        .channel
-        .basic_publish(
-            "".into(),
-            DEAD_LETTER_QUEUE.into(),
-            lapin::options::BasicPublishOptions::default(),
-            &stale,
-            lapin::BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_type(MEMBER_UPDATED.into())
-                .with_message_id(Uuid::now_v7().to_string().into()),
-        )
-        .await
-        .expect("publish to the DLQ")
-        .await
-        .expect("confirm");
+    dead_letter(&publisher, id, 1, &p.nickname).await;
     let seen = task.processed();
     let replayed = task::dlq::replay(&publisher.conn, &[])
         .await
@@ -414,6 +386,74 @@ async fn nothing_resurrects_a_deleted_member() {
         .await
         .expect("reconcile");
     unchanged().await;
+}
+
+/// Puts a MemberChanged of `member` at `version` straight into task's DLQ, as
+/// a dead-lettered event; returns its message id.
+async fn dead_letter(
+    publisher: &RawPublisher,
+    member: Uuid,
+    version: i64,
+    nickname: &str,
+) -> String {
+    use prost::Message;
+    let body = auth_pb::MemberChanged {
+        event_id: Uuid::now_v7().to_string(),
+        member_id: member.to_string(),
+        nickname: nickname.into(),
+        region: "Asia/Seoul".into(),
+        version,
+        occurred_at: Some(memberflow_contract::time::timestamp(chrono::Utc::now())),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let message_id = Uuid::now_v7().to_string();
+    publisher
+        .channel
+        .basic_publish(
+            "".into(),
+            DEAD_LETTER_QUEUE.into(),
+            lapin::options::BasicPublishOptions::default(),
+            &body,
+            lapin::BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_type(MEMBER_UPDATED.into())
+                .with_message_id(message_id.as_str().into()),
+        )
+        .await
+        .expect("publish to the DLQ")
+        .await
+        .expect("confirm");
+    message_id
+}
+
+#[tokio::test]
+async fn dlq_drop_removes_the_members_messages_and_keeps_the_rest_in_order() {
+    // Arrange: the DLQ holds another member's message, the deleted member's,
+    // then another's.
+    let mut env = TestEnv::new();
+    let _task =
+        memberflow_tests::system::spawn_task_alone(&mut env, ConsistencyMode::NotReady).await;
+    let publisher = RawPublisher::connect(&env.amqp_url()).await;
+    let (gone, other) = (Uuid::now_v7(), Uuid::now_v7());
+    let first = dead_letter(&publisher, other, 1, "Other").await;
+    let dropped = dead_letter(&publisher, gone, 3, "Gone").await;
+    let last = dead_letter(&publisher, other, 2, "Other").await;
+
+    // Act
+    let report = task::dlq::drop_member(&publisher.conn, gone)
+        .await
+        .expect("drop");
+
+    // Assert
+    assert_eq!((report.dropped, report.kept), (vec![dropped], 2));
+    let left: Vec<String> = task::dlq::list(&publisher.conn)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|d| d.message_id)
+        .collect();
+    assert_eq!(left, vec![first, last]);
 }
 
 #[tokio::test]

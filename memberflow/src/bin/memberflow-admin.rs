@@ -7,6 +7,7 @@
 //! memberflow-admin resync [--member ID]...
 //! memberflow-admin dlq list
 //! memberflow-admin dlq replay [--id MESSAGE_ID]...
+//! memberflow-admin dlq drop --member ID
 //! memberflow-admin outbox parked
 //! memberflow-admin outbox replay [--id N]...
 //! memberflow-admin keygen
@@ -70,6 +71,13 @@ enum Dlq {
         /// A message id from `dlq list`; repeat for several. Default: all.
         #[arg(long = "id", value_name = "MESSAGE_ID")]
         ids: Vec<String>,
+    },
+    /// Remove every message of a member (after their account was deleted:
+    /// the messages carry their nickname); the rest stay, in order.
+    Drop {
+        /// The deleted member's id.
+        #[arg(long = "member", value_name = "ID")]
+        member: uuid::Uuid,
     },
 }
 
@@ -169,6 +177,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         // Idempotent: a second replay of the same id is a no-op.
                         eprintln!("{id}: not in the DLQ (already replayed?)");
                     }
+                }
+                Dlq::Drop { member } => {
+                    let report = task::dlq::drop_member(&conn, member).await?;
+                    for id in &report.dropped {
+                        println!("dropped {id}");
+                    }
+                    eprintln!(
+                        "{} message(s) of member {member} dropped, {} left in the DLQ",
+                        report.dropped.len(),
+                        report.kept
+                    );
                 }
             }
             let _ = conn.close(200, "done".into()).await;
