@@ -145,6 +145,11 @@ impl ServiceProcess {
         }
     }
 
+    /// Everything the process has logged so far (its stderr).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// `http://addr`, for task's `auth.addr`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)

@@ -595,3 +595,55 @@ async fn with_two_auth_and_two_task_instances_nothing_of_the_member_remains() {
         assert_refused(&mut auth, sys.tasks[t].channel.clone(), &token).await;
     }
 }
+
+#[tokio::test]
+async fn logs_at_the_default_level_carry_no_email_nickname_or_title() {
+    // The services as processes, logging at `info` (their default) to files.
+    let level = std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into());
+    let mut env = TestEnv::new();
+    let sys = System::builder(&mut env).processes().start().await;
+    let task_db = env.pool("task").await;
+    let p = Person::new("quiet");
+    let mut auth = AuthServiceClient::new(sys.auth_processes[0].channel.clone());
+    let (id, token) = memberflow_tests::apps::sign_up_and_log_in(&mut auth, p.signup()).await;
+    let mut client =
+        memberflow_client::TaskClient::new(sys.task_processes[0].channel.clone(), &token)
+            .expect("client");
+    for title in &p.titles {
+        client
+            .create_task(create_task(title))
+            .await
+            .expect("create");
+    }
+    // A wrong password first: a failure path logs too.
+    let wrong = auth_pb::DeleteAccountRequest {
+        password: "not the password".into(),
+    };
+    auth.delete_account(bearer(wrong, &token))
+        .await
+        .expect_err("wrong password");
+    let delete = auth_pb::DeleteAccountRequest {
+        password: PASSWORD.into(),
+    };
+    auth.delete_account(bearer(delete, &token))
+        .await
+        .expect("delete");
+    replica_tombstone(&task_db, id, 2, WAIT).await;
+
+    if level != "info" {
+        eprintln!("TEST_LOG={level}: the check is for the default level, info; skipped");
+        return;
+    }
+    for process in sys.auth_processes.iter().chain(&sys.task_processes) {
+        let log = process.log_text();
+        // It did log (start-up at least), so the check reads real output.
+        assert!(!log.is_empty(), "{} logged nothing", process.service);
+        for secret in [&p.email, &p.nickname].into_iter().chain(&p.titles) {
+            assert!(
+                !log.contains(secret.as_str()),
+                "{} logged {secret:?}:\n{log}",
+                process.service
+            );
+        }
+    }
+}
