@@ -647,3 +647,33 @@ async fn logs_at_the_default_level_carry_no_email_nickname_or_title() {
         }
     }
 }
+
+#[tokio::test]
+async fn wrong_passwords_are_throttled_like_login() {
+    let mut env = TestEnv::new();
+    let mut sys = System::builder(&mut env)
+        .tune_auth(|s| {
+            s.login_throttle.per_email.burst = 3;
+            s.login_throttle.per_email.refill_ms = 60_000;
+        })
+        .start()
+        .await;
+    let auth_db = env.pool("auth").await;
+    let (id, token) = sys.auth().member(signup("guess@example.com")).await;
+    for _ in 0..3 {
+        let err = sys
+            .auth()
+            .delete_account(&token, "a wrong guess")
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    }
+    // The fourth attempt waits, even with the right password.
+    let err = sys
+        .auth()
+        .delete_account(&token, PASSWORD)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(row(&auth_db, id).await, Some((1, false)));
+}
