@@ -249,7 +249,10 @@ impl TaskApi {
             due_at.expect("checked"),
             &member.region,
         )
-        .await?;
+        .await?
+        // The tombstone won the race with this call: refused as any later
+        // call with the member's tokens is.
+        .ok_or_else(|| Failure::Unauthenticated("the account was deleted".into()))?;
         Ok(task)
     }
 }

@@ -8,14 +8,15 @@ use crate::domain::{NewTask, Task};
 const COLUMNS: &str = "id, member_id, title, due_at, time_zone, created_at";
 
 /// Inserts the task, or returns the one an earlier call with the same
-/// `request_id` created (and creates nothing).
+/// `request_id` created (and creates nothing); `None` when the member is no
+/// longer live (a tombstone was written after the caller's replica read).
 pub async fn create_idempotent(
     pool: &PgPool,
     member_id: Uuid,
     new: &NewTask,
     due_at: DateTime<Utc>,
     time_zone: &str,
-) -> sqlx::Result<Task> {
+) -> sqlx::Result<Option<Task>> {
     let inserted: Option<Task> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         // Only for a live member, share-locked: a tombstone written meanwhile
         // is seen once its lock is released, and one written after waits
@@ -36,14 +37,16 @@ pub async fn create_idempotent(
     .fetch_optional(pool)
     .await?;
     match inserted {
-        Some(t) => Ok(t),
+        Some(t) => Ok(Some(t)),
+        // A retry of a request that created its task (which a tombstone
+        // would have deleted), or none: the member was deleted meanwhile.
         None => {
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT {COLUMNS} FROM tasks WHERE member_id = $1 AND request_id = $2"
             )))
             .bind(member_id)
             .bind(new.request_id)
-            .fetch_one(pool)
+            .fetch_optional(pool)
             .await
         }
     }

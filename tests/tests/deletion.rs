@@ -677,3 +677,35 @@ async fn wrong_passwords_are_throttled_like_login() {
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert_eq!(row(&auth_db, id).await, Some((1, false)));
 }
+
+/// A CreateTask whose replica read saw the member live, but whose insert
+/// comes after the tombstone, creates nothing and says so (`None`, which
+/// CreateTask answers UNAUTHENTICATED), rather than failing on a missing row.
+#[tokio::test]
+async fn a_create_task_that_loses_the_race_to_the_tombstone_creates_nothing() {
+    let mut env = TestEnv::new();
+    let mut system = System::builder(&mut env).start().await;
+    let p = Person::new("race");
+    let (id, token) = member_with_tasks(&mut system.auths[0], &system.tasks[0], &p).await;
+    let task_db = env.pool("task").await;
+    let version = row(&task_db, id).await.expect("replicated").0;
+    system
+        .auth()
+        .delete_account(&token, PASSWORD)
+        .await
+        .expect("deleted");
+    replica_tombstone(&task_db, id, version + 1, WAIT).await;
+
+    // The insert of a call that read the member live just before.
+    let new = task::domain::NewTask {
+        request_id: Uuid::new_v4(),
+        title: task::domain::Title::parse("too late").unwrap(),
+        due_local: task::domain::DueLocal::parse("2026-12-24T18:00").unwrap(),
+    };
+    let created =
+        task::repo::create_idempotent(&task_db, id, &new, chrono::Utc::now(), "Asia/Seoul")
+            .await
+            .expect("no database error");
+    assert_eq!(created, None);
+    assert_eq!(tasks_of(&task_db, id).await, 0);
+}
