@@ -12,6 +12,7 @@ mod charts;
 mod clients;
 mod cluster;
 mod consumer_apply;
+mod deletion;
 mod floor;
 mod load;
 mod relay_drain;

@@ -10,11 +10,14 @@ use sqlx::PgPool;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
+/// The password of every bench member.
+pub(crate) const PASSWORD: &str = "correct horse battery staple";
+
 /// A valid, unique signup. `tag` keeps runs in one database apart.
 pub(crate) fn request(tag: &str, i: usize) -> SignUpRequest {
     SignUpRequest {
         email: format!("{tag}-{i}@bench.example"),
-        password: "correct horse battery staple".into(),
+        password: PASSWORD.into(),
         nickname: format!("bench {i}"),
         region: "Asia/Seoul".into(),
     }

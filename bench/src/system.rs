@@ -25,7 +25,7 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use uuid::Uuid;
 
 use crate::{
-    Lab, floor,
+    Lab, deletion, floor,
     load::{Run, closed_loop, open_loop},
     report::{Figure, Measure},
     service::{Service, ServiceProcess, start_system},
@@ -162,6 +162,25 @@ pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
         propagation.push(measure_propagation(&signups, &task_db, per_sec, plan.propagation).await?);
         floors.push(floor::propagation(&mut env, &raw_pool, per_sec, plan.propagation).await?);
     }
+
+    // DeleteAccount → the member's last task row gone, at 100 deletions/s,
+    // beside the propagation of this run's lowest rate.
+    let deletion =
+        deletion::measure(&signups, &task.channel, &task_db, 100.0, plan.propagation).await?;
+    lab.add(
+        Figure::new(
+            "DeleteAccount → last task row gone, 100/s".to_owned(),
+            format!(
+                "open loop {} s of DeleteAccount (each member signed up, logged in and given one task first, unmeasured); from just before the call to the replica's tombstone, whose transaction deletes the member's tasks (replicated_at)",
+                plan.propagation.as_secs()
+            ),
+            Measure::Latency(deletion),
+        )
+        .against(
+            format!("propagation at {}/s", plan.rates[0]),
+            Measure::Latency(propagation[0].latency),
+        ),
+    );
 
     // CreateTask on members the replica already holds.
     let hits = &members[..plan.hits];
