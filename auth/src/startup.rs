@@ -77,6 +77,7 @@ impl Service for Application {
             public_keys: self.public_keys.into(),
             signer: self.signer,
             token_ttl: Duration::seconds(settings.token.ttl_secs),
+            lifetimes: settings.token.lifetimes(),
             service_token: settings.token.service_token.clone(),
             outbox: Outbox::new(pool.clone(), relay_wake.clone()),
         };

@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use task::{
     ConsistencyMode,
     consumer::plan::{Triage, triage},
-    replica::MemberEvent,
+    replica::{MemberEvent, ReplicaEvent},
 };
 use uuid::Uuid;
 
@@ -57,7 +57,7 @@ fn newer(event: &impl Message) -> Vec<u8> {
 
 fn applied(routing_key: &str, body: &[u8]) -> MemberEvent {
     match triage(routing_key, body) {
-        Triage::Apply(e) => e,
+        Triage::Apply(ReplicaEvent::Member(e)) => e,
         other => panic!("{routing_key}: not applied: {other:?}"),
     }
 }
