@@ -242,9 +242,12 @@ impl AuthApi {
         expires_at: chrono::DateTime<Utc>,
     ) -> Issued {
         Issued {
-            access_token: self
-                .signer
-                .issue_in_session(member.id, member.version, session, expires_at),
+            access_token: self.signer.issue_in_session(
+                member.id,
+                member.version,
+                session,
+                expires_at,
+            ),
             expires_at,
             refresh_token: refresh.into_string(),
             session_id: session,
@@ -261,7 +264,10 @@ impl AuthApi {
     ) -> Result<Issued, Error> {
         let hash = presented.hash();
         let owner = store::owner_of(&self.pool, &hash).await?;
-        let account = owner.map_or_else(|| "session:unknown".to_owned(), |(s, _)| format!("session:{s}"));
+        let account = owner.map_or_else(
+            || "session:unknown".to_owned(),
+            |(s, _)| format!("session:{s}"),
+        );
         self.throttle.attempt(&account, peer)?;
         let Some((session, member_id)) = owner else {
             return Err(refresh_refused(Refresh::Unknown));
@@ -287,8 +293,7 @@ impl AuthApi {
                 if let Some(ended) = store::end(&mut tx, member_id, session, now).await? {
                     let event_id = tx.enqueue_session_ended(&member, &ended).await?;
                     tx.commit().await?;
-                    tracing::Span::current()
-                        .record("event_id", tracing::field::display(event_id));
+                    tracing::Span::current().record("event_id", tracing::field::display(event_id));
                     tracing::warn!("a rotated refresh token was presented again: session ended");
                 }
                 Err(refresh_refused(Refresh::Reuse))
@@ -457,11 +462,18 @@ impl AuthService for AuthApi {
         let member = repo::find_member(&mut conn, caller.member_id)
             .await
             .map_err(Error::from)?
-            .ok_or_else(|| Error::from(Failure::NotFound(format!("member {}", caller.member_id))))?;
+            .ok_or_else(|| {
+                Error::from(Failure::NotFound(format!("member {}", caller.member_id)))
+            })?;
         check_caller(&mut conn, caller, &member).await?;
-        let sessions = store::list(&mut *conn, caller.member_id, Utc::now(), self.lifetimes.idle)
-            .await
-            .map_err(Error::from)?;
+        let sessions = store::list(
+            &mut *conn,
+            caller.member_id,
+            Utc::now(),
+            self.lifetimes.idle,
+        )
+        .await
+        .map_err(Error::from)?;
         Ok(Response::new(pb::ListSessionsResponse {
             sessions: sessions
                 .into_iter()

@@ -222,7 +222,10 @@ async fn logout_of_all_sessions_ends_them_in_auth_at_once_and_in_task_after_repl
 
     let out = auth
         .client
-        .logout(bearer(auth_pb::LogoutRequest { all_sessions: true }, &token))
+        .logout(bearer(
+            auth_pb::LogoutRequest { all_sessions: true },
+            &token,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -235,7 +238,10 @@ async fn logout_of_all_sessions_ends_them_in_auth_at_once_and_in_task_after_repl
     assert!(err.message().contains("revoked"), "{}", err.message());
     let err = auth
         .client
-        .logout(bearer(auth_pb::LogoutRequest { all_sessions: true }, &token))
+        .logout(bearer(
+            auth_pb::LogoutRequest { all_sessions: true },
+            &token,
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);

@@ -126,7 +126,11 @@ async fn logout_on_one_device_ends_that_session_only() {
     assert_eq!(next.session_id, b.session_id);
     task_accepts(&task, &next.access_token).await;
     let listed = list_sessions(auth, &next.access_token).await.unwrap();
-    assert!(listed.iter().any(|s| s.session_id == b.session_id && s.current));
+    assert!(
+        listed
+            .iter()
+            .any(|s| s.session_id == b.session_id && s.current)
+    );
     assert!(listed.iter().all(|s| s.session_id != a.session_id));
 }
 
@@ -228,7 +232,10 @@ async fn twenty_concurrent_refreshes_with_one_token_issue_at_most_one() {
         ),
     )
     .await;
-    assert!(stored <= 2, "{stored} refresh tokens stored for the session");
+    assert!(
+        stored <= 2,
+        "{stored} refresh tokens stored for the session"
+    );
 }
 
 #[tokio::test]
@@ -252,8 +259,16 @@ async fn list_sessions_shows_both_devices_and_revoke_session_ends_one() {
         .map(|s| s.session_id.as_str())
         .collect();
     assert_eq!(current, [a.session_id.as_str()]);
-    assert!(listed[0].client.starts_with("laptop"), "{}", listed[0].client);
-    assert!(listed[1].client.starts_with("phone"), "{}", listed[1].client);
+    assert!(
+        listed[0].client.starts_with("laptop"),
+        "{}",
+        listed[0].client
+    );
+    assert!(
+        listed[1].client.starts_with("phone"),
+        "{}",
+        listed[1].client
+    );
     assert!(listed.iter().all(|s| s.created_at.is_some()));
 
     let revoke = |id: &str| auth_pb::RevokeSessionRequest {
@@ -533,11 +548,17 @@ async fn no_log_line_span_attribute_or_event_carries_a_token_or_session_id() {
     let logs = String::from_utf8_lossy(&logs.0.lock().expect("poisoned")).into_owned();
     assert!(logs.contains("Refresh"), "the capture saw the RPCs");
     for (what, secret) in &secrets {
-        assert!(!logs.contains(secret.as_str()), "{what}'s secret in the logs");
+        assert!(
+            !logs.contains(secret.as_str()),
+            "{what}'s secret in the logs"
+        );
     }
     let _ = provider.force_flush();
     let spans = exporter.get_finished_spans().unwrap();
-    assert!(spans.iter().any(|s| s.name == "Refresh"), "the capture saw the spans");
+    assert!(
+        spans.iter().any(|s| s.name == "Refresh"),
+        "the capture saw the spans"
+    );
     for span in &spans {
         let attributes = span
             .attributes

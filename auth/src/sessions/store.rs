@@ -87,24 +87,28 @@ pub async fn lock_for_refresh(
     id: Uuid,
     refresh_hash: &[u8],
 ) -> sqlx::Result<Option<Found>> {
-    let times: Option<(DateTime<Utc>, DateTime<Utc>, DateTime<Utc>, Option<DateTime<Utc>>)> =
-        sqlx::query_as(
-            "SELECT created_at, last_refreshed_at, expires_at, ended_at
+    type Times = (
+        DateTime<Utc>,
+        DateTime<Utc>,
+        DateTime<Utc>,
+        Option<DateTime<Utc>>,
+    );
+    let times: Option<Times> = sqlx::query_as(
+        "SELECT created_at, last_refreshed_at, expires_at, ended_at
                FROM sessions WHERE id = $1 FOR UPDATE",
-        )
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let Some((created_at, last_refreshed_at, expires_at, ended_at)) = times else {
-        return Ok(None);
-    };
-    let rotated: Option<(Option<DateTime<Utc>>,)> = sqlx::query_as(
-        "SELECT rotated_at FROM refresh_tokens WHERE hash = $1 AND session_id = $2",
     )
-    .bind(refresh_hash)
     .bind(id)
     .fetch_optional(&mut *conn)
     .await?;
+    let Some((created_at, last_refreshed_at, expires_at, ended_at)) = times else {
+        return Ok(None);
+    };
+    let rotated: Option<(Option<DateTime<Utc>>,)> =
+        sqlx::query_as("SELECT rotated_at FROM refresh_tokens WHERE hash = $1 AND session_id = $2")
+            .bind(refresh_hash)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
     Ok(rotated.map(|(rotated_at,)| Found {
         created_at,
         last_refreshed_at,
