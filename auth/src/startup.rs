@@ -117,6 +117,11 @@ impl Service for Application {
                 shutdown.clone(),
             ));
             tasks.spawn(throttle.prune(shutdown.clone()));
+            tasks.spawn(crate::sessions::store::run_pruner(
+                pool.clone(),
+                settings.token.lifetimes().idle,
+                shutdown.clone(),
+            ));
             tasks.spawn(watch_outbox(pool.clone(), metrics, shutdown.clone()));
             tasks.spawn(relay.run(shutdown.clone()));
             Ok(())

@@ -8,8 +8,8 @@ use std::time::Duration;
 use memberflow_contract::proto::auth::v1 as pb;
 use memberflow_contract::time::timestamp;
 use memberflow_contract::topology::MEMBER_CREATED;
-use memberflow_contract::topology::MEMBER_SESSIONS_REVOKED;
 use memberflow_contract::topology::MEMBER_SESSION_ENDED;
+use memberflow_contract::topology::MEMBER_SESSIONS_REVOKED;
 use memberflow_contract::topology::MEMBER_UPDATED;
 use memberflow_contract::topology::QUEUE;
 use memberflow_tests::{amqp::RawPublisher, apps::TestTask, env::TestEnv, eventually};
@@ -135,7 +135,10 @@ async fn task_applies_events_from_a_newer_auth_with_fields_it_does_not_know() {
         expires_at: Some(timestamp(now)),
     };
     let plain = triage(MEMBER_SESSION_ENDED, &ended.encode_to_vec());
-    assert!(matches!(plain, Triage::Apply(ReplicaEvent::SessionEnded(_))));
+    assert!(matches!(
+        plain,
+        Triage::Apply(ReplicaEvent::SessionEnded(_))
+    ));
     assert_eq!(triage(MEMBER_SESSION_ENDED, &newer(&ended)), plain);
 
     // Act + Assert, through the broker into the replica.

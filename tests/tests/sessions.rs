@@ -429,6 +429,40 @@ async fn ended_sessions_are_pruned_after_their_last_access_token_expires() {
     assert!(task::ended_sessions::has_ended(&pool, kept).await.unwrap());
 }
 
+#[tokio::test]
+async fn auth_prunes_sessions_nothing_can_use_any_more() {
+    let mut env = TestEnv::new();
+    let mut sys = System::builder(&mut env).start().await;
+    let auth_db = env.pool("auth").await;
+    let auth = sys.auth();
+    auth.member(signup("prune@example.com")).await;
+    let ended = log_in_on(&mut auth.client, "prune@example.com", "phone").await;
+    let live = log_in_on(&mut auth.client, "prune@example.com", "laptop").await;
+    auth.client
+        .logout(bearer(
+            auth_pb::LogoutRequest::default(),
+            &ended.access_token,
+        ))
+        .await
+        .unwrap();
+    // As if the ended session's last access token had expired.
+    sqlx::query("UPDATE sessions SET access_expires_at = now() - interval '1 s' WHERE id = $1")
+        .bind(Uuid::parse_str(&ended.session_id).unwrap())
+        .execute(&auth_db)
+        .await
+        .unwrap();
+
+    let pruned = auth::sessions::store::prune(&auth_db, chrono::Duration::days(7))
+        .await
+        .unwrap();
+
+    assert_eq!(pruned, 1);
+    let left = |id: &str| format!("SELECT count(*) FROM sessions WHERE id = '{id}'");
+    assert_eq!(scalar(&auth_db, &left(&ended.session_id)).await, 0);
+    assert_eq!(scalar(&auth_db, &left(&live.session_id)).await, 1);
+    refresh(auth, &live.refresh_token).await.unwrap();
+}
+
 /// A `MakeWriter` that keeps every log line in memory.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);

@@ -227,3 +227,58 @@ pub async fn list<'e>(
     .fetch_all(db)
     .await
 }
+
+/// Rows deleted per statement, so no prune holds locks for long.
+const PRUNE_BATCH: i64 = 10_000;
+
+/// Deletes sessions nothing can use any more: ended, past their absolute
+/// end, or idle longer than `idle`, and whose last access token has expired
+/// (so a token naming one is refused for having expired, never because its
+/// row is gone). Their refresh-token hashes go with them. Returns how many.
+pub async fn prune(pool: &sqlx::PgPool, idle: chrono::Duration) -> sqlx::Result<u64> {
+    let mut total = 0;
+    loop {
+        let deleted = sqlx::query(
+            "DELETE FROM sessions WHERE id IN (
+                 SELECT id FROM sessions
+                  WHERE access_expires_at < now()
+                    AND (ended_at IS NOT NULL OR expires_at < now()
+                         OR last_refreshed_at < now() - $1)
+                  LIMIT $2)",
+        )
+        .bind(idle)
+        .bind(PRUNE_BATCH)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        total += deleted;
+        if deleted < PRUNE_BATCH as u64 {
+            return Ok(total);
+        }
+    }
+}
+
+/// Prunes every hour (and once at start) until `shutdown`. A failure is
+/// logged and retried at the next tick: a late prune costs only disk.
+pub async fn run_pruner(
+    pool: sqlx::PgPool,
+    idle: chrono::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        match prune(&pool, idle).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, "spent sessions pruned"),
+            Err(e) => tracing::warn!(
+                error.cause_chain = %memberflow_runtime::telemetry::error_chain(&e),
+                "session prune failed"
+            ),
+        }
+    }
+}
