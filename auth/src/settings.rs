@@ -35,38 +35,8 @@ impl ServiceSettings for Settings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
-pub struct AmqpSettings {
-    /// A secret because it carries the broker password.
-    pub url: SecretString,
-    /// The nodes of a RabbitMQ cluster; when set, `url` is not used. From
-    /// the environment, comma-separated (`AUTH__AMQP__URLS`).
-    #[serde(deserialize_with = "amqp::deserialize_urls")]
-    pub urls: Vec<SecretString>,
-    /// The AMQP heartbeat asked for, in seconds (0: the broker's, 60 s by
-    /// default). The broker gives a silent (paused, hung) connection's
-    /// unacknowledged messages to another consumer after about two
-    /// intervals. A `heartbeat` parameter in a URL overrides it.
-    pub heartbeat_secs: u16,
-}
-
-impl Default for AmqpSettings {
-    fn default() -> Self {
-        Self {
-            url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            urls: Vec::new(),
-            heartbeat_secs: amqp::DEFAULT_HEARTBEAT_SECS,
-        }
-    }
-}
-
-impl AmqpSettings {
-    /// The broker nodes to connect to.
-    pub fn nodes(&self) -> amqp::Nodes {
-        amqp::Nodes::new(&self.url, &self.urls).with_heartbeat(self.heartbeat_secs)
-    }
-}
+/// auth's broker settings are the ones every service has.
+pub type AmqpSettings = amqp::BrokerSettings;
 
 /// Login (and ChangePassword) attempts allowed, per account and per peer
 /// address. Every attempt counts, right or wrong: each costs a password hash.

@@ -54,6 +54,7 @@ impl Measure {
                 times(a.p50_ms / b.p50_ms),
                 times(a.p99_ms / b.p99_ms)
             )),
+            (Self::Pass { secs: a, .. }, Self::Pass { secs: b, .. }) => Some(times(a / b)),
             _ => None,
         }
     }

@@ -3,11 +3,24 @@
 //! right (see `auth.v1.AuthService/DigestMembers`).
 use uuid::Uuid;
 
-/// The SQL hash of one member row, over its `id` and `version` columns. The
-/// bucket hash is the decimal sum of these, which is order-independent and
-/// cancels no pair the way XOR would. `hashtextextended` is PostgreSQL's hash
-/// for hash partitioning, so it is stable across versions.
-pub const ROW_HASH_SQL: &str = "hashtextextended(id::text || ':' || version::text, 0)";
+/// The SQL hash of one member row: its id, version and replicable content
+/// (nickname, region, session state), so a replica row at auth's version
+/// with other content differs. Both sides run this same text over their own
+/// `members` table, whose columns carry the same names and types.
+///
+/// The hashed text is canonical on both sides: a row constructor's text form
+/// quotes any field that needs it (so no two rows share a text, whatever
+/// their nicknames hold) and writes NULL as an empty field; the timestamp
+/// is hashed as integer microseconds since the epoch, so neither side's
+/// `TimeZone` or `DateStyle` setting matters. The bucket hash is the decimal
+/// sum of the row hashes, which is order-independent and cancels no pair the
+/// way XOR would. `hashtextextended` is PostgreSQL's hash for hash
+/// partitioning, so it is stable across versions.
+///
+/// A column added to the replicated state (e.g. deletion) joins this list
+/// and `task::domain::ReplicaMember::same_content`.
+pub const ROW_HASH_SQL: &str = "hashtextextended(ROW(id, version, nickname, region, \
+     sessions_version, (extract(epoch FROM sessions_not_before) * 1000000)::int8)::text, 0)";
 
 /// The lowest member id; ranges are `(after, until]`, so it is never a member.
 pub const FIRST: Uuid = Uuid::nil();

@@ -18,6 +18,41 @@ pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// own 60 s default (2–3 minutes in practice) is all that notices.
 pub const DEFAULT_HEARTBEAT_SECS: u16 = 5;
 
+/// Where a service meets the broker: the keys of `[<service>.amqp]` that
+/// every service has, flattened into its own `AmqpSettings`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default)]
+pub struct BrokerSettings {
+    /// A secret because it carries the broker password.
+    pub url: secrecy::SecretString,
+    /// The nodes of a RabbitMQ cluster; when set, `url` is not used. From
+    /// the environment, comma-separated (`AUTH__AMQP__URLS`).
+    #[serde(deserialize_with = "deserialize_urls")]
+    pub urls: Vec<secrecy::SecretString>,
+    /// The AMQP heartbeat asked for, in seconds (0: the broker's, 60 s by
+    /// default). The broker gives a silent (paused, hung) connection's
+    /// unacknowledged messages to another consumer after about two
+    /// intervals. A `heartbeat` parameter in a URL overrides it.
+    pub heartbeat_secs: u16,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            url: secrecy::SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            urls: Vec::new(),
+            heartbeat_secs: DEFAULT_HEARTBEAT_SECS,
+        }
+    }
+}
+
+impl BrokerSettings {
+    /// The broker nodes to connect to.
+    pub fn nodes(&self) -> Nodes {
+        Nodes::new(&self.url, &self.urls).with_heartbeat(self.heartbeat_secs)
+    }
+}
+
 /// Opens a connection whose name shows up in the broker's connection list,
 /// with the default heartbeat unless the URL sets one.
 pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {

@@ -94,6 +94,24 @@ impl ReplicaMember {
             version: self.sessions_version,
         }
     }
+
+    /// Whether two states of a member agree on the replicable content: what
+    /// `memberflow_contract::digest::ROW_HASH_SQL` hashes beside the id and
+    /// version (nickname, region, session state). `occurred_at` is when
+    /// auth made the change, not part of the member, so it is left out.
+    pub fn same_content(&self, other: &Self) -> bool {
+        (
+            &self.nickname,
+            &self.region,
+            self.sessions_not_before,
+            self.sessions_version,
+        ) == (
+            &other.nickname,
+            &other.region,
+            other.sessions_not_before,
+            other.sessions_version,
+        )
+    }
 }
 
 /// A stored task.

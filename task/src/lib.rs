@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod miss;
 pub mod read_through;
 pub mod reconcile;
+pub mod repair;
 pub mod replica;
 pub mod repo;
 pub mod resync;

@@ -2,8 +2,10 @@
 //! consumer does with each event, how far behind the replica is, and how
 //! often a client had to wait for it.
 use memberflow_runtime::metrics::SharedRegistry;
+
+use crate::repair::{Kind, PerKind};
 use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeLabelValue},
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
 };
 
@@ -42,6 +44,19 @@ struct ReadThroughLabel {
     result: ReadThroughResult,
 }
 
+/// The `kind` label of the reconciler's counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: Kind,
+}
+
+impl EncodeLabelValue for Kind {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        encoder.write_str(self.as_str())
+    }
+}
+
 /// Replication lag buckets, in seconds: 1 ms to 5 minutes.
 fn lag_buckets() -> impl Iterator<Item = f64> {
     [
@@ -75,10 +90,12 @@ pub struct TaskMetrics {
     /// `memberflow_reconcile_leader`: 1 on the instance holding the
     /// reconciler's lease.
     pub reconcile_leader: Gauge,
-    /// `memberflow_reconcile_found_total`: divergent rows found.
-    pub reconcile_found: Counter,
-    /// `memberflow_reconcile_repaired_total`: rows rewritten to repair them.
-    pub reconcile_repaired: Counter,
+    /// `memberflow_reconcile_found_total{kind}`: rows found different from
+    /// auth, by `repair::Kind`.
+    reconcile_found: Family<KindLabel, Counter>,
+    /// `memberflow_reconcile_repaired_total{kind}`: rows set to auth's state
+    /// (or removed), by kind.
+    reconcile_repaired: Family<KindLabel, Counter>,
 }
 
 impl TaskMetrics {
@@ -94,8 +111,8 @@ impl TaskMetrics {
             consumer_retries: Counter::default(),
             consumer_given_back: Counter::default(),
             reconcile_leader: Gauge::default(),
-            reconcile_found: Counter::default(),
-            reconcile_repaired: Counter::default(),
+            reconcile_found: Family::default(),
+            reconcile_repaired: Family::default(),
         };
         // Every known label value starts at 0, so rates and dashboards see
         // the series before its first event.
@@ -114,6 +131,10 @@ impl TaskMetrics {
             ReadThroughResult::unavailable,
         ] {
             let _ = m.read_through.get_or_create(&ReadThroughLabel { result });
+        }
+        for kind in Kind::ALL {
+            let _ = m.reconcile_found.get_or_create(&KindLabel { kind });
+            let _ = m.reconcile_repaired.get_or_create(&KindLabel { kind });
         }
         let mut r = registry.lock().expect("metrics registry poisoned");
         r.register(
@@ -163,12 +184,12 @@ impl TaskMetrics {
         );
         r.register(
             "memberflow_reconcile_found",
-            "Replica rows the reconciler found diverged from auth",
+            "Replica rows the reconciler found different from auth, by kind",
             m.reconcile_found.clone(),
         );
         r.register(
             "memberflow_reconcile_repaired",
-            "Replica rows the reconciler rewrote",
+            "Replica rows the reconciler set to auth's state, by kind",
             m.reconcile_repaired.clone(),
         );
         m
@@ -191,5 +212,32 @@ impl TaskMetrics {
         self.read_through
             .get_or_create(&ReadThroughLabel { result })
             .inc();
+    }
+
+    /// Counts what one reconcile pass found and repaired.
+    pub fn reconcile(&self, found: &PerKind, repaired: &PerKind) {
+        for kind in Kind::ALL {
+            let label = KindLabel { kind };
+            self.reconcile_found
+                .get_or_create(&label)
+                .inc_by(found.get(kind));
+            self.reconcile_repaired
+                .get_or_create(&label)
+                .inc_by(repaired.get(kind));
+        }
+    }
+
+    /// Rows of `kind` the reconciler has found so far (tests, logs).
+    pub fn reconcile_found(&self, kind: Kind) -> u64 {
+        self.reconcile_found
+            .get_or_create(&KindLabel { kind })
+            .get()
+    }
+
+    /// Rows of `kind` the reconciler has repaired so far (tests, logs).
+    pub fn reconcile_repaired(&self, kind: Kind) -> u64 {
+        self.reconcile_repaired
+            .get_or_create(&KindLabel { kind })
+            .get()
     }
 }

@@ -1,21 +1,26 @@
-//! Anti-entropy: a periodic comparison of the replica with auth that finds
-//! and repairs divergence nobody reported (a restore from an old backup, a
-//! lost row, a bug), like the rows a lost event would leave behind.
+//! Anti-entropy: a periodic comparison of the replica with auth, the source
+//! of truth, that finds and repairs divergence nobody reported: a lost row or
+//! event, a restore of task's database, a forged event, a restore of auth's
+//! database, a bug.
 //!
-//! It compares digests range by range (`common::digest`): auth splits a
-//! range into buckets of about equal size and digests each; the replica
-//! digests the same buckets. Equal buckets cost one indexed read per side
-//! and nothing more. A differing bucket is split again until it is small
-//! enough to compare row by row; only the members found missing or behind
-//! are fetched and written, through the version guard. Nothing auth still
-//! has is ever deleted; rows auth does not have are reported, not removed.
-//! One task instance reconciles at a time: the holder of the `reconcile`
-//! lease (`memberflow_runtime::lease`), the same rule as auth's relay
-//! leader. A holder that stops renewing (paused, cut off) loses it within
-//! `reconcile.lease_ms`, and another instance takes over. Its repairs go
-//! through the version guard, so a resumed ex-holder that finishes a write
-//! can only move a row to a version auth had.
-use std::{collections::HashMap, time::Duration};
+//! It compares digests range by range (`memberflow_contract::digest`): auth
+//! splits a range into buckets of about equal size and digests each; the
+//! replica digests the same buckets. The digest covers each member's
+//! replicable content as well as its version, so equal versions with other
+//! content differ. Equal buckets cost one indexed read per side and nothing
+//! more. A differing bucket is split again until it is small enough to
+//! compare row by row (`repair::decide`): the replica's rows are read first,
+//! then auth's, and each differing member is set to auth's state: missing
+//! and behind rows through the version guard, rows ahead of auth or in
+//! conflict with it by compare-and-set on the row as read (`repair`). Rows
+//! auth does not have are reported, or removed if `reconcile.unknown_rows`
+//! says so. One task instance reconciles at a time: the holder of the
+//! `reconcile` lease (`memberflow_runtime::lease`), the same rule as auth's
+//! relay leader. A holder that stops renewing (paused, cut off) loses it
+//! within `reconcile.lease_ms`, and another instance takes over. A resumed
+//! ex-holder that finishes a write can only set a row to a state auth had,
+//! and only if nothing wrote the row since it read it.
+use std::time::Duration;
 
 use futures::StreamExt;
 use memberflow_contract::digest::{self, Bucket};
@@ -26,7 +31,11 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
-    auth_client::AuthClient, domain::ReplicaMember, metrics::TaskMetrics, replica,
+    auth_client::AuthClient,
+    domain::ReplicaMember,
+    metrics::TaskMetrics,
+    repair::{self, PerKind, UnknownRows},
+    replica,
     settings::ReconcileSettings,
 };
 
@@ -46,14 +55,10 @@ pub struct Pass {
     pub buckets: u64,
     /// Replica rows read to compare (digests and leaves).
     pub rows_read: u64,
-    /// Members auth has and the replica lacks.
-    pub missing: u64,
-    /// Members the replica holds at an older version.
-    pub stale: u64,
-    /// Replica rows auth does not have, or ahead of auth: reported only.
-    pub unexplained: u64,
-    /// Rows written to repair.
-    pub repaired: u64,
+    /// Rows found different from auth, by kind.
+    pub found: PerKind,
+    /// Rows set to auth's state (or removed), by kind.
+    pub repaired: PerKind,
 }
 
 /// Which buckets differ: the pure comparison of auth's digest with the
@@ -67,47 +72,21 @@ pub fn differing(theirs: &[Bucket], ours: &[(i64, String)]) -> Vec<Bucket> {
         .collect()
 }
 
-/// What a leaf comparison finds: members to fetch and write (missing or
-/// stale), and how many replica rows auth cannot explain.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct LeafDiff {
-    pub missing: Vec<Uuid>,
-    pub stale: Vec<Uuid>,
-    pub unexplained: u64,
-}
-
-/// Compares one small range row by row: `theirs` from auth, `ours` from the
-/// replica, both `(id, version)`.
-pub fn diff_leaf(theirs: &[(Uuid, i64)], ours: &[(Uuid, i64)]) -> LeafDiff {
-    let ours: HashMap<Uuid, i64> = ours.iter().copied().collect();
-    let mut d = LeafDiff::default();
-    let mut explained = 0;
-    for (id, version) in theirs {
-        match ours.get(id) {
-            None => d.missing.push(*id),
-            Some(v) if v < version => {
-                explained += 1;
-                d.stale.push(*id);
-            }
-            Some(v) if v == version => explained += 1,
-            Some(_) => {} // ahead of auth: unexplained
-        }
-    }
-    d.unexplained = (ours.len() - explained) as u64;
-    d
-}
-
-/// One full comparison of the replica with auth, repairing what it finds.
-pub async fn reconcile_once(pool: &PgPool, source: &AuthClient) -> anyhow::Result<Pass> {
+/// One full comparison of the replica with auth, repairing what it finds;
+/// `unknown` says what to do with rows auth does not have.
+pub async fn reconcile_once(
+    pool: &PgPool,
+    source: &AuthClient,
+    unknown: UnknownRows,
+) -> anyhow::Result<Pass> {
     let mut pass = Pass::default();
     let mut ranges = vec![(digest::FIRST, digest::LAST)];
     while let Some((after, until)) = ranges.pop() {
         let theirs = source.digest(after, until, FANOUT).await?;
         if theirs.is_empty() {
-            // auth has nobody here: whatever the replica has is unexplained.
-            let ours = replica::versions(pool, after, until).await?;
-            pass.rows_read += ours.len() as u64;
-            pass.unexplained += ours.len() as u64;
+            // auth has nobody here: whatever the replica has is compared row
+            // by row (read again, then auth again: see `repair`).
+            repair_range(pool, source, after, until, unknown, &mut pass).await?;
             continue;
         }
         let bounds: Vec<(Uuid, Uuid)> = theirs.iter().map(|b| (b.after, b.until)).collect();
@@ -118,39 +97,46 @@ pub async fn reconcile_once(pool: &PgPool, source: &AuthClient) -> anyhow::Resul
             if bucket.count > LEAF_ROWS {
                 ranges.push((bucket.after, bucket.until));
             } else {
-                repair_leaf(pool, source, &bucket, &mut pass).await?;
+                repair_range(pool, source, bucket.after, bucket.until, unknown, &mut pass).await?;
             }
         }
     }
     Ok(pass)
 }
 
-async fn repair_leaf(
+/// Compares `(after, until]` row by row, [`LEAF_ROWS`] replica rows at a
+/// time: the replica's rows first, then auth's members up to the last of
+/// them, so a replica row ahead of auth's answer was never auth's.
+async fn repair_range(
     pool: &PgPool,
     source: &AuthClient,
-    bucket: &Bucket,
+    after: Uuid,
+    until: Uuid,
+    unknown: UnknownRows,
     pass: &mut Pass,
 ) -> anyhow::Result<()> {
-    let mut theirs: Vec<ReplicaMember> = Vec::new();
-    let mut pages = std::pin::pin!(source.pages(bucket.after, bucket.until, &[]).await?);
-    while let Some(page) = pages.next().await {
-        theirs.extend(page?);
+    let mut lo = after;
+    loop {
+        let ours = replica::observe(pool, lo, until, LEAF_ROWS).await?;
+        pass.rows_read += ours.len() as u64;
+        let hi = match ours.last() {
+            Some(last) if ours.len() as i64 == LEAF_ROWS => last.member.id,
+            _ => until,
+        };
+        let mut theirs: Vec<ReplicaMember> = Vec::new();
+        let mut pages = std::pin::pin!(source.pages(lo, hi, &[]).await?);
+        while let Some(page) = pages.next().await {
+            theirs.extend(page?);
+        }
+        let plan = repair::decide(&theirs, &ours);
+        pass.found.merge(&plan.found());
+        pass.repaired
+            .merge(&repair::carry_out(pool, &plan, unknown).await?);
+        if hi == until {
+            return Ok(());
+        }
+        lo = hi;
     }
-    let ours = replica::versions(pool, bucket.after, bucket.until).await?;
-    pass.rows_read += ours.len() as u64;
-    let versions: Vec<(Uuid, i64)> = theirs.iter().map(|m| (m.id, m.version)).collect();
-    let d = diff_leaf(&versions, &ours);
-    pass.missing += d.missing.len() as u64;
-    pass.stale += d.stale.len() as u64;
-    pass.unexplained += d.unexplained;
-    let fix: Vec<ReplicaMember> = theirs
-        .into_iter()
-        .filter(|m| d.missing.contains(&m.id) || d.stale.contains(&m.id))
-        .collect();
-    if !fix.is_empty() {
-        pass.repaired += replica::upsert(pool, &fix).await?;
-    }
-    Ok(())
 }
 
 /// The reconciler's elector: the `reconcile` lease on task's database.
@@ -221,7 +207,7 @@ async fn lead(
             return;
         }
         let pass = tokio::select! {
-            pass = reconcile_once(pool, source) => pass,
+            pass = reconcile_once(pool, source, cfg.unknown_rows) => pass,
             () = term.ended() => {
                 tracing::warn!("the reconciler's lease ended mid-pass; abandoning the pass");
                 return;
@@ -229,13 +215,18 @@ async fn lead(
         };
         match pass {
             Ok(pass) => {
-                let found = pass.missing + pass.stale + pass.unexplained;
-                metrics.reconcile_found.inc_by(found);
-                metrics.reconcile_repaired.inc_by(pass.repaired);
-                if found > 0 {
+                metrics.reconcile(&pass.found, &pass.repaired);
+                if pass.found.total() > 0 {
+                    let n = |k| pass.found.get(k);
                     tracing::warn!(
-                        ?pass,
-                        "the replica had diverged from auth; repaired what auth explains"
+                        missing = n(repair::Kind::Missing),
+                        behind = n(repair::Kind::Behind),
+                        ahead = n(repair::Kind::Ahead),
+                        conflict = n(repair::Kind::Conflict),
+                        unknown = n(repair::Kind::Unknown),
+                        repaired = pass.repaired.total(),
+                        policy = ?cfg.unknown_rows,
+                        "the replica had diverged from auth; set it to auth's state"
                     );
                 } else {
                     tracing::info!(
@@ -271,17 +262,5 @@ mod tests {
         let ours = [(3, "7".into()), (3, "1".into()), (1, "9".into())];
         let d = differing(&theirs, &ours);
         assert_eq!(d, vec![theirs[1].clone(), theirs[2].clone()]);
-    }
-
-    #[test]
-    fn a_leaf_diff_finds_missing_stale_and_unexplained_rows() {
-        let [a, b, c, d, e] = [1, 2, 3, 4, 5].map(Uuid::from_u128);
-        let theirs = [(a, 1), (b, 3), (c, 2), (d, 1)];
-        let ours = [(a, 1), (b, 2), (c, 5), (e, 1)];
-        let diff = diff_leaf(&theirs, &ours);
-        assert_eq!(diff.missing, vec![d]);
-        assert_eq!(diff.stale, vec![b]);
-        // c is ahead of auth, e unknown to auth: neither is touched.
-        assert_eq!(diff.unexplained, 2);
     }
 }

@@ -9,7 +9,9 @@ use crate::domain::ReplicaMember;
 /// The version guard every writer of the replica goes through (events,
 /// read-through, resync, the reconciler): a row only ever moves to a newer
 /// version. It is what lets a snapshot row and an event commute, so resync
-/// needs no watermark.
+/// needs no watermark. The one way around it is [`set_if_unchanged`], which
+/// sets a row ahead of auth (or in conflict with it) back to auth's state,
+/// only if nothing wrote the row since it was observed.
 const UPSERT_IF_NEWER: &str = "ON CONFLICT (id) DO UPDATE
             SET nickname = EXCLUDED.nickname,
                 region = EXCLUDED.region,
@@ -227,17 +229,139 @@ pub async fn upsert<'e>(db: impl PgExecutor<'e>, members: &[ReplicaMember]) -> s
     Ok(done.rows_affected())
 }
 
-/// `(id, version)` of the replica rows in `(after, until]`, in id order.
-pub async fn versions<'e>(
+/// A replica row as the reconciler or resync read it: the compare-and-set
+/// token of a later write.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Observed {
+    #[sqlx(flatten)]
+    pub member: ReplicaMember,
+    /// Every replica writer stamps it, so it changes with every write.
+    pub replicated_at: DateTime<Utc>,
+}
+
+/// The replica columns a [`Observed`] row is read from.
+const OBSERVED_COLUMNS: &str = "id, nickname, region, version, occurred_at, sessions_not_before,
+                                sessions_version, replicated_at";
+
+/// Up to `limit` replica rows in `(after, until]`, in id order, as observed
+/// for a later compare-and-set.
+pub async fn observe<'e>(
     db: impl PgExecutor<'e>,
     after: Uuid,
     until: Uuid,
-) -> sqlx::Result<Vec<(Uuid, i64)>> {
-    sqlx::query_as("SELECT id, version FROM members WHERE id > $1 AND id <= $2 ORDER BY id")
-        .bind(after)
-        .bind(until)
-        .fetch_all(db)
-        .await
+    limit: i64,
+) -> sqlx::Result<Vec<Observed>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {OBSERVED_COLUMNS} FROM members WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3"
+    )))
+    .bind(after)
+    .bind(until)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// The replica rows of `ids`, as observed for a later compare-and-set.
+pub async fn observe_ids<'e>(db: impl PgExecutor<'e>, ids: &[Uuid]) -> sqlx::Result<Vec<Observed>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {OBSERVED_COLUMNS} FROM members WHERE id = ANY($1) ORDER BY id"
+    )))
+    .bind(ids)
+    .fetch_all(db)
+    .await
+}
+
+/// Sets each planned row to auth's state, bypassing the version guard, but
+/// only where the row is still exactly as observed: same version, content
+/// and `replicated_at` (which every writer stamps, so even a change and its
+/// undo in between are seen). `plan` pairs each row as observed with the
+/// state to set. Returns the ids set. One statement.
+pub async fn set_if_unchanged<'a>(
+    pool: &PgPool,
+    plan: impl IntoIterator<Item = (&'a Observed, &'a ReplicaMember)>,
+) -> sqlx::Result<Vec<Uuid>> {
+    let plan: Vec<_> = plan.into_iter().collect();
+    let targets: Vec<&ReplicaMember> = plan.iter().map(|(_, target)| *target).collect();
+    let seen: Vec<&ReplicaMember> = plan.iter().map(|(observed, _)| &observed.member).collect();
+    let seen_at: Vec<DateTime<Utc>> = plan.iter().map(|(o, _)| o.replicated_at).collect();
+    sqlx::query_scalar(
+        "UPDATE members m
+            SET nickname = t.nickname, region = t.region, version = t.version,
+                occurred_at = t.occurred_at, sessions_not_before = t.sessions_not_before,
+                sessions_version = t.sessions_version, replicated_at = clock_timestamp()
+           FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::timestamptz[],
+                       $6::timestamptz[], $7::int8[],
+                       $8::int8[], $9::text[], $10::text[], $11::timestamptz[], $12::int8[],
+                       $13::timestamptz[])
+             AS t(id, nickname, region, version, occurred_at, sessions_not_before,
+                  sessions_version,
+                  seen_version, seen_nickname, seen_region, seen_not_before,
+                  seen_sessions_version, seen_at)
+          WHERE m.id = t.id
+            AND m.version = t.seen_version
+            AND m.replicated_at = t.seen_at
+            AND (m.nickname, m.region, m.sessions_not_before, m.sessions_version)
+                IS NOT DISTINCT FROM
+                (t.seen_nickname, t.seen_region, t.seen_not_before, t.seen_sessions_version)
+      RETURNING m.id",
+    )
+    .bind(targets.iter().map(|m| m.id).collect::<Vec<_>>())
+    .bind(
+        targets
+            .iter()
+            .map(|m| m.nickname.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        targets
+            .iter()
+            .map(|m| m.region.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(targets.iter().map(|m| m.version).collect::<Vec<_>>())
+    .bind(targets.iter().map(|m| m.occurred_at).collect::<Vec<_>>())
+    .bind(
+        targets
+            .iter()
+            .map(|m| m.sessions_not_before)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        targets
+            .iter()
+            .map(|m| m.sessions_version)
+            .collect::<Vec<_>>(),
+    )
+    .bind(seen.iter().map(|m| m.version).collect::<Vec<_>>())
+    .bind(seen.iter().map(|m| m.nickname.as_str()).collect::<Vec<_>>())
+    .bind(seen.iter().map(|m| m.region.as_str()).collect::<Vec<_>>())
+    .bind(
+        seen.iter()
+            .map(|m| m.sessions_not_before)
+            .collect::<Vec<_>>(),
+    )
+    .bind(seen.iter().map(|m| m.sessions_version).collect::<Vec<_>>())
+    .bind(&seen_at)
+    .fetch_all(pool)
+    .await
+}
+
+/// Deletes rows auth does not have, where each is still as observed and has
+/// no tasks (those are kept: auth vouched for the member once). Returns how
+/// many were deleted.
+pub async fn remove_if_unchanged(pool: &PgPool, rows: &[Observed]) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM members m
+          USING UNNEST($1::uuid[], $2::int8[], $3::timestamptz[]) AS t(id, seen_version, seen_at)
+          WHERE m.id = t.id AND m.version = t.seen_version AND m.replicated_at = t.seen_at
+            AND NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.member_id = m.id)",
+    )
+    .bind(rows.iter().map(|o| o.member.id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|o| o.member.version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|o| o.replicated_at).collect::<Vec<_>>())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// The replica's digest of each range `(after, until]` in `bounds`, computed

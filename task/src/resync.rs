@@ -1,7 +1,14 @@
 //! Rebuilding the replica from auth, modelled on incremental snapshots
-//! (Debezium, Netflix's DBLog) but without their watermarks: every write goes
-//! through the replica's version guard, so a snapshot row and a live event
-//! for the same member commute, and resync is safe while events flow.
+//! (Debezium, Netflix's DBLog) but without their watermarks: missing and
+//! older rows are written through the replica's version guard, so a snapshot
+//! row and a live event for the same member commute, and resync is safe
+//! while events flow.
+//!
+//! Resync defers to auth as the reconciler does (`repair`): a replica row
+//! ahead of auth, or at auth's version with other content, is set to auth's
+//! state by compare-and-set. Such a row is confirmed first: auth is read
+//! again for it *after* the replica row was read, so a row only ahead of the
+//! page (an update applied since the page was read) is left alone.
 //!
 //! A full resync reads `auth.v1.AuthService/ListMembers` in id order, applies
 //! each page in one transaction with a checkpoint (the page's last id), and
@@ -11,7 +18,12 @@ use memberflow_contract::digest;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{auth_client::AuthClient, replica};
+use crate::{
+    auth_client::AuthClient,
+    domain::ReplicaMember,
+    repair::{self, PerKind},
+    replica,
+};
 
 /// The checkpoint row of a full resync.
 const CHECKPOINT: &str = "full";
@@ -30,8 +42,10 @@ pub enum Scope {
 pub struct Progress {
     /// Members read from auth so far.
     pub read: u64,
-    /// Replica rows they changed (missing or older ones).
+    /// Replica rows they changed (missing, older, ahead or in conflict).
     pub changed: u64,
+    /// The rows changed, by how they differed from auth.
+    pub repaired: PerKind,
     /// Members auth holds in all, when known.
     pub total: Option<u64>,
 }
@@ -70,7 +84,9 @@ pub async fn resync(
     while let Some(members) = pages.next().await {
         let members = members?;
         let mut tx = pool.begin().await?;
-        let changed = replica::upsert(&mut *tx, &members).await?;
+        let ids: Vec<Uuid> = members.iter().map(|m| m.id).collect();
+        let plan = repair::decide(&members, &replica::observe_ids(&mut *tx, &ids).await?);
+        let mut repaired = repair::upsert(&mut tx, &plan.upsert).await?;
         if let (true, Some(last)) = (checkpointed, members.last()) {
             sqlx::query(
                 "INSERT INTO resync_checkpoint (name, last_id) VALUES ($1, $2)
@@ -82,8 +98,10 @@ pub async fn resync(
             .await?;
         }
         tx.commit().await?;
+        repaired.merge(&overwrite_confirmed(pool, source, &plan.overwrite).await?);
         state.read += members.len() as u64;
-        state.changed += changed;
+        state.changed += repaired.total();
+        state.repaired.merge(&repaired);
         progress(state);
     }
     if checkpointed {
@@ -93,6 +111,29 @@ pub async fn resync(
             .await?;
     }
     Ok(state)
+}
+
+/// Sets rows that looked ahead of auth's page, or in conflict with it, to
+/// auth's state, once a read of auth made after the replica was read
+/// confirms it (`repair`'s rule).
+async fn overwrite_confirmed(
+    pool: &PgPool,
+    source: &AuthClient,
+    suspects: &[repair::Overwrite],
+) -> anyhow::Result<PerKind> {
+    if suspects.is_empty() {
+        return Ok(PerKind::default());
+    }
+    let ids: Vec<Uuid> = suspects.iter().map(|o| o.target.id).collect();
+    let mut now: Vec<ReplicaMember> = Vec::new();
+    let mut pages = std::pin::pin!(source.pages(digest::FIRST, digest::LAST, &ids).await?);
+    while let Some(page) = pages.next().await {
+        now.extend(page?);
+    }
+    let observed: Vec<replica::Observed> = suspects.iter().map(|o| o.observed.clone()).collect();
+    let plan = repair::decide(&now, &observed);
+    // Resync removes nothing; anything behind now moves on its own (events).
+    Ok(repair::overwrite(pool, &plan.overwrite).await?)
 }
 
 /// Where an interrupted full resync stopped, if one did.

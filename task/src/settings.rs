@@ -39,16 +39,9 @@ impl ServiceSettings for Settings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct AmqpSettings {
-    pub url: SecretString,
-    /// The nodes of a RabbitMQ cluster; when set, `url` is not used. From
-    /// the environment, comma-separated (`TASK__AMQP__URLS`).
-    #[serde(deserialize_with = "amqp::deserialize_urls")]
-    pub urls: Vec<SecretString>,
-    /// The AMQP heartbeat asked for, in seconds (0: the broker's, 60 s by
-    /// default). The broker gives a silent (paused, hung) connection's
-    /// unacknowledged messages to another consumer after about two
-    /// intervals. A `heartbeat` parameter in a URL overrides it.
-    pub heartbeat_secs: u16,
+    /// `url`, `urls`, `heartbeat_secs`: what every service has.
+    #[serde(flatten)]
+    pub broker: amqp::BrokerSettings,
     /// `x-quorum-initial-group-size` of task's quorum queues: how many nodes
     /// hold a replica. 0: 3 when `urls` names several nodes, else the
     /// broker's default. Only read when the queues are first declared.
@@ -76,9 +69,7 @@ pub struct AmqpSettings {
 impl Default for AmqpSettings {
     fn default() -> Self {
         Self {
-            url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            urls: Vec::new(),
-            heartbeat_secs: amqp::DEFAULT_HEARTBEAT_SECS,
+            broker: amqp::BrokerSettings::default(),
             quorum_initial_group_size: 0,
             prefetch: 256,
             batch_max: 256,
@@ -90,12 +81,21 @@ impl Default for AmqpSettings {
     }
 }
 
-impl AmqpSettings {
-    /// The broker nodes to connect to.
-    pub fn nodes(&self) -> amqp::Nodes {
-        amqp::Nodes::new(&self.url, &self.urls).with_heartbeat(self.heartbeat_secs)
+/// `settings.amqp.url` and the rest read as the shared keys they are.
+impl std::ops::Deref for AmqpSettings {
+    type Target = amqp::BrokerSettings;
+    fn deref(&self) -> &Self::Target {
+        &self.broker
     }
+}
 
+impl std::ops::DerefMut for AmqpSettings {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.broker
+    }
+}
+
+impl AmqpSettings {
     /// The replica count to declare quorum queues with, if any.
     pub fn quorum_group_size(&self) -> Option<u32> {
         match (self.quorum_initial_group_size, self.urls.len()) {
@@ -229,6 +229,9 @@ pub struct ReconcileSettings {
     /// renewing it every third of this; if it stops renewing (paused, cut
     /// off), another instance takes over this long after its last renewal.
     pub lease_ms: u64,
+    /// What to do with a replica row auth does not have: `report` (the
+    /// default) or `remove` (see `repair::UnknownRows`).
+    pub unknown_rows: crate::repair::UnknownRows,
 }
 
 impl Default for ReconcileSettings {
@@ -236,6 +239,7 @@ impl Default for ReconcileSettings {
         Self {
             interval_secs: 600,
             lease_ms: 6_000,
+            unknown_rows: crate::repair::UnknownRows::Report,
         }
     }
 }

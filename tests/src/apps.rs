@@ -136,6 +136,30 @@ impl TestAuth {
     ) -> (uuid::Uuid, String) {
         sign_up_and_log_in(&mut self.client, req).await
     }
+
+    /// UpdateProfile as the holder of `token`; returns the new version.
+    pub async fn update_profile(
+        &mut self,
+        token: &str,
+        nickname: Option<&str>,
+        region: Option<&str>,
+    ) -> i64 {
+        let req = crate::fixtures::bearer(
+            memberflow_contract::proto::auth::v1::UpdateProfileRequest {
+                nickname: nickname.map(str::to_owned),
+                region: region.map(str::to_owned),
+            },
+            token,
+        );
+        self.client
+            .update_profile(req)
+            .await
+            .expect("update profile")
+            .into_inner()
+            .member
+            .expect("a member")
+            .version
+    }
 }
 
 /// Signs `req` up through `client` and logs in with its password: (member

@@ -1,8 +1,9 @@
 //! Test kit for the memberflow suites: every test gets its own PostgreSQL
 //! databases and RabbitMQ vhost ([`env::TestEnv`]), a TCP proxy it can cut
-//! ([`proxy::TcpProxy`]), real services bound to port 0 ([`apps`]), assembled into a system
-//! ([`system::System::builder`]), and the
-//! requests and queries every suite builds ([`fixtures`]).
+//! ([`proxy::TcpProxy`]), real services bound to port 0 ([`apps`]), assembled
+//! into a system ([`system::System::builder`]), the requests and queries every
+//! suite builds ([`fixtures`]), and the replica beside auth for the resync and
+//! reconciler suites ([`replica`]).
 pub mod amqp;
 pub mod apps;
 pub mod cluster;
@@ -13,6 +14,7 @@ pub mod pgbouncer;
 pub mod process;
 pub mod prometheus;
 pub mod proxy;
+pub mod replica;
 pub mod system;
 
 use std::{future::Future, time::Duration};

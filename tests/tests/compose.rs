@@ -203,6 +203,11 @@ fn config_files_load_into_settings() {
     assert_eq!(task.consistency.mode, task::ConsistencyMode::NotReady);
     assert_eq!(task.auth.addr, "http://127.0.0.1:50051");
     task.audit().expect("development accepts the dev secrets");
+    assert_eq!(
+        task.reconcile.unknown_rows,
+        task::repair::UnknownRows::Report,
+        "rows auth does not have are reported by default"
+    );
 
     // Production carries no secret in the files, so start-up is refused,
     // naming the keys to set.
@@ -213,6 +218,42 @@ fn config_files_load_into_settings() {
     let task = task::Settings::load(&source("production")).unwrap();
     let refused = task.audit().unwrap_err().to_string();
     assert!(refused.contains("task.auth.service_token"), "{refused}");
+}
+
+#[test]
+fn unknown_rows_can_be_removed_from_the_environment() {
+    use memberflow_runtime::settings::Source;
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../config");
+    let mut source = Source::dir(dir);
+    source.vars = Some(
+        [
+            ("TASK__ENVIRONMENT".to_owned(), "development".to_owned()),
+            (
+                "TASK__RECONCILE__UNKNOWN_ROWS".to_owned(),
+                "remove".to_owned(),
+            ),
+        ]
+        .into(),
+    );
+    let task = task::Settings::load(&source).unwrap();
+    assert_eq!(
+        task.reconcile.unknown_rows,
+        task::repair::UnknownRows::Remove
+    );
+    source.vars = Some(
+        [
+            ("TASK__ENVIRONMENT".to_owned(), "development".to_owned()),
+            (
+                "TASK__RECONCILE__UNKNOWN_ROWS".to_owned(),
+                "delete".to_owned(),
+            ),
+        ]
+        .into(),
+    );
+    assert!(
+        task::Settings::load(&source).is_err(),
+        "only report or remove"
+    );
 }
 
 #[test]
@@ -238,6 +279,9 @@ fn amqp_urls_come_from_the_environment_comma_separated() {
     source.vars = Some(
         [
             ("TASK__ENVIRONMENT".to_owned(), "development".to_owned()),
+            // A shared broker key and one of task's own, side by side.
+            ("TASK__AMQP__HEARTBEAT_SECS".to_owned(), "9".to_owned()),
+            ("TASK__AMQP__PREFETCH".to_owned(), "7".to_owned()),
             (
                 "TASK__AMQP__URLS".to_owned(),
                 "amqp://guest:guest@127.0.0.1:5681/%2f,amqp://guest:guest@127.0.0.1:5682/%2f"
@@ -256,6 +300,7 @@ fn amqp_urls_come_from_the_environment_comma_separated() {
         ]
     );
     assert_eq!(task.amqp.nodes().len(), 2);
+    assert_eq!((task.amqp.heartbeat_secs, task.amqp.prefetch), (9, 7));
     assert_eq!(
         task.amqp.quorum_group_size(),
         Some(3),

@@ -2,6 +2,7 @@
 //! with faults injected for real (a cut TCP proxy, a killed runtime). Each
 //! scenario checks its end state in the databases and the broker.
 use memberflow_tests::fixtures::bearer;
+use memberflow_tests::replica::replica_stage;
 use memberflow_tests::system::spawn_task_alone;
 use memberflow_tests::system::{NOWHERE, System};
 use memberflow_tests::{
@@ -409,32 +410,6 @@ async fn profile_updates_racing_their_signup_event_end_at_the_newest_version() {
     assert!(rows.iter().all(|r| r.3 == 4 && r.2 == "Europe/Berlin"));
 }
 
-/// auth and a task reading through to it, for the resync and reconciler
-/// tests: `tune` adjusts task's settings; returns the running services,
-/// auth as task's resync source, and both databases.
-async fn replica_stage(
-    env: &mut TestEnv,
-    tune: impl FnOnce(&mut task::Settings),
-) -> (
-    memberflow_tests::apps::TestAuth,
-    TestTask,
-    task::auth_client::AuthClient,
-    PgPool,
-    PgPool,
-) {
-    let auth = spawn_auth(auth_settings(env)).await;
-    let mut settings = task_settings(
-        env,
-        ConsistencyMode::NotReady,
-        &format!("http://{}", auth.app.addr),
-    );
-    tune(&mut settings);
-    let source = task::auth_client::AuthClient::new(&settings.auth).unwrap();
-    let task = spawn_task(settings).await;
-    let (auth_db, task_db) = (env.pool("auth").await, env.pool("task").await);
-    (auth, task, source, auth_db, task_db)
-}
-
 #[tokio::test]
 async fn resync_fills_an_emptied_replica_while_signups_flow() {
     let mut env = TestEnv::new();
@@ -518,11 +493,15 @@ async fn the_reconciler_repairs_corrupted_rows_and_touches_no_correct_one() {
     .await
     .unwrap();
     assert_eq!(untouched.len(), 3_800);
-    let repaired = task.metrics.reconcile_repaired.clone();
-    let before = repaired.get();
+    use task::repair::Kind;
+    let metrics = task.metrics.clone();
+    let repaired = move || {
+        metrics.reconcile_repaired(Kind::Missing) + metrics.reconcile_repaired(Kind::Behind)
+    };
+    let before = repaired();
 
     eventually("the reconciler's repair", interval * 3, || async {
-        (repaired.get() >= before + 200).then_some(())
+        (repaired() >= before + 200).then_some(())
     })
     .await;
     assert_eq!(members(&auth_db).await, members(&task_db).await);
@@ -533,7 +512,7 @@ async fn the_reconciler_repairs_corrupted_rows_and_touches_no_correct_one() {
             .await
             .unwrap();
     assert_eq!(after, untouched, "no correct row was rewritten");
-    assert_eq!(repaired.get(), before + 200, "exactly the corrupted rows");
+    assert_eq!(repaired(), before + 200, "exactly the corrupted rows");
 }
 
 #[tokio::test]

@@ -115,9 +115,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     )
                 })?;
             show.finish();
+            let n = |k| done.repaired.get(k);
+            use task::repair::Kind;
             println!(
-                "resync done: {} member(s) read from auth, {} replica row(s) changed",
-                done.read, done.changed
+                "resync done: {} member(s) read from auth, {} replica row(s) changed \
+                 ({} missing, {} behind, {} ahead of auth, {} in conflict with auth)",
+                done.read,
+                done.changed,
+                n(Kind::Missing),
+                n(Kind::Behind),
+                n(Kind::Ahead),
+                n(Kind::Conflict)
             );
         }
         Command::Dlq(cmd) => {
