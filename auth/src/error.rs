@@ -15,6 +15,10 @@ pub enum Error {
     /// The password changed between reading and writing it.
     #[error("the password was changed concurrently; try again")]
     ConcurrentChange,
+    /// A refresh token presented again within `token.refresh_reuse_grace_ms`
+    /// of its rotation: a client's retry, which ends nothing.
+    #[error("this refresh token was rotated a moment ago; use the tokens that rotation answered")]
+    RefreshRetried,
 }
 
 memberflow_runtime::service_error!(Error);
@@ -24,7 +28,7 @@ impl From<Error> for Status {
         match e {
             Error::EmailTaken => Status::already_exists(e.to_string()),
             Error::BadCredentials => Status::unauthenticated(e.to_string()),
-            Error::ConcurrentChange => Status::aborted(e.to_string()),
+            Error::ConcurrentChange | Error::RefreshRetried => Status::aborted(e.to_string()),
             Error::Common(f) => f.into(),
         }
     }

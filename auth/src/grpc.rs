@@ -22,6 +22,11 @@ use crate::{
     outbox::{EventKind, write::Outbox},
     password::Hasher,
     repo,
+    sessions::{
+        Lifetimes, RefreshToken,
+        decide::{Refresh, decide},
+        store::{self, NewSession},
+    },
     throttle::LoginThrottle,
 };
 
@@ -37,6 +42,8 @@ pub struct AuthApi {
     /// What GetPublicKeys serves: the signer's key first.
     pub(crate) public_keys: Arc<[PublicKey]>,
     pub(crate) token_ttl: Duration,
+    /// How long sessions and refresh tokens live.
+    pub(crate) lifetimes: Lifetimes,
     pub(crate) service_token: SecretString,
     /// Wakes the outbox relay after each commit.
     /// Every write that emits an event goes through it.
@@ -147,29 +154,155 @@ impl AuthApi {
         let member = repo::lock_member(tx, caller.member_id)
             .await?
             .ok_or_else(|| Failure::Unauthenticated(DELETED.into()))?;
-        if caller.revoked_by(&member.sessions()) {
-            return Err(Failure::Unauthenticated(REVOKED.into()).into());
-        }
+        check_caller(tx, caller, &member).await?;
         Ok(member)
     }
 
-    /// Ends the caller's sessions, and with `password` (old hash, new hash)
-    /// changes their password, writing MemberSessionsRevoked in the same
-    /// transaction.
+    /// Ends every session of the caller but `keep`, and with `password`
+    /// (old hash, new hash) changes their password, writing
+    /// MemberSessionsRevoked in the same transaction. With `keep`, the
+    /// caller's session continues with new tokens, issued in it.
     async fn revoke_sessions(
         &self,
         caller: Verified,
         password: Option<(&str, &str)>,
-    ) -> Result<Member, Error> {
+        keep: Option<&str>,
+    ) -> Result<(Member, Option<Issued>), Error> {
         let mut tx = self.outbox.begin().await?;
         self.lock_caller(&mut tx, caller).await?;
         let member = repo::revoke_sessions(&mut tx, caller.member_id, password)
             .await?
             .ok_or(Error::ConcurrentChange)?;
+        let now = Utc::now();
+        let kept = keep.and(caller.session);
+        store::end_all(&mut tx, caller.member_id, kept, now).await?;
+        let issued = match (keep, kept) {
+            (None, _) => None,
+            // The caller's session goes on, with a refresh token the old
+            // one's holder (if it was stolen) does not have.
+            (Some(_), Some(session)) => {
+                let refresh = RefreshToken::generate();
+                let access_expires_at = now + self.token_ttl;
+                store::rotate(&mut tx, session, &refresh.hash(), now, access_expires_at).await?;
+                Some(self.issue(&member, session, refresh, access_expires_at))
+            }
+            // A token from before sessions: the caller gets a new one.
+            (Some(client), None) => Some(self.start_session(&mut tx, &member, client).await?),
+        };
         let event_id = tx.enqueue(EventKind::SessionsRevoked, &member).await?;
         tx.commit().await?;
         tracing::Span::current().record("event_id", tracing::field::display(event_id));
-        Ok(member)
+        Ok((member, issued))
+    }
+
+    /// Ends the caller's own session, or session `id` of theirs, writing
+    /// MemberSessionEnded in the same transaction. `None` when the member has
+    /// no session `id`; an ended session stays ended, and no event is
+    /// written again.
+    async fn end_session(&self, caller: Verified, id: Uuid) -> Result<Option<Member>, Error> {
+        let mut tx = self.outbox.begin().await?;
+        let member = self.lock_caller(&mut tx, caller).await?;
+        let Some(ended) = store::end(&mut tx, caller.member_id, id, Utc::now()).await? else {
+            return Ok(store::exists(&mut tx, caller.member_id, id)
+                .await?
+                .then_some(member));
+        };
+        let event_id = tx.enqueue_session_ended(&member, &ended).await?;
+        tx.commit().await?;
+        tracing::Span::current().record("event_id", tracing::field::display(event_id));
+        Ok(Some(member))
+    }
+
+    /// A new session for `member` (a Login), written in `conn`, and its first
+    /// tokens.
+    async fn start_session(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        member: &Member,
+        client: &str,
+    ) -> Result<Issued, Error> {
+        let now = Utc::now();
+        let refresh = RefreshToken::generate();
+        let session = NewSession {
+            id: Uuid::new_v4(),
+            member_id: member.id,
+            client,
+            now,
+            expires_at: now + self.lifetimes.absolute,
+            access_expires_at: now + self.token_ttl,
+        };
+        store::create(conn, &session, &refresh.hash()).await?;
+        Ok(self.issue(member, session.id, refresh, session.access_expires_at))
+    }
+
+    /// Signs an access token for `member` in `session`.
+    fn issue(
+        &self,
+        member: &Member,
+        session: Uuid,
+        refresh: RefreshToken,
+        expires_at: chrono::DateTime<Utc>,
+    ) -> Issued {
+        Issued {
+            access_token: self.signer.issue_in_session(
+                member.id,
+                member.version,
+                session,
+                expires_at,
+            ),
+            expires_at,
+            refresh_token: refresh.into_string(),
+            session_id: session,
+        }
+    }
+
+    /// Refresh: rotates the presented token, or refuses it as
+    /// [`decide`] says. Reuse ends the session and commits that before
+    /// answering.
+    async fn refresh(
+        &self,
+        presented: RefreshToken,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<Issued, Error> {
+        let hash = presented.hash();
+        let owner = store::owner_of(&self.pool, &hash).await?;
+        let account = owner.map_or_else(
+            || "session:unknown".to_owned(),
+            |(s, _)| format!("session:{s}"),
+        );
+        self.throttle.attempt(&account, peer)?;
+        let Some((session, member_id)) = owner else {
+            return Err(refresh_refused(Refresh::Unknown));
+        };
+        tracing::Span::current().record("member_id", tracing::field::display(member_id));
+        let mut tx = self.outbox.begin().await?;
+        // Member before session, as Logout locks them: a share lock, so
+        // refreshes of one member's sessions do not wait on each other.
+        // No live row: the account was deleted (its sessions with it).
+        let member = repo::share_lock_member(&mut tx, member_id)
+            .await?
+            .ok_or_else(|| Failure::Unauthenticated(DELETED.into()))?;
+        let found = store::lock_for_refresh(&mut tx, session, &hash).await?;
+        let now = Utc::now();
+        match decide(found, now, self.lifetimes) {
+            Refresh::Valid => {
+                let refresh = RefreshToken::generate();
+                let expires_at = now + self.token_ttl;
+                store::rotate(&mut tx, session, &refresh.hash(), now, expires_at).await?;
+                tx.commit().await?;
+                Ok(self.issue(&member, session, refresh, expires_at))
+            }
+            Refresh::Reuse => {
+                if let Some(ended) = store::end(&mut tx, member_id, session, now).await? {
+                    let event_id = tx.enqueue_session_ended(&member, &ended).await?;
+                    tx.commit().await?;
+                    tracing::Span::current().record("event_id", tracing::field::display(event_id));
+                    tracing::warn!("a rotated refresh token was presented again: session ended");
+                }
+                Err(refresh_refused(Refresh::Reuse))
+            }
+            other => Err(refresh_refused(other)),
+        }
     }
 
     /// Turns the caller into a tombstone, removes their pending and parked
@@ -211,6 +344,65 @@ impl AuthApi {
     }
 }
 
+/// The tokens of a session after a Login, Refresh or ChangePassword.
+struct Issued {
+    access_token: String,
+    expires_at: chrono::DateTime<Utc>,
+    refresh_token: String,
+    session_id: Uuid,
+}
+
+/// Refuses the caller's token if the member's sessions were all ended after
+/// it was issued, or its own session was ended.
+async fn check_caller(
+    conn: &mut sqlx::PgConnection,
+    caller: Verified,
+    member: &Member,
+) -> Result<(), Error> {
+    if caller.revoked_by(&member.sessions()) {
+        return Err(Failure::Unauthenticated(REVOKED.into()).into());
+    }
+    if let Some(session) = caller.session
+        && store::has_ended(conn, session).await?
+    {
+        return Err(Failure::Unauthenticated(SESSION_ENDED.into()).into());
+    }
+    Ok(())
+}
+
+/// What a refused refresh answers: ABORTED for a retry within the grace,
+/// UNAUTHENTICATED otherwise.
+fn refresh_refused(why: Refresh) -> Error {
+    let failure = match why {
+        Refresh::RotatedWithinGrace => return Error::RefreshRetried,
+        Refresh::Reuse => Failure::Unauthenticated(
+            "the refresh token was already used: the session has ended; log in again".into(),
+        ),
+        Refresh::ExpiredAbsolute | Refresh::ExpiredIdle => {
+            Failure::Unauthenticated("the session has expired; log in again".into())
+        }
+        Refresh::Ended | Refresh::Unknown | Refresh::Valid => Failure::Unauthenticated(
+            "the refresh token is not valid (unknown or ended); log in again".into(),
+        ),
+    };
+    failure.into()
+}
+
+/// The `user-agent` a Login came with, as a session's `client`: at most
+/// [`MAX_CLIENT_CHARS`] characters.
+fn client_of<T>(req: &Request<T>) -> String {
+    req.metadata()
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .chars()
+        .take(MAX_CLIENT_CHARS)
+        .collect()
+}
+
+/// Longest `client` kept from a `user-agent`.
+const MAX_CLIENT_CHARS: usize = 200;
+
 #[tonic::async_trait]
 impl AuthService for AuthApi {
     #[tracing::instrument(name = "SignUp", skip_all, fields(member_id, event_id))]
@@ -232,6 +424,7 @@ impl AuthService for AuthApi {
         request: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
         let peer = request.remote_addr().map(|a| a.ip());
+        let client = client_of(&request);
         let req = request.into_inner();
         // Malformed input is just a failed login: no hint about what exists.
         let email = Email::parse(&req.email).ok();
@@ -245,18 +438,92 @@ impl AuthService for AuthApi {
                 .map_err(Error::from)?,
             None => None,
         };
-        let (id, hash, version) =
-            creds.map_or((None, None, 0), |(id, h, v)| (Some(id), Some(h), v));
+        let (member, hash) = creds.map_or((None, None), |(m, h)| (Some(m), Some(h)));
         let ok = self.hasher.verify(req.password, hash).await?;
-        let id = match (ok, id) {
-            (true, Some(id)) => id,
+        let member = match (ok, member) {
+            (true, Some(member)) => member,
             _ => return Err(Error::BadCredentials.into()),
         };
-        tracing::Span::current().record("member_id", tracing::field::display(id));
-        let expires_at = Utc::now() + self.token_ttl;
+        tracing::Span::current().record("member_id", tracing::field::display(member.id));
+        let mut conn = self.pool.acquire().await.map_err(Error::from)?;
+        let issued = self.start_session(&mut conn, &member, &client).await?;
         Ok(Response::new(pb::LoginResponse {
-            access_token: self.signer.issue(id, version, expires_at),
-            expires_at: Some(timestamp(expires_at)),
+            access_token: issued.access_token,
+            expires_at: Some(timestamp(issued.expires_at)),
+            refresh_token: issued.refresh_token,
+            session_id: issued.session_id.to_string(),
+        }))
+    }
+
+    #[tracing::instrument(name = "Refresh", skip_all, fields(member_id, event_id))]
+    async fn refresh(
+        &self,
+        request: Request<pb::RefreshRequest>,
+    ) -> Result<Response<pb::RefreshResponse>, Status> {
+        let peer = request.remote_addr().map(|a| a.ip());
+        let presented = RefreshToken::presented(request.into_inner().refresh_token);
+        let issued = Self::refresh(self, presented, peer).await?;
+        Ok(Response::new(pb::RefreshResponse {
+            access_token: issued.access_token,
+            expires_at: Some(timestamp(issued.expires_at)),
+            refresh_token: issued.refresh_token,
+            session_id: issued.session_id.to_string(),
+        }))
+    }
+
+    #[tracing::instrument(name = "ListSessions", skip_all, fields(member_id))]
+    async fn list_sessions(
+        &self,
+        request: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let caller = self.authenticate(&request)?;
+        let mut conn = self.pool.acquire().await.map_err(Error::from)?;
+        let member = repo::find_member(&mut conn, caller.member_id)
+            .await
+            .map_err(Error::from)?
+            .ok_or_else(|| Error::from(Failure::Unauthenticated(DELETED.into())))?;
+        check_caller(&mut conn, caller, &member).await?;
+        let sessions = store::list(
+            &mut *conn,
+            caller.member_id,
+            Utc::now(),
+            self.lifetimes.idle,
+        )
+        .await
+        .map_err(Error::from)?;
+        Ok(Response::new(pb::ListSessionsResponse {
+            sessions: sessions
+                .into_iter()
+                .map(|s| pb::Session {
+                    current: caller.session == Some(s.id),
+                    session_id: s.id.to_string(),
+                    created_at: Some(timestamp(s.created_at)),
+                    last_refreshed_at: Some(timestamp(s.last_refreshed_at)),
+                    client: s.client,
+                })
+                .collect(),
+        }))
+    }
+
+    #[tracing::instrument(name = "RevokeSession", skip_all, fields(member_id, event_id))]
+    async fn revoke_session(
+        &self,
+        request: Request<pb::RevokeSessionRequest>,
+    ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
+        let caller = self.authenticate(&request)?;
+        let mut v = Violations::default();
+        let id = v.check(
+            "session_id",
+            Uuid::parse_str(&request.into_inner().session_id).map_err(|_| "must be a session id"),
+        );
+        v.finish().map_err(Error::from)?;
+        let id = id.expect("checked");
+        let member = self
+            .end_session(caller, id)
+            .await?
+            .ok_or_else(|| Error::from(Failure::NotFound("no such session".into())))?;
+        Ok(Response::new(pb::RevokeSessionResponse {
+            consistency_token: consistency_token(&member),
         }))
     }
 
@@ -395,7 +662,22 @@ impl AuthService for AuthApi {
         request: Request<pb::LogoutRequest>,
     ) -> Result<Response<pb::LogoutResponse>, Status> {
         let caller = self.authenticate(&request)?;
-        let member = self.revoke_sessions(caller, None).await?;
+        let all = request.into_inner().all_sessions;
+        // A token without `sid` has no session of its own to end: only
+        // ending them all ends it.
+        let member = match caller.session {
+            Some(session) if !all => {
+                let member = self
+                    .end_session(caller, session)
+                    .await?
+                    .ok_or_else(|| Error::from(Failure::Unauthenticated(SESSION_ENDED.into())))?;
+                return Ok(Response::new(pb::LogoutResponse {
+                    not_before: None,
+                    consistency_token: consistency_token(&member),
+                }));
+            }
+            _ => self.revoke_sessions(caller, None, None).await?.0,
+        };
         Ok(Response::new(pb::LogoutResponse {
             not_before: member.sessions_not_before.map(timestamp),
             consistency_token: consistency_token(&member),
@@ -409,6 +691,7 @@ impl AuthService for AuthApi {
     ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
         let caller = self.authenticate(&request)?;
         let peer = request.remote_addr().map(|a| a.ip());
+        let client = client_of(&request);
         let req = request.into_inner();
         let mut v = Violations::default();
         if req.current_password.is_empty() {
@@ -436,12 +719,17 @@ impl AuthService for AuthApi {
             return Err(Error::from(v).into());
         }
         let new_hash = self.hasher.hash(&new_password.expect("checked")).await?;
-        let member = self
-            .revoke_sessions(caller, Some((&old_hash, &new_hash)))
+        let (member, issued) = self
+            .revoke_sessions(caller, Some((&old_hash, &new_hash)), Some(&client))
             .await?;
+        let issued = issued.expect("a kept session is asked for");
         Ok(Response::new(pb::ChangePasswordResponse {
             not_before: member.sessions_not_before.map(timestamp),
             consistency_token: consistency_token(&member),
+            access_token: issued.access_token,
+            refresh_token: issued.refresh_token,
+            expires_at: Some(timestamp(issued.expires_at)),
+            session_id: issued.session_id.to_string(),
         }))
     }
 
@@ -489,6 +777,8 @@ const DELETED: &str = "the account was deleted";
 
 /// What a token from before a Logout or ChangePassword gets.
 const REVOKED: &str = "the access token was revoked (logout or password change); log in again";
+/// What a token of an ended session gets.
+const SESSION_ENDED: &str = "the access token's session has ended (logout); log in again";
 
 /// The token naming the member at the version this write produced.
 fn consistency_token(member: &Member) -> String {

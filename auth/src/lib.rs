@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod password;
 pub mod repo;
+pub mod sessions;
 pub mod settings;
 pub mod startup;
 pub mod throttle;

@@ -13,16 +13,47 @@ const MEMBER_COLUMNS: &str = "id, email, nickname, region, version, created_at, 
 /// Name of the unique constraint that makes emails unique.
 pub const EMAIL_UNIQUE: &str = "members_email_key";
 
-/// The member id, password hash and version for `email` (already
-/// lower-cased).
+/// The member and password hash for `email` (already lower-cased).
 pub async fn find_credentials(
     pool: &PgPool,
     email: &str,
-) -> sqlx::Result<Option<(Uuid, String, i64)>> {
-    sqlx::query_as("SELECT id, password_hash, version FROM members WHERE email = $1")
-        .bind(email)
-        .fetch_optional(pool)
-        .await
+) -> sqlx::Result<Option<(Member, String)>> {
+    let row: Option<WithHash> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {MEMBER_COLUMNS}, password_hash FROM members WHERE email = $1"
+    )))
+    .bind(email)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| (r.member, r.password_hash)))
+}
+
+#[derive(sqlx::FromRow)]
+struct WithHash {
+    #[sqlx(flatten)]
+    member: Member,
+    password_hash: String,
+}
+
+/// The member `id`, unless it is a tombstone.
+pub async fn find_member(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Member>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {MEMBER_COLUMNS} FROM members WHERE id = $1 AND deleted_at IS NULL"
+    )))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// The member `id`, share-locked for the rest of the caller's transaction:
+/// a Refresh holds it so that no revocation of every session commits
+/// between reading the version and issuing a token at it.
+pub async fn share_lock_member(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Member>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {MEMBER_COLUMNS} FROM members WHERE id = $1 AND deleted_at IS NULL FOR SHARE"
+    )))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
 }
 
 /// Applies `change` and bumps the version, unless it changes nothing: then
@@ -53,13 +84,7 @@ pub async fn update_profile(
 
 /// The member `id` and its password hash.
 pub async fn find_with_hash(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<(Member, String)>> {
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        #[sqlx(flatten)]
-        member: Member,
-        password_hash: String,
-    }
-    let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let row: Option<WithHash> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {MEMBER_COLUMNS}, password_hash FROM members WHERE id = $1 AND deleted_at IS NULL"
     )))
     .bind(id)
@@ -144,6 +169,12 @@ pub async fn delete_member(
             .execute(&mut *conn)
             .await?;
         sqlx::query("DELETE FROM outbox_parked WHERE member_id = $1")
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        // Every session (its refresh tokens go with it): nothing can be
+        // refreshed, and the devices' user agents are gone too.
+        sqlx::query("DELETE FROM sessions WHERE member_id = $1")
             .bind(id)
             .execute(&mut *conn)
             .await?;

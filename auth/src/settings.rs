@@ -121,6 +121,15 @@ pub struct TokenSettings {
     /// Credential trusted services present in `x-service-token` to call
     /// GetMember, ListMembers and DigestMembers.
     pub service_token: SecretString,
+    /// A session (and its refresh tokens) ends this long after its login,
+    /// however often it is refreshed.
+    pub refresh_lifetime_days: u32,
+    /// A session ends when it is not refreshed for this long.
+    pub refresh_idle_days: u32,
+    /// Within this after a rotation, presenting the rotated refresh token
+    /// again answers ABORTED and ends nothing (a client's network retry);
+    /// after it, it is reuse and ends the session. 0: always reuse.
+    pub refresh_reuse_grace_ms: u64,
 }
 
 impl Default for TokenSettings {
@@ -130,11 +139,25 @@ impl Default for TokenSettings {
             public_keys: String::new(),
             ttl_secs: 900,
             service_token: SecretString::default(),
+            refresh_lifetime_days: 30,
+            refresh_idle_days: 7,
+            refresh_reuse_grace_ms: 0,
         }
     }
 }
 
 impl TokenSettings {
+    /// The session lifetimes these settings give.
+    pub fn lifetimes(&self) -> crate::sessions::Lifetimes {
+        crate::sessions::Lifetimes {
+            absolute: chrono::Duration::days(i64::from(self.refresh_lifetime_days)),
+            idle: chrono::Duration::days(i64::from(self.refresh_idle_days)),
+            reuse_grace: chrono::Duration::milliseconds(
+                i64::try_from(self.refresh_reuse_grace_ms).unwrap_or(i64::MAX),
+            ),
+        }
+    }
+
     /// The signer, and every key auth accepts (the signer's first).
     pub fn keys(&self) -> anyhow::Result<(Signer, Vec<PublicKey>)> {
         use secrecy::ExposeSecret;

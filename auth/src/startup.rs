@@ -77,6 +77,7 @@ impl Service for Application {
             public_keys: self.public_keys.into(),
             signer: self.signer,
             token_ttl: Duration::seconds(settings.token.ttl_secs),
+            lifetimes: settings.token.lifetimes(),
             service_token: settings.token.service_token.clone(),
             outbox: Outbox::new(pool.clone(), relay_wake.clone()),
         };
@@ -116,6 +117,11 @@ impl Service for Application {
                 shutdown.clone(),
             ));
             tasks.spawn(throttle.prune(shutdown.clone()));
+            tasks.spawn(crate::sessions::store::run_pruner(
+                pool.clone(),
+                settings.token.lifetimes().idle,
+                shutdown.clone(),
+            ));
             tasks.spawn(watch_outbox(pool.clone(), metrics, shutdown.clone()));
             tasks.spawn(relay.run(shutdown.clone()));
             Ok(())

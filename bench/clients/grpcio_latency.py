@@ -6,8 +6,8 @@ tonic's figure from the same run. Messages come from the servers' reflection,
 so no generated code is needed.
 
 usage: grpcio_latency.py AUTH_ADDR TASK_ADDR N RUN_ID
-prints {"SignUp": [ms, ...], "Login": [...], "CreateTask": [...],
-        "ListTasks": [...], "GetTask": [...]}
+prints {"SignUp": [ms, ...], "Login": [...], "Refresh": [...],
+        "CreateTask": [...], "ListTasks": [...], "GetTask": [...]}
 """
 
 import json
@@ -48,6 +48,7 @@ def main():
     task = grpc.insecure_channel(task_addr)
     SignUp, sign_up = method(auth, "auth.v1.AuthService", "SignUp")
     Login, login = method(auth, "auth.v1.AuthService", "Login")
+    Refresh, refresh = method(auth, "auth.v1.AuthService", "Refresh")
     Create, create = method(task, "task.v1.TaskService", "CreateTask")
     List, list_tasks = method(task, "task.v1.TaskService", "ListTasks")
     Get, get = method(task, "task.v1.TaskService", "GetTask")
@@ -56,8 +57,10 @@ def main():
         email = f"py{i}-{run}@example.com"
         member = timed(samples, "SignUp", sign_up, SignUp(
             email=email, password="correct horse battery", nickname="Py", region="Asia/Seoul"))
-        token = timed(samples, "Login", login, Login(
-            email=email, password="correct horse battery")).access_token
+        session = timed(samples, "Login", login, Login(
+            email=email, password="correct horse battery"))
+        token = timed(samples, "Refresh", refresh, Refresh(
+            refresh_token=session.refresh_token)).access_token
         auth_md = [("authorization", f"Bearer {token}")]
         task_md = auth_md
         created = timed(samples, "CreateTask", create, Create(

@@ -3,10 +3,14 @@
 //! client once hid a 40 ms server-side stall (Nagle) that every other client
 //! saw, so a latency figure counts only beside a second client's.
 //!
-//! Each of `n` iterations: SignUp a new member, Login, CreateTask (with the
-//! SignUp's consistency token; task in `read_through` mode, so a call that
-//! beats replication reads the member from auth instead of failing),
-//! ListTasks, GetTask, one call at a time.
+//! Each of `n` iterations: SignUp a new member, Login (which writes a
+//! session row), Refresh (a rotation), CreateTask (with the SignUp's
+//! consistency token; task in `read_through` mode, so a call that beats
+//! replication reads the member from auth instead of failing), ListTasks,
+//! GetTask, one call at a time.
+//!
+//! Then, through tonic: from a Logout (this session only) returning to task
+//! refusing that session's access token, polled back to back, `n` times.
 use std::{collections::HashMap, time::Duration};
 
 use memberflow_contract::proto::{
@@ -25,7 +29,14 @@ use crate::{
     stats::Latency,
 };
 
-const RPCS: [&str; 5] = ["SignUp", "Login", "CreateTask", "ListTasks", "GetTask"];
+const RPCS: [&str; 6] = [
+    "SignUp",
+    "Login",
+    "Refresh",
+    "CreateTask",
+    "ListTasks",
+    "GetTask",
+];
 
 /// The venv with grpcio and grpcio-reflection (the README check's).
 fn venv() -> String {
@@ -112,9 +123,81 @@ pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
             .target("p50 ≤ 1.5× tonic's and < 3 ms", met),
         );
     }
+    let refused = logout_to_refusal(&auth.url(), &task.url(), n).await?;
+    lab.add(Figure::new(
+        "Logout → task refuses that session's token",
+        format!(
+            "{n} logouts of one session each, tonic, task polled back to back \
+             (ListTasks), relay + consumer on loopback"
+        ),
+        Measure::Latency(Latency::of(&refused)),
+    ));
     lab.stop(task, "task").await?;
     lab.stop(auth, "auth").await?;
     Ok(())
+}
+
+/// Per logout: from Logout returning to the first ListTasks task answers
+/// UNAUTHENTICATED for the ended session's access token.
+async fn logout_to_refusal(
+    auth_url: &str,
+    task_url: &str,
+    n: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let channel = |url: &str| tonic::transport::Endpoint::from_shared(url.to_owned());
+    let mut auth = AuthServiceClient::new(channel(auth_url)?.connect().await?);
+    let mut tasks = TaskServiceClient::new(channel(task_url)?.connect().await?);
+    let email = format!("logout-{}@example.com", Uuid::new_v4().simple());
+    let signed = auth
+        .sign_up(auth_pb::SignUpRequest {
+            email: email.clone(),
+            password: "correct horse battery".into(),
+            nickname: "Out".into(),
+            region: "Asia/Seoul".into(),
+        })
+        .await?
+        .into_inner();
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let token = auth
+            .login(auth_pb::LoginRequest {
+                email: email.clone(),
+                password: "correct horse battery".into(),
+            })
+            .await?
+            .into_inner()
+            .access_token;
+        // Served first, so the member is in the replica and the token good.
+        tasks
+            .create_task(bearer(
+                &token,
+                pb::CreateTaskRequest {
+                    request_id: Uuid::new_v4().to_string(),
+                    title: "bench".into(),
+                    due_local: "2026-12-24T18:00".into(),
+                    consistency_token: signed.consistency_token.clone(),
+                },
+            ))
+            .await?;
+        auth.logout(bearer(&token, auth_pb::LogoutRequest::default()))
+            .await?;
+        let t = Instant::now();
+        let deadline = t + Duration::from_secs(10);
+        loop {
+            let r = tasks
+                .list_tasks(bearer(&token, pb::ListTasksRequest::default()))
+                .await;
+            match r {
+                Err(s) if s.code() == tonic::Code::Unauthenticated => break,
+                _ if Instant::now() > deadline => {
+                    anyhow::bail!("task still accepts a logged-out session's token after 10 s")
+                }
+                _ => {}
+            }
+        }
+        samples.push(t.elapsed());
+    }
+    Ok(samples)
 }
 
 /// The same sequence through tonic's generated clients.
@@ -142,15 +225,23 @@ async fn tonic_samples(
             .into_inner();
         samples.entry("SignUp").or_default().push(t.elapsed());
         let t = Instant::now();
-        let token = auth
+        let login = auth
             .login(auth_pb::LoginRequest {
                 email,
                 password: "correct horse battery".into(),
             })
             .await?
+            .into_inner();
+        samples.entry("Login").or_default().push(t.elapsed());
+        let t = Instant::now();
+        let token = auth
+            .refresh(auth_pb::RefreshRequest {
+                refresh_token: login.refresh_token,
+            })
+            .await?
             .into_inner()
             .access_token;
-        samples.entry("Login").or_default().push(t.elapsed());
+        samples.entry("Refresh").or_default().push(t.elapsed());
         let t = Instant::now();
         let created = tasks
             .create_task(bearer(

@@ -86,7 +86,7 @@ pub(crate) async fn propagation(
                 let start = started
                     .lock()
                     .expect("poisoned")
-                    .get(&event.event_id)
+                    .get(&event.event_id())
                     .copied();
                 if let Some(start) = start {
                     applied.lock().expect("poisoned").push(start.elapsed());

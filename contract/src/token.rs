@@ -36,15 +36,30 @@ struct Claims {
     /// member's last session revocation is refused.
     #[serde(default)]
     ver: i64,
+    /// The session (one login, one device) the token belongs to. Tokens
+    /// issued before sessions existed have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sid: Option<Uuid>,
 }
 
-/// A verified access token: who, the version they had seen at login, and
-/// when it was issued.
+/// A verified access token: who, the version they had seen at login, when
+/// it was issued and the session it belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verified {
     pub member_id: Uuid,
     pub version: i64,
     pub issued_at: DateTime<Utc>,
+    /// The `sid` claim; `None` on tokens issued before sessions existed,
+    /// which only an all-sessions revocation ends.
+    pub session: Option<Uuid>,
+}
+
+/// The base64url (no padding) SHA-256 of a session id's canonical text:
+/// what `auth.v1.MemberSessionEnded.session_hash` carries and what a
+/// verifier computes from a token's `sid` to look the session up. Events
+/// and replicas hold only this, never the id an access token carries.
+pub fn session_hash(session_id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(session_id.to_string().as_bytes()))
 }
 
 /// When a member's sessions were last ended (Logout, ChangePassword): the
@@ -237,9 +252,21 @@ impl Signer {
         &self.public
     }
 
-    /// Signs a token for `member_id`, who has seen their member at `version`.
+    /// Signs a token for `member_id`, who has seen their member at `version`,
+    /// with no session: as tokens were before sessions existed.
     pub fn issue(&self, member_id: Uuid, version: i64, expires_at: DateTime<Utc>) -> String {
         self.issue_at(member_id, version, Utc::now(), expires_at)
+    }
+
+    /// Signs a token for `member_id` in session `session` (the `sid` claim).
+    pub fn issue_in_session(
+        &self,
+        member_id: Uuid,
+        version: i64,
+        session: Uuid,
+        expires_at: DateTime<Utc>,
+    ) -> String {
+        self.sign(member_id, version, Some(session), Utc::now(), expires_at)
     }
 
     /// [`Self::issue`] with a chosen issue time (tests of revocation).
@@ -250,7 +277,19 @@ impl Signer {
         issued_at: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     ) -> String {
+        self.sign(member_id, version, None, issued_at, expires_at)
+    }
+
+    fn sign(
+        &self,
+        member_id: Uuid,
+        version: i64,
+        sid: Option<Uuid>,
+        issued_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> String {
         let claims = Claims {
+            sid,
             ver: version,
             sub: member_id.to_string(),
             iss: ISSUER.to_owned(),
@@ -355,6 +394,7 @@ impl Verifier {
             member_id: Uuid::parse_str(&claims.sub).map_err(|_| TokenError::BadSubject)?,
             version: claims.ver,
             issued_at: DateTime::from_timestamp(claims.iat, 0).ok_or(TokenError::BadSubject)?,
+            session: claims.sid,
         })
     }
 }
@@ -438,6 +478,7 @@ mod tests {
             iat: Utc::now().timestamp(),
             exp: Utc::now().timestamp() + 300,
             ver: 1,
+            sid: None,
         };
         // Even an HS256 token "signed" with the public key bytes, the
         // classic algorithm-confusion attack, and naming a trusted kid.
@@ -462,12 +503,39 @@ mod tests {
     }
 
     #[test]
+    fn session_tokens_carry_their_sid_and_old_ones_none() {
+        let (signer, _) = Signer::generate();
+        let verifier = Verifier::new(std::slice::from_ref(signer.public_key()));
+        let (id, sid) = (Uuid::new_v4(), Uuid::new_v4());
+        let exp = Utc::now() + Duration::minutes(5);
+        let with = verifier
+            .verify(&signer.issue_in_session(id, 1, sid, exp))
+            .unwrap();
+        assert_eq!(with.session, Some(sid));
+        let without = verifier.verify(&signer.issue(id, 1, exp)).unwrap();
+        assert_eq!(without.session, None);
+    }
+
+    #[test]
+    fn session_hash_is_base64url_sha256_of_the_id_text() {
+        let sid = Uuid::parse_str("0190b8f2-6d4e-7c3a-9a1b-2c3d4e5f6a7b").unwrap();
+        let hash = session_hash(sid);
+        assert_eq!(hash.len(), 43);
+        assert_eq!(
+            hash,
+            URL_SAFE_NO_PAD.encode(Sha256::digest(b"0190b8f2-6d4e-7c3a-9a1b-2c3d4e5f6a7b"))
+        );
+        assert!(!hash.contains(&sid.to_string()));
+    }
+
+    #[test]
     fn revocation_refuses_older_versions_and_earlier_seconds() {
         let at = |s: i64| DateTime::from_timestamp(s, 0).unwrap();
         let token = |version, iat| Verified {
             member_id: Uuid::nil(),
             version,
             issued_at: at(iat),
+            session: None,
         };
         let revoked = SessionsRevoked {
             not_before: Some(at(1_000) + Duration::milliseconds(400)),

@@ -14,6 +14,9 @@ pub const MEMBER_UPDATED: &str = "member.updated";
 pub const MEMBER_SESSIONS_REVOKED: &str = "member.sessions_revoked";
 /// Routing key of a `auth.v1.MemberDeleted` (DeleteAccount).
 pub const MEMBER_DELETED: &str = "member.deleted";
+/// Routing key of a `auth.v1.MemberSessionEnded` (one session: Logout,
+/// RevokeSession, a refresh token's reuse).
+pub const MEMBER_SESSION_ENDED: &str = "member.session_ended";
 /// Content type of every event body.
 pub const CONTENT_TYPE: &str = "application/x-protobuf";
 /// AMQP `delivery_mode` for persistent messages.

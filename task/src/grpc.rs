@@ -87,9 +87,20 @@ fn decode_cursor(token: &str) -> Option<Cursor> {
 }
 
 impl TaskApi {
+    /// The caller, from their bearer token, unless its session was ended
+    /// (MemberSessionEnded applied here). A token without `sid` has no
+    /// session of its own: only an all-sessions revocation ends it.
     async fn authenticate<T>(&self, req: &Request<T>) -> Result<Verified, Error> {
         let caller = self.keys.authenticate(req.metadata()).await?;
         tracing::Span::current().record("member_id", tracing::field::display(caller.member_id));
+        if let Some(session) = caller.session
+            && crate::ended_sessions::has_ended(&self.pool, session).await?
+        {
+            return Err(Failure::Unauthenticated(
+                "the access token's session has ended (logout); log in again".into(),
+            )
+            .into());
+        }
         Ok(caller)
     }
 

@@ -1,5 +1,6 @@
 //! Inbox retention: the inbox (ids of applied events) is pruned of old ids in
-//! the background, so it does not grow without bound.
+//! the background, so it does not grow without bound; ended sessions whose
+//! tokens have expired go in the same pass ([`crate::ended_sessions`]).
 use std::time::Duration;
 
 use memberflow_runtime::shutdown::CancellationToken;
@@ -36,7 +37,8 @@ pub async fn prune(pool: &PgPool, retention: Duration) -> sqlx::Result<u64> {
     }
 }
 
-/// Prunes every `prune_interval_secs` (and once at start) until `shutdown`.
+/// Prunes the inbox and the expired ended sessions every
+/// `prune_interval_secs` (and once at start) until `shutdown`.
 /// Failures are logged and retried at the next interval: a late prune costs
 /// only disk space.
 pub async fn run_pruner(pool: PgPool, cfg: InboxSettings, shutdown: CancellationToken) {
@@ -52,6 +54,13 @@ pub async fn run_pruner(pool: PgPool, cfg: InboxSettings, shutdown: Cancellation
             Ok(0) => {}
             Ok(n) => tracing::info!(pruned = n, "inbox pruned"),
             Err(e) => tracing::warn!(error.cause_chain = %error_chain(&e), "inbox prune failed"),
+        }
+        match crate::ended_sessions::prune(&pool).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, "expired ended sessions pruned"),
+            Err(e) => {
+                tracing::warn!(error.cause_chain = %error_chain(&e), "ended-session prune failed")
+            }
         }
     }
 }

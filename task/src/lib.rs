@@ -4,6 +4,7 @@ pub mod auth_client;
 pub mod consumer;
 pub mod dlq;
 pub mod domain;
+pub mod ended_sessions;
 pub mod error;
 pub mod freshness;
 pub mod grpc;

@@ -70,6 +70,49 @@ pub struct MemberEvent {
     pub deleted: bool,
 }
 
+/// One session auth ended (MemberSessionEnded), by the hash of its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEnded {
+    pub event_id: Uuid,
+    pub member_id: Uuid,
+    /// base64url SHA-256 of the session id (`token::session_hash`).
+    pub session_hash: String,
+    pub ended_at: DateTime<Utc>,
+    /// When the session's last access token expires: the entry is pruned
+    /// after it.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// An event the consumer applies: a member's new state, or an ended
+/// session, which is kept apart from the member and its version guard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicaEvent {
+    Member(MemberEvent),
+    SessionEnded(SessionEnded),
+}
+
+impl ReplicaEvent {
+    pub fn event_id(&self) -> Uuid {
+        match self {
+            Self::Member(e) => e.event_id,
+            Self::SessionEnded(e) => e.event_id,
+        }
+    }
+
+    pub fn member_id(&self) -> Uuid {
+        match self {
+            Self::Member(e) => e.member_id,
+            Self::SessionEnded(e) => e.member_id,
+        }
+    }
+}
+
+impl From<MemberEvent> for ReplicaEvent {
+    fn from(e: MemberEvent) -> Self {
+        Self::Member(e)
+    }
+}
+
 /// What applying a batch did.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Applied {
@@ -79,14 +122,30 @@ pub struct Applied {
     /// `replicated_at - occurred_at` in seconds. Fresh events that changed
     /// nothing were stale.
     pub changed: Vec<(Uuid, i64, f64)>,
+    /// Ended sessions newly recorded.
+    pub ended: u64,
 }
 
 /// Applies `events` in one statement (so in one transaction): events already
-/// in the inbox are skipped, the rest are recorded there, and each member
-/// moves to its newest version if that is newer than what the replica holds.
-/// The tasks of members that became (or were) tombstones are deleted in the
-/// same transaction.
-pub async fn apply(pool: &PgPool, events: &[MemberEvent]) -> sqlx::Result<Applied> {
+/// in the inbox are skipped, the rest are recorded there, each member moves
+/// to its newest version if that is newer than what the replica holds, and
+/// each ended session is recorded in `ended_sessions` (insert-only, outside
+/// the version guard: no member state hides it). The tasks of members that
+/// became (or were) tombstones are deleted in the same transaction.
+pub async fn apply(pool: &PgPool, all: &[ReplicaEvent]) -> sqlx::Result<Applied> {
+    let mut events = Vec::with_capacity(all.len());
+    let mut ended = Vec::new();
+    for e in all {
+        match e {
+            ReplicaEvent::Member(m) => events.push(m),
+            ReplicaEvent::SessionEnded(s) => ended.push(s),
+        }
+    }
+    let ended_ids: Vec<Uuid> = ended.iter().map(|e| e.event_id).collect();
+    let ended_members: Vec<Uuid> = ended.iter().map(|e| e.member_id).collect();
+    let ended_hashes: Vec<&str> = ended.iter().map(|e| e.session_hash.as_str()).collect();
+    let ended_at: Vec<DateTime<Utc>> = ended.iter().map(|e| e.ended_at).collect();
+    let ended_expiry: Vec<DateTime<Utc>> = ended.iter().map(|e| e.expires_at).collect();
     let mut event_ids = Vec::with_capacity(events.len());
     let mut member_ids = Vec::with_capacity(events.len());
     let mut nicknames = Vec::with_capacity(events.len());
@@ -96,7 +155,7 @@ pub async fn apply(pool: &PgPool, events: &[MemberEvent]) -> sqlx::Result<Applie
     let mut not_before = Vec::with_capacity(events.len());
     let mut sessions_versions = Vec::with_capacity(events.len());
     let mut deleted = Vec::with_capacity(events.len());
-    for e in events {
+    for e in &events {
         deleted.push(e.deleted);
         not_before.push(e.sessions_not_before);
         sessions_versions.push(e.sessions_version);
@@ -107,19 +166,30 @@ pub async fn apply(pool: &PgPool, events: &[MemberEvent]) -> sqlx::Result<Applie
         versions.push(e.version);
         occurred.push(e.occurred_at);
     }
-    type Row = (i64, Vec<Uuid>, Vec<i64>, Vec<f64>, i64);
+    type Row = (i64, Vec<Uuid>, Vec<i64>, Vec<f64>, i64, i64);
     let mut tx = pool.begin().await?;
-    let (fresh, ids, versions, lags, _notified): Row =
+    let (fresh, ids, versions, lags, _notified, ended): Row =
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "WITH batch AS (
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[],
                                   $6::timestamptz[], $7::timestamptz[], $8::int8[], $9::bool[])
                  AS e(event_id, member_id, nickname, region, version, occurred_at,
                       sessions_not_before, sessions_version, deleted)
+         ), ended_batch AS (
+             SELECT * FROM UNNEST($10::uuid[], $11::uuid[], $12::text[], $13::timestamptz[],
+                                  $14::timestamptz[])
+                 AS e(event_id, member_id, session_hash, ended_at, expires_at)
          ), fresh AS (
-             INSERT INTO inbox (event_id) SELECT event_id FROM batch
+             INSERT INTO inbox (event_id)
+             SELECT event_id FROM batch UNION ALL SELECT event_id FROM ended_batch
              ON CONFLICT DO NOTHING
              RETURNING event_id
+         ), ended AS (
+             INSERT INTO ended_sessions (session_hash, member_id, ended_at, expires_at)
+             SELECT e.session_hash, e.member_id, e.ended_at, e.expires_at
+               FROM ended_batch e JOIN fresh f USING (event_id)
+             ON CONFLICT (session_hash) DO NOTHING
+             RETURNING 1
          ), changed AS (
              INSERT INTO members (id, nickname, region, version, occurred_at,
                                   sessions_not_before, sessions_version, deleted_at)
@@ -138,7 +208,8 @@ pub async fn apply(pool: &PgPool, events: &[MemberEvent]) -> sqlx::Result<Applie
                 coalesce((SELECT array_agg(id) FROM changed), '{{}}'),
                 coalesce((SELECT array_agg(version) FROM changed), '{{}}'),
                 coalesce((SELECT array_agg(lag) FROM changed), '{{}}'),
-                (SELECT count(*) FROM notified)",
+                (SELECT count(*) FROM notified),
+                (SELECT count(*) FROM ended)",
             notify = crate::freshness::NOTIFY_APPLIED_SQL
         )))
         .bind(&event_ids)
@@ -150,6 +221,11 @@ pub async fn apply(pool: &PgPool, events: &[MemberEvent]) -> sqlx::Result<Applie
         .bind(&not_before)
         .bind(&sessions_versions)
         .bind(&deleted)
+        .bind(&ended_ids)
+        .bind(&ended_members)
+        .bind(&ended_hashes)
+        .bind(&ended_at)
+        .bind(&ended_expiry)
         .fetch_one(&mut *tx)
         .await?;
     let tombstoned: Vec<Uuid> = events
@@ -160,6 +236,7 @@ pub async fn apply(pool: &PgPool, events: &[MemberEvent]) -> sqlx::Result<Applie
     purge_tasks(&mut *tx, &tombstoned).await?;
     tx.commit().await?;
     Ok(Applied {
+        ended: ended as u64,
         fresh: fresh as u64,
         changed: ids
             .into_iter()

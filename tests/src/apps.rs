@@ -207,6 +207,20 @@ pub async fn log_in(client: &mut AuthServiceClient<Channel>, email: &str) -> Str
     log_in_with(client, email, crate::fixtures::PASSWORD).await
 }
 
+/// Logs in as `email` with the fixtures' password from a device that says
+/// `device` in its `user-agent`: the whole answer (access and refresh
+/// tokens, session id).
+pub async fn log_in_on(
+    client: &mut AuthServiceClient<Channel>,
+    email: &str,
+    device: &str,
+) -> memberflow_contract::proto::auth::v1::LoginResponse {
+    let mut req = tonic::Request::new(crate::fixtures::login(email, crate::fixtures::PASSWORD));
+    req.metadata_mut()
+        .insert("user-agent", device.parse().expect("an ASCII device name"));
+    client.login(req).await.expect("login").into_inner()
+}
+
 async fn log_in_with(
     client: &mut AuthServiceClient<Channel>,
     email: &str,

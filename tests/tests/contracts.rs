@@ -8,6 +8,7 @@ use std::time::Duration;
 use memberflow_contract::proto::auth::v1 as pb;
 use memberflow_contract::time::timestamp;
 use memberflow_contract::topology::MEMBER_CREATED;
+use memberflow_contract::topology::MEMBER_SESSION_ENDED;
 use memberflow_contract::topology::MEMBER_SESSIONS_REVOKED;
 use memberflow_contract::topology::MEMBER_UPDATED;
 use memberflow_contract::topology::QUEUE;
@@ -17,7 +18,7 @@ use sqlx::PgPool;
 use task::{
     ConsistencyMode,
     consumer::plan::{Triage, triage},
-    replica::MemberEvent,
+    replica::{MemberEvent, ReplicaEvent},
 };
 use uuid::Uuid;
 
@@ -57,7 +58,7 @@ fn newer(event: &impl Message) -> Vec<u8> {
 
 fn applied(routing_key: &str, body: &[u8]) -> MemberEvent {
     match triage(routing_key, body) {
-        Triage::Apply(e) => e,
+        Triage::Apply(ReplicaEvent::Member(e)) => e,
         other => panic!("{routing_key}: not applied: {other:?}"),
     }
 }
@@ -125,6 +126,20 @@ async fn task_applies_events_from_a_newer_auth_with_fields_it_does_not_know() {
         assert_ne!(plain, extended);
         assert_eq!(applied(key, &extended), applied(key, &plain), "{key}");
     }
+
+    let ended = pb::MemberSessionEnded {
+        event_id: Uuid::now_v7().to_string(),
+        member_id: member.to_string(),
+        session_hash: memberflow_contract::token::session_hash(Uuid::new_v4()),
+        ended_at: Some(timestamp(now)),
+        expires_at: Some(timestamp(now)),
+    };
+    let plain = triage(MEMBER_SESSION_ENDED, &ended.encode_to_vec());
+    assert!(matches!(
+        plain,
+        Triage::Apply(ReplicaEvent::SessionEnded(_))
+    ));
+    assert_eq!(triage(MEMBER_SESSION_ENDED, &newer(&ended)), plain);
 
     // Act + Assert, through the broker into the replica.
     let mut env = TestEnv::new();

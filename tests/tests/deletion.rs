@@ -709,3 +709,37 @@ async fn a_create_task_that_loses_the_race_to_the_tombstone_creates_nothing() {
     assert_eq!(created, None);
     assert_eq!(tasks_of(&task_db, id).await, 0);
 }
+
+/// Deleting an account ends its sessions for good: a refresh token from
+/// before it refreshes nothing, and no session row (nor the device's
+/// user agent) is left.
+#[tokio::test]
+async fn a_refresh_token_from_before_the_deletion_refreshes_nothing() {
+    let mut env = TestEnv::new();
+    let mut system = System::builder(&mut env).start().await;
+    let p = Person::new("refresh");
+    let (id, token) = system.auth().member(p.signup()).await;
+    let device =
+        memberflow_tests::apps::log_in_on(&mut system.auth().client, &p.email, "phone/1.0").await;
+    system
+        .auth()
+        .delete_account(&token, PASSWORD)
+        .await
+        .expect("deleted");
+
+    let refreshed = system
+        .auth()
+        .client
+        .refresh(auth_pb::RefreshRequest {
+            refresh_token: device.refresh_token,
+        })
+        .await;
+    assert_eq!(code(refreshed), Code::Unauthenticated);
+    let auth_db = env.pool("auth").await;
+    let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions WHERE member_id = $1")
+        .bind(id)
+        .fetch_one(&auth_db)
+        .await
+        .unwrap();
+    assert_eq!(sessions, 0);
+}

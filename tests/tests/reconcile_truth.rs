@@ -214,7 +214,7 @@ async fn an_event_applied_between_the_read_and_the_write_is_not_undone() {
         sessions_version: 0,
         deleted: false,
     };
-    replica::apply(&task_db, &[event]).await.unwrap();
+    replica::apply(&task_db, &[event.into()]).await.unwrap();
     let done = repair::overwrite(&task_db, &plan.overwrite).await.unwrap();
 
     // Assert: the write found the row changed and left it alone.

@@ -208,7 +208,7 @@ async fn replica_sessions(pool: &PgPool, id: Uuid) -> Option<(i64, i64)> {
 }
 
 #[tokio::test]
-async fn logout_ends_sessions_in_auth_at_once_and_in_task_after_replication() {
+async fn logout_of_all_sessions_ends_them_in_auth_at_once_and_in_task_after_replication() {
     let mut env = TestEnv::new();
     let (mut auth, task) = spawn_system(&mut env, ConsistencyMode::NotReady).await;
     let task_db = env.pool("task").await;
@@ -222,7 +222,10 @@ async fn logout_ends_sessions_in_auth_at_once_and_in_task_after_replication() {
 
     let out = auth
         .client
-        .logout(bearer(auth_pb::LogoutRequest {}, &token))
+        .logout(bearer(
+            auth_pb::LogoutRequest { all_sessions: true },
+            &token,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -235,7 +238,10 @@ async fn logout_ends_sessions_in_auth_at_once_and_in_task_after_replication() {
     assert!(err.message().contains("revoked"), "{}", err.message());
     let err = auth
         .client
-        .logout(bearer(auth_pb::LogoutRequest {}, &token))
+        .logout(bearer(
+            auth_pb::LogoutRequest { all_sessions: true },
+            &token,
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);

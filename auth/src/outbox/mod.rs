@@ -11,8 +11,10 @@ pub mod write;
 use chrono::{DateTime, Utc};
 use memberflow_contract::proto::auth::v1 as pb;
 use memberflow_contract::time::timestamp;
+use memberflow_contract::token::session_hash;
 use memberflow_contract::topology::MEMBER_CREATED;
 use memberflow_contract::topology::MEMBER_DELETED;
+use memberflow_contract::topology::MEMBER_SESSION_ENDED;
 use memberflow_contract::topology::MEMBER_SESSIONS_REVOKED;
 use memberflow_contract::topology::MEMBER_UPDATED;
 use memberflow_runtime::trace_context;
@@ -74,6 +76,22 @@ pub fn encode(kind: EventKind, event_id: Uuid, member: &Member) -> Vec<u8> {
         }
     }
 }
+
+/// Encodes the MemberSessionEnded event for `ended`: the session id only
+/// as its hash, never the id an access token carries.
+pub fn encode_session_ended(event_id: Uuid, ended: &crate::sessions::store::Ended) -> Vec<u8> {
+    pb::MemberSessionEnded {
+        event_id: event_id.to_string(),
+        member_id: ended.member_id.to_string(),
+        session_hash: session_hash(ended.id),
+        ended_at: Some(timestamp(ended.ended_at)),
+        expires_at: Some(timestamp(ended.access_expires_at)),
+    }
+    .encode_to_vec()
+}
+
+/// The routing key of [`encode_session_ended`]'s event.
+pub const SESSION_ENDED_ROUTING_KEY: &str = MEMBER_SESSION_ENDED;
 
 /// Encodes a MemberDeleted: the id, the version and the time of the
 /// deletion, and no personal data.

@@ -96,6 +96,24 @@ impl Tx {
         Ok(event.event_id)
     }
 
+    /// Writes the MemberSessionEnded event for `ended`, a session of
+    /// `member`, in this transaction. Returns the event id.
+    pub async fn enqueue_session_ended(
+        &mut self,
+        member: &Member,
+        ended: &crate::sessions::store::Ended,
+    ) -> sqlx::Result<Uuid> {
+        let event = NewEvent::session_ended(member, ended);
+        bind_event(
+            sqlx::query_as::<_, (Uuid,)>(sqlx::AssertSqlSafe(ENQUEUE_SQL.as_str())),
+            &event,
+        )
+        .fetch_one(&mut *self.tx)
+        .await?;
+        self.enqueued = true;
+        Ok(event.event_id)
+    }
+
     /// Writes the MemberDeleted event of `tombstone`, in this transaction.
     /// Returns the event id.
     pub async fn enqueue_deleted(
@@ -186,6 +204,24 @@ impl NewEvent {
 }
 
 impl NewEvent {
+    /// The MemberSessionEnded event for `ended`. It rides at the member's
+    /// current version (it makes no new one) and takes its time from the
+    /// ending.
+    pub fn session_ended(member: &Member, ended: &crate::sessions::store::Ended) -> Self {
+        let event_id = Uuid::now_v7();
+        let trace = trace_context::current();
+        Self {
+            event_id,
+            routing_key: super::SESSION_ENDED_ROUTING_KEY,
+            member_id: member.id,
+            version: member.version,
+            payload: super::encode_session_ended(event_id, ended),
+            occurred_at: ended.ended_at,
+            traceparent: trace.traceparent,
+            tracestate: trace.tracestate,
+        }
+    }
+
     /// The MemberDeleted event for `tombstone`.
     pub fn deleted(tombstone: &crate::repo::Tombstone) -> Self {
         let event_id = Uuid::now_v7();

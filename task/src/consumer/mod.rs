@@ -52,7 +52,7 @@ pub use self::topology::declare_topology;
 use crate::{
     freshness::Freshness,
     metrics::{EventOutcome, TaskMetrics},
-    replica::{self, MemberEvent},
+    replica::{self, ReplicaEvent},
     settings::AmqpSettings,
 };
 use memberflow_contract::topology::{
@@ -330,10 +330,10 @@ impl Consumer {
         let mut unreachable_since: Option<tokio::time::Instant> = None;
         // Parts still to settle, in delivery order: the whole batch first,
         // single events after an isolation.
-        let mut parts: VecDeque<&[(Delivery, MemberEvent)]> = VecDeque::from([batch.as_slice()]);
+        let mut parts: VecDeque<&[(Delivery, ReplicaEvent)]> = VecDeque::from([batch.as_slice()]);
         let mut retrying = self.cfg.backoff.retrying();
         while let Some(&part) = parts.front() {
-            let events: Vec<MemberEvent> = part.iter().map(|(_, e)| e.clone()).collect();
+            let events: Vec<ReplicaEvent> = part.iter().map(|(_, e)| e.clone()).collect();
             let span = apply_span(part);
             let started = tokio::time::Instant::now();
             // Bounded so that the whole time unreachable stays within
@@ -347,8 +347,11 @@ impl Consumer {
                     let changed = applied.changed.len() as u64;
                     span.in_scope(|| tracing::debug!(changed, "applied"));
                     let m = &self.metrics;
-                    m.events(EventOutcome::applied, changed);
-                    m.events(EventOutcome::stale, applied.fresh - changed);
+                    m.events(EventOutcome::applied, changed + applied.ended);
+                    m.events(
+                        EventOutcome::stale,
+                        applied.fresh.saturating_sub(changed + applied.ended),
+                    );
                     m.events(EventOutcome::duplicate, events.len() as u64 - applied.fresh);
                     for (member, version, lag) in applied.changed {
                         m.replication_lag.observe(lag.max(0.0));
@@ -502,9 +505,9 @@ impl Attachment {
 /// The span of one apply: how many events, the range of member ids, and
 /// the trace: it continues the events' trace when they share one, and links
 /// to each trace otherwise.
-fn apply_span(part: &[(Delivery, MemberEvent)]) -> tracing::Span {
-    let first = part.iter().map(|(_, e)| e.member_id).min();
-    let last = part.iter().map(|(_, e)| e.member_id).max();
+fn apply_span(part: &[(Delivery, ReplicaEvent)]) -> tracing::Span {
+    let first = part.iter().map(|(_, e)| e.member_id()).min();
+    let last = part.iter().map(|(_, e)| e.member_id()).max();
     let span = tracing::info_span!(
         "process member.events",
         otel.kind = "consumer",
@@ -523,7 +526,7 @@ fn apply_span(part: &[(Delivery, MemberEvent)]) -> tracing::Span {
         span.record("member_id.last", tracing::field::display(last));
     }
     if let [(_, one)] = part {
-        span.record("event_id", tracing::field::display(one.event_id));
+        span.record("event_id", tracing::field::display(one.event_id()));
     }
     let contexts: Vec<SpanContext> = part
         .iter()

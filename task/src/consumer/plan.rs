@@ -6,6 +6,7 @@ use memberflow_contract::proto::auth::v1 as pb;
 use memberflow_contract::time::from_timestamp;
 use memberflow_contract::topology::MEMBER_CREATED;
 use memberflow_contract::topology::MEMBER_DELETED;
+use memberflow_contract::topology::MEMBER_SESSION_ENDED;
 use memberflow_contract::topology::MEMBER_SESSIONS_REVOKED;
 use memberflow_contract::topology::MEMBER_UPDATED;
 use memberflow_runtime::db::Fault;
@@ -13,7 +14,7 @@ use prost::Message;
 use std::time::Duration;
 use uuid::Uuid;
 
-use crate::replica::MemberEvent;
+use crate::replica::{MemberEvent, ReplicaEvent, SessionEnded};
 
 /// Longest nickname auth accepts, in characters.
 const MAX_NICKNAME_CHARS: usize = 32;
@@ -24,7 +25,7 @@ const MAX_REGION_CHARS: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Triage {
     /// A valid member event, to apply.
-    Apply(MemberEvent),
+    Apply(ReplicaEvent),
     /// A kind of event this version of task does not know, from a newer auth:
     /// acked and counted, so a new kind never poisons an older consumer.
     Unknown(String),
@@ -50,18 +51,12 @@ pub enum Poison {
 /// a task is created, not dropped here.
 pub fn triage(routing_key: &str, body: &[u8]) -> Triage {
     match routing_key {
-        MEMBER_CREATED | MEMBER_UPDATED => match decode(body) {
-            Ok(event) => Triage::Apply(event),
-            Err(poison) => Triage::Poison(poison),
-        },
-        MEMBER_SESSIONS_REVOKED => match decode_revoked(body) {
-            Ok(event) => Triage::Apply(event),
-            Err(poison) => Triage::Poison(poison),
-        },
-        MEMBER_DELETED => match decode_deleted(body) {
-            Ok(event) => Triage::Apply(event),
-            Err(poison) => Triage::Poison(poison),
-        },
+        MEMBER_CREATED | MEMBER_UPDATED => apply_or_poison(decode(body).map(Into::into)),
+        MEMBER_SESSIONS_REVOKED => apply_or_poison(decode_revoked(body).map(Into::into)),
+        MEMBER_SESSION_ENDED => {
+            apply_or_poison(decode_session_ended(body).map(ReplicaEvent::SessionEnded))
+        }
+        MEMBER_DELETED => apply_or_poison(decode_deleted(body).map(Into::into)),
         other => Triage::Unknown(other.to_owned()),
     }
 }
@@ -91,6 +86,50 @@ fn decode_deleted(body: &[u8]) -> Result<MemberEvent, Poison> {
         sessions_not_before: None,
         sessions_version: 0,
         deleted: true,
+    })
+}
+
+fn apply_or_poison(decoded: Result<ReplicaEvent, Poison>) -> Triage {
+    match decoded {
+        Ok(event) => Triage::Apply(event),
+        Err(poison) => Triage::Poison(poison),
+    }
+}
+
+/// Longest `session_hash`: a base64url SHA-256 is 43 characters.
+const SESSION_HASH_CHARS: usize = 43;
+
+/// A MemberSessionEnded: which session (by hash) of which member, until
+/// when its tokens could be presented.
+fn decode_session_ended(body: &[u8]) -> Result<SessionEnded, Poison> {
+    let e = pb::MemberSessionEnded::decode(body).map_err(|e| Poison::Undecodable(e.to_string()))?;
+    let event_id = Uuid::parse_str(&e.event_id).map_err(|_| invalid("event_id", "not a UUID"))?;
+    let member_id =
+        Uuid::parse_str(&e.member_id).map_err(|_| invalid("member_id", "not a UUID"))?;
+    if e.session_hash.len() != SESSION_HASH_CHARS
+        || !e
+            .session_hash
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(invalid("session_hash", "not a base64url SHA-256"));
+    }
+    let ended_at = e
+        .ended_at
+        .as_ref()
+        .and_then(from_timestamp)
+        .ok_or_else(|| invalid("ended_at", "missing or out of range"))?;
+    let expires_at = e
+        .expires_at
+        .as_ref()
+        .and_then(from_timestamp)
+        .ok_or_else(|| invalid("expires_at", "missing or out of range"))?;
+    Ok(SessionEnded {
+        event_id,
+        member_id,
+        session_hash: e.session_hash,
+        ended_at,
+        expires_at,
     })
 }
 
@@ -272,7 +311,9 @@ mod tests {
             nickname: "Ann".into(),
             region: "Asia/Seoul".into(),
         };
-        let Triage::Apply(e) = triage(MEMBER_SESSIONS_REVOKED, &revoked.encode_to_vec()) else {
+        let Triage::Apply(ReplicaEvent::Member(e)) =
+            triage(MEMBER_SESSIONS_REVOKED, &revoked.encode_to_vec())
+        else {
             panic!("a valid revocation is applied");
         };
         assert_eq!((e.version, e.sessions_version), (4, 4));
@@ -295,7 +336,9 @@ mod tests {
             version: 4,
             occurred_at: Some(timestamp(chrono::Utc::now())),
         };
-        let Triage::Apply(applied) = triage(MEMBER_DELETED, &e.encode_to_vec()) else {
+        let Triage::Apply(ReplicaEvent::Member(applied)) =
+            triage(MEMBER_DELETED, &e.encode_to_vec())
+        else {
             panic!("not applied");
         };
         assert!(applied.deleted);
@@ -319,6 +362,45 @@ mod tests {
     }
 
     #[test]
+    fn session_ended_carries_a_hash_and_an_expiry_never_a_session_id() {
+        let now = chrono::Utc::now();
+        let hash = memberflow_contract::token::session_hash(Uuid::new_v4());
+        let ended = pb::MemberSessionEnded {
+            event_id: Uuid::now_v7().to_string(),
+            member_id: Uuid::now_v7().to_string(),
+            session_hash: hash.clone(),
+            ended_at: Some(timestamp(now)),
+            expires_at: Some(timestamp(now + chrono::Duration::minutes(15))),
+        };
+        let Triage::Apply(ReplicaEvent::SessionEnded(e)) =
+            triage(MEMBER_SESSION_ENDED, &ended.encode_to_vec())
+        else {
+            panic!("a valid session end is applied");
+        };
+        assert_eq!(e.session_hash, hash);
+        assert_eq!(e.expires_at, now + chrono::Duration::minutes(15));
+        for broken in [
+            pb::MemberSessionEnded {
+                session_hash: Uuid::new_v4().to_string(),
+                ..ended.clone()
+            },
+            pb::MemberSessionEnded {
+                expires_at: None,
+                ..ended.clone()
+            },
+            pb::MemberSessionEnded {
+                member_id: "x".into(),
+                ..ended.clone()
+            },
+        ] {
+            assert!(matches!(
+                triage(MEMBER_SESSION_ENDED, &broken.encode_to_vec()),
+                Triage::Poison(_)
+            ));
+        }
+    }
+
+    #[test]
     fn unknown_kinds_are_skipped_not_poison() {
         assert_eq!(
             triage("member.suspended", &body(|_| {})),
@@ -332,7 +414,8 @@ mod tests {
 
     #[test]
     fn a_zone_unknown_to_this_tzdata_is_kept_as_given() {
-        let Triage::Apply(e) = triage(MEMBER_UPDATED, &body(|e| e.region = "Mars/Olympus".into()))
+        let Triage::Apply(ReplicaEvent::Member(e)) =
+            triage(MEMBER_UPDATED, &body(|e| e.region = "Mars/Olympus".into()))
         else {
             panic!("an unknown zone is not poison");
         };
