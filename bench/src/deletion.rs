@@ -18,19 +18,19 @@ use crate::{
     load::{closed_loop, open_loop},
     signup,
     stats::Latency,
-    system::create_tasks,
 };
 
-/// Signs up `per_sec × duration` members, gives each a task and logs each in
-/// (unmeasured), then deletes them at `per_sec`: DeleteAccount's start →
-/// the replica's tombstone, per member.
-pub(crate) async fn measure(
+/// Members to delete: id and access token.
+pub(crate) type Doomed = Arc<Vec<(Uuid, String)>>;
+
+/// Signs up and logs in the `per_sec × duration` members [`measure`] will
+/// delete, and waits until the replica holds them (unmeasured).
+pub(crate) async fn members(
     auth: &AuthServiceClient<Channel>,
-    task: &Channel,
     task_db: &PgPool,
     per_sec: f64,
     duration: Duration,
-) -> anyhow::Result<Latency> {
+) -> anyhow::Result<Doomed> {
     let n = (per_sec * duration.as_secs_f64()).round() as usize;
     let tag = format!("del-{}", Uuid::new_v4().simple());
     let members = Arc::new(
@@ -59,8 +59,19 @@ pub(crate) async fn measure(
         || count(task_db, &ids, "true"),
     )
     .await;
-    create_tasks(task, &ids).await?;
+    Ok(members)
+}
 
+/// Deletes `members` at `per_sec`: DeleteAccount's start → the replica's
+/// tombstone, per member.
+pub(crate) async fn measure(
+    auth: &AuthServiceClient<Channel>,
+    task_db: &PgPool,
+    members: Doomed,
+    per_sec: f64,
+    duration: Duration,
+) -> anyhow::Result<Latency> {
+    let ids: Vec<Uuid> = members.iter().map(|(id, _)| *id).collect();
     let run = open_loop(per_sec, duration, {
         let (auth, members) = (auth.clone(), members.clone());
         move |i| {

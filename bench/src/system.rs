@@ -165,8 +165,10 @@ pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
 
     // DeleteAccount → the member's last task row gone, at 100 deletions/s,
     // beside the propagation of this run's lowest rate.
-    let deletion =
-        deletion::measure(&signups, &task.channel, &task_db, 100.0, plan.propagation).await?;
+    let doomed = deletion::members(&signups, &task_db, 100.0, plan.propagation).await?;
+    let doomed_ids: Vec<Uuid> = doomed.iter().map(|(id, _)| *id).collect();
+    create_tasks(&task.channel, &doomed_ids).await?;
+    let deletion = deletion::measure(&signups, &task_db, doomed, 100.0, plan.propagation).await?;
     lab.add(
         Figure::new(
             "DeleteAccount → last task row gone, 100/s".to_owned(),
