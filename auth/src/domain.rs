@@ -67,7 +67,7 @@ impl std::fmt::Debug for Password {
     }
 }
 
-/// 1 to 32 characters of visible, one-line text (`common::text`).
+/// 1 to 32 characters of visible, one-line text (`memberflow_contract::text`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Nickname(String);
 

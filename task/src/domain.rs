@@ -3,7 +3,7 @@ use chrono::{DateTime, LocalResult, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use uuid::Uuid;
 
-/// 1 to 200 characters of visible, one-line text (`common::text`).
+/// 1 to 200 characters of visible, one-line text (`memberflow_contract::text`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Title(String);
 

@@ -435,7 +435,7 @@ pub async fn remove_if_unchanged(pool: &PgPool, rows: &[Observed]) -> sqlx::Resu
 }
 
 /// The replica's digest of each range `(after, until]` in `bounds`, computed
-/// as auth computes its own (see `common::digest`): `(count, hash)` each.
+/// as auth computes its own (see `memberflow_contract::digest`): `(count, hash)` each.
 /// Each row is read once, through the primary key.
 pub async fn digest(pool: &PgPool, bounds: &[(Uuid, Uuid)]) -> sqlx::Result<Vec<(i64, String)>> {
     let (after, until): (Vec<Uuid>, Vec<Uuid>) = bounds.iter().copied().unzip();

@@ -243,7 +243,7 @@ impl TestEnv {
     }
 
     /// A pool on one of this test's databases, for asserting end states.
-    /// It connects as the services do (`common::db`: no TLS to loopback),
+    /// It connects as the services do (`memberflow_runtime::db`: no TLS to loopback),
     /// so the bench's baselines and in-process work run on the same terms:
     /// over sqlx's TLS, large statements are slow (a 100,000-member resync
     /// took 2.9 s, not 0.5 s; see the README's Security section).
