@@ -360,6 +360,20 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
     classify(e) == Fault::Transient
 }
 
+/// Logs what a prune of `what` did: the rows removed at info (nothing when
+/// none), a failure at warn. A failed prune is retried at its next run; a
+/// late one costs only disk.
+pub fn log_prune(what: &str, result: sqlx::Result<u64>) {
+    match result {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(pruned = n, "{what} pruned"),
+        Err(e) => tracing::warn!(
+            error.cause_chain = %crate::telemetry::error_chain(&e),
+            "{what}: prune failed"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

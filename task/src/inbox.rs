@@ -3,8 +3,8 @@
 //! tokens have expired go in the same pass ([`crate::ended_sessions`]).
 use std::time::Duration;
 
+use memberflow_runtime::db::log_prune;
 use memberflow_runtime::shutdown::CancellationToken;
-use memberflow_runtime::telemetry::error_chain;
 use sqlx::PgPool;
 
 use crate::settings::InboxSettings;
@@ -43,24 +43,13 @@ pub async fn prune(pool: &PgPool, retention: Duration) -> sqlx::Result<u64> {
 /// only disk space.
 pub async fn run_pruner(pool: PgPool, cfg: InboxSettings, shutdown: CancellationToken) {
     let retention = Duration::from_secs(cfg.retention_secs);
-    let mut every = tokio::time::interval(Duration::from_secs(cfg.prune_interval_secs.max(1)));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = every.tick() => {}
-            () = shutdown.cancelled() => return,
-        }
-        match prune(&pool, retention).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(pruned = n, "inbox pruned"),
-            Err(e) => tracing::warn!(error.cause_chain = %error_chain(&e), "inbox prune failed"),
-        }
-        match crate::ended_sessions::prune(&pool).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(pruned = n, "expired ended sessions pruned"),
-            Err(e) => {
-                tracing::warn!(error.cause_chain = %error_chain(&e), "ended-session prune failed")
-            }
-        }
-    }
+    let period = Duration::from_secs(cfg.prune_interval_secs.max(1));
+    memberflow_runtime::shutdown::every(period, &shutdown, || async {
+        log_prune("inbox", prune(&pool, retention).await);
+        log_prune(
+            "expired ended sessions",
+            crate::ended_sessions::prune(&pool).await,
+        );
+    })
+    .await;
 }

@@ -53,3 +53,24 @@ pub async fn replica_stage(
     let (auth_db, task_db) = (env.pool("auth").await, env.pool("task").await);
     (auth, task, source, auth_db, task_db)
 }
+
+/// auth's members of `ids` (tombstones included), read now through task's
+/// client of auth, as resync and the reconciler read them.
+pub async fn auth_now(
+    source: &task::auth_client::AuthClient,
+    ids: &[Uuid],
+) -> Vec<task::domain::ReplicaMember> {
+    use futures::StreamExt;
+    use memberflow_contract::digest;
+    let mut out = Vec::new();
+    let mut pages = std::pin::pin!(
+        source
+            .pages(digest::FIRST, digest::LAST, ids)
+            .await
+            .expect("auth answers ListMembers")
+    );
+    while let Some(page) = pages.next().await {
+        out.extend(page.expect("a page of members"));
+    }
+    out
+}

@@ -6,7 +6,6 @@
 use std::time::{Duration, Instant};
 
 use memberflow_contract::{
-    digest,
     proto::auth::v1::{self as auth_pb, auth_service_client::AuthServiceClient},
     proto::task::v1::ListTasksRequest,
     topology::{DEAD_LETTER_QUEUE, MEMBER_DELETED, MEMBER_UPDATED, QUEUE},
@@ -17,6 +16,7 @@ use memberflow_tests::{
     env::TestEnv,
     eventually,
     fixtures::{PASSWORD, bearer, create_task, login, signup},
+    replica::auth_now,
     system::System,
 };
 use sqlx::PgPool;
@@ -266,7 +266,7 @@ async fn deletion_erases_personal_data_within_the_bound_and_the_email_signs_up_a
     // GetMember: NOT_FOUND; ListMembers: the tombstone, id and version only.
     let source = source(&mut env, sys.auth());
     assert_eq!(source.member(id).await.expect("GetMember"), None);
-    let listed = auth_now(&source, id).await;
+    let listed = auth_now(&source, &[id]).await;
     assert_eq!(listed.len(), 1);
     assert!(listed[0].is_deleted());
     assert_eq!((listed[0].version, listed[0].nickname.as_str()), (2, ""));
@@ -283,21 +283,6 @@ async fn deletion_erases_personal_data_within_the_bound_and_the_email_signs_up_a
 }
 
 /// auth's members of `id`, as ListMembers answers.
-async fn auth_now(source: &AuthClient, id: Uuid) -> Vec<task::domain::ReplicaMember> {
-    use futures::StreamExt;
-    let mut out = Vec::new();
-    let mut pages = std::pin::pin!(
-        source
-            .pages(digest::FIRST, digest::LAST, &[id])
-            .await
-            .unwrap()
-    );
-    while let Some(page) = pages.next().await {
-        out.extend(page.unwrap());
-    }
-    out
-}
-
 #[tokio::test]
 async fn nothing_resurrects_a_deleted_member() {
     // Arrange: a member with tasks, deleted, the tombstone in the replica.

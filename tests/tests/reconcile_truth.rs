@@ -4,14 +4,13 @@
 //! between is never undone. Real auth, task, PostgreSQL and RabbitMQ.
 use std::time::{Duration, Instant};
 
-use memberflow_contract::digest;
 use memberflow_tests::{
     amqp::{MemberEventFixture, RawPublisher},
     apps::{auth_settings, log_in, spawn_auth},
     env::TestEnv,
     eventually,
     fixtures::{seed_auth_members, signup},
-    replica::{members, replica_stage},
+    replica::{auth_now, members, replica_stage},
 };
 use sqlx::PgPool;
 use task::{
@@ -47,25 +46,6 @@ async fn replica_row(task_db: &PgPool, id: Uuid) -> Option<(String, i64)> {
         .fetch_optional(task_db)
         .await
         .unwrap()
-}
-
-/// auth's members of `ids`, read now.
-async fn auth_now(
-    source: &task::auth_client::AuthClient,
-    ids: &[Uuid],
-) -> Vec<task::domain::ReplicaMember> {
-    use futures::StreamExt;
-    let mut out = Vec::new();
-    let mut pages = std::pin::pin!(
-        source
-            .pages(digest::FIRST, digest::LAST, ids)
-            .await
-            .unwrap()
-    );
-    while let Some(page) = pages.next().await {
-        out.extend(page.unwrap());
-    }
-    out
 }
 
 #[tokio::test]

@@ -85,15 +85,7 @@ impl Tx {
     /// Writes the `kind` event for `member` as it is now, in this
     /// transaction. Returns the event id.
     pub async fn enqueue(&mut self, kind: EventKind, member: &Member) -> sqlx::Result<Uuid> {
-        let event = NewEvent::new(kind, member);
-        bind_event(
-            sqlx::query_as::<_, (Uuid,)>(sqlx::AssertSqlSafe(ENQUEUE_SQL.as_str())),
-            &event,
-        )
-        .fetch_one(&mut *self.tx)
-        .await?;
-        self.enqueued = true;
-        Ok(event.event_id)
+        self.write(NewEvent::new(kind, member)).await
     }
 
     /// Writes the MemberSessionEnded event for `ended`, a session of
@@ -103,15 +95,7 @@ impl Tx {
         member: &Member,
         ended: &crate::sessions::store::Ended,
     ) -> sqlx::Result<Uuid> {
-        let event = NewEvent::session_ended(member, ended);
-        bind_event(
-            sqlx::query_as::<_, (Uuid,)>(sqlx::AssertSqlSafe(ENQUEUE_SQL.as_str())),
-            &event,
-        )
-        .fetch_one(&mut *self.tx)
-        .await?;
-        self.enqueued = true;
-        Ok(event.event_id)
+        self.write(NewEvent::session_ended(member, ended)).await
     }
 
     /// Writes the MemberDeleted event of `tombstone`, in this transaction.
@@ -120,7 +104,11 @@ impl Tx {
         &mut self,
         tombstone: &crate::repo::Tombstone,
     ) -> sqlx::Result<Uuid> {
-        let event = NewEvent::deleted(tombstone);
+        self.write(NewEvent::deleted(tombstone)).await
+    }
+
+    /// The one insert every `enqueue*` makes.
+    async fn write(&mut self, event: NewEvent) -> sqlx::Result<Uuid> {
         bind_event(
             sqlx::query_as::<_, (Uuid,)>(sqlx::AssertSqlSafe(ENQUEUE_SQL.as_str())),
             &event,
@@ -185,62 +173,63 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
-    /// The `kind` event for `member` as it is after the change.
-    pub fn new(kind: EventKind, member: &Member) -> Self {
+    /// An event with a fresh id (which `payload` encodes) and the trace of
+    /// the change that caused it: what every constructor shares.
+    fn build(
+        routing_key: &'static str,
+        member_id: Uuid,
+        version: i64,
+        occurred_at: DateTime<Utc>,
+        payload: impl FnOnce(Uuid) -> Vec<u8>,
+    ) -> Self {
         let event_id = Uuid::now_v7();
-        // The trace of the change rides with its event.
         let trace = trace_context::current();
         Self {
             event_id,
-            routing_key: kind.routing_key(),
-            member_id: member.id,
-            version: member.version,
-            payload: encode(kind, event_id, member),
-            occurred_at: member.updated_at,
+            routing_key,
+            member_id,
+            version,
+            payload: payload(event_id),
+            occurred_at,
             traceparent: trace.traceparent,
             tracestate: trace.tracestate,
         }
     }
-}
 
-impl NewEvent {
+    /// The `kind` event for `member` as it is after the change.
+    pub fn new(kind: EventKind, member: &Member) -> Self {
+        Self::build(
+            kind.routing_key(),
+            member.id,
+            member.version,
+            member.updated_at,
+            |id| encode(kind, id, member),
+        )
+    }
+
     /// The MemberSessionEnded event for `ended`. It rides at the member's
     /// current version (it makes no new one) and takes its time from the
     /// ending.
     pub fn session_ended(member: &Member, ended: &crate::sessions::store::Ended) -> Self {
-        let event_id = Uuid::now_v7();
-        let trace = trace_context::current();
-        Self {
-            event_id,
-            routing_key: super::SESSION_ENDED_ROUTING_KEY,
-            member_id: member.id,
-            version: member.version,
-            payload: super::encode_session_ended(event_id, ended),
-            occurred_at: ended.ended_at,
-            traceparent: trace.traceparent,
-            tracestate: trace.tracestate,
-        }
+        Self::build(
+            super::SESSION_ENDED_ROUTING_KEY,
+            member.id,
+            member.version,
+            ended.ended_at,
+            |id| super::encode_session_ended(id, ended),
+        )
     }
 
     /// The MemberDeleted event for `tombstone`.
     pub fn deleted(tombstone: &crate::repo::Tombstone) -> Self {
-        let event_id = Uuid::now_v7();
-        let trace = trace_context::current();
-        Self {
-            event_id,
-            routing_key: EventKind::Deleted.routing_key(),
-            member_id: tombstone.id,
-            version: tombstone.version,
-            payload: super::encode_deleted(
-                event_id,
-                tombstone.id,
-                tombstone.version,
-                tombstone.deleted_at,
-            ),
-            occurred_at: tombstone.deleted_at,
-            traceparent: trace.traceparent,
-            tracestate: trace.tracestate,
-        }
+        let t = tombstone;
+        Self::build(
+            EventKind::Deleted.routing_key(),
+            t.id,
+            t.version,
+            t.deleted_at,
+            |id| super::encode_deleted(id, t.id, t.version, t.deleted_at),
+        )
     }
 }
 

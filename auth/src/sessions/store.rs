@@ -258,27 +258,15 @@ pub async fn prune(pool: &sqlx::PgPool, idle: chrono::Duration) -> sqlx::Result<
     }
 }
 
-/// Prunes every hour (and once at start) until `shutdown`. A failure is
-/// logged and retried at the next tick: a late prune costs only disk.
+/// Prunes every hour (and once at start) until `shutdown`.
 pub async fn run_pruner(
     pool: sqlx::PgPool,
     idle: chrono::Duration,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = every.tick() => {}
-            () = shutdown.cancelled() => return,
-        }
-        match prune(&pool, idle).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(pruned = n, "spent sessions pruned"),
-            Err(e) => tracing::warn!(
-                error.cause_chain = %memberflow_runtime::telemetry::error_chain(&e),
-                "session prune failed"
-            ),
-        }
-    }
+    let hourly = std::time::Duration::from_secs(3600);
+    memberflow_runtime::shutdown::every(hourly, &shutdown, || async {
+        memberflow_runtime::db::log_prune("spent sessions", prune(&pool, idle).await);
+    })
+    .await;
 }
