@@ -7,7 +7,8 @@ so no generated code is needed.
 
 usage: grpcio_latency.py AUTH_ADDR TASK_ADDR N RUN_ID
 prints {"SignUp": [ms, ...], "Login": [...], "Refresh": [...],
-        "CreateTask": [...], "ListTasks": [...], "GetTask": [...]}
+        "CreateTask": [...], "ListTasks": [...], "GetTask": [...],
+        "DeleteAccount": [...]}
 """
 
 import json
@@ -52,6 +53,7 @@ def main():
     Create, create = method(task, "task.v1.TaskService", "CreateTask")
     List, list_tasks = method(task, "task.v1.TaskService", "ListTasks")
     Get, get = method(task, "task.v1.TaskService", "GetTask")
+    Delete, delete = method(auth, "auth.v1.AuthService", "DeleteAccount")
     samples = {}
     for i in range(n):
         email = f"py{i}-{run}@example.com"
@@ -68,6 +70,8 @@ def main():
             consistency_token=member.consistency_token), metadata=task_md)
         timed(samples, "ListTasks", list_tasks, List(page_size=10), metadata=task_md)
         timed(samples, "GetTask", get, Get(id=created.task.id), metadata=task_md)
+        timed(samples, "DeleteAccount", delete, Delete(
+            password="correct horse battery"), metadata=auth_md)
     print(json.dumps(samples))
 
 

@@ -17,9 +17,8 @@ use memberflow_contract::proto::{
     auth::v1::{self as auth_pb, auth_service_client::AuthServiceClient},
     task::v1::{self as pb, task_service_client::TaskServiceClient},
 };
-use memberflow_tests::env::TestEnv;
+use memberflow_tests::{env::TestEnv, fixtures::bearer};
 use tokio::time::Instant;
-use tonic::Request;
 use uuid::Uuid;
 
 use crate::{
@@ -29,13 +28,14 @@ use crate::{
     stats::Latency,
 };
 
-const RPCS: [&str; 6] = [
+const RPCS: [&str; 7] = [
     "SignUp",
     "Login",
     "Refresh",
     "CreateTask",
     "ListTasks",
     "GetTask",
+    "DeleteAccount",
 ];
 
 /// The venv with grpcio and grpcio-reflection (the README check's).
@@ -170,22 +170,22 @@ async fn logout_to_refusal(
         // Served first, so the member is in the replica and the token good.
         tasks
             .create_task(bearer(
-                &token,
                 pb::CreateTaskRequest {
                     request_id: Uuid::new_v4().to_string(),
                     title: "bench".into(),
                     due_local: "2026-12-24T18:00".into(),
                     consistency_token: signed.consistency_token.clone(),
                 },
+                &token,
             ))
             .await?;
-        auth.logout(bearer(&token, auth_pb::LogoutRequest::default()))
+        auth.logout(bearer(auth_pb::LogoutRequest::default(), &token))
             .await?;
         let t = Instant::now();
         let deadline = t + Duration::from_secs(10);
         loop {
             let r = tasks
-                .list_tasks(bearer(&token, pb::ListTasksRequest::default()))
+                .list_tasks(bearer(pb::ListTasksRequest::default(), &token))
                 .await;
             match r {
                 Err(s) if s.code() == tonic::Code::Unauthenticated => break,
@@ -245,13 +245,13 @@ async fn tonic_samples(
         let t = Instant::now();
         let created = tasks
             .create_task(bearer(
-                &token,
                 pb::CreateTaskRequest {
                     request_id: Uuid::new_v4().to_string(),
                     title: "bench".into(),
                     due_local: "2026-12-24T18:00".into(),
                     consistency_token: signed.consistency_token,
                 },
+                &token,
             ))
             .await?
             .into_inner()
@@ -261,37 +261,37 @@ async fn tonic_samples(
         let t = Instant::now();
         tasks
             .list_tasks(bearer(
-                &token,
                 pb::ListTasksRequest {
                     page_size: 10,
                     ..Default::default()
                 },
+                &token,
             ))
             .await?;
         samples.entry("ListTasks").or_default().push(t.elapsed());
         let t = Instant::now();
         tasks
             .get_task(bearer(
-                &token,
                 pb::GetTaskRequest {
                     id: created.id,
                     ..Default::default()
                 },
+                &token,
             ))
             .await?;
         samples.entry("GetTask").or_default().push(t.elapsed());
+        let t = Instant::now();
+        auth.delete_account(bearer(
+            auth_pb::DeleteAccountRequest {
+                password: "correct horse battery".into(),
+            },
+            &token,
+        ))
+        .await?;
+        samples
+            .entry("DeleteAccount")
+            .or_default()
+            .push(t.elapsed());
     }
     Ok(samples)
-}
-
-/// `msg` with `authorization: Bearer <token>`.
-fn bearer<T>(token: &str, msg: T) -> Request<T> {
-    let mut req = Request::new(msg);
-    req.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}")
-            .parse()
-            .expect("a token is valid metadata"),
-    );
-    req
 }
