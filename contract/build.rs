@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "auth/v1/auth.proto",
         "auth/v1/events.proto",
         "task/v1/task.proto",
+        "task/v1/events.proto",
     ]
     .map(|f| proto_root.join(f));
 

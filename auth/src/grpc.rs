@@ -19,7 +19,10 @@ use uuid::Uuid;
 use crate::{
     Error,
     domain::{Email, Member, NewMember, Nickname, Password, ProfileChange, Region},
-    outbox::{EventKind, write::Outbox},
+    outbox::{
+        EventKind,
+        write::{self, Enqueue, Outbox},
+    },
     password::Hasher,
     repo,
     sessions::{
@@ -48,6 +51,9 @@ pub struct AuthApi {
     /// Wakes the outbox relay after each commit.
     /// Every write that emits an event goes through it.
     pub(crate) outbox: Outbox,
+    /// The services whose receipts complete an erasure
+    /// (`erasure.expected_services`).
+    pub(crate) erasure_expected: Arc<[String]>,
     /// Login and ChangePassword attempts per account and per peer.
     pub(crate) throttle: LoginThrottle,
 }
@@ -111,13 +117,15 @@ impl AuthApi {
     async fn sign_up(&self, new: NewMember) -> Result<Member, Error> {
         // Hash before opening the transaction: it takes milliseconds of CPU.
         let hash = self.hasher.hash(&new.password).await?;
-        let (member, event_id) = self.outbox.sign_up(&new, &hash).await.map_err(|e| {
-            if repo::on_constraint(&e, repo::EMAIL_UNIQUE) {
-                Error::EmailTaken
-            } else {
-                e.into()
-            }
-        })?;
+        let (member, event_id) = write::sign_up(&self.outbox, &new, &hash)
+            .await
+            .map_err(|e| {
+                if repo::on_constraint(&e, repo::EMAIL_UNIQUE) {
+                    Error::EmailTaken
+                } else {
+                    e.into()
+                }
+            })?;
         tracing::Span::current()
             .record("member_id", tracing::field::display(member.id))
             .record("event_id", tracing::field::display(event_id));
@@ -316,6 +324,7 @@ impl AuthApi {
             .await?
             .ok_or(Error::ConcurrentChange)?;
         let event_id = tx.enqueue_deleted(&tombstone).await?;
+        crate::erasure::record(&mut tx, &tombstone, &self.erasure_expected).await?;
         tx.commit().await?;
         tracing::Span::current().record("event_id", tracing::field::display(event_id));
         Ok(tombstone)

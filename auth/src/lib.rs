@@ -1,6 +1,7 @@
 //! The auth service: signs members up and publishes their events through a
 //! transactional outbox. See `startup::Application` for the entry point.
 pub mod domain;
+pub mod erasure;
 pub mod error;
 pub mod grpc;
 pub mod metrics;

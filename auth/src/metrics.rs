@@ -1,8 +1,8 @@
-//! auth's own metrics, beside the gRPC ones every service has: how full the
-//! outbox is, what the relay does, and how many hashes wait.
-use std::sync::atomic::AtomicU64;
-
-use memberflow_runtime::metrics::{SharedRegistry, latency_buckets};
+//! auth's own metrics, beside the gRPC ones every service has: the outbox
+//! and relay (`memberflow_outbox`'s), the receipt consumer, the erasure
+//! saga, and how many hashes wait.
+use memberflow_outbox::metrics::{ConsumerMetrics, RelayMetrics};
+use memberflow_runtime::metrics::SharedRegistry;
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -23,30 +23,23 @@ struct LimitLabel {
     limit: ThrottleLimit,
 }
 
-/// A gauge holding seconds as a float.
-pub type SecondsGauge = Gauge<f64, AtomicU64>;
-
 /// The metrics of one auth instance.
 #[derive(Debug, Clone)]
 pub struct AuthMetrics {
-    /// `memberflow_outbox_pending`: rows waiting to be published.
-    pub outbox_pending: Gauge,
-    /// `memberflow_outbox_oldest_age_seconds`: how long the oldest has waited.
-    pub outbox_oldest_age: SecondsGauge,
-    /// `memberflow_outbox_parked`: rows the relay parked.
-    pub outbox_parked: Gauge,
-    /// `memberflow_relay_published_total`.
-    pub relay_published: Counter,
-    /// `memberflow_relay_publish_failures_total`: rows the broker did not
-    /// confirm, plus batches lost to broker errors.
-    pub relay_publish_failures: Counter,
-    /// `memberflow_relay_batch_seconds`: one batch, read to settled.
-    pub relay_batch: Histogram,
-    /// `memberflow_relay_leader`: 1 while this instance's relay leads.
-    pub relay_leader: Gauge,
-    /// `memberflow_relay_wake_failures_total`: NOTIFYs to another
-    /// instance's relay that failed (it publishes at its next poll).
-    pub relay_wake_failures: Counter,
+    /// The outbox and its relay.
+    pub relay: RelayMetrics,
+    /// The consumer of erasure receipts.
+    pub consumer: ConsumerMetrics,
+    /// `memberflow_erasures_pending`: erasures waiting for a receipt.
+    pub erasures_pending: Gauge,
+    /// `memberflow_erasures_overdue`: pending erasures older than
+    /// `erasure.deadline_secs` (the `ErasurePending` alert).
+    pub erasures_overdue: Gauge,
+    /// `memberflow_erasures_completed_total`: erasures every expected
+    /// service has confirmed.
+    pub erasures_completed: Counter,
+    /// `memberflow_erasure_seconds`: from the deletion to its last receipt.
+    pub erasure_seconds: Histogram,
     /// `memberflow_password_hash_queue`: hashes waiting for a hashing thread.
     pub password_hash_queue: Gauge,
     /// `memberflow_password_hash_rejected_total`: hashes refused because the
@@ -64,14 +57,12 @@ impl AuthMetrics {
     /// Registers every metric in `registry`.
     pub fn register(registry: &SharedRegistry) -> Self {
         let m = Self {
-            outbox_pending: Gauge::default(),
-            outbox_oldest_age: SecondsGauge::default(),
-            outbox_parked: Gauge::default(),
-            relay_published: Counter::default(),
-            relay_publish_failures: Counter::default(),
-            relay_batch: Histogram::new(latency_buckets()),
-            relay_leader: Gauge::default(),
-            relay_wake_failures: Counter::default(),
+            relay: RelayMetrics::register(registry),
+            consumer: ConsumerMetrics::register(registry),
+            erasures_pending: Gauge::default(),
+            erasures_overdue: Gauge::default(),
+            erasures_completed: Counter::default(),
+            erasure_seconds: Histogram::new(erasure_buckets()),
             password_hash_queue: Gauge::default(),
             password_hash_rejected: Counter::default(),
             password_hash_abandoned: Counter::default(),
@@ -79,44 +70,24 @@ impl AuthMetrics {
         };
         let mut r = registry.lock().expect("metrics registry poisoned");
         r.register(
-            "memberflow_outbox_pending",
-            "Outbox rows waiting to be published",
-            m.outbox_pending.clone(),
+            "memberflow_erasures_pending",
+            "Erasures still waiting for a receipt from an expected service",
+            m.erasures_pending.clone(),
         );
         r.register(
-            "memberflow_outbox_oldest_age_seconds",
-            "Age of the oldest outbox row",
-            m.outbox_oldest_age.clone(),
+            "memberflow_erasures_overdue",
+            "Pending erasures older than erasure.deadline_secs",
+            m.erasures_overdue.clone(),
         );
         r.register(
-            "memberflow_outbox_parked",
-            "Outbox rows parked after failing on their own",
-            m.outbox_parked.clone(),
+            "memberflow_erasures_completed",
+            "Erasures confirmed by every expected service",
+            m.erasures_completed.clone(),
         );
         r.register(
-            "memberflow_relay_published",
-            "Outbox rows published and confirmed",
-            m.relay_published.clone(),
-        );
-        r.register(
-            "memberflow_relay_publish_failures",
-            "Rows the broker did not confirm, and batches lost to broker errors",
-            m.relay_publish_failures.clone(),
-        );
-        r.register(
-            "memberflow_relay_batch_seconds",
-            "Time to publish and settle one outbox batch",
-            m.relay_batch.clone(),
-        );
-        r.register(
-            "memberflow_relay_leader",
-            "1 while this instance's relay is the leader",
-            m.relay_leader.clone(),
-        );
-        r.register(
-            "memberflow_relay_wake_failures",
-            "NOTIFYs to the relay leader in another instance that failed; it publishes at its next poll",
-            m.relay_wake_failures.clone(),
+            "memberflow_erasure_seconds",
+            "From an account's deletion to the last receipt of its erasure",
+            m.erasure_seconds.clone(),
         );
         r.register(
             "memberflow_password_hash_queue",
@@ -154,4 +125,14 @@ impl AuthMetrics {
             .get_or_create(&LimitLabel { limit })
             .get()
     }
+}
+
+/// Erasure time buckets, in seconds: 1 ms (every replica answered at once)
+/// to a day (a replica was down that long).
+fn erasure_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0,
+        86400.0,
+    ]
+    .into_iter()
 }

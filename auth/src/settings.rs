@@ -1,8 +1,6 @@
 //! Typed settings of the auth service (`[auth]` of `config/*.toml`, then `AUTH__*`).
 use memberflow_contract::token::{PublicKey, Signer};
-use memberflow_retry::Backoff;
 use memberflow_runtime::{
-    amqp,
     db::DatabaseSettings,
     settings::{Audited, BaseSettings, ServiceSettings},
 };
@@ -22,6 +20,7 @@ pub struct Settings {
     pub token: TokenSettings,
     pub relay: RelaySettings,
     pub login_throttle: LoginThrottleSettings,
+    pub erasure: ErasureSettings,
 }
 
 impl ServiceSettings for Settings {
@@ -35,8 +34,11 @@ impl ServiceSettings for Settings {
     }
 }
 
-/// auth's broker settings are the ones every service has.
-pub type AmqpSettings = amqp::BrokerSettings;
+/// auth's broker connection and its consumer of erasure receipts: the keys
+/// task's `amqp` has.
+pub type AmqpSettings = memberflow_outbox::settings::ConsumerSettings;
+
+pub use memberflow_outbox::settings::RelaySettings;
 
 /// Login (and ChangePassword) attempts allowed, per account and per peer
 /// address. Every attempt counts, right or wrong: each costs a password hash.
@@ -175,50 +177,29 @@ impl TokenSettings {
     }
 }
 
-/// How the outbox relay publishes.
+/// The erasure saga (docs/deletion.md): who must confirm each deletion, by
+/// when, and how long the record is kept.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
-pub struct RelaySettings {
-    /// Rows per batch; their confirms are pipelined. 1 gives the common
-    /// one-confirm-at-a-time design (for benchmarks).
-    pub batch_size: i64,
-    /// How long one batch may take, publishes and confirms together; past
-    /// it the relay reconnects and republishes what was not confirmed.
-    pub confirm_timeout_ms: u64,
-    /// Fallback poll; the normal path is woken in-process and by NOTIFY.
-    pub poll_interval_ms: u64,
-    /// Wake on commit and on LISTEN/NOTIFY. Off gives a pure polling relay.
-    pub wake_on_commit: bool,
-    /// How often a non-leader instance tries to take over the relay.
-    pub leader_retry_ms: u64,
-    /// The leader's lease: it renews every third of this; a leader that
-    /// stops renewing (paused, cut off from the database) loses leadership
-    /// this long after its last renewal, and a standby takes over within
-    /// `leader_retry_ms` more.
-    pub lease_ms: u64,
-    /// Times a row may come back unroutable while the rows around it are
-    /// routed before it is parked in `outbox_parked`.
-    pub park_after_attempts: i32,
-    /// `statement_timeout` (and idle-in-transaction timeout) of the leader's
-    /// session; a relay step that takes longer than a few of these makes the
-    /// leader step down.
-    pub statement_timeout_ms: u64,
-    /// Backoff after a failed publish or a lost connection.
-    pub backoff: Backoff,
+pub struct ErasureSettings {
+    /// The services that hold a copy of member data and must each send a
+    /// `member.erased` receipt before an erasure is complete. Empty: a
+    /// deletion is complete at once.
+    pub expected_services: Vec<String>,
+    /// An erasure still pending this long after its request is overdue:
+    /// `memberflow_erasures_overdue` counts it and `ErasurePending` fires.
+    pub deadline_secs: u64,
+    /// Completed erasure records (ids and times, no personal data) are kept
+    /// this long as the audit trail, then pruned.
+    pub record_retention_days: u32,
 }
 
-impl Default for RelaySettings {
+impl Default for ErasureSettings {
     fn default() -> Self {
         Self {
-            batch_size: 500,
-            confirm_timeout_ms: 5_000,
-            poll_interval_ms: 5_000,
-            wake_on_commit: true,
-            leader_retry_ms: 1_000,
-            lease_ms: 6_000,
-            park_after_attempts: 5,
-            statement_timeout_ms: 10_000,
-            backoff: Backoff::default(),
+            expected_services: vec![memberflow_contract::topology::TASK_SERVICE.to_owned()],
+            deadline_secs: 3_600,
+            record_retention_days: 365,
         }
     }
 }

@@ -1,5 +1,7 @@
-//! Builds and runs the auth service: the gRPC server, database bootstrap and
-//! the outbox relay, all stopped by one shutdown token.
+//! Builds and runs the auth service: the gRPC server, database bootstrap,
+//! the outbox relay and the consumer of erasure receipts, all stopped by one
+//! shutdown token.
+use std::time::Instant;
 
 use chrono::Duration;
 use memberflow_contract::{
@@ -13,10 +15,14 @@ use memberflow_runtime::{
 };
 use tonic::service::interceptor::InterceptedService;
 
+use memberflow_outbox::consumer::{Attachment, Consumer, ConsumerStats};
+
 use crate::{
+    erasure::{self, receipts::Receipts},
     grpc::AuthApi,
     metrics::AuthMetrics,
     outbox::{
+        SPEC,
         relay::{Relay, watch_outbox},
         wake::RelayWake,
         write::Outbox,
@@ -67,7 +73,7 @@ impl Service for Application {
         let started = self.prepared.start(SERVICE_NAME, &shutdown).await?;
         let (settings, pool) = (started.settings, started.pool);
         let metrics = AuthMetrics::register(&started.registry);
-        let relay_wake = RelayWake::new(settings.relay.wake_on_commit);
+        let relay_wake = RelayWake::new(settings.relay.wake_on_commit, SPEC.channel);
         let throttle = LoginThrottle::new(&settings.login_throttle, metrics.clone());
         let api = AuthApi {
             pool: pool.clone(),
@@ -80,6 +86,7 @@ impl Service for Application {
             lifetimes: settings.token.lifetimes(),
             service_token: settings.token.service_token.clone(),
             outbox: Outbox::new(pool.clone(), relay_wake.clone()),
+            erasure_expected: settings.erasure.expected_services.clone().into(),
         };
         let gate = Gate::for_service(&settings);
         let server = grpc::spawn(
@@ -92,6 +99,20 @@ impl Service for Application {
             &shutdown,
         );
         let workers = |tasks: &mut tokio::task::JoinSet<()>| {
+            let receipts = Consumer::new(
+                Receipts::new(pool.clone(), metrics.clone()),
+                erasure::receipts::QUEUE_SPEC,
+                pool.clone(),
+                settings.amqp.clone(),
+                std::sync::Arc::new(ConsumerStats::default()),
+                metrics.consumer.clone(),
+            );
+            let attached = receipts.attached();
+            // SERVING while the database answers and the receipt consumer is
+            // attached (or only briefly detached), as task's readiness.
+            let mut attachment = Attachment::new(std::time::Duration::from_secs(
+                settings.amqp.detached_grace_secs,
+            ));
             spawn_health(
                 tasks,
                 started.health,
@@ -99,21 +120,29 @@ impl Service for Application {
                 pool.clone(),
                 started.ready,
                 shutdown.clone(),
-                || true,
+                move || attachment.healthy(*attached.borrow(), Instant::now()),
             );
+            tasks.spawn(receipts.run(shutdown.clone()));
+            tasks.spawn(erasure::watch(
+                pool.clone(),
+                settings.erasure.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            ));
             let relay = Relay::new(
+                SPEC,
                 settings.database.direct_connect_options()?,
                 settings.amqp.nodes(),
                 settings.relay.clone(),
                 relay_wake.clone(),
-                metrics.clone(),
+                metrics.relay.clone(),
             );
             if let Some(listen) = relay.listen_for_wakes(shutdown.clone()) {
                 tasks.spawn(listen);
             }
             tasks.spawn(relay_wake.clone().run_notifier(
                 pool.clone(),
-                metrics.relay_wake_failures.clone(),
+                metrics.relay.relay_wake_failures.clone(),
                 shutdown.clone(),
             ));
             tasks.spawn(throttle.prune(shutdown.clone()));
@@ -122,7 +151,7 @@ impl Service for Application {
                 settings.token.lifetimes().idle,
                 shutdown.clone(),
             ));
-            tasks.spawn(watch_outbox(pool.clone(), metrics, shutdown.clone()));
+            tasks.spawn(watch_outbox(pool.clone(), metrics.relay, shutdown.clone()));
             tasks.spawn(relay.run(shutdown.clone()));
             Ok(())
         };

@@ -43,7 +43,7 @@ pub(crate) async fn propagation(
     per_sec: f64,
     duration: Duration,
 ) -> anyhow::Result<Latency> {
-    let replica = replica_database(env).await?;
+    let replica = memberflow_outbox::write::Outbox::without_wake(replica_database(env).await?);
     let (_publisher_conn, publish) = broker::confirm_channel(&env.amqp_url()).await?;
     let mut quorum = FieldTable::default();
     quorum.insert(

@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use auth::{
     domain::NewMember,
-    outbox::{wake::RelayWake, write::Outbox},
+    outbox::write::{self, Outbox},
 };
 use memberflow_contract::proto::auth::v1::{SignUpRequest, auth_service_client::AuthServiceClient};
 use sqlx::PgPool;
@@ -42,11 +42,11 @@ pub(crate) async fn sign_up(
 const STORED_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$YmVuY2hzYWx0YmVuY2g$0M4Ybt2n6a5gFvhbY1W0qgW3q2ZrPj9o4vbzTq8tK3E";
 
 /// One signup exactly as auth commits it (the member and its outbox row in
-/// one statement, through auth's own [`Outbox::sign_up`]), with no RPC,
+/// one statement, through auth's own [`write::sign_up`]), with no RPC,
 /// validation or hashing around it, and no relay to wake.
 pub(crate) async fn raw_transaction(pool: PgPool, req: SignUpRequest) -> anyhow::Result<Uuid> {
     let new = NewMember::try_from(req).map_err(|_| anyhow::anyhow!("invalid signup"))?;
-    let outbox = Outbox::new(pool, RelayWake::new(false));
-    let (member, _) = outbox.sign_up(&new, STORED_HASH).await?;
+    let outbox = Outbox::without_wake(pool);
+    let (member, _) = write::sign_up(&outbox, &new, STORED_HASH).await?;
     Ok(member.id)
 }

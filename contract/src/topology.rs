@@ -34,6 +34,24 @@ pub const DEAD_LETTER_QUEUE: &str = "task.member-events.dlq";
 /// Header a dead-lettered message carries: why it could not be applied.
 pub const REASON_HEADER: &str = "x-memberflow-reason";
 
+// The erasure saga's way back: each replica publishes a receipt through its
+// own outbox, auth consumes them (docs/deletion.md).
+
+/// Durable topic exchange carrying erasure receipts (`task.v1.MemberErased`).
+pub const ERASURE_EXCHANGE: &str = "member.erasures";
+/// Routing key of a `task.v1.MemberErased`.
+pub const MEMBER_ERASED: &str = "member.erased";
+/// auth's quorum queue of receipts, bound to [`ERASURE_EXCHANGE`] with
+/// [`MEMBER_ERASED`].
+pub const ERASURE_QUEUE: &str = "auth.member-erasures";
+/// Where auth dead-letters a receipt it can never record.
+pub const ERASURE_DEAD_LETTER_EXCHANGE: &str = "auth.member-erasures.dlx";
+/// auth's receipt dead-letter queue.
+pub const ERASURE_DEAD_LETTER_QUEUE: &str = "auth.member-erasures.dlq";
+/// The name task signs its receipts with, and auth's default
+/// `erasure.expected_services`.
+pub const TASK_SERVICE: &str = "task";
+
 /// The broker rights of each principal, so that the docs, compose and the
 /// tests grant exactly the same thing: least privilege, one user per
 /// service and one for the operator (`docs/security.md`, "Least
@@ -42,8 +60,8 @@ pub mod rights {
     /// One user's `rabbitmqctl set_permissions` patterns (configure, write,
     /// read; each a regex matched against an exchange or queue name, the
     /// default exchange being `amq.default`), and its
-    /// `set_topic_permissions` on [`super::EXCHANGE`] (write: routing keys
-    /// it may publish with; read: binding keys it may bind with), if any.
+    /// `set_topic_permissions` per topic exchange (write: routing keys it
+    /// may publish with; read: binding keys it may bind with).
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct Rights {
         /// A user name suffix: the docs and compose call the users
@@ -52,29 +70,65 @@ pub mod rights {
         pub configure: &'static str,
         pub write: &'static str,
         pub read: &'static str,
-        /// (write, read) on `member.events`.
-        pub topic: Option<(&'static str, &'static str)>,
+        /// Its topic permissions.
+        pub topics: &'static [Topic],
+    }
+
+    /// `rabbitmqctl set_topic_permissions USER EXCHANGE WRITE READ`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Topic {
+        pub exchange: &'static str,
+        /// Routing keys the user may publish with.
+        pub write: &'static str,
+        /// Binding keys the user may bind a queue with.
+        pub read: &'static str,
     }
 
     /// auth declares and publishes to `member.events`, with `member.*`
-    /// routing keys only; it reads nothing.
+    /// routing keys only. For the erasure saga it declares `member.erasures`
+    /// (so either side may start first) and binds, consumes and
+    /// dead-letters its own receipt queues; it may not publish a receipt.
     pub const AUTH: Rights = Rights {
         principal: "auth",
-        configure: r"^member\.events$",
-        write: r"^member\.events$",
-        read: "^$",
-        topic: Some((r"^member\.", "^$")),
+        configure: r"^(member\.events|member\.erasures|auth\.member-erasures(\.dlx|\.dlq)?)$",
+        write: r"^(member\.events|auth\.member-erasures(\.dlx|\.dlq)?)$",
+        read: r"^(member\.erasures|auth\.member-erasures(\.dlx)?)$",
+        topics: &[
+            Topic {
+                exchange: "member.events",
+                write: r"^member\.",
+                read: "^$",
+            },
+            Topic {
+                exchange: "member.erasures",
+                write: "^$",
+                read: r"^member\.erased$",
+            },
+        ],
     };
 
     /// task declares `member.events` (configure, so either side may start
     /// first), declares, binds and consumes its own queues, and publishes
     /// to its own dead-letter exchange; it may not write to `member.events`.
+    /// It declares and publishes its erasure receipts to `member.erasures`,
+    /// with the routing key `member.erased` only.
     pub const TASK: Rights = Rights {
         principal: "task",
-        configure: r"^(member\.events|task\.member-events(\.dlx|\.dlq)?)$",
-        write: r"^task\.member-events(\.dlx|\.dlq)?$",
+        configure: r"^(member\.events|member\.erasures|task\.member-events(\.dlx|\.dlq)?)$",
+        write: r"^(member\.erasures|task\.member-events(\.dlx|\.dlq)?)$",
         read: r"^(member\.events|task\.member-events(\.dlx)?)$",
-        topic: Some(("^$", r"^member\.")),
+        topics: &[
+            Topic {
+                exchange: "member.events",
+                write: "^$",
+                read: r"^member\.",
+            },
+            Topic {
+                exchange: "member.erasures",
+                write: r"^member\.erased$",
+                read: "^$",
+            },
+        ],
     };
 
     /// `memberflow-admin dlq list|replay`: reads the DLQ and publishes back
@@ -84,7 +138,7 @@ pub mod rights {
         configure: "^$",
         write: r"^amq\.default$",
         read: r"^task\.member-events\.dlq$",
-        topic: None,
+        topics: &[],
     };
 
     /// Every principal, in the order the docs list them.

@@ -24,13 +24,17 @@ user memberflow-task "$RABBITMQ_TASK_PASSWORD"
 user memberflow-admin "$RABBITMQ_ADMIN_PASSWORD"
 
 call PUT permissions/%2F/memberflow-auth \
-  '{"configure":"^member\\.events$","write":"^member\\.events$","read":"^$"}'
+  '{"configure":"^(member\\.events|member\\.erasures|auth\\.member-erasures(\\.dlx|\\.dlq)?)$","write":"^(member\\.events|auth\\.member-erasures(\\.dlx|\\.dlq)?)$","read":"^(member\\.erasures|auth\\.member-erasures(\\.dlx)?)$"}'
 call PUT topic-permissions/%2F/memberflow-auth \
   '{"exchange":"member.events","write":"^member\\.","read":"^$"}'
+call PUT topic-permissions/%2F/memberflow-auth \
+  '{"exchange":"member.erasures","write":"^$","read":"^member\\.erased$"}'
 call PUT permissions/%2F/memberflow-task \
-  '{"configure":"^(member\\.events|task\\.member-events(\\.dlx|\\.dlq)?)$","write":"^task\\.member-events(\\.dlx|\\.dlq)?$","read":"^(member\\.events|task\\.member-events(\\.dlx)?)$"}'
+  '{"configure":"^(member\\.events|member\\.erasures|task\\.member-events(\\.dlx|\\.dlq)?)$","write":"^(member\\.erasures|task\\.member-events(\\.dlx|\\.dlq)?)$","read":"^(member\\.events|task\\.member-events(\\.dlx)?)$"}'
 call PUT topic-permissions/%2F/memberflow-task \
   '{"exchange":"member.events","write":"^$","read":"^member\\."}'
+call PUT topic-permissions/%2F/memberflow-task \
+  '{"exchange":"member.erasures","write":"^member\\.erased$","read":"^$"}'
 call PUT permissions/%2F/memberflow-admin \
   '{"configure":"^$","write":"^amq\\.default$","read":"^task\\.member-events\\.dlq$"}'
 echo "created memberflow-auth, memberflow-task and memberflow-admin on vhost /"

@@ -199,9 +199,15 @@ pub fn audited_urls<'a>(
 
 /// Declares [`EXCHANGE`] (idempotent).
 pub async fn declare_exchange(channel: &Channel) -> lapin::Result<()> {
+    declare_topic_exchange(channel, EXCHANGE).await
+}
+
+/// Declares the durable topic exchange `name` (idempotent): whichever side
+/// of an exchange starts first declares it.
+pub async fn declare_topic_exchange(channel: &Channel, name: &str) -> lapin::Result<()> {
     channel
         .exchange_declare(
-            EXCHANGE.into(),
+            name.into(),
             ExchangeKind::Topic,
             ExchangeDeclareOptions {
                 durable: true,

@@ -5,6 +5,7 @@ pub mod consumer;
 pub mod dlq;
 pub mod domain;
 pub mod ended_sessions;
+pub mod erasure;
 pub mod error;
 pub mod freshness;
 pub mod grpc;

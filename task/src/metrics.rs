@@ -3,32 +3,14 @@
 //! often a client had to wait for it.
 use memberflow_runtime::metrics::SharedRegistry;
 
+pub use memberflow_outbox::metrics::EventOutcome;
+use memberflow_outbox::metrics::{ConsumerMetrics, RelayMetrics};
+
 use crate::repair::{Kind, PerKind};
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
 };
-
-/// What became of one consumed event.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum EventOutcome {
-    /// It moved the replica to a newer version.
-    applied,
-    /// Its id was already in the inbox: a redelivery.
-    duplicate,
-    /// New, but the replica already held that version or a newer one.
-    stale,
-    /// Dead-lettered: undecodable, invalid, or failing alone for good.
-    poison,
-    /// A kind this task does not know; acked and skipped.
-    unknown,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Outcome {
-    outcome: EventOutcome,
-}
 
 /// How a read-through ended.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -69,24 +51,16 @@ fn lag_buckets() -> impl Iterator<Item = f64> {
 /// The metrics of one task instance.
 #[derive(Debug, Clone)]
 pub struct TaskMetrics {
-    events: Family<Outcome, Counter>,
+    /// The consumer of `member.events`.
+    pub consumer: ConsumerMetrics,
+    /// task's outbox (erasure receipts) and its relay.
+    pub relay: RelayMetrics,
     /// `memberflow_replication_lag_seconds`: replicated_at − occurred_at of
     /// each applied event.
     pub replication_lag: Histogram,
-    /// `memberflow_dlq_messages`: messages in the dead-letter queue.
-    pub dlq_messages: Gauge,
     /// `memberflow_user_not_ready_total`.
     pub user_not_ready: Counter,
     read_through: Family<ReadThroughLabel, Counter>,
-    /// `memberflow_consumer_attached`: 1 while the consumer is attached.
-    pub consumer_attached: Gauge,
-    /// `memberflow_consumer_retries_total`: batch retries after a transient
-    /// database fault.
-    pub consumer_retries: Counter,
-    /// `memberflow_consumer_given_back_total`: batches given back to the
-    /// broker because the database stayed unreachable past
-    /// `amqp.apply_timeout_ms` (a hung or cut database link).
-    pub consumer_given_back: Counter,
     /// `memberflow_reconcile_leader`: 1 on the instance holding the
     /// reconciler's lease.
     pub reconcile_leader: Gauge,
@@ -102,29 +76,17 @@ impl TaskMetrics {
     /// Registers every metric in `registry`.
     pub fn register(registry: &SharedRegistry) -> Self {
         let m = Self {
-            events: Family::default(),
+            consumer: ConsumerMetrics::register(registry),
+            relay: RelayMetrics::register(registry),
             replication_lag: Histogram::new(lag_buckets()),
-            dlq_messages: Gauge::default(),
             user_not_ready: Counter::default(),
             read_through: Family::default(),
-            consumer_attached: Gauge::default(),
-            consumer_retries: Counter::default(),
-            consumer_given_back: Counter::default(),
             reconcile_leader: Gauge::default(),
             reconcile_found: Family::default(),
             reconcile_repaired: Family::default(),
         };
         // Every known label value starts at 0, so rates and dashboards see
         // the series before its first event.
-        for outcome in [
-            EventOutcome::applied,
-            EventOutcome::duplicate,
-            EventOutcome::stale,
-            EventOutcome::poison,
-            EventOutcome::unknown,
-        ] {
-            let _ = m.events.get_or_create(&Outcome { outcome });
-        }
         for result in [
             ReadThroughResult::ok,
             ReadThroughResult::not_found,
@@ -138,19 +100,9 @@ impl TaskMetrics {
         }
         let mut r = registry.lock().expect("metrics registry poisoned");
         r.register(
-            "memberflow_consumer_events",
-            "Consumed events by outcome",
-            m.events.clone(),
-        );
-        r.register(
             "memberflow_replication_lag_seconds",
             "From the change in auth to its replica write, per applied event",
             m.replication_lag.clone(),
-        );
-        r.register(
-            "memberflow_dlq_messages",
-            "Messages in task.member-events.dlq",
-            m.dlq_messages.clone(),
         );
         r.register(
             "memberflow_user_not_ready",
@@ -161,21 +113,6 @@ impl TaskMetrics {
             "memberflow_read_through",
             "Read-through fetches from auth, by result",
             m.read_through.clone(),
-        );
-        r.register(
-            "memberflow_consumer_attached",
-            "1 while the consumer is attached to its queue",
-            m.consumer_attached.clone(),
-        );
-        r.register(
-            "memberflow_consumer_retries",
-            "Batch retries after a transient database fault",
-            m.consumer_retries.clone(),
-        );
-        r.register(
-            "memberflow_consumer_given_back",
-            "Batches given back to the broker because the database stayed unreachable",
-            m.consumer_given_back.clone(),
         );
         r.register(
             "memberflow_reconcile_leader",
@@ -193,18 +130,6 @@ impl TaskMetrics {
             m.reconcile_repaired.clone(),
         );
         m
-    }
-
-    /// Counts `n` events with `outcome`.
-    pub fn events(&self, outcome: EventOutcome, n: u64) {
-        if n > 0 {
-            self.events.get_or_create(&Outcome { outcome }).inc_by(n);
-        }
-    }
-
-    /// Events counted with `outcome` so far (tests, logs).
-    pub fn event_count(&self, outcome: EventOutcome) -> u64 {
-        self.events.get_or_create(&Outcome { outcome }).get()
     }
 
     /// Counts one read-through.

@@ -1,6 +1,7 @@
 //! The member replica and its inbox. Applying is idempotent (the inbox) and
 //! version-aware (a stale event never overwrites a newer state).
 use chrono::{DateTime, Utc};
+use memberflow_outbox::write::Outbox;
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
@@ -124,6 +125,8 @@ pub struct Applied {
     pub changed: Vec<(Uuid, i64, f64)>,
     /// Ended sessions newly recorded.
     pub ended: u64,
+    /// Erasure receipts written.
+    pub receipts: u64,
 }
 
 /// Applies `events` in one statement (so in one transaction): events already
@@ -131,8 +134,11 @@ pub struct Applied {
 /// to its newest version if that is newer than what the replica holds, and
 /// each ended session is recorded in `ended_sessions` (insert-only, outside
 /// the version guard: no member state hides it). The tasks of members that
-/// became (or were) tombstones are deleted in the same transaction.
-pub async fn apply(pool: &PgPool, all: &[ReplicaEvent]) -> sqlx::Result<Applied> {
+/// became (or were) tombstones are deleted in the same transaction, and for
+/// each fresh MemberDeleted whose member is now a tombstone an erasure
+/// receipt is written to task's outbox ([`crate::erasure`]), whose commit
+/// wakes task's relay.
+pub async fn apply(outbox: &Outbox, all: &[ReplicaEvent]) -> sqlx::Result<Applied> {
     let mut events = Vec::with_capacity(all.len());
     let mut ended = Vec::new();
     for e in all {
@@ -166,8 +172,8 @@ pub async fn apply(pool: &PgPool, all: &[ReplicaEvent]) -> sqlx::Result<Applied>
         versions.push(e.version);
         occurred.push(e.occurred_at);
     }
-    type Row = (i64, Vec<Uuid>, Vec<i64>, Vec<f64>, i64, i64);
-    let mut tx = pool.begin().await?;
+    type Row = (Vec<Uuid>, Vec<Uuid>, Vec<i64>, Vec<f64>, i64, i64);
+    let mut tx = outbox.begin().await?;
     let (fresh, ids, versions, lags, _notified, ended): Row =
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "WITH batch AS (
@@ -204,7 +210,7 @@ pub async fn apply(pool: &PgPool, all: &[ReplicaEvent]) -> sqlx::Result<Applied>
              -- Wakes read-your-writes waiters in every task instance.
              {notify}
          )
-         SELECT (SELECT count(*) FROM fresh),
+         SELECT coalesce((SELECT array_agg(event_id) FROM fresh), '{{}}'),
                 coalesce((SELECT array_agg(id) FROM changed), '{{}}'),
                 coalesce((SELECT array_agg(version) FROM changed), '{{}}'),
                 coalesce((SELECT array_agg(lag) FROM changed), '{{}}'),
@@ -234,10 +240,19 @@ pub async fn apply(pool: &PgPool, all: &[ReplicaEvent]) -> sqlx::Result<Applied>
         .map(|e| e.member_id)
         .collect();
     purge_tasks(&mut *tx, &tombstoned).await?;
+    // A receipt per fresh deletion: a redelivery of one already applied
+    // (same id) sent its receipt in that transaction.
+    let erased: Vec<Uuid> = events
+        .iter()
+        .filter(|e| e.deleted && fresh.contains(&e.event_id))
+        .map(|e| e.member_id)
+        .collect();
+    let receipts = crate::erasure::write_receipts(&mut tx, &erased).await?;
     tx.commit().await?;
     Ok(Applied {
+        receipts,
         ended: ended as u64,
-        fresh: fresh as u64,
+        fresh: fresh.len() as u64,
         changed: ids
             .into_iter()
             .zip(versions)

@@ -1,7 +1,5 @@
 //! Typed settings of the task service (`[task]` of `config/*.toml`, then `TASK__*`).
-use memberflow_retry::Backoff;
 use memberflow_runtime::{
-    amqp,
     db::DatabaseSettings,
     settings::{Audited, BaseSettings, ServiceSettings},
 };
@@ -23,6 +21,8 @@ pub struct Settings {
     pub token: TokenSettings,
     pub inbox: InboxSettings,
     pub reconcile: ReconcileSettings,
+    /// task's relay, which publishes its erasure receipts.
+    pub relay: RelaySettings,
 }
 
 impl ServiceSettings for Settings {
@@ -35,76 +35,10 @@ impl ServiceSettings for Settings {
     }
 }
 
-/// The consumer of `member.events`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
-pub struct AmqpSettings {
-    /// `url`, `urls`, `heartbeat_secs`: what every service has.
-    #[serde(flatten)]
-    pub broker: amqp::BrokerSettings,
-    /// `x-quorum-initial-group-size` of task's quorum queues: how many nodes
-    /// hold a replica. 0: 3 when `urls` names several nodes, else the
-    /// broker's default. Only read when the queues are first declared.
-    pub quorum_initial_group_size: u32,
-    /// Unacknowledged deliveries the broker may push at once.
-    pub prefetch: u16,
-    /// Most events applied in one transaction when a backlog exists.
-    pub batch_max: usize,
-    /// Deliveries after which a message that keeps failing is dead-lettered
-    /// (the quorum queue's `x-delivery-limit`).
-    pub delivery_limit: i64,
-    /// Backoff while the database or broker is unreachable.
-    pub backoff: Backoff,
-    /// How long the consumer may be detached from the broker before health
-    /// says NOT_SERVING.
-    pub detached_grace_secs: u64,
-    /// How long a batch may find the database unreachable (no connection,
-    /// or no answer: each apply is bounded by this too, since a blackholed
-    /// link never answers). Past it the consumer gives its unacknowledged
-    /// messages back to the broker, so another instance applies them, and
-    /// reattaches once the database answers again.
-    pub apply_timeout_ms: u64,
-}
+/// The broker connection and the consumer of `member.events`.
+pub type AmqpSettings = memberflow_outbox::settings::ConsumerSettings;
 
-impl Default for AmqpSettings {
-    fn default() -> Self {
-        Self {
-            broker: amqp::BrokerSettings::default(),
-            quorum_initial_group_size: 0,
-            prefetch: 256,
-            batch_max: 256,
-            delivery_limit: 10,
-            backoff: Backoff::default(),
-            detached_grace_secs: 10,
-            apply_timeout_ms: 5_000,
-        }
-    }
-}
-
-/// `settings.amqp.url` and the rest read as the shared keys they are.
-impl std::ops::Deref for AmqpSettings {
-    type Target = amqp::BrokerSettings;
-    fn deref(&self) -> &Self::Target {
-        &self.broker
-    }
-}
-
-impl std::ops::DerefMut for AmqpSettings {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.broker
-    }
-}
-
-impl AmqpSettings {
-    /// The replica count to declare quorum queues with, if any.
-    pub fn quorum_group_size(&self) -> Option<u32> {
-        match (self.quorum_initial_group_size, self.urls.len()) {
-            (0, n) if n > 1 => Some(3),
-            (0, _) => None,
-            (size, _) => Some(size),
-        }
-    }
-}
+pub use memberflow_outbox::settings::RelaySettings;
 
 /// How task reaches auth for read-through.
 #[derive(Debug, Clone, Deserialize)]

@@ -1,5 +1,6 @@
-//! Builds and runs the task service: gRPC server, database bootstrap and the
-//! event consumer, all stopped by one shutdown token.
+//! Builds and runs the task service: gRPC server, database bootstrap, the
+//! event consumer and the relay of its erasure receipts, all stopped by one
+//! shutdown token.
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -7,6 +8,11 @@ use std::{
 
 use memberflow_contract::{
     proto::task::v1::task_service_server::TaskServiceServer, token::PublicKey,
+};
+use memberflow_outbox::{
+    relay::{Relay, watch_outbox},
+    wake::RelayWake,
+    write::Outbox,
 };
 use memberflow_runtime::{
     db, grpc,
@@ -17,7 +23,8 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::{
     auth_client::AuthClient,
-    consumer::{Attachment, Consumer, ConsumerStats},
+    consumer::{Attachment, Consumer, ConsumerStats, QUEUE_SPEC, Replica},
+    erasure,
     freshness::{self, Freshness},
     grpc::TaskApi,
     inbox,
@@ -103,13 +110,43 @@ impl Service for Application {
         );
         let (stats, source) = (self.stats, self.source);
         let workers = |tasks: &mut tokio::task::JoinSet<()>| {
+            let wake = RelayWake::new(settings.relay.wake_on_commit, erasure::SPEC.channel);
             let consumer = Consumer::new(
+                Replica::new(
+                    Outbox::new(pool.clone(), wake.clone()),
+                    metrics.clone(),
+                    freshness.clone(),
+                ),
+                QUEUE_SPEC,
                 pool.clone(),
                 settings.amqp.clone(),
                 stats,
-                metrics.clone(),
-                freshness.clone(),
+                metrics.consumer.clone(),
             );
+            // The relay of task's outbox (erasure receipts), under the same
+            // leadership rule as auth's.
+            let relay = Relay::new(
+                erasure::SPEC,
+                settings.database.direct_connect_options()?,
+                settings.amqp.nodes(),
+                settings.relay.clone(),
+                wake.clone(),
+                metrics.relay.clone(),
+            );
+            if let Some(listen) = relay.listen_for_wakes(shutdown.clone()) {
+                tasks.spawn(listen);
+            }
+            tasks.spawn(wake.clone().run_notifier(
+                pool.clone(),
+                metrics.relay.relay_wake_failures.clone(),
+                shutdown.clone(),
+            ));
+            tasks.spawn(watch_outbox(
+                pool.clone(),
+                metrics.relay.clone(),
+                shutdown.clone(),
+            ));
+            tasks.spawn(relay.run(shutdown.clone()));
             // Other instances' applies wake this one's waiters.
             {
                 let (pool, backoff, stop) = (pool.clone(), settings.amqp.backoff, shutdown.clone());

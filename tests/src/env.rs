@@ -66,16 +66,16 @@ pub fn rabbitmqctl_grants(
             .map(str::to_owned)
             .collect(),
     ];
-    if let Some((write, read)) = rights.topic {
+    for topic in rights.topics {
         lines.push(
             [
                 "set_topic_permissions",
                 "-p",
                 vhost,
                 user,
-                memberflow_contract::topology::EXCHANGE,
-                write,
-                read,
+                topic.exchange,
+                topic.write,
+                topic.read,
             ]
             .map(str::to_owned)
             .to_vec(),

@@ -579,7 +579,7 @@ async fn an_unroutable_row_is_parked_without_holding_back_the_rows_behind_it() {
     // Once a queue is bound, replaying the parked row delivers it, and the
     // row held behind it after it.
     let billing = TestQueue::bind_to(&env.amqp_url(), "billing", "billing.#").await;
-    let replayed = auth::outbox::parked::replay(&pool, &[stuck_id])
+    let replayed = auth::outbox::parked::replay(&pool, &auth::outbox::SPEC, &[stuck_id])
         .await
         .unwrap();
     assert_eq!(replayed.len(), 2, "the row and the one held behind it");
@@ -588,7 +588,7 @@ async fn an_unroutable_row_is_parked_without_holding_back_the_rows_behind_it() {
     wait_outbox_empty(&pool).await;
     assert_eq!(scalar(&pool, "SELECT count(*) FROM outbox_parked").await, 0);
     assert!(
-        auth::outbox::parked::replay(&pool, &[stuck_id])
+        auth::outbox::parked::replay(&pool, &auth::outbox::SPEC, &[stuck_id])
             .await
             .unwrap()
             .is_empty(),

@@ -185,9 +185,12 @@ async fn a_deposed_relay_writes_nothing_and_starts_no_batch() {
         .unwrap()
         .expect("A takes the free lease");
     let broker = TcpProxy::start(&env.amqp_host()).await;
-    let publisher = Publisher::connect(&Nodes::new(&env.amqp_url_via(&broker.host()).into(), &[]))
-        .await
-        .unwrap();
+    let publisher = Publisher::connect(
+        &Nodes::new(&env.amqp_url_via(&broker.host()).into(), &[]),
+        &auth::outbox::SPEC,
+    )
+    .await
+    .unwrap();
     let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
     let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(&mut conn)
@@ -322,7 +325,7 @@ async fn a_blackholed_database_link_gives_the_batch_back() {
     let took = replica_reaches(&replica, 210, cut, APPLY_TIMEOUT + WAIT).await;
     eprintln!(
         "blackholed database link: every event applied within {took:?} (A gave back {} batches)",
-        a.metrics.consumer_given_back.get()
+        a.metrics.consumer.given_back.get()
     );
 
     // Assert: within the apply bound plus a redelivery.
@@ -331,13 +334,13 @@ async fn a_blackholed_database_link_gives_the_batch_back() {
         "took {took:?}"
     );
     assert!(
-        a.metrics.consumer_given_back.get() >= 1,
+        a.metrics.consumer.given_back.get() >= 1,
         "A gave its batch back"
     );
     assert!(b.processed() >= 200, "B applied A's share");
     proxy.restore();
     eventually("A attached again", WAIT, || async {
-        (a.metrics.consumer_attached.get() == 1).then_some(())
+        (a.metrics.consumer.attached.get() == 1).then_some(())
     })
     .await;
     publisher.member_event(&event()).await;

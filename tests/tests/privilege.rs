@@ -439,16 +439,17 @@ async fn the_docs_print_the_grants_the_tests_run() {
             init.contains(&permissions),
             "init-users.sh lacks {permissions}"
         );
-        let topic = r.topic.map(|(write, read)| {
-            format!(
-                "topic-permissions/%2F/{user} \\\n  '{{\"exchange\":\"{EXCHANGE}\",\"write\":\"{}\",\"read\":\"{}\"}}'",
-                json(write),
-                json(read)
-            )
-        });
-        match topic {
-            Some(topic) => assert!(init.contains(&topic), "init-users.sh lacks {topic}"),
-            None => assert!(!init.contains(&format!("topic-permissions/%2F/{user} "))),
+        for t in r.topics {
+            let topic = format!(
+                "topic-permissions/%2F/{user} \\\n  '{{\"exchange\":\"{}\",\"write\":\"{}\",\"read\":\"{}\"}}'",
+                t.exchange,
+                json(t.write),
+                json(t.read)
+            );
+            assert!(init.contains(&topic), "init-users.sh lacks {topic}");
+        }
+        if r.topics.is_empty() {
+            assert!(!init.contains(&format!("topic-permissions/%2F/{user} ")));
         }
     }
 }

@@ -80,7 +80,7 @@ async fn a_forged_far_ahead_event_is_undone_within_one_interval_and_the_next_upd
     assert!(task.metrics.reconcile_repaired(Kind::Ahead) >= 1);
 
     // The member's next real update is applied by the consumer, not refused.
-    let applied = task.metrics.event_count(EventOutcome::applied);
+    let applied = task.metrics.consumer.event_count(EventOutcome::applied);
     let version = auth.update_profile(&token, Some("Later"), None).await;
     assert_eq!(version, 2);
     eventually("the real update in the replica", WAIT, || async {
@@ -88,7 +88,7 @@ async fn a_forged_far_ahead_event_is_undone_within_one_interval_and_the_next_upd
     })
     .await;
     assert!(
-        task.metrics.event_count(EventOutcome::applied) > applied,
+        task.metrics.consumer.event_count(EventOutcome::applied) > applied,
         "the consumer applied the update"
     );
     replica_equals_auth(&auth_db, &task_db, WAIT).await;
@@ -194,7 +194,8 @@ async fn an_event_applied_between_the_read_and_the_write_is_not_undone() {
         sessions_version: 0,
         deleted: false,
     };
-    replica::apply(&task_db, &[event.into()]).await.unwrap();
+    let outbox = memberflow_outbox::write::Outbox::without_wake(task_db.clone());
+    replica::apply(&outbox, &[event.into()]).await.unwrap();
     let done = repair::overwrite(&task_db, &plan.overwrite).await.unwrap();
 
     // Assert: the write found the row changed and left it alone.

@@ -300,7 +300,7 @@ async fn the_inbox_prune_finds_due_ids_through_an_index() {
     sqlx::query("ANALYZE inbox").execute(&pool).await.unwrap();
     let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "EXPLAIN {}",
-        task::inbox::PRUNE_SQL
+        memberflow_outbox::inbox::PRUNE_SQL
     )))
     .bind(7.0 * 24.0 * 3600.0)
     .bind(10_000_i64)
@@ -365,7 +365,7 @@ async fn garbage_is_dead_lettered_with_its_reason_and_unknown_kinds_are_skipped(
     let stat = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(stat(&task.stats.poisoned), 1);
     eventually("the unknown kind is counted", WAIT, || async {
-        (task.metrics.event_count(EventOutcome::unknown) == 1).then_some(())
+        (task.metrics.consumer.event_count(EventOutcome::unknown) == 1).then_some(())
     })
     .await;
     assert_eq!(publisher.depth(QUEUE).await, 0, "nothing left to requeue");
@@ -648,7 +648,7 @@ async fn transient_database_faults_are_waited_out_and_dead_letter_nothing() {
     let task = spawn_task_alone(&mut env, ConsistencyMode::NotReady).await;
     let publisher = RawPublisher::connect(&env.amqp_url()).await;
     let pool = env.pool("task").await;
-    let retries = || task.metrics.consumer_retries.get();
+    let retries = || task.metrics.consumer.retries.get();
     let mut sent = 0;
     for sqlstate in ["40001", "40P01", "53300", "55P03", "57014", "25006"] {
         inject_fault(&pool, sqlstate).await;

@@ -1,12 +1,12 @@
-//! The transactional outbox: events are written with the change that caused
-//! them (through [`write::Outbox`], whose commits wake the relay) and
-//! published by the [`relay::Relay`] after commit.
-pub mod parked;
-pub mod publisher;
-pub mod relay;
-pub mod settle;
-pub mod wake;
+//! auth's transactional outbox: member events are written with the change
+//! that caused them (through [`write::Outbox`], whose commits wake the
+//! relay) and published to `member.events` by the [`relay::Relay`] after
+//! commit. The machinery is `memberflow_outbox`, shared with task; what is
+//! auth's own is here: which events, how they are encoded, and where they go
+//! ([`SPEC`]).
 pub mod write;
+
+pub use memberflow_outbox::{OutboxSpec, parked, publisher, relay, settle, wake};
 
 use chrono::{DateTime, Utc};
 use memberflow_contract::proto::auth::v1 as pb;
@@ -17,11 +17,19 @@ use memberflow_contract::topology::MEMBER_DELETED;
 use memberflow_contract::topology::MEMBER_SESSION_ENDED;
 use memberflow_contract::topology::MEMBER_SESSIONS_REVOKED;
 use memberflow_contract::topology::MEMBER_UPDATED;
-use memberflow_runtime::trace_context;
+use memberflow_contract::topology::{EXCHANGE, TASK_SERVICE};
 use prost::Message;
 use uuid::Uuid;
 
 use crate::domain::Member;
+
+/// Where auth's relay publishes, and the channel that wakes it.
+pub const SPEC: OutboxSpec = OutboxSpec {
+    exchange: EXCHANGE,
+    channel: "auth_outbox",
+    connection_name: "auth.outbox-relay",
+    consumers: TASK_SERVICE,
+};
 
 /// Which event a change emits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,31 +116,4 @@ pub fn encode_deleted(
         occurred_at: Some(timestamp(deleted_at)),
     }
     .encode_to_vec()
-}
-
-/// One row waiting to be published.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct OutboxRow {
-    pub id: i64,
-    pub event_id: Uuid,
-    pub routing_key: String,
-    pub member_id: Uuid,
-    pub version: i64,
-    pub payload: Vec<u8>,
-    pub occurred_at: DateTime<Utc>,
-    /// Times this row failed on its own (see [`settle`]).
-    pub attempts: i32,
-    /// The trace context of the change that wrote it.
-    pub traceparent: Option<String>,
-    pub tracestate: Option<String>,
-}
-
-impl OutboxRow {
-    /// The trace this row's event belongs to.
-    pub fn trace(&self) -> trace_context::Carrier {
-        trace_context::Carrier {
-            traceparent: self.traceparent.clone(),
-            tracestate: self.tracestate.clone(),
-        }
-    }
 }

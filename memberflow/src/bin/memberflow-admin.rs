@@ -8,8 +8,10 @@
 //! memberflow-admin dlq list
 //! memberflow-admin dlq replay [--id MESSAGE_ID]...
 //! memberflow-admin dlq drop --member ID
-//! memberflow-admin outbox parked
-//! memberflow-admin outbox replay [--id N]...
+//! memberflow-admin outbox [--service auth|task] parked
+//! memberflow-admin outbox [--service auth|task] replay [--id N]...
+//! memberflow-admin erasures [--pending]
+//! memberflow-admin erasures retry --member ID
 //! memberflow-admin keygen
 //! ```
 use anyhow::Context as _;
@@ -40,13 +42,50 @@ enum Command {
     /// task's dead-letter queue (`task.member-events.dlq`).
     #[command(subcommand)]
     Dlq(Dlq),
-    /// auth's outbox: rows the relay parked.
-    #[command(subcommand)]
-    Outbox(Outbox),
+    /// A service's outbox: rows the relay parked.
+    Outbox(OutboxArgs),
+    /// The erasure saga: one line per deleted account, with when it was
+    /// requested, each expected service's receipt time, and its state.
+    Erasures(ErasuresArgs),
     /// Print a new Ed25519 token signing key: the private key (PKCS#8 PEM,
     /// for `auth.token.signing_key`) on stdout; its key id and public key
     /// (for `token.public_keys` during a rotation) on stderr.
     Keygen,
+}
+
+#[derive(clap::Args)]
+struct OutboxArgs {
+    /// Whose outbox: auth's (member events) or task's (erasure receipts).
+    #[arg(long, value_enum, default_value_t = Service::Auth)]
+    service: Service,
+    #[command(subcommand)]
+    command: Outbox,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Service {
+    Auth,
+    Task,
+}
+
+#[derive(clap::Args)]
+struct ErasuresArgs {
+    /// Only the erasures still waiting for a receipt.
+    #[arg(long)]
+    pending: bool,
+    #[command(subcommand)]
+    command: Option<Erasures>,
+}
+
+#[derive(Subcommand)]
+enum Erasures {
+    /// Publish a member's deletion again, so that every replica sends its
+    /// receipt again (one that already erased the member does).
+    Retry {
+        /// The deleted member's id.
+        #[arg(long = "member", value_name = "ID")]
+        member: uuid::Uuid,
+    },
 }
 
 #[derive(Subcommand)]
@@ -192,12 +231,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
             let _ = conn.close(200, "done".into()).await;
         }
-        Command::Outbox(cmd) => {
-            let settings = auth::Settings::load(&source)?;
-            let pool = connect_db(&settings.database).await?;
-            match cmd {
+        Command::Outbox(OutboxArgs { service, command }) => {
+            let (pool, spec) = match service {
+                Service::Auth => {
+                    let settings = auth::Settings::load(&source)?;
+                    (connect_db(&settings.database).await?, auth::outbox::SPEC)
+                }
+                Service::Task => {
+                    let settings = task::Settings::load(&source)?;
+                    (connect_db(&settings.database).await?, task::erasure::SPEC)
+                }
+            };
+            match command {
                 Outbox::Parked => {
-                    let rows = auth::outbox::parked::list(&pool).await?;
+                    let rows = memberflow_outbox::parked::list(&pool).await?;
                     for r in &rows {
                         println!(
                             "{}\t{}\t{}\t{}\t{}\t{}\t{}",
@@ -213,7 +260,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     eprintln!("{} parked row(s)", rows.len());
                 }
                 Outbox::Replay { ids } => {
-                    let rows = auth::outbox::parked::replay(&pool, &ids).await?;
+                    let rows = memberflow_outbox::parked::replay(&pool, &spec, &ids).await?;
                     for r in &rows {
                         println!(
                             "replayed {} ({} v{} of member {})",
@@ -224,6 +271,36 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     for id in ids.iter().filter(|i| !rows.iter().any(|r| r.id == **i)) {
                         eprintln!("{id}: not parked (already replayed?)");
                     }
+                }
+            }
+        }
+        Command::Erasures(ErasuresArgs { pending, command }) => {
+            let settings = auth::Settings::load(&source)?;
+            let pool = connect_db(&settings.database).await?;
+            let deadline = std::time::Duration::from_secs(settings.erasure.deadline_secs);
+            match command {
+                None => {
+                    let all = auth::erasure::list(&pool, pending).await?;
+                    let now = chrono::Utc::now();
+                    for e in &all {
+                        println!("{}", e.line(now, deadline));
+                    }
+                    eprintln!("{} erasure(s)", all.len());
+                }
+                Some(Erasures::Retry { member }) => {
+                    let outbox = memberflow_outbox::write::Outbox::without_wake(pool.clone());
+                    let Some(e) = auth::erasure::retry(&outbox, member).await? else {
+                        anyhow::bail!("no erasure on record for member {member}");
+                    };
+                    // The row is committed; a lost wake-up only delays it to
+                    // the relay's next poll.
+                    if let Err(e) =
+                        memberflow_outbox::wake::notify(&pool, auth::outbox::SPEC.channel).await
+                    {
+                        eprintln!("could not wake the relay ({e}); it publishes at its next poll");
+                    }
+                    println!("{}", e.line(chrono::Utc::now(), deadline));
+                    eprintln!("republished the deletion of member {member}");
                 }
             }
         }

@@ -1,594 +1,89 @@
-//! Consumes `member.events` into the replica.
-//!
-//! * Acks only after the transaction that applied the event has committed.
-//! * What to do with each delivery and each batch is decided by the pure
-//!   rules in [`plan`]; this module carries them out:
-//!   - a transient fault the database reports (see
-//!     `memberflow_runtime::db::classify`) retries the batch in-process with
-//!     backoff, unacked, for as long as it lasts;
-//!   - a permanent one isolates the bad event, which alone is dead-lettered
-//!     with its reason in the [`REASON_HEADER`] header;
-//!   - a database this instance cannot reach (no connection, or no answer:
-//!     a blackholed link) for `amqp.apply_timeout_ms` gives the batch back:
-//!     the channel is closed, so the broker hands the unacked messages to
-//!     another instance, and this one reattaches once its database answers;
-//!   - an unknown event kind is acked and counted.
-//! * After a broker restart the consumer reconnects and re-declares topology.
+//! task's consumer of `member.events`: the shared consumer of
+//! `memberflow_outbox` (acks after commit, retries, isolation, dead letters,
+//! giving a batch back) with task's [`Replica`] handler, which sorts each
+//! delivery ([`plan::triage`]) and applies batches to the replica.
 pub mod plan;
-pub mod topology;
 
-use std::{
-    collections::VecDeque,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
+use std::sync::Arc;
+
+use memberflow_contract::topology::{DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, EXCHANGE, QUEUE};
+pub use memberflow_outbox::consumer::{Attachment, ConsumerStats};
+use memberflow_outbox::{
+    consumer::{Counts, Handler, QueueSpec, declare_queue},
+    write::Outbox,
 };
+use uuid::Uuid;
 
-use futures::StreamExt;
-use lapin::{
-    Channel,
-    message::Delivery,
-    options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions,
-        BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
-    },
-    types::{AMQPValue, FieldTable},
-};
-use memberflow_runtime::amqp;
-use memberflow_runtime::db;
-use memberflow_runtime::shutdown::CancellationToken;
-use memberflow_runtime::telemetry::error_chain;
-use memberflow_runtime::trace_context;
-use opentelemetry::trace::{SpanContext, TraceContextExt};
-use sqlx::PgPool;
-use tokio::sync::watch;
-use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
-
-use self::plan::{Outcome, Plan, Triage};
-pub use self::topology::declare_topology;
 use crate::{
     freshness::Freshness,
-    metrics::{EventOutcome, TaskMetrics},
+    metrics::TaskMetrics,
     replica::{self, ReplicaEvent},
-    settings::AmqpSettings,
-};
-use memberflow_contract::topology::{
-    DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, QUEUE, REASON_HEADER,
 };
 
-/// Counters for logs, tests and benchmarks.
-#[derive(Debug, Default)]
-pub struct ConsumerStats {
-    /// Events applied (including duplicates skipped by the inbox).
-    pub processed: AtomicU64,
-    /// Messages sent to the DLQ (poison, or failing alone for good).
-    pub poisoned: AtomicU64,
-    /// Transactions committed.
-    pub batches: AtomicU64,
+/// The names of task's consumer.
+pub const QUEUE_SPEC: QueueSpec = QueueSpec {
+    exchange: EXCHANGE,
+    binding_key: "member.*",
+    queue: QUEUE,
+    dead_letter_exchange: DEAD_LETTER_EXCHANGE,
+    dead_letter_queue: DEAD_LETTER_QUEUE,
+    connection_name: "task.consumer",
+};
+
+/// task's consumer.
+pub type Consumer = memberflow_outbox::consumer::Consumer<Replica>;
+
+/// Declares everything task consumes from (idempotent): for tools and
+/// benchmarks that need the queue before task runs.
+pub async fn declare_topology(
+    channel: &lapin::Channel,
+    delivery_limit: i64,
+    group_size: Option<u32>,
+) -> lapin::Result<()> {
+    declare_queue(channel, &QUEUE_SPEC, delivery_limit, group_size).await
 }
 
-/// How often the DLQ depth gauge is refreshed.
-const DLQ_GAUGE_EVERY: Duration = Duration::from_secs(10);
-
-/// How long opening a channel and attaching the consumer (or detaching and
-/// closing at shutdown) may take.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn closed() -> lapin::Error {
-    lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
-        lapin::ConnectionState::Closed,
-    ))
-}
-
-/// Why a session with the broker ended without a broker error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ended {
-    Shutdown,
-    /// An apply went unanswered: the batch was given back.
-    DatabaseHung,
-}
-
-/// How a batch ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Settled {
-    Done,
-    /// Shutdown came while a transient fault lasted: left unacked.
-    Shutdown,
-    /// An apply went unanswered: to be given back.
-    GiveBack,
-}
-
-/// Resolves when the connection reports an error or its events end.
-async fn connection_lost(
-    events: &mut (impl futures::Stream<Item = lapin::Event> + Unpin),
-) -> lapin::Error {
-    loop {
-        match events.next().await {
-            Some(lapin::Event::Error(e)) => return e,
-            Some(_) => continue,
-            None => return closed(),
-        }
-    }
-}
-
-/// The background consumer of one task instance.
-pub struct Consumer {
-    pool: PgPool,
+/// Applies member events to the replica, writes the erasure receipts of
+/// deletions in the same transaction (through task's outbox), then records
+/// each change's lag and wakes read-your-writes waiters.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    outbox: Outbox,
     metrics: TaskMetrics,
-    /// Read-your-writes waiters, woken by each commit.
     freshness: Arc<Freshness>,
-    cfg: AmqpSettings,
-    stats: Arc<ConsumerStats>,
-    /// Set to `true` while a consumer is attached to the queue.
-    attached: watch::Sender<bool>,
-    /// The broker nodes; a lost connection resumes on the next one.
-    brokers: amqp::Nodes,
 }
 
-impl Consumer {
-    pub fn new(
-        pool: PgPool,
-        cfg: AmqpSettings,
-        stats: Arc<ConsumerStats>,
-        metrics: TaskMetrics,
-        freshness: Arc<Freshness>,
-    ) -> Self {
+impl Replica {
+    pub fn new(outbox: Outbox, metrics: TaskMetrics, freshness: Arc<Freshness>) -> Self {
         Self {
-            pool,
+            outbox,
             metrics,
             freshness,
-            brokers: cfg.nodes(),
-            cfg,
-            stats,
-            attached: watch::Sender::new(false),
         }
     }
+}
 
-    fn set_attached(&self, attached: bool) {
-        self.attached.send_replace(attached);
-        self.metrics.consumer_attached.set(i64::from(attached));
+impl Handler for Replica {
+    type Event = ReplicaEvent;
+
+    fn triage(&self, kind: &str, body: &[u8]) -> plan::Triage {
+        plan::triage(kind, body)
     }
 
-    /// Watches whether the consumer is attached (drives health).
-    pub fn attached(&self) -> watch::Receiver<bool> {
-        self.attached.subscribe()
+    fn ids(event: &ReplicaEvent) -> (Uuid, Uuid) {
+        (event.event_id(), event.member_id())
     }
 
-    /// Consumes until `shutdown`: the batch in hand is finished and acked,
-    /// then the consumer is cancelled and the channel closed cleanly.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let mut retrying = self.cfg.backoff.retrying();
-        while !shutdown.is_cancelled() {
-            match self.session(&shutdown).await {
-                Ok(Ended::Shutdown) => break,
-                Ok(Ended::DatabaseHung) => {
-                    self.set_attached(false);
-                    tracing::warn!(
-                        apply_timeout_ms = self.cfg.apply_timeout_ms,
-                        "the database did not answer an apply in time; gave the batch back to the broker, detached until the database answers"
-                    );
-                    // Reattaching first would only take another batch hostage.
-                    let mut probing = self.cfg.backoff.retrying();
-                    while !db::is_alive(&self.pool).await {
-                        if !probing.wait(&shutdown).await {
-                            break;
-                        }
-                    }
-                }
-                Err(e) => {
-                    self.set_attached(false);
-                    tracing::warn!(error.cause_chain = %error_chain(&e), "consumer lost the broker; reconnecting");
-                    if !retrying.wait(&shutdown).await {
-                        break;
-                    }
-                }
-            }
+    async fn apply(&self, events: &[ReplicaEvent]) -> sqlx::Result<Counts> {
+        let applied = replica::apply(&self.outbox, events).await?;
+        for &(member, version, lag) in &applied.changed {
+            self.metrics.replication_lag.observe(lag.max(0.0));
+            self.freshness.observe_lag(lag);
+            self.freshness.applied(member, version);
         }
-        self.set_attached(false);
-        tracing::info!("consumer stopped");
-    }
-
-    /// One connection's worth of consuming: until shutdown, a broker error,
-    /// or a batch given back.
-    async fn session(&self, shutdown: &CancellationToken) -> lapin::Result<Ended> {
-        let conn = self.brokers.connect("task.consumer").await?;
-        // lapin can leave a request pending forever when the socket dies
-        // mid-write, so set-up is bounded like the connect.
-        let setup = async {
-            let channel = conn.create_channel().await?;
-            declare_topology(
-                &channel,
-                self.cfg.delivery_limit,
-                self.cfg.quorum_group_size(),
-            )
-            .await?;
-            channel
-                .basic_qos(self.cfg.prefetch, BasicQosOptions::default())
-                .await?;
-            // Dead-lettering publishes with confirms on a channel of its own,
-            // so the original is acked only once the DLQ holds the copy.
-            let dead_letters = conn.create_channel().await?;
-            dead_letters
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            let consumer = channel
-                .basic_consume(
-                    QUEUE.into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            lapin::Result::Ok((channel, dead_letters, consumer))
-        };
-        let (channel, dead_letters, consumer) = tokio::time::timeout(SETUP_TIMEOUT, setup)
-            .await
-            .map_err(|_| closed())??;
-        let tag = consumer.tag();
-        self.set_attached(true);
-        tracing::info!(queue = QUEUE, "consumer attached");
-        // The delivery stream does not always end when the socket dies; the
-        // connection's events do say so.
-        let mut events = Box::pin(conn.events_listener());
-        let mut batches = consumer.ready_chunks(self.cfg.batch_max.max(1));
-        let mut dlq_every = tokio::time::interval(DLQ_GAUGE_EVERY);
-        let result = loop {
-            let batch = tokio::select! {
-                () = shutdown.cancelled() => break Ok(Ended::Shutdown),
-                e = connection_lost(&mut events) => break Err(e),
-                _ = dlq_every.tick() => {
-                    // One passive declare per interval, not per scrape.
-                    let depth = tokio::time::timeout(
-                        SETUP_TIMEOUT,
-                        channel.queue_declare(
-                            DEAD_LETTER_QUEUE.into(),
-                            QueueDeclareOptions { passive: true, ..Default::default() },
-                            FieldTable::default(),
-                        ),
-                    )
-                    .await;
-                    if let Ok(Ok(q)) = depth {
-                        self.metrics.dlq_messages.set(i64::from(q.message_count()));
-                    }
-                    continue;
-                }
-                b = batches.next() => b,
-            };
-            let Some(batch) = batch else {
-                break Err(closed());
-            };
-            let deliveries = batch.into_iter().collect::<lapin::Result<Vec<_>>>()?;
-            // Acks on a dead socket may never resolve either. Abandoning the
-            // batch is safe: it was not acked, so it is redelivered, and the
-            // inbox turns whatever was already applied into a no-op.
-            let settled = tokio::select! {
-                r = self.process(deliveries, &dead_letters, shutdown) => r?,
-                e = connection_lost(&mut events) => break Err(e),
-            };
-            match settled {
-                Settled::Done => {}
-                // Shutdown while a fault lasted: leave the batch unacked.
-                Settled::Shutdown => break Ok(Ended::Shutdown),
-                // Closing the channel below returns every unacked delivery.
-                Settled::GiveBack => break Ok(Ended::DatabaseHung),
-            }
-        };
-        if result.is_ok() {
-            // Bounded: a dead connection never answers, and shutdown must end.
-            let goodbye = async {
-                let _ = channel
-                    .basic_cancel(tag, BasicCancelOptions::default())
-                    .await;
-                let _ = dead_letters.close(200, "task stopping".into()).await;
-                let _ = channel.close(200, "task stopping".into()).await;
-                let _ = conn.close(200, "task stopping".into()).await;
-            };
-            let _ = tokio::time::timeout(SETUP_TIMEOUT, goodbye).await;
-        }
-        result
-    }
-
-    /// Settles one batch of deliveries as [`plan`] decides. What is not
-    /// settled when it returns early (shutdown while a transient fault
-    /// lasted, or a hung apply) stays unacked.
-    async fn process(
-        &self,
-        deliveries: Vec<Delivery>,
-        dead_letters: &Channel,
-        shutdown: &CancellationToken,
-    ) -> lapin::Result<Settled> {
-        let mut batch = Vec::with_capacity(deliveries.len());
-        for d in deliveries {
-            // The kind is the `type` property the relay sets, else the routing
-            // key: a replayed message arrives with the queue's name as its key.
-            let kind = d
-                .properties
-                .kind()
-                .as_ref()
-                .map_or(d.routing_key.as_str(), |k| k.as_str());
-            match plan::triage(kind, &d.data) {
-                Triage::Apply(event) => batch.push((d, event)),
-                Triage::Unknown(kind) => {
-                    self.metrics.events(EventOutcome::unknown, 1);
-                    tracing::info!(routing_key = %kind, message_id = ?d.properties.message_id(), "skipping an event kind this version does not know");
-                    d.acker.ack(BasicAckOptions::default()).await?;
-                }
-                Triage::Poison(reason) => {
-                    self.dead_letter(dead_letters, &d, &reason.to_string())
-                        .await?;
-                }
-            }
-        }
-        if batch.is_empty() {
-            return Ok(Settled::Done);
-        }
-        let give_back_after = Duration::from_millis(self.cfg.apply_timeout_ms);
-        // Since when the current part has found the database unreachable.
-        let mut unreachable_since: Option<tokio::time::Instant> = None;
-        // Parts still to settle, in delivery order: the whole batch first,
-        // single events after an isolation.
-        let mut parts: VecDeque<&[(Delivery, ReplicaEvent)]> = VecDeque::from([batch.as_slice()]);
-        let mut retrying = self.cfg.backoff.retrying();
-        while let Some(&part) = parts.front() {
-            let events: Vec<ReplicaEvent> = part.iter().map(|(_, e)| e.clone()).collect();
-            let span = apply_span(part);
-            let started = tokio::time::Instant::now();
-            // Bounded so that the whole time unreachable stays within
-            // `give_back_after`: an apply on a blackholed link never ends.
-            let bound = give_back_after
-                .saturating_sub(unreachable_since.map_or(Duration::ZERO, |since| started - since));
-            let apply = replica::apply(&self.pool, &events).instrument(span.clone());
-            let outcome = match tokio::time::timeout(bound, apply).await {
-                Ok(Ok(applied)) => {
-                    unreachable_since = None;
-                    let changed = applied.changed.len() as u64;
-                    span.in_scope(|| tracing::debug!(changed, "applied"));
-                    let m = &self.metrics;
-                    m.events(EventOutcome::applied, changed + applied.ended);
-                    m.events(
-                        EventOutcome::stale,
-                        applied.fresh.saturating_sub(changed + applied.ended),
-                    );
-                    m.events(EventOutcome::duplicate, events.len() as u64 - applied.fresh);
-                    for (member, version, lag) in applied.changed {
-                        m.replication_lag.observe(lag.max(0.0));
-                        self.freshness.observe_lag(lag);
-                        self.freshness.applied(member, version);
-                    }
-                    Outcome::Committed
-                }
-                Err(_) => Outcome::Unreachable {
-                    for_: unreachable_since.get_or_insert(started).elapsed(),
-                    reason: "no answer from the database within amqp.apply_timeout_ms".into(),
-                },
-                Ok(Err(e)) if db::is_unreachable(&e) => Outcome::Unreachable {
-                    for_: unreachable_since.get_or_insert(started).elapsed(),
-                    reason: error_chain(&e),
-                },
-                Ok(Err(e)) => {
-                    unreachable_since = None;
-                    Outcome::Failed {
-                        fault: db::classify(&e),
-                        reason: error_chain(&e),
-                    }
-                }
-            };
-            match plan::plan(part.len(), &outcome, give_back_after) {
-                Plan::Ack => {
-                    self.stats.batches.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .processed
-                        .fetch_add(part.len() as u64, Ordering::Relaxed);
-                    // Deliveries on one channel are acked in order, and all
-                    // before this part are settled: one multiple-ack will do.
-                    let (last, _) = part.last().expect("parts are never empty");
-                    last.acker
-                        .ack(BasicAckOptions {
-                            multiple: part.len() > 1,
-                        })
-                        .await?;
-                    parts.pop_front();
-                    retrying.reset();
-                }
-                Plan::Retry => {
-                    self.metrics.consumer_retries.inc();
-                    if let Outcome::Failed { reason, .. } | Outcome::Unreachable { reason, .. } =
-                        &outcome
-                    {
-                        span.in_scope(|| tracing::warn!(error.cause_chain = %reason, "transient database fault; retrying the batch"));
-                    }
-                    if !retrying.wait(shutdown).await {
-                        return Ok(Settled::Shutdown);
-                    }
-                }
-                Plan::GiveBack => {
-                    self.metrics.consumer_given_back.inc();
-                    return Ok(Settled::GiveBack);
-                }
-                Plan::Isolate => {
-                    span.in_scope(|| {
-                        tracing::warn!("batch failed; applying its events one by one")
-                    });
-                    parts.pop_front();
-                    for i in (0..part.len()).rev() {
-                        parts.push_front(&part[i..=i]);
-                    }
-                }
-                Plan::DeadLetter(reason) => {
-                    self.dead_letter(dead_letters, &part[0].0, &reason).await?;
-                    parts.pop_front();
-                }
-            }
-        }
-        Ok(Settled::Done)
-    }
-
-    /// Copies `d` to the dead-letter exchange with its properties, headers
-    /// and routing key, plus [`REASON_HEADER`]; acks the original once the
-    /// broker has confirmed the copy.
-    async fn dead_letter(
-        &self,
-        channel: &Channel,
-        d: &Delivery,
-        reason: &str,
-    ) -> lapin::Result<()> {
-        self.stats.poisoned.fetch_add(1, Ordering::Relaxed);
-        self.metrics.events(EventOutcome::poison, 1);
-        tracing::warn!(
-            reason,
-            routing_key = %d.routing_key,
-            message_id = ?d.properties.message_id(),
-            "dead-lettering a message that cannot be applied"
-        );
-        let mut headers = d.properties.headers().clone().unwrap_or_default();
-        headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
-        let properties = d.properties.clone().with_headers(headers);
-        let confirm = tokio::time::timeout(SETUP_TIMEOUT, async {
-            channel
-                .basic_publish(
-                    DEAD_LETTER_EXCHANGE.into(),
-                    d.routing_key.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &d.data,
-                    properties,
-                )
-                .await?
-                .await
+        Ok(Counts {
+            fresh: applied.fresh,
+            applied: applied.changed.len() as u64 + applied.ended,
         })
-        .await
-        .map_err(|_| closed())??;
-        if !confirm.is_ack() {
-            // Not in the DLQ: leave the original to be redelivered.
-            return Err(closed());
-        }
-        d.acker.ack(BasicAckOptions::default()).await?;
-        Ok(())
-    }
-}
-
-/// Whether the consumer counts as healthy: attached, or detached for less
-/// than a grace period since it was last attached (a broker restart should
-/// not flap every instance out of a load balancer). Never healthy before its
-/// first attach.
-#[derive(Debug)]
-pub struct Attachment {
-    grace: Duration,
-    ever_attached: bool,
-    detached_since: Option<std::time::Instant>,
-}
-
-impl Attachment {
-    pub fn new(grace: Duration) -> Self {
-        Self {
-            grace,
-            ever_attached: false,
-            detached_since: None,
-        }
-    }
-
-    /// Records whether the consumer is attached `now`; returns whether that
-    /// is healthy.
-    pub fn healthy(&mut self, attached: bool, now: std::time::Instant) -> bool {
-        if attached {
-            self.ever_attached = true;
-            self.detached_since = None;
-            return true;
-        }
-        let since = *self.detached_since.get_or_insert(now);
-        self.ever_attached && now.duration_since(since) < self.grace
-    }
-}
-
-/// The span of one apply: how many events, the range of member ids, and
-/// the trace: it continues the events' trace when they share one, and links
-/// to each trace otherwise.
-fn apply_span(part: &[(Delivery, ReplicaEvent)]) -> tracing::Span {
-    let first = part.iter().map(|(_, e)| e.member_id()).min();
-    let last = part.iter().map(|(_, e)| e.member_id()).max();
-    let span = tracing::info_span!(
-        "process member.events",
-        otel.kind = "consumer",
-        messaging.system = "rabbitmq",
-        messaging.operation.type = "process",
-        messaging.destination.name = QUEUE,
-        messaging.batch.message_count = part.len(),
-        events = part.len(),
-        member_id.first = tracing::field::Empty,
-        member_id.last = tracing::field::Empty,
-        event_id = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-    );
-    if let (Some(first), Some(last)) = (first, last) {
-        span.record("member_id.first", tracing::field::display(first));
-        span.record("member_id.last", tracing::field::display(last));
-    }
-    if let [(_, one)] = part {
-        span.record("event_id", tracing::field::display(one.event_id()));
-    }
-    let contexts: Vec<SpanContext> = part
-        .iter()
-        .map(|(d, _)| {
-            trace_context::context_of(&trace_of(d))
-                .span()
-                .span_context()
-                .clone()
-        })
-        .filter(SpanContext::is_valid)
-        .collect();
-    let one_trace = contexts
-        .first()
-        .is_some_and(|c| contexts.iter().all(|o| o.trace_id() == c.trace_id()));
-    if one_trace {
-        let parent = trace_context::context_of(&trace_of(&part[0].0));
-        trace_context::continue_trace(&span, parent);
-    } else {
-        for context in contexts {
-            span.add_link(context);
-        }
-        trace_context::record_trace_id(&span);
-    }
-    span
-}
-
-/// The trace context a delivery carries in its headers.
-fn trace_of(d: &Delivery) -> trace_context::Carrier {
-    let header = |name: &str| {
-        d.properties
-            .headers()
-            .as_ref()
-            .and_then(|h| h.inner().get(name).cloned())
-            .and_then(|v| match v {
-                AMQPValue::LongString(s) => Some(s.to_string()),
-                AMQPValue::ShortString(s) => Some(s.to_string()),
-                _ => None,
-            })
-    };
-    trace_context::Carrier {
-        traceparent: header(trace_context::TRACEPARENT),
-        tracestate: header(trace_context::TRACESTATE),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::{Duration, Instant};
-
-    use super::Attachment;
-
-    #[test]
-    fn healthy_while_attached_or_briefly_detached_never_before_the_first_attach() {
-        let t0 = Instant::now();
-        let s = |n| t0 + Duration::from_secs(n);
-        let mut a = Attachment::new(Duration::from_secs(10));
-        assert!(!a.healthy(false, s(0)), "not yet attached");
-        assert!(a.healthy(true, s(1)));
-        assert!(a.healthy(false, s(2)), "detached, within the grace");
-        assert!(a.healthy(false, s(11)));
-        assert!(!a.healthy(false, s(12)), "detached past the grace");
-        assert!(a.healthy(true, s(13)), "back");
-        assert!(a.healthy(false, s(14)), "a new grace");
     }
 }

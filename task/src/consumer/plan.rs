@@ -1,7 +1,6 @@
-//! The consumer's decisions, apart from their effects: what a delivery is,
-//! and what to do with a batch once applying it has succeeded or failed. The
-//! loop in [`super`] only carries these out, so every rule here has a unit
-//! test that needs neither a broker nor a database.
+//! What a delivery of `member.events` is, from its routing key and body
+//! alone: task's half of the consumer's decisions (what to do with a batch
+//! is `memberflow_outbox::consumer::plan`'s, shared with auth).
 use memberflow_contract::proto::auth::v1 as pb;
 use memberflow_contract::time::from_timestamp;
 use memberflow_contract::topology::MEMBER_CREATED;
@@ -9,41 +8,20 @@ use memberflow_contract::topology::MEMBER_DELETED;
 use memberflow_contract::topology::MEMBER_SESSION_ENDED;
 use memberflow_contract::topology::MEMBER_SESSIONS_REVOKED;
 use memberflow_contract::topology::MEMBER_UPDATED;
-use memberflow_runtime::db::Fault;
+pub use memberflow_outbox::consumer::plan::Poison;
+use memberflow_outbox::consumer::plan::invalid;
 use prost::Message;
-use std::time::Duration;
 use uuid::Uuid;
 
 use crate::replica::{MemberEvent, ReplicaEvent, SessionEnded};
+
+/// What one delivery of `member.events` is.
+pub type Triage = memberflow_outbox::consumer::plan::Triage<ReplicaEvent>;
 
 /// Longest nickname auth accepts, in characters.
 const MAX_NICKNAME_CHARS: usize = 32;
 /// Longest region name kept; IANA names are far shorter.
 const MAX_REGION_CHARS: usize = 64;
-
-/// What one delivery is, from its routing key and body alone.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Triage {
-    /// A valid member event, to apply.
-    Apply(ReplicaEvent),
-    /// A kind of event this version of task does not know, from a newer auth:
-    /// acked and counted, so a new kind never poisons an older consumer.
-    Unknown(String),
-    /// Can never be applied: dead-lettered with this reason.
-    Poison(Poison),
-}
-
-/// Why a message is poison.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Poison {
-    #[error("body is not a valid protobuf event: {0}")]
-    Undecodable(String),
-    #[error("invalid {field}: {reason}")]
-    Invalid {
-        field: &'static str,
-        reason: &'static str,
-    },
-}
 
 /// Sorts a delivery into [`Triage`]. Unknown protobuf fields are ignored by
 /// decoding, which is what lets auth add fields. The region is kept as given:
@@ -90,10 +68,7 @@ fn decode_deleted(body: &[u8]) -> Result<MemberEvent, Poison> {
 }
 
 fn apply_or_poison(decoded: Result<ReplicaEvent, Poison>) -> Triage {
-    match decoded {
-        Ok(event) => Triage::Apply(event),
-        Err(poison) => Triage::Poison(poison),
-    }
+    Triage::decoded(decoded)
 }
 
 /// Longest `session_hash`: a base64url SHA-256 is 43 characters.
@@ -165,10 +140,6 @@ fn decode_revoked(body: &[u8]) -> Result<MemberEvent, Poison> {
     )
 }
 
-fn invalid(field: &'static str, reason: &'static str) -> Poison {
-    Poison::Invalid { field, reason }
-}
-
 /// Validates the member state every event kind carries.
 fn state(
     (event_id, member_id, nickname, region, version): (&str, &str, String, String, i64),
@@ -207,67 +178,6 @@ fn state(
         sessions_version,
         deleted: false,
     })
-}
-
-/// How applying a batch went.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The transaction committed.
-    Committed,
-    /// The database reported a fault; `reason` is the error's cause chain.
-    Failed { fault: Fault, reason: String },
-    /// The database could not be reached: no connection could be had, or
-    /// the apply got no answer within its bound (a blackholed route, a hung
-    /// proxy, while this instance's broker heartbeats keep flowing). `for_`
-    /// is how long this part has been failing so.
-    Unreachable { for_: Duration, reason: String },
-}
-
-/// What to do with a batch after trying to apply it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Plan {
-    /// Ack every delivery of the batch.
-    Ack,
-    /// Wait out the backoff and apply the same batch again. Nothing is acked,
-    /// rejected or requeued, so the delivery count does not move however long
-    /// the fault lasts; a shutdown meanwhile leaves the batch for redelivery.
-    Retry,
-    /// Apply each event in a transaction of its own, to find the bad one.
-    Isolate,
-    /// Dead-letter this single event, with the reason.
-    DeadLetter(String),
-    /// Give every unacknowledged delivery back to the broker (close the
-    /// channel), so another instance applies them, and stay detached until
-    /// the database answers again.
-    GiveBack,
-}
-
-/// The rule: commit → ack; a fault the database reports → retry the batch
-/// as it is if transient; a permanent one → isolate, and dead-letter only an
-/// event that fails alone; an unreachable database → retry, but once that
-/// has lasted `give_back_after` (`amqp.apply_timeout_ms`), give the batch
-/// back. A fault the database reports is every instance's, so the batch
-/// waits where it is; an unreachable database may be this instance's link
-/// alone, and waiting on it would hold the batch from every other instance
-/// for as long as it lasts.
-pub fn plan(batch_len: usize, outcome: &Outcome, give_back_after: Duration) -> Plan {
-    match outcome {
-        Outcome::Committed => Plan::Ack,
-        Outcome::Unreachable { for_, .. } if *for_ >= give_back_after => Plan::GiveBack,
-        Outcome::Unreachable { .. } => Plan::Retry,
-        Outcome::Failed {
-            fault: Fault::Transient,
-            ..
-        } => Plan::Retry,
-        Outcome::Failed {
-            fault: Fault::Permanent,
-            ..
-        } if batch_len > 1 => Plan::Isolate,
-        Outcome::Failed {
-            fault: Fault::Permanent,
-            reason,
-        } => Plan::DeadLetter(reason.clone()),
-    }
 }
 
 #[cfg(test)]
@@ -438,50 +348,5 @@ mod tests {
                 "{what}"
             );
         }
-    }
-
-    fn failed(fault: Fault) -> Outcome {
-        Outcome::Failed {
-            fault,
-            reason: "boom".into(),
-        }
-    }
-
-    const BOUND: Duration = Duration::from_secs(5);
-
-    #[test]
-    fn a_committed_batch_is_acked() {
-        assert_eq!(plan(1, &Outcome::Committed, BOUND), Plan::Ack);
-        assert_eq!(plan(200, &Outcome::Committed, BOUND), Plan::Ack);
-    }
-
-    #[test]
-    fn transient_faults_retry_the_batch_whatever_its_size_and_however_long() {
-        assert_eq!(plan(1, &failed(Fault::Transient), BOUND), Plan::Retry);
-        assert_eq!(plan(200, &failed(Fault::Transient), BOUND), Plan::Retry);
-    }
-
-    fn unreachable(secs: u64) -> Outcome {
-        Outcome::Unreachable {
-            for_: Duration::from_secs(secs),
-            reason: "no answer".into(),
-        }
-    }
-
-    #[test]
-    fn an_unreachable_database_is_retried_then_the_batch_given_back() {
-        assert_eq!(plan(1, &unreachable(2), BOUND), Plan::Retry);
-        assert_eq!(plan(200, &unreachable(4), BOUND), Plan::Retry);
-        assert_eq!(plan(1, &unreachable(5), BOUND), Plan::GiveBack);
-        assert_eq!(plan(200, &unreachable(60), BOUND), Plan::GiveBack);
-    }
-
-    #[test]
-    fn permanent_faults_isolate_then_dead_letter_the_one_that_fails_alone() {
-        assert_eq!(plan(2, &failed(Fault::Permanent), BOUND), Plan::Isolate);
-        assert_eq!(
-            plan(1, &failed(Fault::Permanent), BOUND),
-            Plan::DeadLetter("boom".into())
-        );
     }
 }

@@ -33,7 +33,11 @@ pub async fn list(pool: &PgPool) -> sqlx::Result<Vec<ParkedRow>> {
 /// in their original order, and wakes the relay (NOTIFY), which publishes
 /// them at once. Returns the
 /// rows moved, as they were parked.
-pub async fn replay(pool: &PgPool, ids: &[i64]) -> sqlx::Result<Vec<ParkedRow>> {
+pub async fn replay(
+    pool: &PgPool,
+    spec: &crate::OutboxSpec,
+    ids: &[i64],
+) -> sqlx::Result<Vec<ParkedRow>> {
     let mut tx = pool.begin().await?;
     let rows: Vec<ParkedRow> = sqlx::query_as(
         "SELECT id, event_id, routing_key, member_id, version, attempts, last_error, parked_at
@@ -61,7 +65,7 @@ pub async fn replay(pool: &PgPool, ids: &[i64]) -> sqlx::Result<Vec<ParkedRow>> 
     tx.commit().await?;
     // The rows are back for good; a lost wake-up only delays them to the
     // leader's next poll, so it is not the caller's error.
-    if let Err(e) = super::wake::notify(pool).await {
+    if let Err(e) = crate::wake::notify(pool, spec.channel).await {
         tracing::warn!(error.cause_chain = %memberflow_runtime::telemetry::error_chain(&e), "replayed, but could not wake the relay; it publishes at its next poll");
     }
     Ok(rows)

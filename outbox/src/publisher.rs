@@ -6,20 +6,20 @@ use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{AMQPValue, FieldTable},
 };
-use memberflow_contract::topology::CONTENT_TYPE;
-use memberflow_contract::topology::EXCHANGE;
-use memberflow_contract::topology::PERSISTENT;
+use memberflow_contract::topology::{CONTENT_TYPE, PERSISTENT};
 use memberflow_runtime::amqp;
 use memberflow_runtime::lease::Term;
 use memberflow_runtime::trace_context;
 use tracing::Instrument;
 
-use super::{OutboxRow, settle::Delivery};
+use crate::{OutboxSpec, settle::Delivery, write::OutboxRow};
 
 /// A confirm-mode channel on its own connection.
 pub struct Publisher {
     connection: Connection,
     channel: Channel,
+    /// The exchange it publishes to.
+    exchange: &'static str,
 }
 
 /// Why a batch went wrong as a whole: the connection is suspect.
@@ -34,17 +34,18 @@ pub enum Stop {
 }
 
 impl Publisher {
-    /// Connects, enables confirms and (re)declares the exchange.
-    pub async fn connect(brokers: &amqp::Nodes) -> lapin::Result<Self> {
-        let connection = brokers.connect("auth.outbox-relay").await?;
+    /// Connects, enables confirms and (re)declares `spec`'s exchange.
+    pub async fn connect(brokers: &amqp::Nodes, spec: &OutboxSpec) -> lapin::Result<Self> {
+        let connection = brokers.connect(spec.connection_name).await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        amqp::declare_exchange(&channel).await?;
+        amqp::declare_topic_exchange(&channel, spec.exchange).await?;
         Ok(Self {
             connection,
             channel,
+            exchange: spec.exchange,
         })
     }
 
@@ -76,11 +77,12 @@ impl Publisher {
             // The publish continues the trace of the change that wrote the
             // row; the consumer continues it from this span.
             let span = tracing::info_span!(
-                "publish member.events",
+                "publish",
+                otel.name = %format_args!("publish {}", self.exchange),
                 otel.kind = "producer",
                 messaging.system = "rabbitmq",
                 messaging.operation.type = "publish",
-                messaging.destination.name = EXCHANGE,
+                messaging.destination.name = self.exchange,
                 messaging.rabbitmq.destination.routing_key = %row.routing_key,
                 messaging.message.id = %row.event_id,
                 event_id = %row.event_id,
@@ -93,7 +95,7 @@ impl Publisher {
             let publish = self
                 .channel
                 .basic_publish(
-                    EXCHANGE.into(),
+                    self.exchange.into(),
                     row.routing_key.as_str().into(),
                     // Unroutable events (no queue bound) come back and stay
                     // in the outbox instead of vanishing.

@@ -1,6 +1,6 @@
 //! The outbox relay: moves committed outbox rows to RabbitMQ.
 //!
-//! # Several auth instances on one database
+//! # Several instances on one database
 //! Exactly one relay per database publishes: the *leader*, which holds the
 //! `relay` lease (see `memberflow_runtime::lease`). It renews the lease every
 //! third of `relay.lease_ms`; a leader that stops renewing (its process
@@ -19,7 +19,7 @@
 //!
 //! # Wake-ups
 //! Commits in this process wake the relay at once; LISTEN/NOTIFY wakes it for
-//! other instances' commits (see [`super::wake`]); a slow poll catches
+//! other instances' commits (see [`crate::wake`]); a slow poll catches
 //! anything missed.
 use std::{
     sync::{Arc, LazyLock},
@@ -37,13 +37,15 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-use super::{
-    OutboxRow,
+use crate::{
+    OutboxSpec,
+    metrics::RelayMetrics,
     publisher::{Publisher, Stop},
+    settings::RelaySettings,
     settle::{RowState, settle},
-    wake::{NOTIFY_CHANNEL, RelayWake},
+    wake::RelayWake,
+    write::OutboxRow,
 };
-use crate::{metrics::AuthMetrics, settings::RelaySettings};
 
 /// How often the relay repeats that nothing is routable.
 const TOPOLOGY_WARN_EVERY: Duration = Duration::from_secs(30);
@@ -307,9 +309,11 @@ pub fn leader_session(db: PgConnectOptions, cfg: &RelaySettings) -> PgConnectOpt
     ])
 }
 
-/// The background relay of one auth instance.
+/// The background relay of one service instance.
 pub struct Relay {
-    metrics: AuthMetrics,
+    metrics: RelayMetrics,
+    /// Where it publishes and which channel wakes it.
+    spec: OutboxSpec,
     /// The leader's own session, hardened by [`leader_session`].
     leader_options: PgConnectOptions,
     /// Campaigns for, renews and releases the [`LEASE`].
@@ -327,15 +331,16 @@ enum Led {
 }
 
 impl Relay {
-    /// `wake` is told of the RPC handlers' commits. `db` must
-    /// reach PostgreSQL directly (not through a transaction pooler): LISTEN
-    /// lives in a session.
+    /// `wake` is told of the writers' commits. `db` must reach PostgreSQL
+    /// directly (not through a transaction pooler): LISTEN lives in a
+    /// session.
     pub fn new(
+        spec: OutboxSpec,
         db: PgConnectOptions,
         brokers: Nodes,
         cfg: RelaySettings,
         wake: Arc<RelayWake>,
-        metrics: AuthMetrics,
+        metrics: RelayMetrics,
     ) -> Self {
         let elector = Elector::new(
             db.clone().application_name("memberflow-relay-lease"),
@@ -346,6 +351,7 @@ impl Relay {
         );
         Self {
             metrics,
+            spec,
             leader_options: leader_session(db, &cfg),
             elector,
             brokers,
@@ -369,13 +375,10 @@ impl Relay {
                 .clone()
                 .application_name("memberflow-listen"),
         );
-        let (wake, backoff) = (self.wake.clone(), self.cfg.backoff);
+        let (wake, backoff, channel) = (self.wake.clone(), self.cfg.backoff, self.spec.channel);
         // After a (re)connect too: commits may have been missed.
         Some(async move {
-            db::listen(listen, NOTIFY_CHANNEL, backoff, shutdown, |_| {
-                wake.wake_local()
-            })
-            .await;
+            db::listen(listen, channel, backoff, shutdown, |_| wake.wake_local()).await;
         })
     }
 
@@ -390,6 +393,7 @@ impl Relay {
             };
             tracing::info!(
                 epoch = term.epoch(),
+                exchange = self.spec.exchange,
                 "outbox relay is the leader for this database"
             );
             self.metrics.relay_leader.set(1);
@@ -459,7 +463,7 @@ impl Relay {
                     if let Some(p) = stale {
                         p.close().await;
                     }
-                    match Publisher::connect(&self.brokers).await {
+                    match Publisher::connect(&self.brokers, &self.spec).await {
                         Ok(p) => {
                             tracing::info!("relay connected to the broker");
                             p
@@ -511,7 +515,9 @@ impl Relay {
                         {
                             topology_warned = Some(Instant::now());
                             tracing::warn!(
-                                "nothing in the outbox is routable: no queue is bound to member.events yet; keeping every row"
+                                exchange = self.spec.exchange,
+                                consumers = self.spec.consumers,
+                                "nothing in the outbox is routable: no queue is bound to the exchange yet; keeping every row"
                             );
                         }
                     } else {
@@ -553,7 +559,7 @@ const GAUGES_EVERY: Duration = Duration::from_secs(5);
 
 /// Keeps the outbox gauges current until `shutdown`, with one cheap query
 /// per interval rather than one per scrape.
-pub async fn watch_outbox(pool: PgPool, metrics: AuthMetrics, shutdown: CancellationToken) {
+pub async fn watch_outbox(pool: PgPool, metrics: RelayMetrics, shutdown: CancellationToken) {
     let mut every = tokio::time::interval(GAUGES_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

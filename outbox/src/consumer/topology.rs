@@ -1,18 +1,37 @@
-//! What task declares on the broker: its quorum queue bound to
-//! `member.events`, and the dead-letter exchange and queue behind it.
+//! What a consumer declares on the broker: the exchange it consumes from,
+//! its quorum queue bound to it, and the dead-letter exchange and queue
+//! behind it. Each side of an exchange declares it, so either may start
+//! first.
 use lapin::{
     Channel, ExchangeKind,
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable},
 };
-use memberflow_contract::topology::{DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, EXCHANGE, QUEUE};
 use memberflow_runtime::amqp;
 
-/// Declares everything task consumes from (idempotent).
+/// The names one consumer uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueSpec {
+    /// The durable topic exchange the queue is bound to.
+    pub exchange: &'static str,
+    /// The binding key (`member.*`, `member.erased`).
+    pub binding_key: &'static str,
+    /// The quorum queue consumed.
+    pub queue: &'static str,
+    /// Where permanently bad messages go (fanout).
+    pub dead_letter_exchange: &'static str,
+    /// The dead-letter queue behind it.
+    pub dead_letter_queue: &'static str,
+    /// The consumer's AMQP connection name, as the broker's UI shows it.
+    pub connection_name: &'static str,
+}
+
+/// Declares everything `spec`'s consumer uses (idempotent).
 /// `group_size` sets `x-quorum-initial-group-size` (how many cluster nodes
 /// hold each queue); `None` leaves it to the broker.
-pub async fn declare_topology(
+pub async fn declare_queue(
     channel: &Channel,
+    spec: &QueueSpec,
     delivery_limit: i64,
     group_size: Option<u32>,
 ) -> lapin::Result<()> {
@@ -20,10 +39,10 @@ pub async fn declare_topology(
         durable: true,
         ..Default::default()
     };
-    amqp::declare_exchange(channel).await?;
+    amqp::declare_topic_exchange(channel, spec.exchange).await?;
     channel
         .exchange_declare(
-            DEAD_LETTER_EXCHANGE.into(),
+            spec.dead_letter_exchange.into(),
             ExchangeKind::Fanout,
             ExchangeDeclareOptions {
                 durable: true,
@@ -44,12 +63,12 @@ pub async fn declare_topology(
         );
     }
     channel
-        .queue_declare(DEAD_LETTER_QUEUE.into(), durable, quorum.clone())
+        .queue_declare(spec.dead_letter_queue.into(), durable, quorum.clone())
         .await?;
     channel
         .queue_bind(
-            DEAD_LETTER_QUEUE.into(),
-            DEAD_LETTER_EXCHANGE.into(),
+            spec.dead_letter_queue.into(),
+            spec.dead_letter_exchange.into(),
             "".into(),
             QueueBindOptions::default(),
             FieldTable::default(),
@@ -58,18 +77,20 @@ pub async fn declare_topology(
     let mut args = quorum;
     args.insert(
         "x-dead-letter-exchange".into(),
-        AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()),
+        AMQPValue::LongString(spec.dead_letter_exchange.into()),
     );
     args.insert(
         "x-delivery-limit".into(),
         AMQPValue::LongLongInt(delivery_limit),
     );
-    channel.queue_declare(QUEUE.into(), durable, args).await?;
+    channel
+        .queue_declare(spec.queue.into(), durable, args)
+        .await?;
     channel
         .queue_bind(
-            QUEUE.into(),
-            EXCHANGE.into(),
-            "member.*".into(),
+            spec.queue.into(),
+            spec.exchange.into(),
+            spec.binding_key.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )

@@ -1,10 +1,11 @@
 //! How a commit that wrote outbox rows reaches the relay leader.
 //!
-//! The leader is this process or another auth instance on the same database.
-//! While this process leads, an in-process [`Notify`] wakes its relay at
-//! once. While another instance leads, this process sends `NOTIFY
-//! auth_outbox`, which every relay LISTENs to, from one background task that
-//! coalesces: one NOTIFY covers every commit before it.
+//! The leader is this process or another instance of the service on the
+//! same database. While this process leads, an in-process [`Notify`] wakes
+//! its relay at once. While another instance leads, this process sends a
+//! NOTIFY on the service's channel (`auth_outbox`, `task_outbox`), which
+//! every relay LISTENs to, from one background task that coalesces: one
+//! NOTIFY covers every commit before it.
 //!
 //! Why not a trigger on the outbox, as before: PostgreSQL serialises the
 //! commits of all transactions that sent a NOTIFY on one lock, held through
@@ -25,15 +26,14 @@ use prometheus_client::metrics::counter::Counter;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
-/// The channel every relay LISTENs on.
-pub const NOTIFY_CHANNEL: &str = "auth_outbox";
-
 /// Wakes the relay leader, wherever it runs. One per process, shared by the
-/// RPC handlers (which call [`Self::committed`]) and the relay.
+/// writers (which call [`Self::committed`]) and the relay.
 #[derive(Debug, Default)]
 pub struct RelayWake {
     /// False for a pure polling relay (`relay.wake_on_commit = false`).
     enabled: bool,
+    /// The NOTIFY channel of the service's relays.
+    channel: &'static str,
     /// Whether this process's relay holds the leader lock.
     leading: AtomicBool,
     /// Wakes this process's relay.
@@ -43,11 +43,23 @@ pub struct RelayWake {
 }
 
 impl RelayWake {
-    pub fn new(enabled: bool) -> Arc<Self> {
+    /// A wake for the relays that LISTEN on `channel`.
+    pub fn new(enabled: bool, channel: &'static str) -> Arc<Self> {
         Arc::new(Self {
             enabled,
+            channel,
             ..Self::default()
         })
+    }
+
+    /// A wake that wakes nothing (a pure polling relay, or a tool).
+    pub fn disabled() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The channel it NOTIFYs on.
+    pub fn channel(&self) -> &'static str {
+        self.channel
     }
 
     /// After a commit that wrote outbox rows.
@@ -93,7 +105,7 @@ impl RelayWake {
                 () = self.remote.notified() => {}
                 () = shutdown.cancelled() => return,
             }
-            if let Err(e) = notify(&pool).await {
+            if let Err(e) = notify(&pool, self.channel).await {
                 failures.inc();
                 tracing::warn!(error.cause_chain = %error_chain(&e), "could not wake the relay leader in another instance; it will poll");
             }
@@ -101,16 +113,16 @@ impl RelayWake {
     }
 }
 
-/// One `NOTIFY auth_outbox` in its own transaction, not waiting for the WAL
+/// One NOTIFY on `channel` in its own transaction, not waiting for the WAL
 /// flush. Also what `memberflow-admin outbox replay` sends after it moves
 /// rows back.
-pub async fn notify(pool: &PgPool) -> sqlx::Result<()> {
+pub async fn notify(pool: &PgPool, channel: &str) -> sqlx::Result<()> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET LOCAL synchronous_commit = off")
         .execute(&mut *tx)
         .await?;
     sqlx::query("SELECT pg_notify($1, '')")
-        .bind(NOTIFY_CHANNEL)
+        .bind(channel)
         .execute(&mut *tx)
         .await?;
     tx.commit().await
@@ -129,7 +141,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_leader_wakes_itself_and_a_standby_notifies() {
-        let wake = RelayWake::new(true);
+        let wake = RelayWake::new(true, "test_outbox");
         wake.set_leading(true);
         wake.committed();
         assert!(pending(&wake.local).await && !pending(&wake.remote).await);
@@ -140,7 +152,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_disabled_wake_sends_nothing() {
-        let wake = RelayWake::new(false);
+        let wake = RelayWake::new(false, "test_outbox");
         wake.set_leading(true);
         wake.committed();
         // A zero timeout polls once: a stored permit would complete it.
@@ -150,7 +162,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_leaders_commit_wakes_its_relay() {
-        let wake = RelayWake::new(true);
+        let wake = RelayWake::new(true, "test_outbox");
         wake.set_leading(true);
         wake.committed();
         // The permit is stored: the relay sees it even if it waits later.

@@ -1,0 +1,43 @@
+//! The transactional outbox and the idempotent consumer, once, for every
+//! service that publishes or consumes events: auth publishes member events
+//! and consumes erasure receipts; task consumes member events and publishes
+//! receipts (docs/deletion.md, "The erasure saga").
+//!
+//! * [`write`]: the one way to write an event, in the transaction of the
+//!   change that caused it; committing wakes the relay.
+//! * [`relay`]: publishes committed rows with publisher confirms, one leader
+//!   per database under a fenced lease; [`settle`] decides each row's fate,
+//!   [`parked`] holds the rows it gave up on.
+//! * [`consumer`]: applies deliveries through a [`consumer::Handler`], acks
+//!   after commit, retries, isolates, dead-letters and gives batches back
+//!   by the rules of [`consumer::plan`]; [`inbox`] makes applying idempotent.
+//!
+//! A service configures each part with its own names ([`OutboxSpec`],
+//! [`consumer::QueueSpec`]); the tables (`outbox`, `outbox_parked`,
+//! `leases`, `inbox`) have the same shape in each service's own database,
+//! created by that service's migrations.
+pub mod consumer;
+pub mod inbox;
+pub mod metrics;
+pub mod parked;
+pub mod publisher;
+pub mod relay;
+pub mod settings;
+pub mod settle;
+pub mod wake;
+pub mod write;
+
+/// Where one service's outbox publishes, and how its relay is woken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxSpec {
+    /// The durable topic exchange the relay publishes to (and declares).
+    pub exchange: &'static str,
+    /// The LISTEN/NOTIFY channel that wakes the relay leader in another
+    /// instance of the service.
+    pub channel: &'static str,
+    /// The relay's AMQP connection name, as the broker's UI shows it.
+    pub connection_name: &'static str,
+    /// Who should have bound a queue to [`Self::exchange`]: what the relay
+    /// names when nothing it publishes is routable.
+    pub consumers: &'static str,
+}

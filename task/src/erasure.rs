@@ -1,0 +1,81 @@
+//! task's side of the erasure saga (docs/deletion.md): a
+//! `task.v1.MemberErased` receipt for each member the replica holds as a
+//! tombstone after applying a MemberDeleted, written through task's own
+//! outbox in the same transaction, so a receipt is sent exactly when the
+//! erasure committed. A MemberDeleted for a member already a tombstone (a
+//! redelivery with a new id, or a retry from auth) sends it again, so a
+//! retry always completes.
+use chrono::{DateTime, Utc};
+use memberflow_contract::proto::task::v1 as pb;
+use memberflow_contract::time::timestamp;
+use memberflow_contract::topology::{ERASURE_EXCHANGE, MEMBER_ERASED, TASK_SERVICE};
+use memberflow_outbox::{
+    OutboxSpec,
+    write::{NewEvent, Tx},
+};
+use prost::Message;
+use uuid::Uuid;
+
+/// Where task's relay publishes, and the channel that wakes it.
+pub const SPEC: OutboxSpec = OutboxSpec {
+    exchange: ERASURE_EXCHANGE,
+    channel: "task_outbox",
+    connection_name: "task.outbox-relay",
+    consumers: "auth",
+};
+
+/// The receipt for `member_id`'s tombstone at `version`, erased at
+/// `erased_at`.
+pub fn receipt(member_id: Uuid, version: i64, erased_at: DateTime<Utc>) -> NewEvent {
+    NewEvent::build(MEMBER_ERASED, member_id, version, erased_at, |id| {
+        pb::MemberErased {
+            event_id: id.to_string(),
+            member_id: member_id.to_string(),
+            version,
+            service: TASK_SERVICE.to_owned(),
+            erased_at: Some(timestamp(erased_at)),
+        }
+        .encode_to_vec()
+    })
+}
+
+/// Writes a receipt for each of `members` the replica holds as a tombstone,
+/// in `tx`; returns how many. Called by every apply that saw a
+/// MemberDeleted, after its tombstones are written.
+pub async fn write_receipts(tx: &mut Tx, members: &[Uuid]) -> sqlx::Result<u64> {
+    if members.is_empty() {
+        return Ok(0);
+    }
+    let tombstones: Vec<(Uuid, i64)> = sqlx::query_as(
+        "SELECT id, version FROM members WHERE id = ANY($1) AND deleted_at IS NOT NULL",
+    )
+    .bind(members)
+    .fetch_all(&mut **tx)
+    .await?;
+    let now = Utc::now();
+    for &(id, version) in &tombstones {
+        tx.write(receipt(id, version, now)).await?;
+    }
+    Ok(tombstones.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_receipt_names_task_and_the_tombstone_and_carries_no_personal_data() {
+        let member = Uuid::now_v7();
+        let at = Utc::now();
+        let e = receipt(member, 4, at);
+        assert_eq!(
+            (e.routing_key, e.member_id, e.version),
+            (MEMBER_ERASED, member, 4)
+        );
+        let r = pb::MemberErased::decode(e.payload.as_slice()).unwrap();
+        assert_eq!(r.event_id, e.event_id.to_string());
+        assert_eq!(r.member_id, member.to_string());
+        assert_eq!((r.version, r.service.as_str()), (4, "task"));
+        assert_eq!(r.erased_at, Some(timestamp(at)));
+    }
+}
