@@ -304,6 +304,9 @@ pub fn task_settings(
     s.amqp.backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(300));
     s.auth.addr = auth_addr.to_owned();
     s.consistency.mode = mode;
+    s.relay.leader_retry_ms = 100;
+    s.relay.confirm_timeout_ms = 2_000;
+    s.relay.backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(300));
     s
 }
 
