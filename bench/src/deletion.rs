@@ -113,6 +113,35 @@ pub(crate) async fn measure(
     Ok(Latency::of_ms(&mut ms))
 }
 
+/// The erasure of each of `ids` (deleted by [`measure`]), from auth's
+/// record: the request (the deletion's commit time) to the last expected
+/// receipt recorded (`completed_at`), per member, once all are complete.
+pub(crate) async fn erasures(auth_db: &PgPool, ids: &[Uuid]) -> anyhow::Result<Latency> {
+    eventually(
+        "every erasure complete",
+        Duration::from_secs(60),
+        || async {
+            let done: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM erasures WHERE member_id = ANY($1) AND completed_at IS NOT NULL",
+        )
+        .bind(ids)
+        .fetch_one(auth_db)
+        .await
+        .ok()?;
+            (done as usize == ids.len()).then_some(())
+        },
+    )
+    .await;
+    let mut ms: Vec<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM completed_at - requested_at)::float8 * 1e3
+           FROM erasures WHERE member_id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(auth_db)
+    .await?;
+    Ok(Latency::of_ms(&mut ms))
+}
+
 /// `Some` once every member of `ids` has a replica row where `condition`.
 async fn count(task_db: &PgPool, ids: &[Uuid], condition: &str) -> Option<()> {
     let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(

@@ -183,6 +183,21 @@ pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
             Measure::Latency(propagation[0].latency),
         ),
     );
+    // The same deletions' erasure saga: request → task's receipt recorded in
+    // auth (two relays, two publishes, two consumer transactions).
+    let auth_db = env.pool("auth").await;
+    let erasure = deletion::erasures(&auth_db, &doomed_ids).await?;
+    lab.add(
+        Figure::new(
+            "DeleteAccount → erasure complete (last receipt), 100/s".to_owned(),
+            "the deletions above; from the deletion's commit in auth (erasures.requested_at) to the last expected receipt recorded there (completed_at), one expected service (task); target: p99 ≤ 2× the propagation p99".to_owned(),
+            Measure::Latency(erasure),
+        )
+        .against(
+            format!("propagation at {}/s", plan.rates[0]),
+            Measure::Latency(propagation[0].latency),
+        ),
+    );
 
     // CreateTask on members the replica already holds.
     let hits = &members[..plan.hits];

@@ -112,3 +112,83 @@ async fn resync_dlq_and_outbox_commands_work_and_fail_loudly() {
     assert!(!out.status.success());
     assert!(text(&out).contains("is not reachable"), "{}", text(&out));
 }
+
+#[tokio::test]
+async fn erasures_lists_the_saga_and_retry_republishes_the_deletion() {
+    let mut env = TestEnv::new();
+    let mut sys = memberflow_tests::system::System::builder(&mut env)
+        .start()
+        .await;
+    let auth_db = env.pool("auth").await;
+    let vars = vec![
+        ("AUTH__DATABASE__URL".to_owned(), env.database_url("auth")),
+        ("TASK__DATABASE__URL".to_owned(), env.database_url("task")),
+    ];
+    let (id, token) = sys
+        .auth()
+        .member(memberflow_tests::fixtures::signup("saga-admin@example.com"))
+        .await;
+    sys.auth()
+        .delete_account(&token, memberflow_tests::fixtures::PASSWORD)
+        .await
+        .unwrap();
+    let complete = |out: &Output| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with(&id.to_string()) && l.ends_with(" state=complete"))
+    };
+    let listed = memberflow_tests::eventually(
+        "the erasure listed complete",
+        Duration::from_secs(30),
+        || async {
+            let out = admin(&vars, &["erasures"]).await;
+            complete(&out).then_some(out)
+        },
+    )
+    .await;
+    assert!(listed.status.success(), "{}", text(&listed));
+    assert!(text(&listed).contains(" task=20"), "{}", text(&listed));
+    let pending = admin(&vars, &["erasures", "--pending"]).await;
+    assert!(pending.status.success(), "{}", text(&pending));
+    assert!(
+        text(&pending).contains("0 erasure(s)"),
+        "{}",
+        text(&pending)
+    );
+
+    // A retry republishes MemberDeleted; the erasure stays complete.
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+        .fetch_one(&auth_db)
+        .await
+        .unwrap();
+    let id_arg = id.to_string();
+    let out = admin(&vars, &["erasures", "retry", "--member", &id_arg]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(" retried="), "{}", text(&out));
+    // task answers again: a second receipt reaches auth's inbox.
+    memberflow_tests::eventually("the retry's receipt", Duration::from_secs(30), || async {
+        let now: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+            .fetch_one(&auth_db)
+            .await
+            .unwrap();
+        (now > before).then_some(())
+    })
+    .await;
+
+    let unknown = admin(
+        &vars,
+        &[
+            "erasures",
+            "retry",
+            "--member",
+            &uuid::Uuid::now_v7().to_string(),
+        ],
+    )
+    .await;
+    assert!(!unknown.status.success());
+    assert!(
+        text(&unknown).contains("no erasure on record"),
+        "{}",
+        text(&unknown)
+    );
+}

@@ -169,20 +169,8 @@ pub fn deserialize_urls<'de, D>(d: D) -> Result<Vec<secrecy::SecretString>, D::E
 where
     D: serde::Deserializer<'de>,
 {
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum Urls {
-        One(String),
-        Many(Vec<String>),
-    }
-    let urls = match <Urls as serde::Deserialize>::deserialize(d)? {
-        Urls::One(s) => s.split(',').map(str::to_owned).collect(),
-        Urls::Many(v) => v,
-    };
-    Ok(urls
+    Ok(crate::settings::deserialize_list(d)?
         .into_iter()
-        .map(|u| u.trim().to_owned())
-        .filter(|u| !u.is_empty())
         .map(secrecy::SecretString::from)
         .collect())
 }
