@@ -7,8 +7,11 @@
 //! mid-run; one node stays down while signups go on; two nodes (the
 //! majority) are down, so nothing can be confirmed. After each, every member
 //! is in the replica at its version, each event was applied once, the outbox
-//! is empty and so is the DLQ.
-use memberflow_tests::fixtures::scalar;
+//! is empty and so is the DLQ. Last, the erasure saga's receipts cross a
+//! stopped node: the one leading auth's receipt queue.
+use memberflow_contract::topology::ERASURE_QUEUE;
+use memberflow_tests::apps::log_in;
+use memberflow_tests::fixtures::{PASSWORD, scalar};
 use memberflow_tests::system::NOWHERE;
 use std::time::{Duration, Instant};
 
@@ -108,7 +111,7 @@ async fn a_three_node_cluster_survives_losing_its_leader_a_minority_and_a_majori
     let mut env = TestEnv::new();
     let mut a = auth_settings(&mut env);
     a.amqp.urls = urls.iter().map(|u| u.as_str().into()).collect();
-    let auth = spawn_auth(a).await;
+    let mut auth = spawn_auth(a).await;
     let mut tasks = Vec::new();
     for _ in 0..2 {
         let mut t = task_settings(&mut env, ConsistencyMode::NotReady, NOWHERE);
@@ -219,5 +222,32 @@ async fn a_three_node_cluster_survives_losing_its_leader_a_minority_and_a_majori
     cluster.start_app(&n2).await;
     cluster.start_app(&n3).await;
     converged(&auth_db, &task_db, &up_url, 280).await;
+
+    // 4. The erasure saga's receipts survive what member events survive:
+    // the node leading auth's receipt queue is stopped, ten accounts are
+    // deleted, and every erasure completes.
+    let receipts_leader = eventually("a leader of auth's receipt queue", WAIT, || {
+        let l = cluster.leader(&vhost, ERASURE_QUEUE);
+        async move { l }
+    })
+    .await;
+    cluster.stop_app(&receipts_leader);
+    for i in 0..10 {
+        let token = log_in(&mut auth.client, &format!("c{i}@example.com")).await;
+        auth.delete_account(&token, PASSWORD)
+            .await
+            .expect("DeleteAccount commits whatever the broker does");
+    }
+    eventually("ten erasures complete", WAIT, || async {
+        (scalar(
+            &auth_db,
+            "SELECT count(*) FROM erasures WHERE completed_at IS NOT NULL",
+        )
+        .await
+            == 10)
+            .then_some(())
+    })
+    .await;
+    cluster.start_app(&receipts_leader).await;
     drop(tasks);
 }

@@ -220,8 +220,10 @@ async fn auth_killed_after_commit_before_publish_publishes_after_restart() {
     let broker = TcpProxy::start(&env.amqp_host()).await;
     let mut a = auth_settings(&mut env);
     a.amqp.url = env.amqp_url_via(&broker.host()).into();
-    broker.cut();
+    // SERVING first (its receipt consumer attached, see docs/deletion.md),
+    // then the broker goes: signups still commit.
     let auth = spawn_auth(a.clone()).await;
+    broker.cut();
     for i in 0..n {
         auth.client
             .clone()
