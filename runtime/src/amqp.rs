@@ -169,7 +169,7 @@ pub fn deserialize_urls<'de, D>(d: D) -> Result<Vec<secrecy::SecretString>, D::E
 where
     D: serde::Deserializer<'de>,
 {
-    Ok(crate::settings::deserialize_list(d)?
+    Ok(crate::list_setting::deserialize_list(d)?
         .into_iter()
         .map(secrecy::SecretString::from)
         .collect())

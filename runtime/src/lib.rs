@@ -9,6 +9,7 @@ pub mod error;
 pub mod grpc;
 pub mod lease;
 pub mod limits;
+pub mod list_setting;
 pub mod metrics;
 pub mod secrets;
 pub mod settings;

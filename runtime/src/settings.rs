@@ -296,30 +296,6 @@ fn toml(path: &Path) -> config::File<config::FileSourceFile, config::FileFormat>
         .required(true)
 }
 
-/// A list setting from a TOML array or, as environment variables give it,
-/// one comma-separated string; entries are trimmed and empty ones dropped,
-/// so `""` is the empty list.
-pub fn deserialize_list<'de, D>(d: D) -> Result<Vec<String>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum List {
-        One(String),
-        Many(Vec<String>),
-    }
-    let items = match <List as serde::Deserialize>::deserialize(d)? {
-        List::One(s) => s.split(',').map(str::to_owned).collect(),
-        List::Many(v) => v,
-    };
-    Ok(items
-        .into_iter()
-        .map(|u| u.trim().to_owned())
-        .filter(|u| !u.is_empty())
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
