@@ -105,12 +105,33 @@ impl ServiceProcess {
         Self::start_logging(service, settings, "warn").await
     }
 
+    /// auth with no broker to reach, ready to take signups: it is not
+    /// SERVING (its receipt consumer never attaches, see docs/deletion.md),
+    /// so this waits until it answers an RPC (its database migrated).
+    pub(crate) async fn start_auth_without_broker(
+        settings: &[(&str, String)],
+        log: &str,
+    ) -> anyhow::Result<Self> {
+        Self::spawn(Service::Auth, settings, log, false).await
+    }
+
     /// [`Self::start`] with the child's log filter, e.g. `error` for a
     /// process whose warnings are expected.
     pub(crate) async fn start_logging(
         service: Service,
         settings: &[(&str, String)],
         log: &str,
+    ) -> anyhow::Result<Self> {
+        Self::spawn(service, settings, log, true).await
+    }
+
+    /// Starts `service`; waits until it is SERVING, or with `serving`
+    /// false until its RPCs answer.
+    async fn spawn(
+        service: Service,
+        settings: &[(&str, String)],
+        log: &str,
+        serving: bool,
     ) -> anyhow::Result<Self> {
         let prefix = service.env_prefix();
         let mut cmd = Command::new(std::env::current_exe()?);
@@ -153,7 +174,26 @@ impl ServiceProcess {
         let channel = Channel::from_shared(format!("http://{addr}"))?
             .connect()
             .await?;
-        memberflow_tests::apps::wait_serving(channel.clone(), service.health_name()).await;
+        if serving {
+            memberflow_tests::apps::wait_serving(channel.clone(), service.health_name()).await;
+        } else {
+            let auth =
+                memberflow_contract::proto::auth::v1::auth_service_client::AuthServiceClient::new(
+                    channel.clone(),
+                );
+            memberflow_tests::eventually("auth answering", Duration::from_secs(30), || {
+                let mut auth = auth.clone();
+                async move {
+                    auth.get_public_keys(
+                        memberflow_contract::proto::auth::v1::GetPublicKeysRequest {},
+                    )
+                    .await
+                    .ok()
+                    .map(|_| ())
+                }
+            })
+            .await;
+        }
         Ok(Self {
             service,
             addr,

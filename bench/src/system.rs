@@ -47,8 +47,7 @@ pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
     // the whole system, and through an auth whose relay is idle.
     let raw_pool = raw_database(&mut env).await?;
     // Its relay's "cannot reach the broker" warnings are the point here.
-    let alone = ServiceProcess::start_logging(
-        Service::Auth,
+    let alone = ServiceProcess::start_auth_without_broker(
         &setup::auth_alone(&mut env, bench_cost),
         "error",
     )

@@ -24,6 +24,15 @@ const UPSERT_IF_NEWER: &str = "ON CONFLICT (id) DO UPDATE
                 replicated_at = clock_timestamp()
           WHERE members.version < EXCLUDED.version";
 
+/// The version guard's rule as pure code: an event or snapshot at
+/// `incoming` replaces a row held at `held` (`None`: no row) only if it is
+/// newer. [`UPSERT_IF_NEWER`] is this rule in SQL (`WHERE members.version <
+/// EXCLUDED.version`); `tests/tests/properties.rs` runs both over generated
+/// schedules on a real database and checks they agree.
+pub fn replaces(held: Option<i64>, incoming: i64) -> bool {
+    held.is_none_or(|held| held < incoming)
+}
+
 /// Deletes the tasks of every member in `$1` the replica holds as a
 /// tombstone. Every writer that may write a tombstone runs it after (as a
 /// statement of its own, so it sees a task whose insert it waited for), and
@@ -179,8 +188,9 @@ pub async fn apply(outbox: &Outbox, all: &[ReplicaEvent]) -> sqlx::Result<Applie
             "WITH batch AS (
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[],
                                   $6::timestamptz[], $7::timestamptz[], $8::int8[], $9::bool[])
+                 WITH ORDINALITY
                  AS e(event_id, member_id, nickname, region, version, occurred_at,
-                      sessions_not_before, sessions_version, deleted)
+                      sessions_not_before, sessions_version, deleted, n)
          ), ended_batch AS (
              SELECT * FROM UNNEST($10::uuid[], $11::uuid[], $12::text[], $13::timestamptz[],
                                   $14::timestamptz[])
@@ -203,7 +213,9 @@ pub async fn apply(outbox: &Outbox, all: &[ReplicaEvent]) -> sqlx::Result<Applie
                     b.occurred_at, b.sessions_not_before, b.sessions_version,
                     CASE WHEN b.deleted THEN b.occurred_at END
                FROM batch b JOIN fresh f USING (event_id)
-              ORDER BY b.member_id, b.version DESC
+              -- Two states at one version (a forged copy): the first
+              -- delivered wins, as it would across batches.
+              ORDER BY b.member_id, b.version DESC, b.n
              {UPSERT_IF_NEWER}
              RETURNING id, version, extract(epoch FROM replicated_at - occurred_at)::float8 AS lag
          ), notified AS (

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod env;
 pub mod fixtures;
 pub mod http;
+pub mod nemesis;
 pub mod pgbouncer;
 pub mod process;
 pub mod prometheus;

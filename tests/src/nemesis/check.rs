@@ -1,0 +1,291 @@
+//! The checker: once every fault has healed and the system has converged,
+//! what was acknowledged is compared with what the system ended with. Each
+//! rule returns its violations, each naming the member whose ledger lines
+//! show it.
+use std::collections::{HashMap, HashSet};
+
+use memberflow_contract::proto::task::v1::{
+    ListTasksRequest, task_service_client::TaskServiceClient,
+};
+use sqlx::PgPool;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+use super::ledger::{Answer, Entry};
+
+/// One broken rule.
+#[derive(Debug, Clone)]
+pub struct Violation {
+    pub rule: &'static str,
+    pub member: Option<Uuid>,
+    pub detail: String,
+}
+
+fn violation(rule: &'static str, member: Option<Uuid>, detail: String) -> Violation {
+    Violation {
+        rule,
+        member,
+        detail,
+    }
+}
+
+/// A member row as both sides compare it: version, nickname, region,
+/// deleted.
+type Row = (i64, String, String, bool);
+
+async fn rows(pool: &PgPool, sql: &'static str) -> sqlx::Result<HashMap<Uuid, Row>> {
+    let all: Vec<(Uuid, i64, String, String, bool)> = sqlx::query_as(sql).fetch_all(pool).await?;
+    Ok(all
+        .into_iter()
+        .map(|(id, v, n, r, d)| (id, (v, n, r, d)))
+        .collect())
+}
+
+/// auth's members and the replica's, as compared.
+pub async fn members(
+    auth_db: &PgPool,
+    task_db: &PgPool,
+) -> sqlx::Result<(HashMap<Uuid, Row>, HashMap<Uuid, Row>)> {
+    Ok((
+        rows(
+            auth_db,
+            "SELECT id, version, coalesce(nickname, ''), coalesce(region, ''),
+                    deleted_at IS NOT NULL
+               FROM members",
+        )
+        .await?,
+        rows(
+            task_db,
+            "SELECT id, version, nickname, region, deleted_at IS NOT NULL FROM members",
+        )
+        .await?,
+    ))
+}
+
+/// Whether the system has converged: both outboxes empty, the replica
+/// equal to auth, and every erasure complete.
+pub async fn converged(auth_db: &PgPool, task_db: &PgPool) -> sqlx::Result<bool> {
+    let (a, t) = members(auth_db, task_db).await?;
+    let in_auth: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(auth_db)
+        .await?;
+    let in_task: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(task_db)
+        .await?;
+    let outboxes = in_auth + in_task;
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM erasures WHERE completed_at IS NULL")
+            .fetch_one(auth_db)
+            .await?;
+    Ok(a == t && outboxes == 0 && pending == 0)
+}
+
+/// Every rule over the ledger and the end state.
+pub async fn check(
+    ledger: &[Entry],
+    must_refuse: &[(Uuid, String, usize)],
+    auth_db: &PgPool,
+    task_db: &PgPool,
+    task: &Channel,
+    dead_letters: u32,
+) -> sqlx::Result<Vec<Violation>> {
+    let mut out = Vec::new();
+    let (auth, replica) = members(auth_db, task_db).await?;
+    let by_member = |id: Uuid| ledger.iter().filter(move |e| e.member == Some(id));
+
+    // 1. Every member auth has is in the replica at auth's state, and every
+    // acknowledged signup and profile change is auth's state, or was
+    // superseded only by a later ambiguous change or a deletion.
+    for (id, row) in &auth {
+        if replica.get(id) != Some(row) {
+            out.push(violation(
+                "replica equals auth",
+                Some(*id),
+                format!("auth {row:?}, replica {:?}", replica.get(id)),
+            ));
+        }
+    }
+    for e in ledger
+        .iter()
+        .filter(|e| e.op == "SignUp" && e.answer.is_ok())
+    {
+        let id = e.member.expect("an acked signup has an id");
+        let Some(row) = auth.get(&id) else {
+            out.push(violation(
+                "acked signup kept",
+                Some(id),
+                "not in auth".into(),
+            ));
+            continue;
+        };
+        if row.3 {
+            let deleted = by_member(id)
+                .any(|d| d.op == "DeleteAccount" && !matches!(d.answer, Answer::Refused(_)));
+            if !deleted {
+                out.push(violation(
+                    "no deletion without DeleteAccount",
+                    Some(id),
+                    format!("{row:?}"),
+                ));
+            }
+            continue;
+        }
+        // The nicknames auth may hold: the last acknowledged one, or one
+        // from an ambiguous change after it.
+        let mut allowed: Vec<&str> = vec![e.args.as_str()];
+        for u in by_member(id).filter(|u| u.op == "UpdateProfile") {
+            match &u.answer {
+                Answer::Ok => allowed = vec![u.args.as_str()],
+                Answer::Ambiguous(_) => allowed.push(u.args.as_str()),
+                Answer::Refused(_) => {}
+            }
+        }
+        if !allowed.contains(&row.1.as_str()) {
+            out.push(violation(
+                "acked profile kept",
+                Some(id),
+                format!("auth holds {:?}, allowed {allowed:?}", row.1),
+            ));
+        }
+    }
+
+    // 2. No acknowledged CreateTask lost, none made twice.
+    let tasks: Vec<(Uuid, Uuid, Uuid)> =
+        sqlx::query_as("SELECT id, member_id, request_id FROM tasks")
+            .fetch_all(task_db)
+            .await?;
+    let mut per_request: HashMap<(Uuid, Uuid), Vec<Uuid>> = HashMap::new();
+    for (id, member, request) in &tasks {
+        per_request
+            .entry((*member, *request))
+            .or_default()
+            .push(*id);
+    }
+    for ((member, request), ids) in &per_request {
+        if ids.len() > 1 {
+            out.push(violation(
+                "one task per request_id",
+                Some(*member),
+                format!("{request}: {ids:?}"),
+            ));
+        }
+    }
+    for e in ledger
+        .iter()
+        .filter(|e| e.op == "CreateTask" && e.answer.is_ok())
+    {
+        let member = e.member.expect("a member");
+        if auth.get(&member).is_some_and(|r| r.3) {
+            continue; // deleted since: its tasks are gone by design
+        }
+        let request: Uuid = e.args.parse().expect("a request id");
+        let kept = per_request
+            .get(&(member, request))
+            .is_some_and(|ids| ids.iter().any(|id| id.to_string() == e.result));
+        if !kept {
+            out.push(violation(
+                "acked task kept",
+                Some(member),
+                format!("request {request}, task {}", e.result),
+            ));
+        }
+    }
+
+    // 3. Every token ended by an acknowledged Logout, ChangePassword or
+    // DeleteAccount is refused by task.
+    for (member, token, n) in must_refuse {
+        let mut client = TaskServiceClient::new(task.clone());
+        let mut refused = None;
+        for _ in 0..5 {
+            let mut req = tonic::Request::new(ListTasksRequest::default());
+            req.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("ascii"),
+            );
+            match client.list_tasks(req).await {
+                Ok(_) => refused = Some(false),
+                Err(s) if s.code() == tonic::Code::Unavailable => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(_) => refused = Some(true),
+            }
+            break;
+        }
+        if refused != Some(true) {
+            out.push(violation(
+                "an ended session's token is refused",
+                Some(*member),
+                format!("task answered {refused:?} to the token ended by ledger line {n}"),
+            ));
+        }
+    }
+
+    // 4. No deleted member has data anywhere.
+    let deleted: HashSet<Uuid> = auth
+        .iter()
+        .filter(|(_, r)| r.3)
+        .map(|(id, _)| *id)
+        .collect();
+    for id in &deleted {
+        let (email, nickname): (String, String) = sqlx::query_as(
+            "SELECT coalesce(email, ''), coalesce(nickname, '') FROM members WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(auth_db)
+        .await?;
+        let tasks_left = tasks.iter().filter(|(_, m, _)| m == id).count();
+        if !email.is_empty() || !nickname.is_empty() || tasks_left > 0 {
+            out.push(violation(
+                "a deleted member has no data",
+                Some(*id),
+                format!("email {email:?}, nickname {nickname:?}, {tasks_left} task(s)"),
+            ));
+        }
+    }
+
+    // 5. Outboxes and DLQs empty; parked rows only with their reason.
+    for (name, pool) in [("auth", auth_db), ("task", task_db)] {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(pool)
+            .await?;
+        if left > 0 {
+            out.push(violation(
+                "the outbox drains",
+                None,
+                format!("{name}: {left} row(s) left"),
+            ));
+        }
+        let unexplained: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM outbox_parked WHERE coalesce(last_error, '') = ''",
+        )
+        .fetch_one(pool)
+        .await?;
+        if unexplained > 0 {
+            out.push(violation(
+                "parked rows have a reason",
+                None,
+                format!("{name}: {unexplained}"),
+            ));
+        }
+    }
+    if dead_letters > 0 {
+        out.push(violation(
+            "the DLQs are empty",
+            None,
+            format!("{dead_letters} message(s)"),
+        ));
+    }
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM erasures WHERE completed_at IS NULL")
+            .fetch_one(auth_db)
+            .await?;
+    if pending > 0 {
+        out.push(violation(
+            "every erasure completes",
+            None,
+            format!("{pending} pending"),
+        ));
+    }
+    Ok(out)
+}

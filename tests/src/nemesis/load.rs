@@ -1,0 +1,465 @@
+//! The clients: each owns its members and issues SignUp, UpdateProfile,
+//! ChangePassword, Logout, Refresh, CreateTask and DeleteAccount at random
+//! (from its own seed), against either instance of each service, recording
+//! every call in the ledger. A CreateTask whose answer is ambiguous is sent
+//! again with the same `request_id`.
+use std::time::Duration;
+
+use memberflow_contract::proto::{
+    auth::v1::{self as auth_pb, auth_service_client::AuthServiceClient},
+    task::v1::{self as task_pb, task_service_client::TaskServiceClient},
+};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use tonic::{Request, transport::Channel};
+use uuid::Uuid;
+
+use super::ledger::{Answer, Ledger};
+
+/// Each call's deadline.
+const CALL: Duration = Duration::from_secs(3);
+/// Attempts of one CreateTask request id while its answers are ambiguous.
+const CREATE_ATTEMPTS: usize = 4;
+
+/// A member a client owns.
+struct Member {
+    id: Uuid,
+    email: String,
+    password: String,
+    /// The current session's access token and refresh token.
+    access: Option<String>,
+    refresh: Option<String>,
+}
+
+/// What a client hands the checker besides the ledger: tokens that an
+/// acknowledged Logout, ChangePassword or DeleteAccount must have ended.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// (member, access token, the ledger entry that ended it).
+    pub must_refuse: Vec<(Uuid, String, usize)>,
+}
+
+/// The services' endpoints, both instances of each.
+#[derive(Clone)]
+pub struct Endpoints {
+    pub auth: Vec<Channel>,
+    pub task: Vec<Channel>,
+}
+
+fn bearer<T>(msg: T, token: &str) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.set_timeout(CALL);
+    if let Ok(value) = format!("Bearer {token}").parse() {
+        req.metadata_mut().insert("authorization", value);
+    }
+    req
+}
+
+fn plain<T>(msg: T) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.set_timeout(CALL);
+    req
+}
+
+/// Runs client `k` until `stop`; returns the tokens it saw ended.
+pub async fn client(
+    k: usize,
+    seed: u64,
+    endpoints: Endpoints,
+    ledger: Ledger,
+    stop: tokio_util::sync::CancellationToken,
+) -> Outcome {
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(31).wrapping_add(k as u64));
+    let mut members: Vec<Member> = Vec::new();
+    let mut out = Outcome::default();
+    let mut signups = 0usize;
+    while !stop.is_cancelled() {
+        let auth = AuthServiceClient::new(
+            endpoints.auth[rng.random_range(0..endpoints.auth.len())].clone(),
+        );
+        let task = TaskServiceClient::new(
+            endpoints.task[rng.random_range(0..endpoints.task.len())].clone(),
+        );
+        if members.is_empty() || rng.random_bool(0.1) {
+            signups += 1;
+            if let Some(m) = sign_up(k, signups, auth, &ledger).await {
+                members.push(m);
+            }
+            continue;
+        }
+        let i = rng.random_range(0..members.len());
+        if members[i].password.is_empty() {
+            // An ambiguous ChangePassword: its password is unknown.
+            members.swap_remove(i);
+            continue;
+        }
+        if members[i].access.is_none() {
+            log_in(k, &mut members[i], auth, &ledger).await;
+            continue;
+        }
+        let roll = rng.random_range(0..100);
+        let ended = match roll {
+            0..30 => {
+                update_profile(k, &mut members[i], auth, &ledger, rng.random()).await;
+                None
+            }
+            30..65 => {
+                create_task(k, &members[i], task, &ledger).await;
+                None
+            }
+            65..75 => {
+                refresh(k, &mut members[i], auth, &ledger).await;
+                None
+            }
+            75..84 => logout(k, &mut members[i], auth, &ledger).await,
+            84..92 => change_password(k, &mut members[i], auth, &ledger).await,
+            _ => {
+                let (ended, gone) = delete_account(k, &members[i], auth, &ledger).await;
+                if gone {
+                    members.swap_remove(i);
+                }
+                ended
+            }
+        };
+        out.must_refuse.extend(ended);
+    }
+    out
+}
+
+async fn sign_up(
+    k: usize,
+    n: usize,
+    mut auth: AuthServiceClient<Channel>,
+    ledger: &Ledger,
+) -> Option<Member> {
+    let email = format!("nemesis-{k}-{n}@example.com");
+    let password = format!("password {k} {n} one");
+    let nickname = format!("n{k}x{n}");
+    let start = ledger.now_ms();
+    let answer = auth
+        .sign_up(plain(auth_pb::SignUpRequest {
+            email: email.clone(),
+            password: password.clone(),
+            nickname: nickname.clone(),
+            region: "Asia/Seoul".into(),
+        }))
+        .await;
+    match answer {
+        Ok(r) => {
+            let id: Uuid = r.into_inner().member?.id.parse().ok()?;
+            ledger.record(
+                k,
+                "SignUp",
+                Some(id),
+                nickname,
+                Answer::Ok,
+                email.clone(),
+                start,
+            );
+            Some(Member {
+                id,
+                email,
+                password,
+                access: None,
+                refresh: None,
+            })
+        }
+        Err(s) => {
+            ledger.record(k, "SignUp", None, nickname, Answer::of(&s), email, start);
+            None
+        }
+    }
+}
+
+async fn log_in(k: usize, m: &mut Member, mut auth: AuthServiceClient<Channel>, ledger: &Ledger) {
+    let start = ledger.now_ms();
+    let answer = auth
+        .login(plain(auth_pb::LoginRequest {
+            email: m.email.clone(),
+            password: m.password.clone(),
+        }))
+        .await;
+    match answer {
+        Ok(r) => {
+            let r = r.into_inner();
+            m.access = Some(r.access_token);
+            m.refresh = Some(r.refresh_token);
+            ledger.record(
+                k,
+                "Login",
+                Some(m.id),
+                String::new(),
+                Answer::Ok,
+                r.session_id,
+                start,
+            );
+        }
+        Err(s) => {
+            ledger.record(
+                k,
+                "Login",
+                Some(m.id),
+                String::new(),
+                Answer::of(&s),
+                String::new(),
+                start,
+            );
+        }
+    }
+}
+
+async fn update_profile(
+    k: usize,
+    m: &mut Member,
+    mut auth: AuthServiceClient<Channel>,
+    ledger: &Ledger,
+    salt: u16,
+) {
+    let nickname = format!("p{salt}");
+    let start = ledger.now_ms();
+    let token = m.access.clone().unwrap_or_default();
+    let answer = auth
+        .update_profile(bearer(
+            auth_pb::UpdateProfileRequest {
+                nickname: Some(nickname.clone()),
+                region: None,
+            },
+            &token,
+        ))
+        .await;
+    let (answer, result) = match answer {
+        Ok(r) => (
+            Answer::Ok,
+            r.into_inner()
+                .member
+                .map(|m| m.version.to_string())
+                .unwrap_or_default(),
+        ),
+        Err(s) => (Answer::of(&s), String::new()),
+    };
+    if matches!(&answer, Answer::Refused(e) if e.starts_with("Unauthenticated")) {
+        m.access = None;
+    }
+    ledger.record(
+        k,
+        "UpdateProfile",
+        Some(m.id),
+        nickname,
+        answer,
+        result,
+        start,
+    );
+}
+
+async fn create_task(k: usize, m: &Member, task: TaskServiceClient<Channel>, ledger: &Ledger) {
+    let request_id = Uuid::new_v4().to_string();
+    let token = m.access.clone().unwrap_or_default();
+    for _ in 0..CREATE_ATTEMPTS {
+        let start = ledger.now_ms();
+        let answer = task
+            .clone()
+            .create_task(bearer(
+                task_pb::CreateTaskRequest {
+                    request_id: request_id.clone(),
+                    title: format!("task of {}", m.id),
+                    due_local: "2027-01-15T09:00".into(),
+                    consistency_token: String::new(),
+                },
+                &token,
+            ))
+            .await;
+        match answer {
+            Ok(r) => {
+                let id = r.into_inner().task.map(|t| t.id).unwrap_or_default();
+                ledger.record(
+                    k,
+                    "CreateTask",
+                    Some(m.id),
+                    request_id,
+                    Answer::Ok,
+                    id,
+                    start,
+                );
+                return;
+            }
+            Err(s) => {
+                let answer = Answer::of(&s);
+                let again = answer.is_ambiguous();
+                ledger.record(
+                    k,
+                    "CreateTask",
+                    Some(m.id),
+                    request_id.clone(),
+                    answer,
+                    String::new(),
+                    start,
+                );
+                if !again {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+async fn refresh(k: usize, m: &mut Member, mut auth: AuthServiceClient<Channel>, ledger: &Ledger) {
+    let start = ledger.now_ms();
+    let answer = auth
+        .refresh(plain(auth_pb::RefreshRequest {
+            refresh_token: m.refresh.clone().unwrap_or_default(),
+        }))
+        .await;
+    match answer {
+        Ok(r) => {
+            let r = r.into_inner();
+            m.access = Some(r.access_token);
+            m.refresh = Some(r.refresh_token);
+            ledger.record(
+                k,
+                "Refresh",
+                Some(m.id),
+                String::new(),
+                Answer::Ok,
+                String::new(),
+                start,
+            );
+        }
+        Err(s) => {
+            // Ambiguous or refused, the session may be over: log in anew.
+            m.access = None;
+            m.refresh = None;
+            ledger.record(
+                k,
+                "Refresh",
+                Some(m.id),
+                String::new(),
+                Answer::of(&s),
+                String::new(),
+                start,
+            );
+        }
+    }
+}
+
+/// Logout of the current session: its tokens must be refused once acked.
+async fn logout(
+    k: usize,
+    m: &mut Member,
+    mut auth: AuthServiceClient<Channel>,
+    ledger: &Ledger,
+) -> Option<(Uuid, String, usize)> {
+    let start = ledger.now_ms();
+    let token = m.access.take()?;
+    m.refresh = None;
+    let answer = auth
+        .logout(bearer(
+            auth_pb::LogoutRequest {
+                all_sessions: false,
+            },
+            &token,
+        ))
+        .await
+        .map(|_| ());
+    let answer = answer.map_or_else(|s| Answer::of(&s), |()| Answer::Ok);
+    let acked = answer.is_ok();
+    let n = ledger.record(
+        k,
+        "Logout",
+        Some(m.id),
+        String::new(),
+        answer,
+        String::new(),
+        start,
+    );
+    acked.then_some((m.id, token, n))
+}
+
+/// ChangePassword: every session ends; the answer carries a new one.
+async fn change_password(
+    k: usize,
+    m: &mut Member,
+    mut auth: AuthServiceClient<Channel>,
+    ledger: &Ledger,
+) -> Option<(Uuid, String, usize)> {
+    let start = ledger.now_ms();
+    let token = m.access.take()?;
+    m.refresh = None;
+    let new_password = format!("{} again", m.password);
+    let answer = auth
+        .change_password(bearer(
+            auth_pb::ChangePasswordRequest {
+                current_password: m.password.clone(),
+                new_password: new_password.clone(),
+            },
+            &token,
+        ))
+        .await;
+    match answer {
+        Ok(r) => {
+            let r = r.into_inner();
+            m.password = new_password;
+            m.access = Some(r.access_token);
+            m.refresh = Some(r.refresh_token);
+            let n = ledger.record(
+                k,
+                "ChangePassword",
+                Some(m.id),
+                String::new(),
+                Answer::Ok,
+                String::new(),
+                start,
+            );
+            Some((m.id, token, n))
+        }
+        Err(s) => {
+            let answer = Answer::of(&s);
+            if answer.is_ambiguous() {
+                // Which password holds now is unknown: the member is left
+                // alone from here on (its state is still checked).
+                m.password.clear();
+            }
+            ledger.record(
+                k,
+                "ChangePassword",
+                Some(m.id),
+                String::new(),
+                answer,
+                String::new(),
+                start,
+            );
+            None
+        }
+    }
+}
+
+/// DeleteAccount: returns the token it ended, if acked, and whether the
+/// client is done with the member (acked or ambiguous).
+async fn delete_account(
+    k: usize,
+    m: &Member,
+    mut auth: AuthServiceClient<Channel>,
+    ledger: &Ledger,
+) -> (Option<(Uuid, String, usize)>, bool) {
+    let start = ledger.now_ms();
+    let token = m.access.clone().unwrap_or_default();
+    let answer = auth
+        .delete_account(bearer(
+            auth_pb::DeleteAccountRequest {
+                password: m.password.clone(),
+            },
+            &token,
+        ))
+        .await
+        .map_or_else(|s| Answer::of(&s), |_| Answer::Ok);
+    let (acked, gone) = (answer.is_ok(), !matches!(answer, Answer::Refused(_)));
+    let n = ledger.record(
+        k,
+        "DeleteAccount",
+        Some(m.id),
+        String::new(),
+        answer,
+        String::new(),
+        start,
+    );
+    (acked.then_some((m.id, token, n)), gone)
+}
