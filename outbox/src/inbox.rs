@@ -5,23 +5,15 @@
 //! later replay a no-op anyway (a version guard, a receipt recorded once).
 use std::time::Duration;
 
-use sqlx::PgConnection;
-use uuid::Uuid;
-
 /// Rows deleted per statement, so no prune holds locks for long.
 const PRUNE_BATCH: i64 = 10_000;
 
-/// Records `ids` in the inbox, in the caller's transaction; returns those
-/// not there before (the fresh ones), in no particular order. task's apply
-/// writes the same insert inside its one statement, to spare a round trip.
-pub async fn claim(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(
-        "INSERT INTO inbox (event_id) SELECT * FROM UNNEST($1::uuid[])
-         ON CONFLICT DO NOTHING RETURNING event_id",
-    )
-    .bind(ids)
-    .fetch_all(conn)
-    .await
+/// The statement that records the ids `ids_from` selects in the inbox and
+/// returns those not there before (the fresh ones): a CTE of the handler's
+/// own statement, so the claim and the apply are one round trip in one
+/// transaction.
+pub fn claim_sql(ids_from: &str) -> String {
+    format!("INSERT INTO inbox (event_id) {ids_from} ON CONFLICT DO NOTHING RETURNING event_id")
 }
 
 /// One prune batch: `$1` the retention in seconds, `$2` the batch size. Due

@@ -77,6 +77,54 @@ impl Tx {
         Ok(event.event_id)
     }
 
+    /// Writes those of `events` for which `keep`, a SQL condition over the
+    /// candidate row `e` (its columns as [`insert_columns`] names them),
+    /// holds, in one statement. Returns how many were written.
+    pub async fn write_where(&mut self, events: &[NewEvent], keep: &str) -> sqlx::Result<u64> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let (columns, _) = insert_columns(1);
+        let from_e: Vec<String> = columns.split(", ").map(|c| format!("e.{c}")).collect();
+        let sql = format!(
+            "INSERT INTO outbox ({columns})
+             SELECT {from_e}
+               FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::int8[], $5::bytea[],
+                           $6::timestamptz[], $7::text[], $8::text[]) AS e({columns})
+              WHERE {keep}",
+            from_e = from_e.join(", ")
+        );
+        let written = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.routing_key).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.member_id).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.version).collect::<Vec<_>>())
+            .bind(
+                events
+                    .iter()
+                    .map(|e| e.payload.as_slice())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(events.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+            .bind(
+                events
+                    .iter()
+                    .map(|e| e.traceparent.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                events
+                    .iter()
+                    .map(|e| e.tracestate.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected();
+        self.enqueued |= written > 0;
+        Ok(written)
+    }
+
     /// Commits; wakes the relay if an event was written.
     pub async fn commit(self) -> sqlx::Result<()> {
         self.tx.commit().await?;

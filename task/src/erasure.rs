@@ -39,24 +39,22 @@ pub fn receipt(member_id: Uuid, version: i64, erased_at: DateTime<Utc>) -> NewEv
     })
 }
 
-/// Writes a receipt for each of `members` the replica holds as a tombstone,
-/// in `tx`; returns how many. Called by every apply that saw a
-/// MemberDeleted, after its tombstones are written.
-pub async fn write_receipts(tx: &mut Tx, members: &[Uuid]) -> sqlx::Result<u64> {
-    if members.is_empty() {
-        return Ok(0);
-    }
-    let tombstones: Vec<(Uuid, i64)> = sqlx::query_as(
-        "SELECT id, version FROM members WHERE id = ANY($1) AND deleted_at IS NOT NULL",
-    )
-    .bind(members)
-    .fetch_all(&mut **tx)
-    .await?;
+/// Writes a receipt for each of `deletions` (member, the MemberDeleted's
+/// version) whose member the replica now holds as a tombstone at that
+/// version, in `tx`, in one statement; returns how many. Called by every
+/// apply that saw a fresh MemberDeleted, after its tombstones are written.
+pub async fn write_receipts(tx: &mut Tx, deletions: &[(Uuid, i64)]) -> sqlx::Result<u64> {
     let now = Utc::now();
-    for &(id, version) in &tombstones {
-        tx.write(receipt(id, version, now)).await?;
-    }
-    Ok(tombstones.len() as u64)
+    let receipts: Vec<NewEvent> = deletions
+        .iter()
+        .map(|&(member, version)| receipt(member, version, now))
+        .collect();
+    tx.write_where(
+        &receipts,
+        "EXISTS (SELECT 1 FROM members m
+                  WHERE m.id = e.member_id AND m.deleted_at IS NOT NULL AND m.version = e.version)",
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -196,10 +196,7 @@ pub async fn apply(outbox: &Outbox, all: &[ReplicaEvent]) -> sqlx::Result<Applie
                                   $14::timestamptz[])
                  AS e(event_id, member_id, session_hash, ended_at, expires_at)
          ), fresh AS (
-             INSERT INTO inbox (event_id)
-             SELECT event_id FROM batch UNION ALL SELECT event_id FROM ended_batch
-             ON CONFLICT DO NOTHING
-             RETURNING event_id
+             {claim}
          ), ended AS (
              INSERT INTO ended_sessions (session_hash, member_id, ended_at, expires_at)
              SELECT e.session_hash, e.member_id, e.ended_at, e.expires_at
@@ -228,7 +225,10 @@ pub async fn apply(outbox: &Outbox, all: &[ReplicaEvent]) -> sqlx::Result<Applie
                 coalesce((SELECT array_agg(lag) FROM changed), '{{}}'),
                 (SELECT count(*) FROM notified),
                 (SELECT count(*) FROM ended)",
-            notify = crate::freshness::NOTIFY_APPLIED_SQL
+            notify = crate::freshness::NOTIFY_APPLIED_SQL,
+            claim = memberflow_outbox::inbox::claim_sql(
+                "SELECT event_id FROM batch UNION ALL SELECT event_id FROM ended_batch"
+            ),
         )))
         .bind(&event_ids)
         .bind(&member_ids)
@@ -254,10 +254,10 @@ pub async fn apply(outbox: &Outbox, all: &[ReplicaEvent]) -> sqlx::Result<Applie
     purge_tasks(&mut *tx, &tombstoned).await?;
     // A receipt per fresh deletion: a redelivery of one already applied
     // (same id) sent its receipt in that transaction.
-    let erased: Vec<Uuid> = events
+    let erased: Vec<(Uuid, i64)> = events
         .iter()
         .filter(|e| e.deleted && fresh.contains(&e.event_id))
-        .map(|e| e.member_id)
+        .map(|e| (e.member_id, e.version))
         .collect();
     let receipts = crate::erasure::write_receipts(&mut tx, &erased).await?;
     tx.commit().await?;

@@ -107,24 +107,20 @@ impl Handler for Receipts {
         (event.event_id, event.member_id)
     }
 
-    /// In one transaction: the fresh receipts (by the inbox) lock their
-    /// erasures, so two instances recording the last two receipts of one
-    /// erasure at once are ordered and the second sees the first; each is
-    /// recorded if its erasure is pending and it is the first from its
-    /// service; then every erasure whose expected services have all sent
-    /// one completes, once (`completed_at IS NULL`).
+    /// In one transaction: the receipts lock their erasures, so two
+    /// instances recording the last two receipts of one erasure at once are
+    /// ordered and the second sees the first; then [`RECORD_SQL`] records
+    /// the fresh ones and completes what they complete, once
+    /// (`completed_at IS NULL`). The inbox is written inside that statement
+    /// (`memberflow_outbox::inbox` defines the table), to spare a round
+    /// trip, as task's apply does.
     async fn apply(&self, events: &[Receipt]) -> sqlx::Result<Counts> {
-        let mut tx = self.pool.begin().await?;
-        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-        let fresh = memberflow_outbox::inbox::claim(&mut tx, &ids).await?;
-        let new: Vec<&Receipt> = events
-            .iter()
-            .filter(|e| fresh.contains(&e.event_id))
-            .collect();
-        let mut members: Vec<Uuid> = new.iter().map(|e| e.member_id).collect();
+        let mut members: Vec<Uuid> = events.iter().map(|e| e.member_id).collect();
         members.sort_unstable();
         members.dedup();
-        // In id order, so two transactions lock in the same order.
+        let mut tx = self.pool.begin().await?;
+        // First, alone: a statement that waited for this lock takes a new
+        // snapshot, so the next one sees the receipts it waited for.
         sqlx::query(
             "SELECT 1 FROM erasures WHERE member_id = ANY($1) AND completed_at IS NULL
               ORDER BY member_id FOR UPDATE",
@@ -132,50 +128,78 @@ impl Handler for Receipts {
         .bind(&members)
         .execute(&mut *tx)
         .await?;
-        let recorded = sqlx::query(
-            "INSERT INTO erasure_receipts (member_id, service, event_id, version, erased_at)
-             SELECT r.member_id, r.service, r.event_id, r.version, r.erased_at
-               FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::int8[], $5::timestamptz[])
-                    AS r(member_id, service, event_id, version, erased_at)
-               JOIN erasures e ON e.member_id = r.member_id AND e.completed_at IS NULL
-                              AND r.service = ANY(e.expected)
-             ON CONFLICT (member_id, service) DO NOTHING",
-        )
-        .bind(new.iter().map(|e| e.member_id).collect::<Vec<_>>())
-        .bind(new.iter().map(|e| e.service.as_str()).collect::<Vec<_>>())
-        .bind(new.iter().map(|e| e.event_id).collect::<Vec<_>>())
-        .bind(new.iter().map(|e| e.version).collect::<Vec<_>>())
-        .bind(new.iter().map(|e| e.erased_at).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let completed: Vec<f64> = sqlx::query_scalar(
-            "UPDATE erasures e SET completed_at = clock_timestamp()
-              WHERE e.member_id = ANY($1) AND e.completed_at IS NULL
-                AND e.expected <@ ARRAY(SELECT r.service FROM erasure_receipts r
-                                         WHERE r.member_id = e.member_id)
-          RETURNING extract(epoch FROM e.completed_at - e.requested_at)::float8",
-        )
-        .bind(&members)
-        .fetch_all(&mut *tx)
-        .await?;
+        let (fresh, recorded, completed): (i64, i64, Vec<f64>) =
+            sqlx::query_as(sqlx::AssertSqlSafe(RECORD_SQL.as_str()))
+                .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
+                .bind(events.iter().map(|e| e.member_id).collect::<Vec<_>>())
+                .bind(
+                    events
+                        .iter()
+                        .map(|e| e.service.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(events.iter().map(|e| e.version).collect::<Vec<_>>())
+                .bind(events.iter().map(|e| e.erased_at).collect::<Vec<_>>())
+                .fetch_one(&mut *tx)
+                .await?;
         tx.commit().await?;
         for seconds in &completed {
             self.metrics.erasures_completed.inc();
             self.metrics.erasure_seconds.observe(seconds.max(0.0));
         }
-        if recorded < new.len() as u64 {
+        if recorded < fresh {
             tracing::info!(
-                ignored = new.len() as u64 - recorded,
+                ignored = fresh - recorded,
                 "receipts for an unknown or already complete erasure (or a second from one service): acked"
             );
         }
         Ok(Counts {
-            fresh: fresh.len() as u64,
-            applied: recorded,
+            fresh: fresh as u64,
+            applied: recorded as u64,
         })
     }
 }
+
+/// [`Receipts::apply`]'s one statement after the lock: the fresh receipts
+/// (by the inbox) of pending erasures from expected services are recorded,
+/// the first per member and service; then each erasure whose expected
+/// services have all answered (receipts recorded before, and by this
+/// statement, which its own snapshot cannot see) completes, once. Returns
+/// (fresh, recorded, each completion's seconds since the request).
+static RECORD_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH batch AS (
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::timestamptz[])
+             AS r(event_id, member_id, service, version, erased_at)
+     ), fresh AS (
+         {claim}
+     ), recorded AS (
+         INSERT INTO erasure_receipts (member_id, service, event_id, version, erased_at)
+         SELECT DISTINCT ON (b.member_id, b.service)
+                b.member_id, b.service, b.event_id, b.version, b.erased_at
+           FROM batch b
+           JOIN fresh f USING (event_id)
+           JOIN erasures e ON e.member_id = b.member_id AND e.completed_at IS NULL
+                          AND b.service = ANY(e.expected)
+          ORDER BY b.member_id, b.service, b.event_id
+         ON CONFLICT (member_id, service) DO NOTHING
+         RETURNING member_id, service
+     ), completed AS (
+         UPDATE erasures e SET completed_at = clock_timestamp()
+          WHERE e.member_id IN (SELECT member_id FROM recorded)
+            AND e.completed_at IS NULL
+            AND e.expected <@ (ARRAY(SELECT r.service FROM erasure_receipts r
+                                      WHERE r.member_id = e.member_id)
+                               || ARRAY(SELECT n.service FROM recorded n
+                                         WHERE n.member_id = e.member_id))
+      RETURNING extract(epoch FROM e.completed_at - e.requested_at)::float8 AS seconds
+     )
+     SELECT (SELECT count(*) FROM fresh),
+            (SELECT count(*) FROM recorded),
+            coalesce((SELECT array_agg(seconds) FROM completed), '{{}}')",
+        claim = memberflow_outbox::inbox::claim_sql("SELECT event_id FROM batch")
+    )
+});
 
 #[cfg(test)]
 mod tests {
