@@ -1,8 +1,6 @@
 //! Builds and runs the auth service: the gRPC server, database bootstrap,
 //! the outbox relay and the consumer of erasure receipts, all stopped by one
 //! shutdown token.
-use std::time::Instant;
-
 use chrono::Duration;
 use memberflow_contract::{
     proto::auth::v1::auth_service_server::AuthServiceServer,
@@ -15,18 +13,13 @@ use memberflow_runtime::{
 };
 use tonic::service::interceptor::InterceptedService;
 
-use memberflow_outbox::consumer::{Attachment, Consumer, ConsumerStats};
+use memberflow_outbox::consumer::{Consumer, ConsumerStats};
 
 use crate::{
     erasure::{self, receipts::Receipts},
     grpc::AuthApi,
     metrics::AuthMetrics,
-    outbox::{
-        SPEC,
-        relay::{Relay, watch_outbox},
-        wake::RelayWake,
-        write::Outbox,
-    },
+    outbox::{SPEC, relay::Relay, wake::RelayWake, write::Outbox},
     password::Hasher,
     settings::Settings,
     throttle::LoginThrottle,
@@ -107,12 +100,8 @@ impl Service for Application {
                 std::sync::Arc::new(ConsumerStats::default()),
                 metrics.consumer.clone(),
             );
-            let attached = receipts.attached();
             // SERVING while the database answers and the receipt consumer is
             // attached (or only briefly detached), as task's readiness.
-            let mut attachment = Attachment::new(std::time::Duration::from_secs(
-                settings.amqp.detached_grace_secs,
-            ));
             spawn_health(
                 tasks,
                 started.health,
@@ -120,7 +109,7 @@ impl Service for Application {
                 pool.clone(),
                 started.ready,
                 shutdown.clone(),
-                move || attachment.healthy(*attached.borrow(), Instant::now()),
+                receipts.readiness(),
             );
             tasks.spawn(receipts.run(shutdown.clone()));
             tasks.spawn(erasure::watch(
@@ -129,30 +118,21 @@ impl Service for Application {
                 metrics.clone(),
                 shutdown.clone(),
             ));
-            let relay = Relay::new(
-                SPEC,
-                settings.database.direct_connect_options()?,
-                settings.amqp.nodes(),
-                settings.relay.clone(),
-                relay_wake.clone(),
-                metrics.relay.clone(),
-            );
-            if let Some(listen) = relay.listen_for_wakes(shutdown.clone()) {
-                tasks.spawn(listen);
-            }
-            tasks.spawn(relay_wake.clone().run_notifier(
-                pool.clone(),
-                metrics.relay.relay_wake_failures.clone(),
-                shutdown.clone(),
-            ));
             tasks.spawn(throttle.prune(shutdown.clone()));
             tasks.spawn(crate::sessions::store::run_pruner(
                 pool.clone(),
                 settings.token.lifetimes().idle,
                 shutdown.clone(),
             ));
-            tasks.spawn(watch_outbox(pool.clone(), metrics.relay, shutdown.clone()));
-            tasks.spawn(relay.run(shutdown.clone()));
+            Relay::new(
+                SPEC,
+                settings.database.direct_connect_options()?,
+                settings.amqp.nodes(),
+                settings.relay.clone(),
+                relay_wake.clone(),
+                metrics.relay,
+            )
+            .spawn(tasks, pool.clone(), &shutdown);
             Ok(())
         };
         startup::run(

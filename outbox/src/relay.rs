@@ -382,6 +382,27 @@ impl Relay {
         })
     }
 
+    /// Spawns, on `tasks`, the relay and what runs beside it in every
+    /// service: the LISTEN for other instances' wake-ups, the notifier that
+    /// wakes them, and the outbox gauges (read through `pool`).
+    pub fn spawn(
+        self,
+        tasks: &mut tokio::task::JoinSet<()>,
+        pool: PgPool,
+        shutdown: &CancellationToken,
+    ) {
+        if let Some(listen) = self.listen_for_wakes(shutdown.clone()) {
+            tasks.spawn(listen);
+        }
+        tasks.spawn(self.wake.clone().run_notifier(
+            pool.clone(),
+            self.metrics.relay_wake_failures.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(watch_outbox(pool, self.metrics.clone(), shutdown.clone()));
+        tasks.spawn(self.run(shutdown.clone()));
+    }
+
     /// Runs until `shutdown`; an in-flight batch is finished first. Each
     /// turn campaigns for the lease, leads while renewing it, and gives it
     /// up at the end.

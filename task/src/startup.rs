@@ -1,19 +1,12 @@
 //! Builds and runs the task service: gRPC server, database bootstrap, the
 //! event consumer and the relay of its erasure receipts, all stopped by one
 //! shutdown token.
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use memberflow_contract::{
     proto::task::v1::task_service_server::TaskServiceServer, token::PublicKey,
 };
-use memberflow_outbox::{
-    relay::{Relay, watch_outbox},
-    wake::RelayWake,
-    write::Outbox,
-};
+use memberflow_outbox::{relay::Relay, wake::RelayWake, write::Outbox};
 use memberflow_runtime::{
     db, grpc,
     shutdown::CancellationToken,
@@ -23,7 +16,7 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::{
     auth_client::AuthClient,
-    consumer::{Attachment, Consumer, ConsumerStats, QUEUE_SPEC, Replica},
+    consumer::{Consumer, ConsumerStats, QUEUE_SPEC, Replica},
     erasure,
     freshness::{self, Freshness},
     grpc::TaskApi,
@@ -125,28 +118,15 @@ impl Service for Application {
             );
             // The relay of task's outbox (erasure receipts), under the same
             // leadership rule as auth's.
-            let relay = Relay::new(
+            Relay::new(
                 erasure::SPEC,
                 settings.database.direct_connect_options()?,
                 settings.amqp.nodes(),
                 settings.relay.clone(),
-                wake.clone(),
+                wake,
                 metrics.relay.clone(),
-            );
-            if let Some(listen) = relay.listen_for_wakes(shutdown.clone()) {
-                tasks.spawn(listen);
-            }
-            tasks.spawn(wake.clone().run_notifier(
-                pool.clone(),
-                metrics.relay.relay_wake_failures.clone(),
-                shutdown.clone(),
-            ));
-            tasks.spawn(watch_outbox(
-                pool.clone(),
-                metrics.relay.clone(),
-                shutdown.clone(),
-            ));
-            tasks.spawn(relay.run(shutdown.clone()));
+            )
+            .spawn(tasks, pool.clone(), &shutdown);
             // Other instances' applies wake this one's waiters.
             {
                 let (pool, backoff, stop) = (pool.clone(), settings.amqp.backoff, shutdown.clone());
@@ -158,11 +138,8 @@ impl Service for Application {
                     .await;
                 });
             }
-            let attached = consumer.attached();
             // SERVING while the database answers and the consumer is attached
             // (or only briefly detached).
-            let mut attachment =
-                Attachment::new(Duration::from_secs(settings.amqp.detached_grace_secs));
             spawn_health(
                 tasks,
                 started.health,
@@ -170,7 +147,7 @@ impl Service for Application {
                 pool.clone(),
                 started.ready,
                 shutdown.clone(),
-                move || attachment.healthy(*attached.borrow(), Instant::now()),
+                consumer.readiness(),
             );
             tasks.spawn(self.keys.clone().refresh_every(
                 Duration::from_secs(settings.token.refresh_secs),

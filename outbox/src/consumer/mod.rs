@@ -190,6 +190,15 @@ impl<H: Handler> Consumer<H> {
         self.attached.subscribe()
     }
 
+    /// The readiness check of a service that consumes: attached, or
+    /// detached for less than `amqp.detached_grace_secs` since it last was
+    /// (see [`Attachment`]).
+    pub fn readiness(&self) -> impl FnMut() -> bool + Send + 'static {
+        let attached = self.attached();
+        let mut attachment = Attachment::new(Duration::from_secs(self.cfg.detached_grace_secs));
+        move || attachment.healthy(*attached.borrow(), std::time::Instant::now())
+    }
+
     /// Consumes until `shutdown`: the batch in hand is finished and acked,
     /// then the consumer is cancelled and the channel closed cleanly.
     pub async fn run(self, shutdown: CancellationToken) {
