@@ -146,7 +146,7 @@ async fn connection_lost(
 
 /// The background consumer of one service instance.
 pub struct Consumer<H> {
-    handler: H,
+    handler: Arc<H>,
     spec: QueueSpec,
     /// To probe the database after giving a batch back.
     pool: PgPool,
@@ -169,7 +169,7 @@ impl<H: Handler> Consumer<H> {
         metrics: ConsumerMetrics,
     ) -> Self {
         Self {
-            handler,
+            handler: Arc::new(handler),
             spec,
             pool,
             metrics,
@@ -383,8 +383,23 @@ impl<H: Handler> Consumer<H> {
             // `give_back_after`: an apply on a blackholed link never ends.
             let bound = give_back_after
                 .saturating_sub(unreachable_since.map_or(Duration::ZERO, |since| started - since));
-            let apply = self.handler.apply(&events).instrument(span.clone());
-            let outcome = match tokio::time::timeout(bound, apply).await {
+            // The apply runs on a task of its own and is never cancelled
+            // mid-flight: a connection lost to the broker (which drops this
+            // batch) or the bound below only stop the waiting. Cancelling
+            // it could return a pooled connection to the pool inside the
+            // transaction it had begun (BEGIN sent, no ROLLBACK), where the
+            // next autocommit statement, a CreateTask, would never commit:
+            // the nemesis found acknowledged tasks lost so.
+            let apply = {
+                let (handler, events) = (self.handler.clone(), events.clone());
+                tokio::spawn(async move { handler.apply(&events).await }.instrument(span.clone()))
+            };
+            let outcome = match tokio::time::timeout(bound, apply).await.map(|joined| {
+                joined.unwrap_or_else(|e| {
+                    // A panic in the handler: this part can never apply.
+                    Err(sqlx::Error::Protocol(format!("the apply panicked: {e}")))
+                })
+            }) {
                 Ok(Ok(counts)) => {
                     unreachable_since = None;
                     span.in_scope(|| tracing::debug!(applied = counts.applied, "applied"));
