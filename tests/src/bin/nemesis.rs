@@ -15,13 +15,28 @@ fn usage() -> ! {
     std::process::exit(2);
 }
 
-/// `mf-service`, built beside this binary by `cargo build -p memberflow-tests --bins`.
+/// `mf-service`, beside this binary: built first if it is missing (`cargo
+/// run --bin nemesis` builds only this one).
 fn service_exe() -> String {
     let me = std::env::current_exe().expect("this binary's path");
     let exe = me.with_file_name("mf-service");
     if !exe.exists() {
-        eprintln!("{exe:?} is missing: run `cargo build -p memberflow-tests --bins` first");
-        std::process::exit(2);
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let built = std::process::Command::new(cargo)
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "memberflow-tests",
+                "--bin",
+                "mf-service",
+            ])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !built || !exe.exists() {
+            eprintln!("{exe:?} is missing: run `cargo build -p memberflow-tests --bins` first");
+            std::process::exit(2);
+        }
     }
     exe.to_string_lossy().into_owned()
 }

@@ -86,7 +86,7 @@ pub async fn check(
     must_refuse: &[(Uuid, String, usize)],
     auth_db: &PgPool,
     task_db: &PgPool,
-    task: &Channel,
+    task_instances: &[Channel],
     dead_letters: u32,
 ) -> sqlx::Result<Vec<Violation>> {
     let mut out = Vec::new();
@@ -191,9 +191,12 @@ pub async fn check(
         }
     }
 
-    // 3. Every token ended by an acknowledged Logout, ChangePassword or
-    // DeleteAccount is refused by task.
-    for (member, token, n) in must_refuse {
+    // 3. Every access token of a session ended by an acknowledged Logout,
+    // ChangePassword or DeleteAccount is refused by every task instance.
+    for ((member, token, n), task) in must_refuse
+        .iter()
+        .flat_map(|t| task_instances.iter().map(move |c| (t, c)))
+    {
         let mut client = TaskServiceClient::new(task.clone());
         let mut refused = None;
         for _ in 0..5 {
@@ -216,7 +219,10 @@ pub async fn check(
             out.push(violation(
                 "an ended session's token is refused",
                 Some(*member),
-                format!("task answered {refused:?} to the token ended by ledger line {n}"),
+                format!(
+                    "task answered {refused:?} to the token ended by ledger line {n} (claims {})",
+                    claims(token)
+                ),
             ));
         }
     }
@@ -288,4 +294,19 @@ pub async fn check(
         ));
     }
     Ok(out)
+}
+
+/// A token's claims, for a violation's detail.
+fn claims(token: &str) -> String {
+    use base64::Engine as _;
+    token
+        .split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }

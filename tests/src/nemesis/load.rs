@@ -28,6 +28,9 @@ struct Member {
     /// The current session's access token and refresh token.
     access: Option<String>,
     refresh: Option<String>,
+    /// Every access token the current session was given (Login, each
+    /// Refresh): an acknowledged Logout must end them all.
+    session: Vec<String>,
 }
 
 /// What a client hands the checker besides the ledger: tokens that an
@@ -36,6 +39,17 @@ struct Member {
 pub struct Outcome {
     /// (member, access token, the ledger entry that ended it).
     pub must_refuse: Vec<(Uuid, String, usize)>,
+}
+
+/// Every access token of `m`'s current session, ended by ledger entry `n`;
+/// the session is over.
+fn ended(m: &mut Member, n: usize) -> Vec<(Uuid, String, usize)> {
+    m.access = None;
+    m.refresh = None;
+    std::mem::take(&mut m.session)
+        .into_iter()
+        .map(|t| (m.id, t, n))
+        .collect()
 }
 
 /// The services' endpoints, both instances of each.
@@ -100,20 +114,20 @@ pub async fn client(
         let ended = match roll {
             0..30 => {
                 update_profile(k, &mut members[i], auth, &ledger, rng.random()).await;
-                None
+                Vec::new()
             }
             30..65 => {
                 create_task(k, &members[i], task, &ledger).await;
-                None
+                Vec::new()
             }
             65..75 => {
                 refresh(k, &mut members[i], auth, &ledger).await;
-                None
+                Vec::new()
             }
             75..84 => logout(k, &mut members[i], auth, &ledger).await,
             84..92 => change_password(k, &mut members[i], auth, &ledger).await,
             _ => {
-                let (ended, gone) = delete_account(k, &members[i], auth, &ledger).await;
+                let (ended, gone) = delete_account(k, &mut members[i], auth, &ledger).await;
                 if gone {
                     members.swap_remove(i);
                 }
@@ -161,6 +175,7 @@ async fn sign_up(
                 password,
                 access: None,
                 refresh: None,
+                session: Vec::new(),
             })
         }
         Err(s) => {
@@ -181,6 +196,7 @@ async fn log_in(k: usize, m: &mut Member, mut auth: AuthServiceClient<Channel>, 
     match answer {
         Ok(r) => {
             let r = r.into_inner();
+            m.session = vec![r.access_token.clone()];
             m.access = Some(r.access_token);
             m.refresh = Some(r.refresh_token);
             ledger.record(
@@ -312,6 +328,7 @@ async fn refresh(k: usize, m: &mut Member, mut auth: AuthServiceClient<Channel>,
     match answer {
         Ok(r) => {
             let r = r.into_inner();
+            m.session.push(r.access_token.clone());
             m.access = Some(r.access_token);
             m.refresh = Some(r.refresh_token);
             ledger.record(
@@ -325,9 +342,11 @@ async fn refresh(k: usize, m: &mut Member, mut auth: AuthServiceClient<Channel>,
             );
         }
         Err(s) => {
-            // Ambiguous or refused, the session may be over: log in anew.
+            // Ambiguous or refused, the session may be over: log in anew,
+            // and leave its tokens unchecked (the session may live on).
             m.access = None;
             m.refresh = None;
+            m.session.clear();
             ledger.record(
                 k,
                 "Refresh",
@@ -347,10 +366,11 @@ async fn logout(
     m: &mut Member,
     mut auth: AuthServiceClient<Channel>,
     ledger: &Ledger,
-) -> Option<(Uuid, String, usize)> {
+) -> Vec<(Uuid, String, usize)> {
     let start = ledger.now_ms();
-    let token = m.access.take()?;
-    m.refresh = None;
+    let Some(token) = m.access.clone() else {
+        return Vec::new();
+    };
     let answer = auth
         .logout(bearer(
             auth_pb::LogoutRequest {
@@ -371,7 +391,10 @@ async fn logout(
         String::new(),
         start,
     );
-    acked.then_some((m.id, token, n))
+    // Acked: every token of the session must be refused. Otherwise the
+    // session may live on: a new one, and its tokens go unchecked.
+    let gone = ended(m, n);
+    if acked { gone } else { Vec::new() }
 }
 
 /// ChangePassword: every session ends; the answer carries a new one.
@@ -380,10 +403,11 @@ async fn change_password(
     m: &mut Member,
     mut auth: AuthServiceClient<Channel>,
     ledger: &Ledger,
-) -> Option<(Uuid, String, usize)> {
+) -> Vec<(Uuid, String, usize)> {
     let start = ledger.now_ms();
-    let token = m.access.take()?;
-    m.refresh = None;
+    let Some(token) = m.access.clone() else {
+        return Vec::new();
+    };
     let new_password = format!("{} again", m.password);
     let answer = auth
         .change_password(bearer(
@@ -397,9 +421,6 @@ async fn change_password(
     match answer {
         Ok(r) => {
             let r = r.into_inner();
-            m.password = new_password;
-            m.access = Some(r.access_token);
-            m.refresh = Some(r.refresh_token);
             let n = ledger.record(
                 k,
                 "ChangePassword",
@@ -409,7 +430,12 @@ async fn change_password(
                 String::new(),
                 start,
             );
-            Some((m.id, token, n))
+            let gone = ended(m, n);
+            m.password = new_password;
+            m.session = vec![r.access_token.clone()];
+            m.access = Some(r.access_token);
+            m.refresh = Some(r.refresh_token);
+            gone
         }
         Err(s) => {
             let answer = Answer::of(&s);
@@ -427,19 +453,20 @@ async fn change_password(
                 String::new(),
                 start,
             );
-            None
+            let _ = ended(m, 0);
+            Vec::new()
         }
     }
 }
 
-/// DeleteAccount: returns the token it ended, if acked, and whether the
+/// DeleteAccount: returns the tokens it ended, if acked, and whether the
 /// client is done with the member (acked or ambiguous).
 async fn delete_account(
     k: usize,
-    m: &Member,
+    m: &mut Member,
     mut auth: AuthServiceClient<Channel>,
     ledger: &Ledger,
-) -> (Option<(Uuid, String, usize)>, bool) {
+) -> (Vec<(Uuid, String, usize)>, bool) {
     let start = ledger.now_ms();
     let token = m.access.clone().unwrap_or_default();
     let answer = auth
@@ -461,5 +488,6 @@ async fn delete_account(
         String::new(),
         start,
     );
-    (acked.then_some((m.id, token, n)), gone)
+    let tokens = if acked { ended(m, n) } else { Vec::new() };
+    (tokens, gone)
 }

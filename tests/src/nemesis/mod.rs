@@ -388,7 +388,7 @@ pub async fn run(options: Options, exe: String) -> anyhow::Result<Report> {
         &must_refuse,
         &auth_db,
         &task_db,
-        &endpoints.task[0],
+        &endpoints.task,
         dead_letters(&env).await,
     )
     .await?;
