@@ -5,9 +5,6 @@
 //! later replay a no-op anyway (a version guard, a receipt recorded once).
 use std::time::Duration;
 
-/// Rows deleted per statement, so no prune holds locks for long.
-const PRUNE_BATCH: i64 = 10_000;
-
 /// The statement that records the ids `ids_from` selects in the inbox and
 /// returns those not there before (the fresh ones): a CTE of the handler's
 /// own statement, so the claim and the apply are one round trip in one
@@ -26,17 +23,13 @@ pub const PRUNE_SQL: &str = "DELETE FROM inbox WHERE event_id IN (
 
 /// Deletes inbox rows received more than `retention` ago; returns how many.
 pub async fn prune(pool: &sqlx::PgPool, retention: Duration) -> sqlx::Result<u64> {
-    let mut total = 0;
-    loop {
-        let deleted = sqlx::query(PRUNE_SQL)
+    memberflow_runtime::db::prune_in_batches(|limit| async move {
+        Ok(sqlx::query(PRUNE_SQL)
             .bind(retention.as_secs_f64())
-            .bind(PRUNE_BATCH)
+            .bind(limit)
             .execute(pool)
             .await?
-            .rows_affected();
-        total += deleted;
-        if deleted < PRUNE_BATCH as u64 {
-            return Ok(total);
-        }
-    }
+            .rows_affected())
+    })
+    .await
 }

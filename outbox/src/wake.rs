@@ -57,11 +57,6 @@ impl RelayWake {
         Arc::new(Self::default())
     }
 
-    /// The channel it NOTIFYs on.
-    pub fn channel(&self) -> &'static str {
-        self.channel
-    }
-
     /// After a commit that wrote outbox rows.
     pub fn committed(&self) {
         if !self.enabled {

@@ -360,6 +360,29 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
     classify(e) == Fault::Transient
 }
 
+/// Rows one prune statement deletes at most, so no prune holds its locks
+/// for long.
+pub const PRUNE_BATCH: i64 = 10_000;
+
+/// Runs `batch(PRUNE_BATCH)`, one DELETE of at most that many rows that
+/// returns how many it removed, until one removes fewer; returns the total.
+/// Every background prune (inbox, sessions, ended sessions, erasure
+/// records) deletes this way.
+pub async fn prune_in_batches<F, Fut>(mut batch: F) -> sqlx::Result<u64>
+where
+    F: FnMut(i64) -> Fut,
+    Fut: std::future::Future<Output = sqlx::Result<u64>>,
+{
+    let mut total = 0;
+    loop {
+        let deleted = batch(PRUNE_BATCH).await?;
+        total += deleted;
+        if deleted < PRUNE_BATCH as u64 {
+            return Ok(total);
+        }
+    }
+}
+
 /// Logs what a prune of `what` did: the rows removed at info (nothing when
 /// none), a failure at warn. A failed prune is retried at its next run; a
 /// late one costs only disk.

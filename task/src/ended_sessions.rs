@@ -16,25 +16,18 @@ pub async fn has_ended<'e>(db: impl PgExecutor<'e>, id: Uuid) -> sqlx::Result<bo
         .await
 }
 
-/// Rows deleted per statement, so no prune holds locks for long.
-const PRUNE_BATCH: i64 = 10_000;
-
 /// Deletes the entries whose sessions' access tokens have all expired
 /// (found through the index on `expires_at`); returns how many.
 pub async fn prune(pool: &PgPool) -> sqlx::Result<u64> {
-    let mut total = 0;
-    loop {
-        let deleted = sqlx::query(
+    memberflow_runtime::db::prune_in_batches(|limit| async move {
+        Ok(sqlx::query(
             "DELETE FROM ended_sessions WHERE session_hash IN (
                  SELECT session_hash FROM ended_sessions WHERE expires_at < now() LIMIT $1)",
         )
-        .bind(PRUNE_BATCH)
+        .bind(limit)
         .execute(pool)
         .await?
-        .rows_affected();
-        total += deleted;
-        if deleted < PRUNE_BATCH as u64 {
-            return Ok(total);
-        }
-    }
+        .rows_affected())
+    })
+    .await
 }

@@ -138,6 +138,58 @@ pub struct Applied {
     pub receipts: u64,
 }
 
+/// [`apply`]'s one statement, built once: the inbox claim, the ended
+/// sessions, the upsert through [`UPSERT_IF_NEWER`], the read-your-writes
+/// NOTIFY, and what each did.
+static APPLY_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH batch AS (
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[],
+                              $6::timestamptz[], $7::timestamptz[], $8::int8[], $9::bool[])
+             WITH ORDINALITY
+             AS e(event_id, member_id, nickname, region, version, occurred_at,
+                  sessions_not_before, sessions_version, deleted, n)
+     ), ended_batch AS (
+         SELECT * FROM UNNEST($10::uuid[], $11::uuid[], $12::text[], $13::timestamptz[],
+                              $14::timestamptz[])
+             AS e(event_id, member_id, session_hash, ended_at, expires_at)
+     ), fresh AS (
+         {claim}
+     ), ended AS (
+         INSERT INTO ended_sessions (session_hash, member_id, ended_at, expires_at)
+         SELECT e.session_hash, e.member_id, e.ended_at, e.expires_at
+           FROM ended_batch e JOIN fresh f USING (event_id)
+         ON CONFLICT (session_hash) DO NOTHING
+         RETURNING 1
+     ), changed AS (
+         INSERT INTO members (id, nickname, region, version, occurred_at,
+                              sessions_not_before, sessions_version, deleted_at)
+         SELECT DISTINCT ON (b.member_id) b.member_id, b.nickname, b.region, b.version,
+                b.occurred_at, b.sessions_not_before, b.sessions_version,
+                CASE WHEN b.deleted THEN b.occurred_at END
+           FROM batch b JOIN fresh f USING (event_id)
+          -- Two states at one version (a forged copy): the first
+          -- delivered wins, as it would across batches.
+          ORDER BY b.member_id, b.version DESC, b.n
+         {UPSERT_IF_NEWER}
+         RETURNING id, version, extract(epoch FROM replicated_at - occurred_at)::float8 AS lag
+     ), notified AS (
+         -- Wakes read-your-writes waiters in every task instance.
+         {notify}
+     )
+     SELECT coalesce((SELECT array_agg(event_id) FROM fresh), '{{}}'),
+            coalesce((SELECT array_agg(id) FROM changed), '{{}}'),
+            coalesce((SELECT array_agg(version) FROM changed), '{{}}'),
+            coalesce((SELECT array_agg(lag) FROM changed), '{{}}'),
+            (SELECT count(*) FROM notified),
+            (SELECT count(*) FROM ended)",
+        notify = crate::freshness::NOTIFY_APPLIED_SQL,
+        claim = memberflow_outbox::inbox::claim_sql(
+            "SELECT event_id FROM batch UNION ALL SELECT event_id FROM ended_batch"
+        ),
+    )
+});
+
 /// Applies `events` in one statement (so in one transaction): events already
 /// in the inbox are skipped, the rest are recorded there, each member moves
 /// to its newest version if that is newer than what the replica holds, and
@@ -184,68 +236,23 @@ pub async fn apply(outbox: &Outbox, all: &[ReplicaEvent]) -> sqlx::Result<Applie
     type Row = (Vec<Uuid>, Vec<Uuid>, Vec<i64>, Vec<f64>, i64, i64);
     let mut tx = outbox.begin().await?;
     let (fresh, ids, versions, lags, _notified, ended): Row =
-        sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "WITH batch AS (
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[],
-                                  $6::timestamptz[], $7::timestamptz[], $8::int8[], $9::bool[])
-                 WITH ORDINALITY
-                 AS e(event_id, member_id, nickname, region, version, occurred_at,
-                      sessions_not_before, sessions_version, deleted, n)
-         ), ended_batch AS (
-             SELECT * FROM UNNEST($10::uuid[], $11::uuid[], $12::text[], $13::timestamptz[],
-                                  $14::timestamptz[])
-                 AS e(event_id, member_id, session_hash, ended_at, expires_at)
-         ), fresh AS (
-             {claim}
-         ), ended AS (
-             INSERT INTO ended_sessions (session_hash, member_id, ended_at, expires_at)
-             SELECT e.session_hash, e.member_id, e.ended_at, e.expires_at
-               FROM ended_batch e JOIN fresh f USING (event_id)
-             ON CONFLICT (session_hash) DO NOTHING
-             RETURNING 1
-         ), changed AS (
-             INSERT INTO members (id, nickname, region, version, occurred_at,
-                                  sessions_not_before, sessions_version, deleted_at)
-             SELECT DISTINCT ON (b.member_id) b.member_id, b.nickname, b.region, b.version,
-                    b.occurred_at, b.sessions_not_before, b.sessions_version,
-                    CASE WHEN b.deleted THEN b.occurred_at END
-               FROM batch b JOIN fresh f USING (event_id)
-              -- Two states at one version (a forged copy): the first
-              -- delivered wins, as it would across batches.
-              ORDER BY b.member_id, b.version DESC, b.n
-             {UPSERT_IF_NEWER}
-             RETURNING id, version, extract(epoch FROM replicated_at - occurred_at)::float8 AS lag
-         ), notified AS (
-             -- Wakes read-your-writes waiters in every task instance.
-             {notify}
-         )
-         SELECT coalesce((SELECT array_agg(event_id) FROM fresh), '{{}}'),
-                coalesce((SELECT array_agg(id) FROM changed), '{{}}'),
-                coalesce((SELECT array_agg(version) FROM changed), '{{}}'),
-                coalesce((SELECT array_agg(lag) FROM changed), '{{}}'),
-                (SELECT count(*) FROM notified),
-                (SELECT count(*) FROM ended)",
-            notify = crate::freshness::NOTIFY_APPLIED_SQL,
-            claim = memberflow_outbox::inbox::claim_sql(
-                "SELECT event_id FROM batch UNION ALL SELECT event_id FROM ended_batch"
-            ),
-        )))
-        .bind(&event_ids)
-        .bind(&member_ids)
-        .bind(&nicknames)
-        .bind(&regions)
-        .bind(&versions)
-        .bind(&occurred)
-        .bind(&not_before)
-        .bind(&sessions_versions)
-        .bind(&deleted)
-        .bind(&ended_ids)
-        .bind(&ended_members)
-        .bind(&ended_hashes)
-        .bind(&ended_at)
-        .bind(&ended_expiry)
-        .fetch_one(&mut *tx)
-        .await?;
+        sqlx::query_as(sqlx::AssertSqlSafe(APPLY_SQL.as_str()))
+            .bind(&event_ids)
+            .bind(&member_ids)
+            .bind(&nicknames)
+            .bind(&regions)
+            .bind(&versions)
+            .bind(&occurred)
+            .bind(&not_before)
+            .bind(&sessions_versions)
+            .bind(&deleted)
+            .bind(&ended_ids)
+            .bind(&ended_members)
+            .bind(&ended_hashes)
+            .bind(&ended_at)
+            .bind(&ended_expiry)
+            .fetch_one(&mut *tx)
+            .await?;
     let tombstoned: Vec<Uuid> = events
         .iter()
         .filter(|e| e.deleted)

@@ -51,11 +51,7 @@ async fn delete_one(sys: &mut System, tag: &str) -> (Uuid, [String; 2]) {
 
 /// The erasure of `member`, as `memberflow-admin erasures` reads it.
 async fn erasure_of(auth_db: &PgPool, member: Uuid) -> Option<Erasure> {
-    erasure::list(auth_db, false)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|e| e.member_id == member)
+    erasure::find(auth_db, member).await.unwrap()
 }
 
 /// Waits for `member`'s erasure to complete; returns it.

@@ -145,6 +145,21 @@ type Row = (
 /// Every erasure on record (only the pending ones with `pending_only`),
 /// oldest first, with each expected service's receipt time.
 pub async fn list(pool: &PgPool, pending_only: bool) -> sqlx::Result<Vec<Erasure>> {
+    read(pool, pending_only, None).await
+}
+
+/// The erasure of `member_id`, if one is on record.
+pub async fn find(pool: &PgPool, member_id: Uuid) -> sqlx::Result<Option<Erasure>> {
+    Ok(read(pool, false, Some(member_id)).await?.pop())
+}
+
+/// [`list`] and [`find`]: the erasures, pending only or all, of one member
+/// or all, through the primary key or the pending index.
+async fn read(
+    pool: &PgPool,
+    pending_only: bool,
+    member_id: Option<Uuid>,
+) -> sqlx::Result<Vec<Erasure>> {
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT e.member_id, e.version, e.requested_at, e.completed_at, e.retried_at,
                 e.expected,
@@ -154,10 +169,12 @@ pub async fn list(pool: &PgPool, pending_only: bool) -> sqlx::Result<Vec<Erasure
                                ON r.member_id = e.member_id AND r.service = x.service
                        ORDER BY x.i)
            FROM erasures e
-          WHERE NOT $1 OR e.completed_at IS NULL
+          WHERE (NOT $1 OR e.completed_at IS NULL)
+            AND ($2::uuid IS NULL OR e.member_id = $2)
           ORDER BY e.requested_at, e.member_id",
     )
     .bind(pending_only)
+    .bind(member_id)
     .fetch_all(pool)
     .await?;
     Ok(rows
@@ -199,23 +216,26 @@ pub async fn retry(outbox: &Outbox, member_id: Uuid) -> sqlx::Result<Option<Eras
     })
     .await?;
     tx.commit().await?;
-    Ok(list(outbox.pool(), false)
-        .await?
-        .into_iter()
-        .find(|e| e.member_id == member_id))
+    find(outbox.pool(), member_id).await
 }
 
 /// Deletes completed records older than `retention` (their receipts go
 /// with them); returns how many.
 pub async fn prune(pool: &PgPool, retention: Duration) -> sqlx::Result<u64> {
-    Ok(sqlx::query(
-        "DELETE FROM erasures
-          WHERE completed_at < now() - make_interval(secs => $1)",
-    )
-    .bind(retention.as_secs_f64())
-    .execute(pool)
-    .await?
-    .rows_affected())
+    memberflow_runtime::db::prune_in_batches(|limit| async move {
+        Ok(sqlx::query(
+            "DELETE FROM erasures WHERE member_id IN (
+                 SELECT member_id FROM erasures
+                  WHERE completed_at < now() - make_interval(secs => $1)
+                  LIMIT $2)",
+        )
+        .bind(retention.as_secs_f64())
+        .bind(limit)
+        .execute(pool)
+        .await?
+        .rows_affected())
+    })
+    .await
 }
 
 /// How often the erasure gauges are refreshed.

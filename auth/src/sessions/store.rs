@@ -228,17 +228,13 @@ pub async fn list<'e>(
     .await
 }
 
-/// Rows deleted per statement, so no prune holds locks for long.
-const PRUNE_BATCH: i64 = 10_000;
-
 /// Deletes sessions nothing can use any more: ended, past their absolute
 /// end, or idle longer than `idle`, and whose last access token has expired
 /// (so a token naming one is refused for having expired, never because its
 /// row is gone). Their refresh-token hashes go with them. Returns how many.
 pub async fn prune(pool: &sqlx::PgPool, idle: chrono::Duration) -> sqlx::Result<u64> {
-    let mut total = 0;
-    loop {
-        let deleted = sqlx::query(
+    memberflow_runtime::db::prune_in_batches(|limit| async move {
+        Ok(sqlx::query(
             "DELETE FROM sessions WHERE id IN (
                  SELECT id FROM sessions
                   WHERE access_expires_at < now()
@@ -247,15 +243,12 @@ pub async fn prune(pool: &sqlx::PgPool, idle: chrono::Duration) -> sqlx::Result<
                   LIMIT $2)",
         )
         .bind(idle)
-        .bind(PRUNE_BATCH)
+        .bind(limit)
         .execute(pool)
         .await?
-        .rows_affected();
-        total += deleted;
-        if deleted < PRUNE_BATCH as u64 {
-            return Ok(total);
-        }
-    }
+        .rows_affected())
+    })
+    .await
 }
 
 /// Prunes every hour (and once at start) until `shutdown`.
