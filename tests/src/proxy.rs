@@ -2,13 +2,16 @@
 //! RabbitMQ, and can cut every connection (and refuse new ones) until
 //! restored, or blackhole them: stop forwarding while every socket stays
 //! open, as a dead route or a hung middlebox does, which no error reveals.
-//! This is how fault tests inject real network failures.
+//! It can also slow a link: each chunk is held a chosen time, both ways, as
+//! a degraded database or a far-away broker is (the kernel here has no
+//! netem). This is how fault tests inject real network failures.
 use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use tokio::net::{TcpListener, TcpStream};
@@ -26,6 +29,9 @@ struct State {
     generation: std::sync::Mutex<CancellationToken>,
     /// Forwarding is allowed while this is `true` (see [`TcpProxy::blackhole`]).
     flowing: tokio::sync::watch::Sender<bool>,
+    /// How long each chunk is held before it is passed on, in microseconds
+    /// (see [`TcpProxy::slow`]).
+    latency_micros: AtomicU64,
 }
 
 impl TcpProxy {
@@ -37,6 +43,7 @@ impl TcpProxy {
             up: AtomicBool::new(true),
             generation: std::sync::Mutex::new(CancellationToken::new()),
             flowing: tokio::sync::watch::Sender::new(true),
+            latency_micros: AtomicU64::new(0),
         });
         let stop = CancellationToken::new();
         let upstream = upstream.to_owned();
@@ -59,7 +66,7 @@ impl TcpProxy {
                     let generation = state.generation.lock().expect("lock").clone();
                     let upstream = upstream.clone();
                     let flowing = state.flowing.subscribe();
-                    tokio::spawn(pipe(client, upstream, generation, flowing));
+                    tokio::spawn(pipe(client, upstream, generation, flowing, state.clone()));
                 }
             });
         }
@@ -77,11 +84,24 @@ impl TcpProxy {
         self.state.generation.lock().expect("lock").cancel();
     }
 
-    /// Accepts and forwards connections again (after a cut or a blackhole).
+    /// Accepts and forwards connections again, at full speed (after a cut,
+    /// a blackhole or [`Self::slow`]).
     pub fn restore(&self) {
         *self.state.generation.lock().expect("lock") = CancellationToken::new();
         self.state.up.store(true, Ordering::SeqCst);
+        self.state.latency_micros.store(0, Ordering::SeqCst);
         self.state.flowing.send_replace(true);
+    }
+
+    /// Holds every chunk `each_way` before passing it on, in both directions,
+    /// on open connections and new ones, until [`Self::restore`]: a round
+    /// trip through the proxy then takes at least twice `each_way`. Chunks
+    /// queue behind each other as on a real link (a delay line, not one
+    /// chunk at a time), so throughput is kept and only latency grows.
+    pub fn slow(&self, each_way: Duration) {
+        self.state
+            .latency_micros
+            .store(each_way.as_micros() as u64, Ordering::SeqCst);
     }
 
     /// Stops forwarding in both directions and keeps every socket open, old
@@ -104,6 +124,7 @@ async fn pipe(
     upstream: String,
     generation: CancellationToken,
     flowing: tokio::sync::watch::Receiver<bool>,
+    state: Arc<State>,
 ) {
     // A new connection during a blackhole is accepted and then left
     // hanging, as a dead route leaves a SYN.
@@ -119,20 +140,47 @@ async fn pipe(
     let (server_read, server_write) = server.into_split();
     tokio::select! {
         () = generation.cancelled() => {}
-        () = forward(client_read, server_write, flowing.clone(), &generation) => {}
-        () = forward(server_read, client_write, flowing, &generation) => {}
+        () = forward(client_read, server_write, flowing.clone(), &generation, &state) => {}
+        () = forward(server_read, client_write, flowing, &generation, &state) => {}
     }
 }
 
 /// Copies `from` to `to` while forwarding is allowed; during a blackhole it
-/// neither reads nor writes, so the sockets stay open and silent.
+/// neither reads nor writes, so the sockets stay open and silent. Each chunk
+/// read is due `latency` after it was read; a writer passes chunks on in
+/// order, each when it is due, while the reader goes on reading.
 async fn forward(
-    mut from: tokio::net::tcp::OwnedReadHalf,
+    from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
+    flowing: tokio::sync::watch::Receiver<bool>,
+    generation: &CancellationToken,
+    state: &State,
+) {
+    use tokio::io::AsyncWriteExt;
+    let (chunks, mut due) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let write = async move {
+        while let Some((at, bytes)) = due.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = read_chunks(from, chunks, flowing, generation, state) => {}
+        () = write => {}
+    }
+}
+
+/// The reading half of [`forward`]: stamps each chunk with when it is due.
+async fn read_chunks(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    chunks: tokio::sync::mpsc::UnboundedSender<(tokio::time::Instant, Vec<u8>)>,
     mut flowing: tokio::sync::watch::Receiver<bool>,
     generation: &CancellationToken,
+    state: &State,
 ) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         if !wait_flowing(&mut flowing, generation).await {
@@ -147,7 +195,14 @@ async fn forward(
             _ = flowing.wait_for(|f| !*f) => continue,
         };
         // Bytes read just before a blackhole are held until it ends.
-        if !wait_flowing(&mut flowing, generation).await || to.write_all(&buf[..n]).await.is_err() {
+        if !wait_flowing(&mut flowing, generation).await {
+            return;
+        }
+        let latency = Duration::from_micros(state.latency_micros.load(Ordering::SeqCst));
+        if chunks
+            .send((tokio::time::Instant::now() + latency, buf[..n].to_vec()))
+            .is_err()
+        {
             return;
         }
     }
