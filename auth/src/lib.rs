@@ -12,6 +12,7 @@ pub mod sessions;
 pub mod settings;
 pub mod startup;
 pub mod throttle;
+pub mod usecases;
 
 pub use error::Error;
 pub use settings::Settings;

@@ -75,28 +75,35 @@ impl Hasher {
 
     /// Hashes on the hashing pool: Argon2 takes milliseconds of CPU.
     pub async fn hash(&self, password: &Password) -> Result<String, Error> {
+        let admitted = self.admit()?;
         let argon = self.argon.clone();
         let password = password.expose().to_owned();
-        self.run(move || hash_with(&argon, &password)).await
-    }
-
-    /// Checks `password` against `hash`, or against a dummy hash when the
-    /// member does not exist (the answer is then always `false`).
-    pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, Error> {
-        let known = hash.is_some();
-        let hash = hash.unwrap_or_else(|| self.dummy_hash.clone());
-        self.run(move || Ok(verify_with(password.as_bytes(), &hash)? && known))
+        self.run(admitted, move || hash_with(&argon, &password))
             .await
     }
 
-    /// Runs `work` on the hashing pool. Callers queue while every thread is
-    /// busy, up to `max_queued`; past that they get RESOURCE_EXHAUSTED at
-    /// once. A queued hash whose caller has gone (cancelled, deadline) is
-    /// skipped when its turn comes, not computed for nobody.
-    async fn run<T: Send + 'static>(
+    /// Checks `password` against `hash`, or against a dummy hash when the
+    /// member does not exist (the answer is then always `false`), in the
+    /// place `admitted` holds.
+    pub async fn verify(
         &self,
-        work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-    ) -> Result<T, Error> {
+        admitted: Admitted,
+        password: String,
+        hash: Option<String>,
+    ) -> Result<bool, Error> {
+        let known = hash.is_some();
+        let hash = hash.unwrap_or_else(|| self.dummy_hash.clone());
+        self.run(admitted, move || {
+            Ok(verify_with(password.as_bytes(), &hash)? && known)
+        })
+        .await
+    }
+
+    /// A place in the hashing queue. Callers queue while every thread is
+    /// busy, up to `max_queued`; past that they get RESOURCE_EXHAUSTED at
+    /// once. Taken before an attempt is charged to an account (see
+    /// `throttle`), so a refusal for the server's own load charges nothing.
+    pub fn admit(&self) -> Result<Admitted, Error> {
         let waiting = self.queued.fetch_add(1, Ordering::AcqRel);
         if waiting >= self.max_queued {
             self.queued.fetch_sub(1, Ordering::AcqRel);
@@ -111,15 +118,25 @@ impl Hasher {
             .into());
         }
         self.metrics.password_hash_queue.inc();
+        Ok(Admitted {
+            queued: self.queued.clone(),
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    /// Runs `work` on the hashing pool in the place `admitted` holds. A
+    /// queued hash whose caller has gone is skipped when its turn comes,
+    /// not computed for nobody.
+    async fn run<T: Send + 'static>(
+        &self,
+        admitted: Admitted,
+        work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    ) -> Result<T, Error> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let (queued, last, metrics) = (
-            self.queued.clone(),
-            self.last_micros.clone(),
-            self.metrics.clone(),
-        );
+        let (last, metrics) = (self.last_micros.clone(), self.metrics.clone());
         self.pool.spawn(move || {
-            queued.fetch_sub(1, Ordering::AcqRel);
-            metrics.password_hash_queue.dec();
+            // Its turn has come: the place in the queue is given back.
+            drop(admitted);
             if tx.is_closed() {
                 metrics.password_hash_abandoned.inc();
                 return;
@@ -133,6 +150,20 @@ impl Hasher {
             .await
             .map_err(|_| anyhow::anyhow!("the hashing pool dropped a job"))?;
         Ok(result?)
+    }
+}
+
+/// A place in the hashing queue ([`Hasher::admit`]), given back when its
+/// hash starts or when it is dropped unused.
+pub struct Admitted {
+    queued: Arc<AtomicUsize>,
+    metrics: AuthMetrics,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.password_hash_queue.dec();
     }
 }
 

@@ -23,6 +23,7 @@ use crate::{
     password::Hasher,
     settings::Settings,
     throttle::LoginThrottle,
+    usecases::Auth,
 };
 
 /// The fully qualified service name, as reported by the health service.
@@ -64,22 +65,25 @@ impl Service for Application {
     /// in-flight RPCs, lets the relay finish its batch, and returns.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let started = self.prepared.start(SERVICE_NAME, &shutdown).await?;
-        let (settings, pool) = (started.settings, started.pool);
+        let (settings, pool, units) = (started.settings, started.pool, started.units);
         let metrics = AuthMetrics::register(&started.registry);
         let relay_wake = RelayWake::new(settings.relay.wake_on_commit, SPEC.channel);
         let throttle = LoginThrottle::new(&settings.login_throttle, metrics.clone());
         let api = AuthApi {
-            pool: pool.clone(),
-            hasher: Hasher::new(&settings.password, metrics.clone())?,
-            throttle: throttle.clone(),
+            auth: Auth {
+                pool: pool.clone(),
+                hasher: Hasher::new(&settings.password, metrics.clone())?,
+                throttle: throttle.clone(),
+                signer: self.signer,
+                token_ttl: Duration::seconds(settings.token.ttl_secs),
+                lifetimes: settings.token.lifetimes(),
+                outbox: Outbox::new(pool.clone(), relay_wake.clone()),
+                erasure_expected: settings.erasure.expected_services.clone().into(),
+            },
+            units: units.clone(),
             verifier: Verifier::new(&self.public_keys),
             public_keys: self.public_keys.into(),
-            signer: self.signer,
-            token_ttl: Duration::seconds(settings.token.ttl_secs),
-            lifetimes: settings.token.lifetimes(),
             service_token: settings.token.service_token.clone(),
-            outbox: Outbox::new(pool.clone(), relay_wake.clone()),
-            erasure_expected: settings.erasure.expected_services.clone().into(),
         };
         let gate = Gate::for_service(&settings);
         let server = grpc::spawn(
@@ -89,6 +93,7 @@ impl Service for Application {
                 gate.interceptor(),
             )),
             started.listener,
+            settings.base.server.limits.handshake_timeout(),
             &shutdown,
         );
         let workers = |tasks: &mut tokio::task::JoinSet<()>| {
@@ -139,7 +144,7 @@ impl Service for Application {
             server,
             gate,
             &settings.database,
-            pool.clone(),
+            &units,
             &MIGRATOR,
             shutdown.clone(),
             started.tasks,

@@ -66,11 +66,20 @@ impl DatabaseSettings {
     }
 
     /// A pool that connects on first use, so a service can start (and report
-    /// NOT_SERVING) while the database is still down.
-    pub fn lazy_pool(&self) -> Result<PgPool, sqlx::Error> {
+    /// NOT_SERVING) while the database is still down. `guard` checks every
+    /// connection before it is handed out (see [`PoolGuard`]).
+    pub fn lazy_pool(&self, guard: &PoolGuard) -> Result<PgPool, sqlx::Error> {
+        let guard = guard.clone();
         Ok(PgPoolOptions::new()
             .max_connections(self.max_connections)
             .acquire_timeout(Duration::from_millis(self.acquire_timeout_ms))
+            // The guard's query replaces sqlx's ping before acquire: the
+            // same one round trip, which now also tells the session's state.
+            .test_before_acquire(false)
+            .before_acquire(move |conn, _| {
+                let guard = guard.clone();
+                Box::pin(async move { guard.admit(conn).await })
+            })
             .connect_lazy_with(self.connect_options()?))
     }
 
@@ -83,6 +92,68 @@ impl DatabaseSettings {
             .to_owned())
     }
 }
+
+/// Defence in depth against a leaked transaction: a pooled connection whose
+/// session is still inside a transaction is closed, never handed to the
+/// next caller. On such a connection the next caller's autocommit statement
+/// is acknowledged and not committed (sqlx 0.9.0 left one behind when a
+/// BEGIN was cancelled; see `docs/operating.md`). Units of work keep
+/// cancels away from database work; this catches what a future bug would
+/// leak anyway, and counts it (`db_pool_leaked_transactions_total`; the
+/// alert `LeakedTransaction` fires on any).
+///
+/// The check is one simple query on acquire, `now() <> statement_timestamp()`:
+/// in autocommit a statement's transaction starts with it, so the two are
+/// equal; inside a transaction block `now()` is when it began. It takes the
+/// place of sqlx's own ping before acquire, so it costs no extra round trip.
+#[derive(Debug, Clone, Default)]
+pub struct PoolGuard {
+    caught: prometheus_client::metrics::counter::Counter,
+}
+
+impl PoolGuard {
+    /// A guard counting into `registry`.
+    pub fn register(registry: &crate::metrics::SharedRegistry) -> Self {
+        let guard = Self::default();
+        registry
+            .lock()
+            .expect("metrics registry poisoned")
+            .register(
+                "db_pool_leaked_transactions",
+                "Pooled connections closed because their session was still inside a transaction",
+                guard.caught.clone(),
+            );
+        guard
+    }
+
+    /// Connections closed so far.
+    pub fn caught(&self) -> u64 {
+        self.caught.get()
+    }
+
+    /// `Ok(true)` if `conn` may be handed out; `Ok(false)` (sqlx closes it)
+    /// if its session is inside a transaction; `Err` if it does not answer
+    /// (sqlx drops it, as after a failed ping).
+    async fn admit(&self, conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+        use sqlx::Row as _;
+        let in_transaction: bool = sqlx::raw_sql(IN_TRANSACTION_SQL)
+            .fetch_one(&mut *conn)
+            .await?
+            .try_get(0)?;
+        if in_transaction {
+            self.caught.inc();
+            tracing::error!(
+                "a pooled connection was still inside a transaction; closed it instead of \
+                 handing it out (a cancelled unit of work or a missing rollback)"
+            );
+        }
+        Ok(!in_transaction)
+    }
+}
+
+/// See [`PoolGuard`]: simple protocol, so the statement is its own
+/// transaction's first.
+const IN_TRANSACTION_SQL: &str = "SELECT now() <> statement_timestamp()";
 
 /// Connect options from a URL, with statements logged at TRACE and slow
 /// ones (over a second) at WARN.

@@ -18,6 +18,7 @@ use tower::layer::util::{Identity, Stack};
 
 use crate::{
     error::Failure,
+    handshake::HandshakeDeadline,
     limits::{LimitsLayer, ServerLimits},
     metrics::{GrpcMetrics, GrpcMetricsLayer, RecordedBody},
 };
@@ -46,7 +47,7 @@ pub async fn server(
     let (reflection_v1, reflection_v1alpha) = reflection(service);
     let mut builder = Server::builder();
     if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
+        builder = builder.tls_config(tls.timeout(limits.handshake_timeout()))?;
     }
     let router = builder
         .http2_keepalive_interval(Some(Duration::from_secs(limits.keepalive_interval_secs)))
@@ -83,9 +84,13 @@ pub async fn server(
 /// `Server::tcp_nodelay` for a listener passed in, and with Nagle on, a
 /// response written in several segments waits for the client's delayed ACK:
 /// about 40 ms per successful Login through grpcio (tonic's own client hid it).
+///
+/// A connection that sends no HTTP/2 preface within `handshake_timeout` is
+/// closed (see [`crate::handshake`]).
 pub fn spawn<L>(
     router: Router<L>,
     listener: TcpListener,
+    handshake_timeout: Duration,
     shutdown: &CancellationToken,
 ) -> JoinHandle<Result<(), tonic::transport::Error>>
 where
@@ -99,7 +104,10 @@ where
         + 'static,
     <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Future: Send + 'static,
 {
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    use futures::StreamExt as _;
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(move |accepted| accepted.map(|io| HandshakeDeadline::new(io, handshake_timeout)));
     tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned()))
 }
 

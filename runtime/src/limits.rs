@@ -11,7 +11,11 @@
 //!   overloaded instance is not also reported dead;
 //! - a handler running past `server.request_timeout_ms` → DEADLINE_EXCEEDED
 //!   (a shorter `grpc-timeout` from the client applies as well; tonic
-//!   enforces that one).
+//!   enforces that one). The caller stops waiting; a unit of work the call
+//!   started still finishes, and keeps the call's slot until then
+//!   (`unit::CallSlot`);
+//! - a connection that has not sent its HTTP/2 preface within
+//!   `server.handshake_timeout_ms` is closed (`handshake`).
 //!
 //! Message size and HTTP/2 settings are applied where tonic configures them
 //! (see `grpc::server`).
@@ -47,6 +51,9 @@ pub struct ServerLimits {
     /// unanswered before the connection is closed: dead peers are noticed.
     pub keepalive_interval_secs: u64,
     pub keepalive_timeout_secs: u64,
+    /// How long a new connection may take to send its HTTP/2 preface (and,
+    /// with TLS, to finish the TLS handshake) before it is closed.
+    pub handshake_timeout_ms: u64,
 }
 
 impl Default for ServerLimits {
@@ -58,11 +65,17 @@ impl Default for ServerLimits {
             max_header_bytes: 8 * 1024,
             keepalive_interval_secs: 30,
             keepalive_timeout_secs: 10,
+            handshake_timeout_ms: 5_000,
         }
     }
 }
 
 impl ServerLimits {
+    /// See [`Self::handshake_timeout_ms`].
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms.max(1))
+    }
+
     /// The HTTP/2 header list limit hyper enforces by resetting the stream:
     /// far above `max_header_bytes`, so that what lies between gets a clean
     /// status from [`LimitsLayer`] and only abuse meets the hard limit.
@@ -141,7 +154,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
         let size = header_list_size(req.headers());
         let max = self.limits.max_header_bytes;
         if size > max {
@@ -164,6 +177,12 @@ where
                 }
             }
         };
+        // The handler's unit of work keeps the slot after a cancel or a
+        // timeout ends this future (see `unit`), so the limit counts it.
+        let permit = permit.map(crate::unit::CallSlot::new);
+        if let Some(slot) = &permit {
+            req.extensions_mut().insert(slot.clone());
+        }
         let timeout = self.limits.timeout;
         let fut = self.inner.call(req);
         Box::pin(async move {

@@ -24,6 +24,7 @@ use crate::{
     metrics::{GrpcMetrics, SharedRegistry},
     settings::ServiceSettings,
     telemetry,
+    unit::Units,
 };
 
 /// How often health re-checks a service's dependencies.
@@ -58,8 +59,10 @@ impl<S: ServiceSettings> Prepared<S> {
         let addr = listener.local_addr()?;
         let metrics_listener = bind(&key("metrics.addr"), &settings.base().metrics.addr).await?;
         let metrics_addr = metrics_listener.local_addr()?;
-        let pool = settings.database().lazy_pool()?;
         let registry = crate::metrics::registry();
+        let pool = settings
+            .database()
+            .lazy_pool(&db::PoolGuard::register(&registry))?;
         let grpc_metrics = GrpcMetrics::register(&registry);
         Ok(Self {
             listener,
@@ -92,6 +95,9 @@ pub struct Started<S> {
     pub listener: TcpListener,
     pub settings: S,
     pub pool: PgPool,
+    /// Runs the service's units of work on that pool; [`run`] drains them
+    /// before the pool closes.
+    pub units: Units,
     pub registry: SharedRegistry,
     pub ready: Readiness,
     pub health: HealthReporter,
@@ -119,9 +125,14 @@ impl<S: ServiceSettings> Prepared<S> {
             self.ready.clone(),
             shutdown.clone(),
         ));
+        let units = Units::new(
+            self.pool.clone(),
+            self.settings.database().max_connections as usize,
+        );
         Ok(Started {
             listener: self.listener,
             settings: self.settings,
+            units,
             pool: self.pool,
             registry: self.registry,
             ready: self.ready,
@@ -197,21 +208,23 @@ impl Gate {
 /// `gate`): migrate the database, open the gate, let `start_workers` spawn
 /// the workers (relay, consumer, pruner, health…) into `tasks`; when the
 /// server ends, cancel `shutdown` so everything else ends too, wait for every
-/// task to finish its in-flight work (a panic in one is returned), and close
+/// task to finish its in-flight work (a panic in one is returned), wait for
+/// every unit of work in flight (a cancelled call's included), and close
 /// the pool.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     gate: Gate,
     database: &DatabaseSettings,
-    pool: PgPool,
+    units: &Units,
     migrator: &sqlx::migrate::Migrator,
     shutdown: CancellationToken,
     mut tasks: JoinSet<()>,
     start_workers: impl FnOnce(&mut JoinSet<()>) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    let pool = units.pool();
     let started = match gate
-        .migrate_then_open(database, &pool, migrator, &shutdown)
+        .migrate_then_open(database, pool, migrator, &shutdown)
         .await
     {
         Ok(true) => start_workers(&mut tasks),
@@ -226,10 +239,12 @@ pub async fn run(
     }
     let served = server.await;
     shutdown.cancel();
+    let mut joined = Ok(());
     while let Some(finished) = tasks.join_next().await {
-        finished?;
+        joined = joined.and(finished);
     }
-    pool.close().await;
+    units.drain().await;
+    joined?;
     started?;
     served??;
     Ok(())

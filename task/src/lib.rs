@@ -21,6 +21,7 @@ pub mod repo;
 pub mod resync;
 pub mod settings;
 pub mod startup;
+pub mod usecases;
 
 pub use error::Error;
 pub use settings::{ConsistencyMode, Settings};

@@ -59,6 +59,8 @@ pub struct Pass {
     pub found: PerKind,
     /// Rows set to auth's state (or removed), by kind.
     pub repaired: PerKind,
+    /// The pass stopped early, between two steps, because its lease ended.
+    pub stopped: bool,
 }
 
 /// Which buckets differ: the pure comparison of auth's digest with the
@@ -79,14 +81,30 @@ pub async fn reconcile_once(
     source: &AuthClient,
     unknown: UnknownRows,
 ) -> anyhow::Result<Pass> {
+    reconcile_while(pool, source, unknown, &|| true).await
+}
+
+/// [`reconcile_once`] while `held()` (the lease) holds: checked before each
+/// step (a digest, a leaf's comparison and repair), so a pass whose lease
+/// ends stops between two steps, never inside a repair's write.
+pub async fn reconcile_while(
+    pool: &PgPool,
+    source: &AuthClient,
+    unknown: UnknownRows,
+    held: &(dyn Fn() -> bool + Sync),
+) -> anyhow::Result<Pass> {
     let mut pass = Pass::default();
     let mut ranges = vec![(digest::FIRST, digest::LAST)];
     while let Some((after, until)) = ranges.pop() {
+        if !held() {
+            pass.stopped = true;
+            return Ok(pass);
+        }
         let theirs = source.digest(after, until, FANOUT).await?;
         if theirs.is_empty() {
             // auth has nobody here: whatever the replica has is compared row
             // by row (read again, then auth again: see `repair`).
-            repair_range(pool, source, after, until, unknown, &mut pass).await?;
+            repair_range(pool, source, after, until, unknown, held, &mut pass).await?;
             continue;
         }
         let bounds: Vec<(Uuid, Uuid)> = theirs.iter().map(|b| (b.after, b.until)).collect();
@@ -97,9 +115,22 @@ pub async fn reconcile_once(
             if bucket.count > LEAF_ROWS {
                 ranges.push((bucket.after, bucket.until));
             } else {
-                repair_range(pool, source, bucket.after, bucket.until, unknown, &mut pass).await?;
+                repair_range(
+                    pool,
+                    source,
+                    bucket.after,
+                    bucket.until,
+                    unknown,
+                    held,
+                    &mut pass,
+                )
+                .await?;
             }
         }
+    }
+    if pass.stopped || !held() {
+        pass.stopped = true;
+        return Ok(pass);
     }
     // Tasks a CreateTask committed beside a tombstone's purge.
     let purged = replica::purge_tombstoned_tasks(pool).await?;
@@ -118,10 +149,15 @@ async fn repair_range(
     after: Uuid,
     until: Uuid,
     unknown: UnknownRows,
+    held: &(dyn Fn() -> bool + Sync),
     pass: &mut Pass,
 ) -> anyhow::Result<()> {
     let mut lo = after;
     loop {
+        if !held() {
+            pass.stopped = true;
+            return Ok(());
+        }
         let ours = replica::observe(pool, lo, until, LEAF_ROWS).await?;
         pass.rows_read += ours.len() as u64;
         let hi = match ours.last() {
@@ -192,7 +228,8 @@ pub async fn run(
 }
 
 /// Runs a pass every interval while `term` is held; a pass under a term
-/// that ends is abandoned (the next holder starts its own).
+/// that ends stops at its next step, never inside a repair (the next holder
+/// starts its own).
 async fn lead(
     pool: &PgPool,
     source: &AuthClient,
@@ -211,13 +248,11 @@ async fn lead(
         if !term.is_held() {
             return;
         }
-        let pass = tokio::select! {
-            pass = reconcile_once(pool, source, cfg.unknown_rows) => pass,
-            () = term.ended() => {
-                tracing::warn!("the reconciler's lease ended mid-pass; abandoning the pass");
-                return;
-            }
-        };
+        let pass = reconcile_while(pool, source, cfg.unknown_rows, &|| term.is_held()).await;
+        if pass.as_ref().is_ok_and(|p| p.stopped) {
+            tracing::warn!("the reconciler's lease ended mid-pass; stopped the pass between steps");
+            return;
+        }
         match pass {
             Ok(pass) => {
                 metrics.reconcile(&pass.found, &pass.repaired);

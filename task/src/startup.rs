@@ -26,6 +26,7 @@ use crate::{
     read_through::ReadThrough,
     reconcile,
     settings::Settings,
+    usecases::Tasks,
 };
 
 /// The fully qualified service name, as reported by the health service.
@@ -79,16 +80,19 @@ impl Service for Application {
     /// lets the consumer ack its batch and close its channel, then returns.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let started = self.prepared.start(SERVICE_NAME, &shutdown).await?;
-        let (settings, pool) = (started.settings, started.pool);
+        let (settings, pool, units) = (started.settings, started.pool, started.units);
         let metrics = self.metrics;
         let freshness = self.freshness.clone();
         let api = TaskApi {
-            metrics: metrics.clone(),
-            pool: pool.clone(),
+            tasks: Tasks {
+                metrics: metrics.clone(),
+                pool: pool.clone(),
+                consistency: settings.consistency.clone(),
+                freshness: freshness.clone(),
+                read_through: self.read_through,
+            },
+            units: units.clone(),
             keys: self.keys.clone(),
-            consistency: settings.consistency.clone(),
-            freshness: freshness.clone(),
-            read_through: self.read_through,
         };
         tracing::info!(mode = ?settings.consistency.mode, "consistency mode");
         let gate = Gate::for_service(&settings);
@@ -99,6 +103,7 @@ impl Service for Application {
                 gate.interceptor(),
             )),
             started.listener,
+            settings.base.server.limits.handshake_timeout(),
             &shutdown,
         );
         let (stats, source) = (self.stats, self.source);
@@ -177,7 +182,7 @@ impl Service for Application {
             server,
             gate,
             &settings.database,
-            pool.clone(),
+            &units,
             &MIGRATOR,
             shutdown.clone(),
             started.tasks,

@@ -144,7 +144,10 @@ async fn a_deposed_relay_writes_nothing_and_starts_no_batch() {
     let observer = TestQueue::bind(&env.amqp_url(), "observer").await;
     let settings = auth_settings(&mut env);
     let shutdown = CancellationToken::new();
-    let schema = settings.database.lazy_pool().unwrap();
+    let schema = settings
+        .database
+        .lazy_pool(&memberflow_runtime::db::PoolGuard::default())
+        .unwrap();
     assert!(
         memberflow_runtime::db::bootstrap(
             &settings.database,

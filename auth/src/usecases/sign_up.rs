@@ -1,0 +1,29 @@
+//! SignUp: the member and its `member.created` event, in one statement.
+use crate::{
+    Error,
+    domain::{Member, NewMember},
+    outbox::write,
+    repo,
+};
+
+use super::{Auth, record_event};
+
+impl Auth {
+    /// Hashes the password (before any database work: it takes milliseconds
+    /// of CPU), then writes the member and its event in one statement.
+    pub async fn sign_up(self, new: NewMember) -> Result<Member, Error> {
+        let hash = self.hasher.hash(&new.password).await?;
+        let (member, event_id) = write::sign_up(&self.outbox, &new, &hash)
+            .await
+            .map_err(|e| {
+                if repo::on_constraint(&e, repo::EMAIL_UNIQUE) {
+                    Error::EmailTaken
+                } else {
+                    e.into()
+                }
+            })?;
+        tracing::Span::current().record("member_id", tracing::field::display(member.id));
+        record_event(event_id);
+        Ok(member)
+    }
+}
