@@ -65,8 +65,10 @@ async fn a_begin_cut_by_a_cancel_leaves_no_transaction_on_the_pooled_connection(
     let mut env = TestEnv::new();
     let link = TcpProxy::start(&env.pg_host()).await;
     let (admin, via) = acked_table(&mut env, &link.host()).await;
+    // No ping before acquire: the cancel must land on BEGIN itself.
     let pool = PgPoolOptions::new()
         .max_connections(1)
+        .test_before_acquire(false)
         .connect_with(DatabaseSettings::with_url(&via).connect_options().unwrap())
         .await
         .expect("connect through the proxy");
