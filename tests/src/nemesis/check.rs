@@ -284,6 +284,37 @@ pub async fn check(
         }
     }
 
+    // 3b. A token is refused as revoked only if a ChangePassword (not
+    // refused) came after it was issued: a member's newest token, from an
+    // acknowledged Login, Refresh or ChangePassword, is fresh. (A client
+    // keeps one member's calls in sequence, so its ledger order is the
+    // order the calls were made in.)
+    let mut members_seen: Vec<Uuid> = ledger.iter().filter_map(|e| e.member).collect();
+    members_seen.sort();
+    members_seen.dedup();
+    for id in members_seen {
+        let mut revoked_since_issued = true;
+        for e in by_member(id) {
+            match (e.op, &e.answer) {
+                ("Login" | "Refresh" | "ChangePassword", Answer::Ok) => {
+                    revoked_since_issued = false;
+                }
+                ("ChangePassword", Answer::Ambiguous(_)) => revoked_since_issued = true,
+                (_, Answer::Refused(why))
+                    if why.contains("was revoked") && !revoked_since_issued =>
+                {
+                    out.push(violation(
+                        "a fresh token is not refused as revoked",
+                        Some(id),
+                        format!("ledger line {}: {} refused: {why}", e.n, e.op),
+                    ));
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+
     // 4. No deleted member has data anywhere.
     let deleted: HashSet<Uuid> = auth
         .iter()
