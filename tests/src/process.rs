@@ -16,6 +16,11 @@ use tonic::transport::Channel;
 
 use crate::{apps::TEST_ARGON2_MEMORY_KIB, env::TestEnv};
 
+/// Debian's libfaketime (package `faketime`), thread-safe build: preloaded
+/// into a service to move its wall clock (see
+/// [`ServiceProcess::start_skewed`]).
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
 /// A running service process, SERVING on `addr`.
 pub struct ServiceProcess {
     pub service: &'static str,
@@ -87,12 +92,53 @@ impl ServiceProcess {
     /// the OS picks, in `development`, and waits until it is SERVING.
     /// Inherited `AUTH__*` / `TASK__*` variables are dropped.
     pub async fn start(exe: &str, service: &'static str, vars: &[(String, String)]) -> Self {
+        Self::start_skewed(exe, service, vars, None).await
+    }
+
+    /// [`Self::start`], with the process's wall clock moved `skew_secs`
+    /// seconds (forward if positive) by Debian's libfaketime (preloaded, as
+    /// `faketime` does): what it reads from `SystemTime` moves, its monotonic
+    /// clock (`Instant`, tokio's timers) does not, nor does PostgreSQL's
+    /// `now()`. `None` starts it as [`Self::start`] does.
+    pub async fn start_skewed(
+        exe: &str,
+        service: &'static str,
+        vars: &[(String, String)],
+        skew_secs: Option<i64>,
+    ) -> Self {
+        Self::try_start_skewed(exe, service, vars, skew_secs)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Self::start_skewed`], with an error rather than a panic when the
+    /// process exits before it listens: a restart on a fixed address can
+    /// find the port taken for a moment (as a client socket's ephemeral
+    /// port), and the caller may try again.
+    pub async fn try_start_skewed(
+        exe: &str,
+        service: &'static str,
+        vars: &[(String, String)],
+        skew_secs: Option<i64>,
+    ) -> Result<Self, String> {
         let prefix = format!("{}__", service.to_ascii_uppercase());
         let log = std::env::temp_dir().join(format!(
             "mf-{service}-{}.log",
             uuid::Uuid::new_v4().simple()
         ));
         let mut cmd = Command::new(exe);
+        if let Some(secs) = skew_secs {
+            assert!(
+                std::path::Path::new(LIBFAKETIME).exists(),
+                "{LIBFAKETIME} is missing: install Debian's faketime (scripts/install-tools tests)"
+            );
+            // What `faketime -m -f '+Ns' CMD` sets, without its wrapper
+            // process: the wrapper forks, so killing it would orphan the
+            // service, which keeps its port.
+            cmd.env("LD_PRELOAD", LIBFAKETIME)
+                .env("FAKETIME", format!("{secs:+}s"))
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
         cmd.arg(service);
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with(&prefix) {
@@ -119,8 +165,14 @@ impl ServiceProcess {
         let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
             .await
             .unwrap_or_else(|_| panic!("{service} did not start within 30 s; see {log:?}"))
-            .expect("child stdout")
-            .unwrap_or_else(|| panic!("{service} exited before listening; see {log:?}"));
+            .expect("child stdout");
+        let Some(first) = first else {
+            let why = std::fs::read_to_string(&log).unwrap_or_default();
+            let why = why.lines().find(|l| l.starts_with("Error:")).unwrap_or("");
+            return Err(format!(
+                "{service} exited before listening ({why}); see {log:?}"
+            ));
+        };
         let (addr, metrics_addr) = first
             .split_once(' ')
             .and_then(|(a, m)| Some((a.parse().ok()?, m.parse().ok()?)))
@@ -135,14 +187,20 @@ impl ServiceProcess {
             _ => task::SERVICE_NAME,
         };
         crate::apps::wait_serving(channel.clone(), health).await;
-        Self {
+        Ok(Self {
             service,
             addr,
             metrics_addr,
             channel,
             child,
             log,
-        }
+        })
+    }
+
+    /// Kills the process (SIGKILL) and waits until it has exited, so that
+    /// its ports are free for a restart at once.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
     }
 
     /// Everything the process has logged so far (its stderr).

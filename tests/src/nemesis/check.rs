@@ -149,6 +149,63 @@ pub async fn check(
         }
     }
 
+    // 1b. A SignUp without an answer (cut, timed out, unavailable) made
+    // at most one member, as asked; a refused one made none. No member's
+    // version counts more changes than its UpdateProfile and ChangePassword
+    // calls that were not refused: none was applied twice.
+    let emails: Vec<(String, Uuid, String, bool)> = sqlx::query_as(
+        "SELECT email, id, coalesce(nickname, ''), deleted_at IS NOT NULL
+           FROM members WHERE email IS NOT NULL",
+    )
+    .fetch_all(auth_db)
+    .await?;
+    let mut by_email: HashMap<&str, Vec<(Uuid, &str, bool)>> = HashMap::new();
+    for (email, id, nickname, deleted) in &emails {
+        by_email
+            .entry(email.as_str())
+            .or_default()
+            .push((*id, nickname.as_str(), *deleted));
+    }
+    for e in ledger.iter().filter(|e| e.op == "SignUp") {
+        let made = by_email
+            .get(e.result.as_str())
+            .map_or(&[][..], Vec::as_slice);
+        let broken = match &e.answer {
+            Answer::Ok => false,
+            Answer::Refused(_) => !made.is_empty(),
+            Answer::Ambiguous(_) => {
+                made.len() > 1 || made.iter().any(|(_, n, d)| *n != e.args || *d)
+            }
+        };
+        if broken {
+            out.push(violation(
+                "an unanswered SignUp took effect at most once, as asked",
+                made.first().map(|m| m.0),
+                format!("ledger line {}: {:?} made {made:?}", e.n, e.answer),
+            ));
+        }
+    }
+    for e in ledger
+        .iter()
+        .filter(|e| e.op == "SignUp" && e.answer.is_ok())
+    {
+        let id = e.member.expect("an acked signup has an id");
+        let Some(row) = auth.get(&id).filter(|r| !r.3) else {
+            continue;
+        };
+        let changes = by_member(id)
+            .filter(|u| matches!(u.op, "UpdateProfile" | "ChangePassword"))
+            .filter(|u| !matches!(u.answer, Answer::Refused(_)))
+            .count();
+        if row.0 > 1 + changes as i64 {
+            out.push(violation(
+                "no change applied twice",
+                Some(id),
+                format!("version {} after {changes} change(s) not refused", row.0),
+            ));
+        }
+    }
+
     // 2. No acknowledged CreateTask lost, none made twice.
     let tasks: Vec<(Uuid, Uuid, Uuid)> =
         sqlx::query_as("SELECT id, member_id, request_id FROM tasks")
@@ -224,6 +281,37 @@ pub async fn check(
                     claims(token)
                 ),
             ));
+        }
+    }
+
+    // 3b. A token is refused as revoked only if a ChangePassword (not
+    // refused) came after it was issued: a member's newest token, from an
+    // acknowledged Login, Refresh or ChangePassword, is fresh. (A client
+    // keeps one member's calls in sequence, so its ledger order is the
+    // order the calls were made in.)
+    let mut members_seen: Vec<Uuid> = ledger.iter().filter_map(|e| e.member).collect();
+    members_seen.sort();
+    members_seen.dedup();
+    for id in members_seen {
+        let mut revoked_since_issued = true;
+        for e in by_member(id) {
+            match (e.op, &e.answer) {
+                ("Login" | "Refresh" | "ChangePassword", Answer::Ok) => {
+                    revoked_since_issued = false;
+                }
+                ("ChangePassword", Answer::Ambiguous(_)) => revoked_since_issued = true,
+                (_, Answer::Refused(why))
+                    if why.contains("was revoked") && !revoked_since_issued =>
+                {
+                    out.push(violation(
+                        "a fresh token is not refused as revoked",
+                        Some(id),
+                        format!("ledger line {}: {} refused: {why}", e.n, e.op),
+                    ));
+                    break;
+                }
+                _ => {}
+            }
         }
     }
 

@@ -42,7 +42,28 @@ pub enum Fault {
     BrokerRestart,
     /// A trigger on task's `members` raising 40001 (serialization_failure).
     TaskDbSqlstate,
+    /// Every chunk held this long, each way ([`crate::proxy::TcpProxy::slow`]).
+    Slow(Link, Duration),
+    /// This share (percent) of SignUp, UpdateProfile and CreateTask calls
+    /// made with a deadline of [`CANCEL_DEADLINE_MS`]: cut mid-flight.
+    Cancels(u32),
+    /// The instance restarted under `faketime` with its wall clock moved
+    /// this many seconds (its monotonic clock untouched), then restarted
+    /// without.
+    Skew(Instance, i64),
 }
+
+/// The deadlines of a cancelled call, in milliseconds: short enough to cut
+/// most calls mid-flight, long enough that some finish.
+pub const CANCEL_DEADLINE_MS: std::ops::RangeInclusive<u64> = 1..=15;
+
+/// The skew the tokens tolerate (5 s of leeway on `exp` and `iat`) with a
+/// margin: most skews stay within it.
+pub const SMALL_SKEW_SECS: i64 = 3;
+
+/// A skew past the leeway, put on a task instance only (see
+/// `docs/nemesis.md`: its clock judges tokens' expiry, not their issue).
+pub const LARGE_SKEW_SECS: i64 = 30;
 
 /// A fault at `at` from the start, healed `lasts` later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +96,20 @@ fn link(rng: &mut StdRng) -> Link {
     }
 }
 
+/// A small skew either way on any instance, or now and then a large one
+/// forward on a task instance.
+fn skew(rng: &mut StdRng) -> Fault {
+    if rng.random_bool(0.2) {
+        return Fault::Skew(
+            Instance::Task(rng.random_range(0..INSTANCES)),
+            LARGE_SKEW_SECS,
+        );
+    }
+    let secs = rng.random_range(1..=SMALL_SKEW_SECS);
+    let secs = if rng.random_bool(0.5) { secs } else { -secs };
+    Fault::Skew(instance(rng), secs)
+}
+
 /// The schedule for `secs` seconds of load from `seed`: a quiet first
 /// second, then faults of 1 to 4 s with 1 to 3 s of calm between them.
 pub fn plan(seed: u64, secs: u64) -> Vec<Planned> {
@@ -88,13 +123,19 @@ pub fn plan(seed: u64, secs: u64) -> Vec<Planned> {
             return plan;
         }
         let fault = match rng.random_range(0..100) {
-            0..20 => Fault::Kill(instance(&mut rng)),
-            20..40 => Fault::Pause(instance(&mut rng)),
-            40..60 => Fault::Cut(link(&mut rng)),
-            60..80 => Fault::Blackhole(link(&mut rng)),
-            80..87 => Fault::PostgresRestart,
-            87..94 => Fault::BrokerRestart,
-            _ => Fault::TaskDbSqlstate,
+            0..15 => Fault::Kill(instance(&mut rng)),
+            15..30 => Fault::Pause(instance(&mut rng)),
+            30..44 => Fault::Cut(link(&mut rng)),
+            44..58 => Fault::Blackhole(link(&mut rng)),
+            58..64 => Fault::PostgresRestart,
+            64..70 => Fault::BrokerRestart,
+            70..76 => Fault::TaskDbSqlstate,
+            76..85 => Fault::Slow(
+                link(&mut rng),
+                Duration::from_millis(rng.random_range(1..=5)),
+            ),
+            85..93 => Fault::Cancels(rng.random_range(20..=80)),
+            _ => skew(&mut rng),
         };
         plan.push(Planned { at, fault, lasts });
         at += lasts + Duration::from_millis(rng.random_range(1_000..=3_000));
@@ -132,5 +173,58 @@ mod tests {
         assert!(has(|f| matches!(f, Fault::PostgresRestart)));
         assert!(has(|f| matches!(f, Fault::BrokerRestart)));
         assert!(has(|f| matches!(f, Fault::TaskDbSqlstate)));
+        assert!(has(|f| matches!(f, Fault::Slow(Link::AuthDb(_), _))));
+        assert!(has(|f| matches!(f, Fault::Slow(Link::TaskBroker(_), _))));
+        assert!(has(|f| matches!(f, Fault::Slow(Link::TaskAuth(_), _))));
+        assert!(has(|f| matches!(f, Fault::Cancels(_))));
+        assert!(has(
+            |f| matches!(f, Fault::Skew(Instance::Auth(_), s) if *s < 0)
+        ));
+        assert!(has(
+            |f| matches!(f, Fault::Skew(Instance::Task(_), s) if *s > 0)
+        ));
+        assert!(has(|f| matches!(
+            f,
+            Fault::Skew(Instance::Task(_), LARGE_SKEW_SECS)
+        )));
+    }
+
+    #[test]
+    fn new_faults_stay_in_their_bounds() {
+        for seed in 0..200 {
+            for p in plan(seed, 600) {
+                match p.fault {
+                    Fault::Slow(_, d) => {
+                        assert!((1..=5).contains(&d.as_millis()), "{d:?}");
+                    }
+                    Fault::Cancels(share) => assert!((20..=80).contains(&share)),
+                    Fault::Skew(Instance::Auth(_), s) => {
+                        assert!(s != 0 && s.abs() <= SMALL_SKEW_SECS, "{s}");
+                    }
+                    Fault::Skew(Instance::Task(_), s) => {
+                        assert!(
+                            s == LARGE_SKEW_SECS || (s != 0 && s.abs() <= SMALL_SKEW_SECS),
+                            "{s}"
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_old_faults_keep_most_of_the_schedule() {
+        let p = plan(7, 3_600);
+        let new = p
+            .iter()
+            .filter(|x| {
+                matches!(
+                    x.fault,
+                    Fault::Slow(..) | Fault::Cancels(_) | Fault::Skew(..)
+                )
+            })
+            .count();
+        assert!(new * 100 < p.len() * 35, "{new} of {}", p.len());
     }
 }

@@ -19,7 +19,9 @@ pub enum Answer {
     /// Refused for good (INVALID_ARGUMENT, ALREADY_EXISTS, …): it did not
     /// happen.
     Refused(String),
-    /// A timeout or UNAVAILABLE: it may or may not have happened.
+    /// A timeout, a cut call (CANCELLED, DEADLINE_EXCEEDED: the client's
+    /// deadline passed mid-flight, see [`super::faults::Fault::Cancels`]) or
+    /// UNAVAILABLE: it may or may not have happened, and at most once.
     Ambiguous(String),
 }
 

@@ -2,8 +2,17 @@
 //! ChangePassword, Logout, Refresh, CreateTask and DeleteAccount at random
 //! (from its own seed), against either instance of each service, recording
 //! every call in the ledger. A CreateTask whose answer is ambiguous is sent
-//! again with the same `request_id`.
-use std::time::Duration;
+//! again with the same `request_id`. During a
+//! [`super::faults::Fault::Cancels`] window a share of SignUp,
+//! UpdateProfile and CreateTask calls is cut mid-flight by a deadline of a
+//! few milliseconds.
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
 
 use memberflow_contract::proto::{
     auth::v1::{self as auth_pb, auth_service_client::AuthServiceClient},
@@ -13,7 +22,10 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use tonic::{Request, transport::Channel};
 use uuid::Uuid;
 
-use super::ledger::{Answer, Ledger};
+use super::{
+    faults::CANCEL_DEADLINE_MS,
+    ledger::{Answer, Ledger},
+};
 
 /// Each call's deadline.
 const CALL: Duration = Duration::from_secs(3);
@@ -74,15 +86,80 @@ fn plain<T>(msg: T) -> Request<T> {
     req
 }
 
+/// The share (percent) of SignUp, UpdateProfile and CreateTask calls that
+/// the clients cut with a short deadline: set for a
+/// [`super::faults::Fault::Cancels`] window, 0 outside one.
+#[derive(Clone, Debug, Default)]
+pub struct Cancels(Arc<AtomicU32>);
+
+impl Cancels {
+    pub fn set(&self, share: u32) {
+        self.0.store(share, Ordering::SeqCst);
+    }
+}
+
+/// One client's draws of short deadlines, from an RNG of its own, so that
+/// the operations it picks are still those of its seed.
+struct Deadlines {
+    share: Cancels,
+    rng: StdRng,
+}
+
+impl Deadlines {
+    /// A deadline of a few milliseconds for the next call, if the window
+    /// cuts it.
+    fn next(&mut self) -> Option<Duration> {
+        let share = self.share.0.load(Ordering::SeqCst);
+        (share > 0 && self.rng.random_range(0..100) < share)
+            .then(|| Duration::from_millis(self.rng.random_range(CANCEL_DEADLINE_MS)))
+    }
+}
+
+/// Makes `call` (built from a request that went through [`cut`]) with the
+/// deadline `short`, if any: the client stops waiting and drops the call
+/// (HTTP/2 RST_STREAM, so the server drops its handler) when it passes. A
+/// call cut so is CANCELLED: it may or may not have taken effect.
+async fn within<T>(
+    short: Option<Duration>,
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    let Some(deadline) = short else {
+        return call.await;
+    };
+    tokio::time::timeout(deadline, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(tonic::Status::cancelled(format!(
+                "the client cut the call at its {} ms deadline",
+                deadline.as_millis()
+            )))
+        })
+}
+
+/// `req` with the deadline `short`, if any, sent along as `grpc-timeout`:
+/// the server gives up at the same moment (DEADLINE_EXCEEDED), whichever
+/// side notices first.
+fn cut<T>(mut req: Request<T>, short: Option<Duration>) -> Request<T> {
+    if let Some(deadline) = short {
+        req.set_timeout(deadline);
+    }
+    req
+}
+
 /// Runs client `k` until `stop`; returns the tokens it saw ended.
 pub async fn client(
     k: usize,
     seed: u64,
     endpoints: Endpoints,
+    cancels: Cancels,
     ledger: Ledger,
     stop: tokio_util::sync::CancellationToken,
 ) -> Outcome {
     let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(31).wrapping_add(k as u64));
+    let mut deadlines = Deadlines {
+        share: cancels,
+        rng: StdRng::seed_from_u64(seed.wrapping_mul(37).wrapping_add(k as u64)),
+    };
     let mut members: Vec<Member> = Vec::new();
     let mut out = Outcome::default();
     let mut signups = 0usize;
@@ -95,7 +172,7 @@ pub async fn client(
         );
         if members.is_empty() || rng.random_bool(0.1) {
             signups += 1;
-            if let Some(m) = sign_up(k, signups, auth, &ledger).await {
+            if let Some(m) = sign_up(k, signups, auth, &ledger, &mut deadlines).await {
                 members.push(m);
             }
             continue;
@@ -113,11 +190,12 @@ pub async fn client(
         let roll = rng.random_range(0..100);
         let ended = match roll {
             0..30 => {
-                update_profile(k, &mut members[i], auth, &ledger, rng.random()).await;
+                let salt = rng.random();
+                update_profile(k, &mut members[i], auth, &ledger, salt, &mut deadlines).await;
                 Vec::new()
             }
             30..65 => {
-                create_task(k, &members[i], task, &ledger).await;
+                create_task(k, &members[i], task, &ledger, &mut deadlines).await;
                 Vec::new()
             }
             65..75 => {
@@ -144,19 +222,23 @@ async fn sign_up(
     n: usize,
     mut auth: AuthServiceClient<Channel>,
     ledger: &Ledger,
+    deadlines: &mut Deadlines,
 ) -> Option<Member> {
     let email = format!("nemesis-{k}-{n}@example.com");
     let password = format!("password {k} {n} one");
     let nickname = format!("n{k}x{n}");
+    let short = deadlines.next();
     let start = ledger.now_ms();
-    let answer = auth
-        .sign_up(plain(auth_pb::SignUpRequest {
+    let request = cut(
+        plain(auth_pb::SignUpRequest {
             email: email.clone(),
             password: password.clone(),
             nickname: nickname.clone(),
             region: "Asia/Seoul".into(),
-        }))
-        .await;
+        }),
+        short,
+    );
+    let answer = within(short, auth.sign_up(request)).await;
     match answer {
         Ok(r) => {
             let id: Uuid = r.into_inner().member?.id.parse().ok()?;
@@ -229,19 +311,23 @@ async fn update_profile(
     mut auth: AuthServiceClient<Channel>,
     ledger: &Ledger,
     salt: u16,
+    deadlines: &mut Deadlines,
 ) {
     let nickname = format!("p{salt}");
+    let short = deadlines.next();
     let start = ledger.now_ms();
     let token = m.access.clone().unwrap_or_default();
-    let answer = auth
-        .update_profile(bearer(
+    let request = cut(
+        bearer(
             auth_pb::UpdateProfileRequest {
                 nickname: Some(nickname.clone()),
                 region: None,
             },
             &token,
-        ))
-        .await;
+        ),
+        short,
+    );
+    let answer = within(short, auth.update_profile(request)).await;
     let (answer, result) = match answer {
         Ok(r) => (
             Answer::Ok,
@@ -266,14 +352,20 @@ async fn update_profile(
     );
 }
 
-async fn create_task(k: usize, m: &Member, task: TaskServiceClient<Channel>, ledger: &Ledger) {
+async fn create_task(
+    k: usize,
+    m: &Member,
+    task: TaskServiceClient<Channel>,
+    ledger: &Ledger,
+    deadlines: &mut Deadlines,
+) {
     let request_id = Uuid::new_v4().to_string();
     let token = m.access.clone().unwrap_or_default();
     for _ in 0..CREATE_ATTEMPTS {
+        let short = deadlines.next();
         let start = ledger.now_ms();
-        let answer = task
-            .clone()
-            .create_task(bearer(
+        let request = cut(
+            bearer(
                 task_pb::CreateTaskRequest {
                     request_id: request_id.clone(),
                     title: format!("task of {}", m.id),
@@ -281,8 +373,10 @@ async fn create_task(k: usize, m: &Member, task: TaskServiceClient<Channel>, led
                     consistency_token: String::new(),
                 },
                 &token,
-            ))
-            .await;
+            ),
+            short,
+        );
+        let answer = within(short, task.clone().create_task(request)).await;
         match answer {
             Ok(r) => {
                 let id = r.into_inner().task.map(|t| t.id).unwrap_or_default();

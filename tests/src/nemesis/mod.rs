@@ -2,7 +2,9 @@
 //! of faults, then a check of what was acknowledged against what the
 //! system ended with (after Jepsen, and Wolverine's DurabilityChaosRig for
 //! the ledger). Two auth and two task processes, every link behind a proxy
-//! the schedule can cut or blackhole, fresh databases and a fresh vhost.
+//! the schedule can cut, blackhole or slow, fresh databases and a fresh
+//! vhost; the schedule also kills, pauses and clock-skews instances, and
+//! has clients cut their own calls.
 //!
 //! ```text
 //! cargo build -p memberflow-tests --bins
@@ -76,12 +78,39 @@ struct Node {
     service: &'static str,
     vars: Vec<(String, String)>,
     addr: SocketAddr,
+    /// Seconds its wall clock is moved by (a [`Fault::Skew`]), if any.
+    skew: Option<i64>,
     process: Option<ServiceProcess>,
 }
 
 impl Node {
+    /// Starts the instance on its address; tries again for up to 10 s
+    /// while the port is taken (by a client socket's ephemeral port, say).
     async fn start(&mut self, exe: &str) {
-        self.process = Some(ServiceProcess::start(exe, self.service, &self.vars).await);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match ServiceProcess::try_start_skewed(exe, self.service, &self.vars, self.skew).await {
+                Ok(p) => {
+                    self.process = Some(p);
+                    return;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("nemesis: {e}; starting it again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    /// Stops the instance and starts it again with its wall clock moved by
+    /// `skew`, or not at all.
+    async fn restart(&mut self, exe: &str, skew: Option<i64>) {
+        if let Some(p) = self.process.take() {
+            p.kill().await;
+        }
+        self.skew = skew;
+        self.start(exe).await;
     }
 }
 
@@ -99,6 +128,8 @@ struct Topology {
     auths: Vec<Node>,
     tasks: Vec<Node>,
     links: HashMap<Link, TcpProxy>,
+    /// The clients' share of cancelled calls ([`Fault::Cancels`]).
+    cancels: load::Cancels,
 }
 
 impl Topology {
@@ -126,6 +157,7 @@ impl Topology {
                 service: "auth",
                 vars,
                 addr: *addr,
+                skew: None,
                 process: None,
             });
         }
@@ -163,6 +195,7 @@ impl Topology {
                 service: "task",
                 vars,
                 addr,
+                skew: None,
                 process: None,
             });
         }
@@ -171,6 +204,7 @@ impl Topology {
             auths,
             tasks,
             links,
+            cancels: load::Cancels::default(),
         };
         for node in topology.auths.iter_mut().chain(topology.tasks.iter_mut()) {
             node.start(&topology.exe).await;
@@ -222,6 +256,12 @@ impl Topology {
                 .execute(task_db)
                 .await;
             }
+            Fault::Slow(l, each_way) => self.links[&l].slow(each_way),
+            Fault::Cancels(share) => self.cancels.set(share),
+            Fault::Skew(i, secs) => {
+                let exe = self.exe.clone();
+                self.node(i).restart(&exe, Some(secs)).await;
+            }
         }
     }
 
@@ -237,7 +277,12 @@ impl Topology {
                     p.resume();
                 }
             }
-            Fault::Cut(l) | Fault::Blackhole(l) => self.links[&l].restore(),
+            Fault::Cut(l) | Fault::Blackhole(l) | Fault::Slow(l, _) => self.links[&l].restore(),
+            Fault::Cancels(_) => self.cancels.set(0),
+            Fault::Skew(i, _) => {
+                let exe = self.exe.clone();
+                self.node(i).restart(&exe, None).await;
+            }
             Fault::PostgresRestart => wait_postgres().await,
             Fault::BrokerRestart => tokio::task::block_in_place(|| {
                 rabbitmqctl(&["start_app"]);
@@ -346,6 +391,7 @@ pub async fn run(options: Options, exe: String) -> anyhow::Result<Report> {
                 k,
                 options.seed,
                 endpoints.clone(),
+                topology.cancels.clone(),
                 ledger.clone(),
                 stop.clone(),
             ))
