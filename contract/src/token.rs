@@ -72,16 +72,16 @@ pub struct SessionsRevoked {
 
 impl Verified {
     /// Whether this token was issued before the member's sessions were
-    /// ended. Two tests, either refusing:
-    /// - the token's version claim is older than the revocation's version
-    ///   (exact, and immune to clock skew: a login reads the version);
-    /// - its `iat` (whole seconds) falls in a second before `not_before`.
+    /// ended: its version claim is older than the revocation's version.
+    /// Exact and clock-free: a Login reads the member's version, and every
+    /// revocation raises it, so a token from before one is older and a
+    /// token from after one is not. (Until 2026-12-03 an `iat` second before
+    /// `not_before` refused a token too; that compared auth's clock with
+    /// PostgreSQL's, and an auth instance lagging PostgreSQL by a second
+    /// issued fresh tokens that were refused for their whole life. The
+    /// nemesis found it under clock skew.)
     pub fn revoked_by(&self, revoked: &SessionsRevoked) -> bool {
-        let before_version = self.version < revoked.version;
-        let before_instant = revoked
-            .not_before
-            .is_some_and(|nb| self.issued_at.timestamp() < nb.timestamp());
-        before_version || before_instant
+        self.version < revoked.version
     }
 }
 
@@ -541,11 +541,13 @@ mod tests {
             not_before: Some(at(1_000) + Duration::milliseconds(400)),
             version: 5,
         };
-        // Before the revocation: an older version, or an earlier second.
+        // Before the revocation: an older version, whatever its `iat`.
         assert!(token(4, 1_000).revoked_by(&revoked));
-        assert!(token(5, 999).revoked_by(&revoked));
-        // After it: a login reads version 5 or later, within or after the second.
+        assert!(token(4, 2_000).revoked_by(&revoked));
+        // After it: a login reads version 5 or later, whatever the clock of
+        // the instance that signed it said (one lagging PostgreSQL's).
         assert!(!token(5, 1_000).revoked_by(&revoked));
+        assert!(!token(5, 999).revoked_by(&revoked));
         assert!(!token(6, 1_001).revoked_by(&revoked));
         // Never revoked.
         assert!(!token(1, 0).revoked_by(&SessionsRevoked::default()));
