@@ -15,7 +15,7 @@ use argon2::{
     password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString, rand_core::OsRng},
 };
 
-use memberflow_runtime::error::Failure;
+use memberflow_runtime::{error::Failure, unit};
 
 use crate::{Error, domain::Password, metrics::AuthMetrics, settings::PasswordSettings};
 
@@ -125,19 +125,22 @@ impl Hasher {
     }
 
     /// Runs `work` on the hashing pool in the place `admitted` holds. A
-    /// queued hash whose caller has gone is skipped when its turn comes,
+    /// queued hash whose caller has gone (its unit's caller, see
+    /// `memberflow_runtime::unit::caller`) is skipped when its turn comes,
     /// not computed for nobody.
     async fn run<T: Send + 'static>(
         &self,
         admitted: Admitted,
         work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
     ) -> Result<T, Error> {
+        unit::caller_waits()?;
+        let caller = unit::caller();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (last, metrics) = (self.last_micros.clone(), self.metrics.clone());
         self.pool.spawn(move || {
             // Its turn has come: the place in the queue is given back.
             drop(admitted);
-            if tx.is_closed() {
+            if tx.is_closed() || caller.is_some_and(|c| c.is_cancelled()) {
                 metrics.password_hash_abandoned.inc();
                 return;
             }
@@ -146,9 +149,11 @@ impl Hasher {
             last.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             let _ = tx.send(result);
         });
-        let result = rx
-            .await
-            .map_err(|_| anyhow::anyhow!("the hashing pool dropped a job"))?;
+        let Ok(result) = rx.await else {
+            // Skipped because the caller had gone, or the pool stopped.
+            unit::caller_waits()?;
+            return Err(anyhow::anyhow!("the hashing pool dropped a job").into());
+        };
         Ok(result?)
     }
 }

@@ -15,6 +15,7 @@ mod consumer_apply;
 mod deletion;
 mod floor;
 mod load;
+mod pool_guard;
 mod relay_drain;
 mod replica_repair;
 mod report;
@@ -193,7 +194,7 @@ impl Lab {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench [--quick] [--out FILE.json] [--only system|relay|consumer|replica|clients|scale|cluster]\n       bench serve auth|task"
+        "usage: bench [--quick] [--out FILE.json] [--only system|guard|relay|consumer|replica|clients|scale|cluster]\n       bench serve auth|task"
     );
     std::process::exit(2)
 }
@@ -235,6 +236,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted("system") {
         system::run(&mut lab).await?;
+    }
+    if wanted("guard") {
+        pool_guard::run(&mut lab).await?;
     }
     if wanted("relay") || wanted("consumer") {
         // The consumer's baseline, raw consumption, is measured here.

@@ -27,6 +27,11 @@ pub enum Failure {
     /// the client may retry.
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// The caller stopped waiting before a step of its unit of work began
+    /// (see `unit::caller_waits`): nothing of that step was done. Nobody
+    /// reads the answer; it is `CANCELLED` for the logs and metrics.
+    #[error("the caller has gone")]
+    CallerGone,
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
 }
@@ -59,6 +64,7 @@ impl From<Failure> for Status {
                     details,
                 )
             }
+            Failure::CallerGone => Status::cancelled(e.to_string()),
             Failure::Unavailable(ref source) => {
                 tracing::warn!(error.cause_chain = %error_chain(source), "database unavailable");
                 Status::unavailable(e.to_string())

@@ -19,7 +19,10 @@
 //!   so callers that give up cannot queue work ahead of those that wait,
 //!   and no pool acquire or connect is ever cut halfway.
 //! - A unit once started runs to its end; its connection goes back to the
-//!   pool when the unit ends, not when the caller leaves.
+//!   pool when the unit ends, not when the caller leaves. Between its steps
+//!   (before a password hash, before its transaction) a use case asks
+//!   [`caller_waits`]: a caller gone by then ends the unit there, with
+//!   nothing of the next step done. A transaction once begun is never cut.
 //! - A unit keeps its call's slot of `server.concurrency_limit` (the
 //!   [`CallSlot`] the limits layer attached to the request) until it ends,
 //!   so callers that cancel and call again cannot pile up more work than the
@@ -30,8 +33,32 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::task::TaskTracker;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument as _;
+
+tokio::task_local! {
+    /// Cancelled once the caller of the unit running on this task stops
+    /// waiting for it.
+    static CALLER: CancellationToken;
+}
+
+/// A token cancelled once the caller of the unit running here has stopped
+/// waiting; `None` outside a unit. For work handed to other threads (the
+/// hashing pool), which checks it before it starts.
+pub fn caller() -> Option<CancellationToken> {
+    CALLER.try_with(CancellationToken::clone).ok()
+}
+
+/// `Err(CallerGone)` if the caller of the unit running here has stopped
+/// waiting: a use case asks before each step that costs (a hash, its
+/// transaction), so a caller that left starts nothing new. Outside a unit
+/// (a tool, a test) the caller always waits.
+pub fn caller_waits() -> Result<(), crate::error::Failure> {
+    match caller() {
+        Some(gone) if gone.is_cancelled() => Err(crate::error::Failure::CallerGone),
+        _ => Ok(()),
+    }
+}
 
 /// A call's slot of the server's concurrency limit, shared between the
 /// limits layer (until the response) and the unit the call started (until
@@ -102,15 +129,21 @@ impl Units {
             .acquire_owned()
             .await
             .map_err(|_| anyhow::anyhow!("the service is shutting down"))?;
+        let gone = CancellationToken::new();
+        // Cancels `gone` if this future is dropped before the unit answers.
+        let waiting = gone.clone().drop_guard();
         let unit = self.tracker.spawn(
-            async move {
-                let answer = work.await;
-                drop((slot, place));
-                answer
-            }
-            .in_current_span(),
+            CALLER
+                .scope(gone, async move {
+                    let answer = work.await;
+                    drop((slot, place));
+                    answer
+                })
+                .in_current_span(),
         );
-        match unit.await {
+        let answered = unit.await;
+        waiting.disarm();
+        match answered {
             Ok(answer) => answer,
             Err(e) => Err(anyhow::anyhow!("a unit of work did not finish: {e}").into()),
         }
@@ -239,6 +272,31 @@ mod tests {
             !ran.load(Ordering::SeqCst),
             "a call that left before its turn started nothing"
         );
+    }
+
+    #[tokio::test]
+    async fn a_unit_sees_its_caller_go_between_steps() {
+        let units = units();
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let (seen_tx, seen) = tokio::sync::oneshot::channel();
+        let work = async move {
+            assert!(caller_waits().is_ok(), "the caller waits at first");
+            let _ = started_tx.send(());
+            let _ = released.await;
+            let _ = seen_tx.send(caller_waits().is_err());
+            Ok::<_, anyhow::Error>(())
+        };
+        let call = tokio::spawn({
+            let units = units.clone();
+            async move { units.run(None, work).await }
+        });
+        started.await.expect("the unit started");
+        call.abort();
+        let _ = call.await;
+        release.send(()).expect("the unit waits");
+        assert!(seen.await.unwrap(), "the unit saw its caller go");
+        assert!(caller_waits().is_ok(), "outside a unit, the caller waits");
     }
 
     #[tokio::test]

@@ -256,6 +256,10 @@ struct Tally {
 impl Tally {
     fn check(&self, what: &str) {
         let total = self.right + self.wrong.len();
+        eprintln!(
+            "{what}: {} cut calls; {} of {total} patient calls answered as expected",
+            self.cut, self.right
+        );
         assert!(total > 50, "{what}: only {total} patient calls ran");
         assert!(self.cut > 50, "{what}: only {} calls were cut", self.cut);
         // At least 99.9% answered as expected.

@@ -3,7 +3,10 @@
 use std::net::IpAddr;
 
 use memberflow_contract::token::Verified;
-use memberflow_runtime::error::{Failure, Violations};
+use memberflow_runtime::{
+    error::{Failure, Violations},
+    unit,
+};
 
 use crate::{
     Error,
@@ -30,6 +33,7 @@ impl Auth {
             .prove_password(caller, "current_password", current, peer)
             .await?;
         let new_hash = self.hasher.hash(&new).await?;
+        unit::caller_waits()?;
         let (member, issued) = self
             .revoke_sessions(caller, Some((&old_hash, &new_hash)), Some(&client))
             .await?;
@@ -50,6 +54,7 @@ impl Auth {
         let hash = self
             .prove_password(caller, "password", password, peer)
             .await?;
+        unit::caller_waits()?;
         let mut tx = self.outbox.begin().await?;
         self.lock_caller(&mut tx, caller).await?;
         let tombstone = repo::delete_member(&mut tx, caller.member_id, &hash)

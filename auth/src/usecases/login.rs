@@ -2,7 +2,7 @@
 use std::net::IpAddr;
 
 use chrono::Utc;
-use memberflow_runtime::error::Failure;
+use memberflow_runtime::{error::Failure, unit};
 use uuid::Uuid;
 
 use crate::{
@@ -52,6 +52,7 @@ impl Auth {
             _ => return Err(Error::BadCredentials),
         };
         tracing::Span::current().record("member_id", tracing::field::display(member.id));
+        unit::caller_waits()?;
         let mut conn = self.pool.acquire().await?;
         self.start_session(&mut conn, &member, &attempt.client)
             .await

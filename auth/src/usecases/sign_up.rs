@@ -1,4 +1,6 @@
 //! SignUp: the member and its `member.created` event, in one statement.
+use memberflow_runtime::unit;
+
 use crate::{
     Error,
     domain::{Member, NewMember},
@@ -13,6 +15,7 @@ impl Auth {
     /// of CPU), then writes the member and its event in one statement.
     pub async fn sign_up(self, new: NewMember) -> Result<Member, Error> {
         let hash = self.hasher.hash(&new.password).await?;
+        unit::caller_waits()?;
         let (member, event_id) = write::sign_up(&self.outbox, &new, &hash)
             .await
             .map_err(|e| {
