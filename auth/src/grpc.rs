@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::{
     Error,
     domain::{Email, Member, NewMember, Nickname, Password, ProfileChange, Region},
+    password::Admitted,
     repo,
     sessions::RefreshToken,
     usecases::{Auth, login::LoginAttempt},
@@ -94,6 +95,14 @@ impl From<Member> for pb::Member {
 }
 
 impl AuthApi {
+    /// A place in the hashing queue for a call that checks or hashes a
+    /// password, taken before it waits for a unit's place: a full queue
+    /// refuses at once (RESOURCE_EXHAUSTED), and nothing is charged to the
+    /// account. Admission, like the concurrency limit, not a rule.
+    fn hashing_place(&self) -> Result<Admitted, Status> {
+        Ok(self.auth.hasher.admit()?)
+    }
+
     /// The caller of a member RPC, from their bearer token.
     fn authenticate<T>(&self, req: &Request<T>) -> Result<Verified, Error> {
         let caller = memberflow_runtime::grpc::authenticate(&self.verifier, req.metadata())?;
@@ -141,7 +150,9 @@ impl AuthService for AuthApi {
     ) -> Result<Response<pb::SignUpResponse>, Status> {
         let slot = CallSlot::of(&request);
         let new = NewMember::try_from(request.into_inner()).map_err(Error::from)?;
-        let member = self.units.run(slot, self.auth.clone().sign_up(new)).await?;
+        let admitted = self.hashing_place()?;
+        let use_case = self.auth.clone().sign_up(new, admitted);
+        let member = self.units.run(slot, use_case).await?;
         Ok(Response::new(pb::SignUpResponse {
             consistency_token: consistency_token(&member),
             member: Some(member.into()),
@@ -163,10 +174,9 @@ impl AuthService for AuthApi {
             peer,
             client,
         };
-        let issued = self
-            .units
-            .run(slot, self.auth.clone().login(attempt))
-            .await?;
+        let admitted = self.hashing_place()?;
+        let use_case = self.auth.clone().login(attempt, admitted);
+        let issued = self.units.run(slot, use_case).await?;
         Ok(Response::new(pb::LoginResponse {
             access_token: issued.access_token,
             expires_at: Some(timestamp(issued.expires_at)),
@@ -415,12 +425,14 @@ impl AuthService for AuthApi {
         }
         let new_password = v.check("new_password", Password::parse(&req.new_password));
         v.finish().map_err(Error::from)?;
+        let admitted = [self.hashing_place()?, self.hashing_place()?];
         let use_case = self.auth.clone().change_password(
             caller,
             req.current_password,
             new_password.expect("checked"),
             peer,
             client,
+            admitted,
         );
         let (member, issued) = self.units.run(slot, use_case).await?;
         Ok(Response::new(pb::ChangePasswordResponse {
@@ -447,13 +459,12 @@ impl AuthService for AuthApi {
             v.add("password", "must not be empty");
             return Err(Error::from(v).into());
         }
-        let tombstone = self
-            .units
-            .run(
-                slot,
-                self.auth.clone().delete_account(caller, req.password, peer),
-            )
-            .await?;
+        let admitted = self.hashing_place()?;
+        let use_case = self
+            .auth
+            .clone()
+            .delete_account(caller, req.password, peer, admitted);
+        let tombstone = self.units.run(slot, use_case).await?;
         Ok(Response::new(pb::DeleteAccountResponse {
             consistency_token: ConsistencyToken {
                 member_id: tombstone.id,

@@ -75,7 +75,11 @@ impl Hasher {
 
     /// Hashes on the hashing pool: Argon2 takes milliseconds of CPU.
     pub async fn hash(&self, password: &Password) -> Result<String, Error> {
-        let admitted = self.admit()?;
+        self.hash_in(self.admit()?, password).await
+    }
+
+    /// [`Self::hash`] in a place taken earlier.
+    pub async fn hash_in(&self, admitted: Admitted, password: &Password) -> Result<String, Error> {
         let argon = self.argon.clone();
         let password = password.expose().to_owned();
         self.run(admitted, move || hash_with(&argon, &password))

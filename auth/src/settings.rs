@@ -41,7 +41,8 @@ pub type AmqpSettings = memberflow_outbox::settings::ConsumerSettings;
 pub use memberflow_outbox::settings::RelaySettings;
 
 /// Login (and ChangePassword) attempts allowed, per account and per peer
-/// address. Every attempt counts, right or wrong: each costs a password hash.
+/// address. Every attempt whose password is checked counts, right or wrong:
+/// each costs a password hash; one refused for the server's load counts nothing.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct LoginThrottleSettings {

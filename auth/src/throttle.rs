@@ -4,6 +4,8 @@
 //!
 //! Every attempt is charged before its hash runs, right or wrong: a hash is
 //! the expensive part, and counting only failures would need the hash first.
+//! The hash's place in the queue is taken before the charge, so an attempt
+//! refused for the server's own load charges nothing (`password::Hasher::admit`).
 //! Over a limit the call gets RESOURCE_EXHAUSTED with RetryInfo saying when
 //! the next attempt is allowed.
 use std::{net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};

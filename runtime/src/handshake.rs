@@ -5,9 +5,12 @@
 //! the preface without a deadline, and HTTP/2 keepalive starts only after
 //! it), each holding a socket, a task and buffers.
 //!
-//! With TLS on the server, the deadline counts the bytes under TLS, so it
-//! bounds a client that stalls inside the TLS handshake; tonic's own TLS
-//! handshake timeout is set to the same value.
+//! With TLS on the server, the bytes counted are those under TLS, so a
+//! ClientHello alone passes this check; what bounds a TLS client is tonic's
+//! own TLS handshake timeout, set to the same value. A client that completes
+//! TLS and then sends no HTTP/2 preface is not bounded here (hyper waits;
+//! keepalive starts after the preface): a known gap, written down in
+//! docs/security.md.
 use std::{
     io,
     pin::Pin,

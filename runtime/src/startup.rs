@@ -125,10 +125,7 @@ impl<S: ServiceSettings> Prepared<S> {
             self.ready.clone(),
             shutdown.clone(),
         ));
-        let units = Units::new(
-            self.pool.clone(),
-            self.settings.database().max_connections as usize,
-        );
+        let units = Units::new(self.pool.clone(), self.settings.unit_places());
         Ok(Started {
             listener: self.listener,
             settings: self.settings,

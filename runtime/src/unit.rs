@@ -12,9 +12,12 @@
 //! caller can drop it is construction. The handler decodes and authorises,
 //! hands the use case to [`Units::run`], and encodes what it answers.
 //!
-//! - A unit starts only once it has a place: at most as many units run at
-//!   once as the pool has connections, and callers wait for a place in
-//!   arrival order (a fair semaphore). Waiting is the one thing a cancel
+//! - A unit starts only once it has a place: at most one per pool
+//!   connection runs at once, and callers wait for a place in arrival order
+//!   (a fair semaphore). A unit keeps its place while it waits for other
+//!   things too (a password hash, auth, an apply): auth takes a hash's place
+//!   in the hashing queue before the unit's, so a full queue still refuses
+//!   at once. Waiting is the one thing a cancel
 //!   stops: a call whose caller has gone before its turn starts nothing,
 //!   so callers that give up cannot queue work ahead of those that wait,
 //!   and no pool acquire or connect is ever cut halfway.
@@ -93,9 +96,8 @@ pub struct Units {
 }
 
 impl Units {
-    /// Units on `pool`, at most `places` at once (the pool's
-    /// `max_connections`: more could only wait inside the pool, where a
-    /// wait is not cancellable).
+    /// Units on `pool`, at most `places` at once (a service's
+    /// `ServiceSettings::unit_places`).
     pub fn new(pool: PgPool, places: usize) -> Self {
         Self {
             pool,
@@ -149,8 +151,8 @@ impl Units {
         }
     }
 
-    /// Refuses new units, waits for those in flight, then closes the pool:
-    /// what shutdown does once the server has stopped answering.
+    /// Waits for the units in flight, then closes the pool: what shutdown
+    /// does once the server has stopped answering (so no new call comes).
     pub async fn drain(&self) {
         self.tracker.close();
         self.tracker.wait().await;

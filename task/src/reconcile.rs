@@ -249,8 +249,16 @@ async fn lead(
             return;
         }
         let pass = reconcile_while(pool, source, cfg.unknown_rows, &|| term.is_held()).await;
-        if pass.as_ref().is_ok_and(|p| p.stopped) {
-            tracing::warn!("the reconciler's lease ended mid-pass; stopped the pass between steps");
+        if let Ok(stopped) = pass.as_ref().map(|p| p.stopped)
+            && stopped
+        {
+            let pass = pass.expect("checked");
+            metrics.reconcile(&pass.found, &pass.repaired);
+            tracing::warn!(
+                found = pass.found.total(),
+                repaired = pass.repaired.total(),
+                "the reconciler's lease ended mid-pass; stopped the pass between steps"
+            );
             return;
         }
         match pass {

@@ -452,13 +452,28 @@ async fn signups_beside_cancelled_update_profiles_are_answered_and_committed() {
 /// mid-flight over a slow link to task's database.
 #[tokio::test]
 async fn create_tasks_beside_cancelled_calls_are_answered_and_committed() {
-    let storm = Storm {
-        each_way: Duration::from_micros(1_500),
-        cutters: 6,
-        cut_after_ms: 1..=6,
-        patient: 8,
-        run_for: Duration::from_secs(6),
-    };
+    for storm in [
+        Storm {
+            each_way: Duration::from_millis(3),
+            cutters: 4,
+            cut_after_ms: 2..=12,
+            patient: 8,
+            run_for: Duration::from_secs(5),
+        },
+        Storm {
+            each_way: Duration::from_micros(1_500),
+            cutters: 6,
+            cut_after_ms: 1..=6,
+            patient: 8,
+            run_for: Duration::from_secs(5),
+        },
+    ] {
+        task_storm(&storm).await;
+    }
+}
+
+/// One storm against task: see [`create_tasks_beside_cancelled_calls_are_answered_and_committed`].
+async fn task_storm(storm: &Storm) {
     let mut env = TestEnv::new();
     let mut auth = spawn_auth(auth_settings(&mut env)).await;
     let link = TcpProxy::start(&env.pg_host()).await;
@@ -540,7 +555,7 @@ async fn create_tasks_beside_cancelled_calls_are_answered_and_committed() {
     let log = task.log_text();
     let leaked = task.metric("db_pool_leaked_transactions_total").await;
     drop(task);
-    tally.check("task");
+    tally.check(&format!("task {storm:?}"));
     assert!(!log.contains(ALREADY_IN_TRANSACTION), "PostgreSQL warned");
     assert_eq!(leaked, Some(0.0), "the pool guard caught a connection");
     let ids: Vec<Uuid> = tally

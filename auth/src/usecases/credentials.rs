@@ -12,6 +12,7 @@ use crate::{
     Error,
     domain::{Member, Password},
     outbox::write::Enqueue,
+    password::Admitted,
     repo,
 };
 
@@ -28,11 +29,12 @@ impl Auth {
         new: Password,
         peer: Option<IpAddr>,
         client: String,
+        [for_old, for_new]: [Admitted; 2],
     ) -> Result<(Member, Issued), Error> {
         let old_hash = self
-            .prove_password(caller, "current_password", current, peer)
+            .prove_password(caller, "current_password", current, peer, for_old)
             .await?;
-        let new_hash = self.hasher.hash(&new).await?;
+        let new_hash = self.hasher.hash_in(for_new, &new).await?;
         unit::caller_waits()?;
         let (member, issued) = self
             .revoke_sessions(caller, Some((&old_hash, &new_hash)), Some(&client))
@@ -50,9 +52,10 @@ impl Auth {
         caller: Verified,
         password: String,
         peer: Option<IpAddr>,
+        admitted: Admitted,
     ) -> Result<repo::Tombstone, Error> {
         let hash = self
-            .prove_password(caller, "password", password, peer)
+            .prove_password(caller, "password", password, peer, admitted)
             .await?;
         unit::caller_waits()?;
         let mut tx = self.outbox.begin().await?;
@@ -68,20 +71,21 @@ impl Auth {
     }
 
     /// The caller's password hash, once `presented` (the request's `field`)
-    /// matches it. Charged to the member's login allowance after a place in
-    /// the hashing queue is taken, so an overload refusal charges nothing.
+    /// matches it. Charged to the member's login allowance; `admitted`, the
+    /// check's place in the hashing queue, was taken before, so an overload
+    /// refusal charges nothing.
     async fn prove_password(
         &self,
         caller: Verified,
         field: &str,
         presented: String,
         peer: Option<IpAddr>,
+        admitted: Admitted,
     ) -> Result<String, Error> {
         let (member, hash) = repo::find_with_hash(&self.pool, caller.member_id)
             .await?
             .ok_or_else(|| Failure::Unauthenticated(DELETED.into()))?;
         refuse_revoked(caller, &member)?;
-        let admitted = self.hasher.admit()?;
         self.throttle
             .attempt(&format!("member:{}", caller.member_id), peer)?;
         if !self

@@ -9,6 +9,7 @@ use crate::{
     Error,
     domain::{Email, Member},
     outbox::write::Enqueue,
+    password::Admitted,
     repo,
     sessions::{
         RefreshToken,
@@ -31,15 +32,14 @@ pub struct LoginAttempt {
 
 impl Auth {
     /// Checks the password (a wrong email costs as much as a wrong
-    /// password), then starts a session. A place in the hashing queue is
-    /// taken before the attempt is charged to the account, so a refusal for
-    /// the server's own load costs the account nothing.
-    pub async fn login(self, attempt: LoginAttempt) -> Result<Issued, Error> {
+    /// password), then starts a session. `admitted`, the hash's place in the
+    /// hashing queue, was taken before the attempt is charged to the
+    /// account, so a refusal for the server's own load costs it nothing.
+    pub async fn login(self, attempt: LoginAttempt, admitted: Admitted) -> Result<Issued, Error> {
         let email = Email::parse(&attempt.email).ok();
         let account = email
             .as_ref()
             .map_or_else(|| attempt.email.to_lowercase(), |e| e.as_str().to_owned());
-        let admitted = self.hasher.admit()?;
         self.throttle.attempt(&account, attempt.peer)?;
         let creds = match &email {
             Some(e) => repo::find_credentials(&self.pool, e.as_str()).await?,

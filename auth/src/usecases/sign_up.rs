@@ -5,6 +5,7 @@ use crate::{
     Error,
     domain::{Member, NewMember},
     outbox::write,
+    password::Admitted,
     repo,
 };
 
@@ -13,8 +14,8 @@ use super::{Auth, record_event};
 impl Auth {
     /// Hashes the password (before any database work: it takes milliseconds
     /// of CPU), then writes the member and its event in one statement.
-    pub async fn sign_up(self, new: NewMember) -> Result<Member, Error> {
-        let hash = self.hasher.hash(&new.password).await?;
+    pub async fn sign_up(self, new: NewMember, admitted: Admitted) -> Result<Member, Error> {
+        let hash = self.hasher.hash_in(admitted, &new.password).await?;
         unit::caller_waits()?;
         let (member, event_id) = write::sign_up(&self.outbox, &new, &hash)
             .await
