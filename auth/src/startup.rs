@@ -1,16 +1,13 @@
-//! Builds and runs the auth service: the gRPC server, database bootstrap,
-//! the outbox relay and the consumer of erasure receipts, all stopped by one
-//! shutdown token.
+//! The auth service, described once: its schema, its gRPC service and its
+//! workers (the outbox relay, the consumer of erasure receipts, the erasure
+//! watch, the pruners). `memberflow_runtime::startup::run` runs it.
 use chrono::Duration;
 use memberflow_contract::{
     proto::auth::v1::auth_service_server::AuthServiceServer,
     token::{PublicKey, Signer, Verifier},
 };
-use memberflow_runtime::{
-    grpc,
-    shutdown::CancellationToken,
-    startup::{self, Gate, Prepared, Service, spawn_health},
-};
+use memberflow_lifecycle::Workers;
+use memberflow_runtime::startup::{self, Declared, Parts, Prepared, Service};
 use tonic::service::interceptor::InterceptedService;
 
 use memberflow_outbox::consumer::{Consumer, ConsumerStats};
@@ -36,6 +33,11 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/aut
 /// A bound, not yet running auth service.
 pub struct Application {
     prepared: Prepared<Settings>,
+    keys: Keys,
+}
+
+/// The token keys [`Application::build`] read (see [`Service::Own`]).
+pub struct Keys {
     signer: Signer,
     public_keys: Vec<PublicKey>,
 }
@@ -47,26 +49,48 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 
 impl Service for Application {
     type Settings = Settings;
+    type Own = Keys;
+    const NAME: &'static str = SERVICE_NAME;
+
+    fn migrators() -> Vec<&'static sqlx::migrate::Migrator> {
+        vec![&MIGRATOR]
+    }
 
     /// Audits the settings, binds the listener (port 0 allowed) and prepares
-    /// a lazy pool; nothing talks to PostgreSQL or RabbitMQ until
-    /// [`Self::run_until_stopped`].
+    /// a lazy pool; nothing talks to PostgreSQL or RabbitMQ yet.
     async fn build(settings: Settings) -> anyhow::Result<Self> {
         let prepared = Prepared::new(settings).await?;
         let (signer, public_keys) = prepared.settings.token.keys()?;
         Ok(Self {
             prepared,
-            signer,
-            public_keys,
+            keys: Keys {
+                signer,
+                public_keys,
+            },
         })
     }
 
-    /// Serves until `shutdown` is cancelled, then stops accepting, finishes
-    /// in-flight RPCs, lets the relay finish its batch, and returns.
-    async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let started = self.prepared.start(SERVICE_NAME, &shutdown).await?;
-        let (settings, pool, units) = (started.settings, started.pool, started.units);
-        let metrics = AuthMetrics::register(&started.registry);
+    fn prepared(&self) -> &Prepared<Settings> {
+        &self.prepared
+    }
+
+    fn into_parts(self) -> (Prepared<Settings>, Keys) {
+        (self.prepared, self.keys)
+    }
+
+    /// AuthService; the relay of auth's outbox, the consumer of erasure
+    /// receipts, the erasure watch and the pruners.
+    fn declare(keys: Keys, parts: Parts<Settings>) -> anyhow::Result<Declared> {
+        let Parts {
+            settings,
+            pool,
+            units,
+            registry,
+            shutdown,
+            router,
+            gate,
+        } = parts;
+        let metrics = AuthMetrics::register(&registry);
         let relay_wake = RelayWake::new(settings.relay.wake_on_commit, SPEC.channel);
         let throttle = LoginThrottle::new(&settings.login_throttle, metrics.clone());
         let api = AuthApi {
@@ -74,86 +98,69 @@ impl Service for Application {
                 pool: pool.clone(),
                 hasher: Hasher::new(&settings.password, metrics.clone())?,
                 throttle: throttle.clone(),
-                signer: self.signer,
+                signer: keys.signer,
                 token_ttl: Duration::seconds(settings.token.ttl_secs),
                 lifetimes: settings.token.lifetimes(),
                 outbox: Outbox::new(pool.clone(), relay_wake.clone()),
                 erasure_expected: settings.erasure.expected_services.clone().into(),
             },
-            units: units.clone(),
-            verifier: Verifier::new(&self.public_keys),
-            public_keys: self.public_keys.into(),
+            units,
+            verifier: Verifier::new(&keys.public_keys),
+            public_keys: keys.public_keys.into(),
             service_token: settings.token.service_token.clone(),
         };
-        let gate = Gate::for_service(&settings);
-        let server = grpc::spawn(
-            started.router.add_service(InterceptedService::new(
-                AuthServiceServer::new(api)
-                    .max_decoding_message_size(settings.base.server.limits.max_message_bytes),
-                gate.interceptor(),
-            )),
-            started.listener,
-            settings.base.server.limits.handshake_timeout(),
-            &shutdown,
-        );
-        let workers = |tasks: &mut tokio::task::JoinSet<()>| {
-            let receipts = Consumer::new(
-                Receipts::new(pool.clone(), metrics.clone()),
-                erasure::receipts::QUEUE_SPEC,
-                pool.clone(),
-                settings.amqp.clone(),
-                std::sync::Arc::new(ConsumerStats::default()),
-                metrics.consumer.clone(),
-            );
-            // SERVING while the database answers and the receipt consumer is
-            // attached (or only briefly detached), as task's readiness.
-            spawn_health(
-                tasks,
-                started.health,
-                SERVICE_NAME,
-                pool.clone(),
-                started.ready,
-                shutdown.clone(),
-                receipts.readiness(),
-            );
-            tasks.spawn(receipts.run(shutdown.clone()));
-            tasks.spawn(erasure::watch(
-                pool.clone(),
-                settings.erasure.clone(),
-                metrics.clone(),
-                shutdown.clone(),
-            ));
-            tasks.spawn(throttle.prune(shutdown.clone()));
-            tasks.spawn(crate::sessions::store::run_pruner(
-                pool.clone(),
-                settings.token.lifetimes().idle,
-                shutdown.clone(),
-            ));
-            Relay::new(
-                SPEC,
-                settings.database.direct_connect_options()?,
-                settings.amqp.nodes(),
-                settings.relay.clone(),
-                relay_wake.clone(),
-                metrics.relay,
-            )
-            .spawn(tasks, pool.clone(), &shutdown);
-            Ok(())
-        };
-        startup::run(
-            server,
+        let router = router.add_service(InterceptedService::new(
+            AuthServiceServer::new(api)
+                .max_decoding_message_size(settings.base.server.limits.max_message_bytes),
             gate,
-            &settings.database,
-            &units,
-            &MIGRATOR,
-            shutdown.clone(),
-            started.tasks,
+        ));
+        let receipts = Consumer::new(
+            Receipts::new(pool.clone(), metrics.clone()),
+            erasure::receipts::QUEUE_SPEC,
+            pool.clone(),
+            settings.amqp.clone(),
+            std::sync::Arc::new(ConsumerStats::default()),
+            metrics.consumer.clone(),
+        );
+        // SERVING while the database answers and the receipt consumer is
+        // attached (or only briefly detached), as task's readiness.
+        let ready = Box::new(receipts.readiness());
+        let mut workers = Workers::default();
+        workers
+            .add("receipt-consumer", receipts.run(shutdown.clone()))
+            .add(
+                "erasure-watch",
+                erasure::watch(
+                    pool.clone(),
+                    settings.erasure.clone(),
+                    metrics.clone(),
+                    shutdown.clone(),
+                ),
+            )
+            .add("throttle-pruner", throttle.prune(shutdown.clone()))
+            .add(
+                "session-pruner",
+                crate::sessions::store::run_pruner(
+                    pool.clone(),
+                    settings.token.lifetimes().idle,
+                    shutdown.clone(),
+                ),
+            )
+            .extend(
+                Relay::new(
+                    SPEC,
+                    settings.database.direct_connect_options()?,
+                    settings.amqp.nodes(),
+                    settings.relay.clone(),
+                    relay_wake,
+                    metrics.relay,
+                )
+                .workers(pool, &shutdown),
+            );
+        Ok(Declared {
+            router,
             workers,
-        )
-        .await
-    }
-
-    fn prepared(&self) -> &Prepared<Settings> {
-        &self.prepared
+            ready,
+        })
     }
 }

@@ -14,6 +14,7 @@ use governor::{
     DefaultKeyedRateLimiter, Quota, RateLimiter,
     clock::{Clock, DefaultClock},
 };
+use memberflow_lifecycle::Start;
 use memberflow_runtime::error::Failure;
 use memberflow_runtime::shutdown::CancellationToken;
 
@@ -78,22 +79,17 @@ impl LoginThrottle {
 
     /// Forgets full buckets every minute until `shutdown`.
     pub async fn prune(self, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(PRUNE_EVERY);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {
-                    if let Some(l) = &self.account {
-                        l.retain_recent();
-                        l.shrink_to_fit();
-                    }
-                    if let Some(l) = &self.peer {
-                        l.retain_recent();
-                        l.shrink_to_fit();
-                    }
-                }
+        memberflow_lifecycle::every(PRUNE_EVERY, Start::Now, &shutdown, || async {
+            if let Some(l) = &self.account {
+                l.retain_recent();
+                l.shrink_to_fit();
             }
-        }
+            if let Some(l) = &self.peer {
+                l.retain_recent();
+                l.shrink_to_fit();
+            }
+        })
+        .await;
     }
 }
 

@@ -26,6 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures::{FutureExt as _, future::BoxFuture};
 use memberflow_runtime::amqp::Nodes;
 use memberflow_runtime::db;
 use memberflow_runtime::lease::{Elector, FENCE, Term};
@@ -382,25 +383,36 @@ impl Relay {
         })
     }
 
-    /// Spawns, on `tasks`, the relay and what runs beside it in every
-    /// service: the LISTEN for other instances' wake-ups, the notifier that
-    /// wakes them, and the outbox gauges (read through `pool`).
-    pub fn spawn(
+    /// The relay and what runs beside it in every service, as named
+    /// workers for the service's supervisor: the LISTEN for other
+    /// instances' wake-ups, the notifier that wakes them, and the outbox
+    /// gauges (read through `pool`).
+    pub fn workers(
         self,
-        tasks: &mut tokio::task::JoinSet<()>,
         pool: PgPool,
         shutdown: &CancellationToken,
-    ) {
+    ) -> Vec<(&'static str, BoxFuture<'static, ()>)> {
+        let mut workers: Vec<(&'static str, BoxFuture<'static, ()>)> = Vec::new();
         if let Some(listen) = self.listen_for_wakes(shutdown.clone()) {
-            tasks.spawn(listen);
+            workers.push(("relay-wake-listener", listen.boxed()));
         }
-        tasks.spawn(self.wake.clone().run_notifier(
-            pool.clone(),
-            self.metrics.relay_wake_failures.clone(),
-            shutdown.clone(),
+        workers.push((
+            "relay-wake-notifier",
+            self.wake
+                .clone()
+                .run_notifier(
+                    pool.clone(),
+                    self.metrics.relay_wake_failures.clone(),
+                    shutdown.clone(),
+                )
+                .boxed(),
         ));
-        tasks.spawn(watch_outbox(pool, self.metrics.clone(), shutdown.clone()));
-        tasks.spawn(self.run(shutdown.clone()));
+        workers.push((
+            "outbox-gauges",
+            watch_outbox(pool, self.metrics.clone(), shutdown.clone()).boxed(),
+        ));
+        workers.push(("relay", self.run(shutdown.clone()).boxed()));
+        workers
     }
 
     /// Runs until `shutdown`; an in-flight batch is finished first. Each
@@ -581,13 +593,7 @@ const GAUGES_EVERY: Duration = Duration::from_secs(5);
 /// Keeps the outbox gauges current until `shutdown`, with one cheap query
 /// per interval rather than one per scrape.
 pub async fn watch_outbox(pool: PgPool, metrics: RelayMetrics, shutdown: CancellationToken) {
-    let mut every = tokio::time::interval(GAUGES_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = every.tick() => {}
-            () = shutdown.cancelled() => return,
-        }
+    memberflow_lifecycle::every(GAUGES_EVERY, memberflow_lifecycle::Start::Now, &shutdown, || async {
         let read: sqlx::Result<(i64, f64, i64)> = sqlx::query_as(
             "SELECT (SELECT count(*) FROM outbox),
                     coalesce((SELECT extract(epoch FROM now() - occurred_at)::float8
@@ -606,5 +612,6 @@ pub async fn watch_outbox(pool: PgPool, metrics: RelayMetrics, shutdown: Cancell
                 tracing::debug!(error.cause_chain = %error_chain(&e), "outbox gauges not refreshed")
             }
         }
-    }
+    })
+    .await;
 }

@@ -2,7 +2,7 @@
 //! error details.
 use std::{convert::Infallible, time::Duration};
 
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{
     Status,
@@ -77,8 +77,8 @@ pub async fn server(
     Ok((health, router))
 }
 
-/// Serves `router` on `listener` on a task of its own until `shutdown`, then
-/// finishes in-flight RPCs.
+/// Serves `router` on `listener` until `shutdown`, then finishes in-flight
+/// RPCs (the supervisor runs it as the worker `grpc-server`).
 ///
 /// Nagle's algorithm is off on every accepted socket. tonic ignores
 /// `Server::tcp_nodelay` for a listener passed in, and with Nagle on, a
@@ -87,12 +87,12 @@ pub async fn server(
 ///
 /// A connection that sends no HTTP/2 preface within `handshake_timeout` is
 /// closed (see [`crate::handshake`]).
-pub fn spawn<L>(
+pub fn serve<L>(
     router: Router<L>,
     listener: TcpListener,
     handshake_timeout: Duration,
     shutdown: &CancellationToken,
-) -> JoinHandle<Result<(), tonic::transport::Error>>
+) -> impl Future<Output = Result<(), tonic::transport::Error>> + Send + 'static
 where
     L: tower::Layer<tonic::service::Routes> + Send + 'static,
     L::Service: tower::Service<
@@ -108,7 +108,7 @@ where
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .map(move |accepted| accepted.map(|io| HandshakeDeadline::new(io, handshake_timeout)));
-    tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned()))
+    router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
 }
 
 /// Metadata key carrying the service credential on trusted calls.
@@ -195,8 +195,14 @@ pub async fn report_health<F, Fut>(
 {
     let mut last = None;
     let mut verdict = HealthVerdict::default();
-    loop {
+    let mut ticks = memberflow_lifecycle::Ticks::new(every, memberflow_lifecycle::Start::Now);
+    while ticks.next(&shutdown).await {
         let now = verdict.observe(ready().await);
+        if shutdown.is_cancelled() {
+            // The supervisor has said NOT_SERVING; a check that was in
+            // flight must not say otherwise.
+            return;
+        }
         if last != Some(now) {
             set_serving(&health, service, now).await;
             readiness.store(now, std::sync::atomic::Ordering::Release);
@@ -208,9 +214,6 @@ pub async fn report_health<F, Fut>(
                 }
             }
             last = Some(now);
-        }
-        if !memberflow_retry::sleep_or_cancel(every, &shutdown).await {
-            return;
         }
     }
 }

@@ -21,6 +21,7 @@
 //! so a holder paused mid-way holds no row lock that would block a takeover.
 use std::{sync::Mutex, time::Duration};
 
+use memberflow_lifecycle::{Start, Ticks};
 use memberflow_retry::{Backoff, sleep_or_cancel};
 use sqlx::{
     PgPool,
@@ -152,9 +153,10 @@ impl Elector {
     /// paused). Ends the term whichever way it ends.
     pub async fn keep(&self, term: &Term, stop: &CancellationToken) {
         let every = renew_every(self.ttl);
+        let mut ticks = Ticks::new(every, Start::AfterOnePeriod);
         loop {
             tokio::select! {
-                () = tokio::time::sleep(every) => {}
+                () = ticks.tick() => {}
                 () = stop.cancelled() => break,
                 () = term.ended.cancelled() => break,
             }

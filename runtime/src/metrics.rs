@@ -27,6 +27,28 @@ pub fn registry() -> SharedRegistry {
     Arc::new(Mutex::new(Registry::default()))
 }
 
+/// Registers `process_start_time_seconds` (as Prometheus's own process
+/// collectors name it), set to now. A process that ends on a worker's
+/// failure is restarted by its supervisor; a counter bumped just before it
+/// exits is never scraped, but a start time that keeps changing is what the
+/// alert `InstanceRestarting` watches.
+pub fn register_start_time(registry: &SharedRegistry) {
+    let started: prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64> =
+        Default::default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    started.set(now.as_secs_f64());
+    registry
+        .lock()
+        .expect("metrics registry poisoned")
+        .register(
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch, in seconds",
+            started,
+        );
+}
+
 /// The registry in Prometheus text format.
 pub fn render(registry: &SharedRegistry) -> String {
     let mut out = String::new();

@@ -43,22 +43,3 @@ pub fn on_os_signal() -> CancellationToken {
     });
     token
 }
-
-/// Runs `job` at once and then every `period` until `shutdown`: the one
-/// loop of every periodic chore (prunes, refreshes). A run that overruns
-/// delays the next instead of bunching them.
-pub async fn every<Fut: std::future::Future<Output = ()>>(
-    period: std::time::Duration,
-    shutdown: &CancellationToken,
-    mut job: impl FnMut() -> Fut,
-) {
-    let mut ticks = tokio::time::interval(period);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            () = shutdown.cancelled() => return,
-        }
-        job().await;
-    }
-}

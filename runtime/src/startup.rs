@@ -1,8 +1,9 @@
-//! What every service's `Application::build` does first, before its own
-//! parts: refuse unsafe settings, bind the listener (port 0 allowed, so tests
-//! learn the real port from [`Prepared::addr`]) and prepare a database pool
-//! that connects on first use, so a service starts, and reports NOT_SERVING,
-//! while PostgreSQL is still down.
+//! A service's life, the same for every service: what `build` does first
+//! ([`Prepared`]: refuse unsafe settings, bind the listeners, port 0
+//! allowed, and prepare a pool that connects on first use, so a service
+//! starts, and reports NOT_SERVING, while PostgreSQL is still down), then
+//! what [`run`] does with the parts a [`Service`] declares: gate, migrate,
+//! supervise the named workers, report health, drain.
 use std::{
     net::SocketAddr,
     sync::{
@@ -12,11 +13,11 @@ use std::{
     time::Duration,
 };
 
+use memberflow_lifecycle::{Crew, Exit, Workers};
 use sqlx::PgPool;
-use tokio::{net::TcpListener, task::JoinSet};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status};
-use tonic_health::server::HealthReporter;
 
 use crate::{
     admin_http::Readiness,
@@ -60,6 +61,7 @@ impl<S: ServiceSettings> Prepared<S> {
         let metrics_listener = bind(&key("metrics.addr"), &settings.base().metrics.addr).await?;
         let metrics_addr = metrics_listener.local_addr()?;
         let registry = crate::metrics::registry();
+        crate::metrics::register_start_time(&registry);
         let pool = settings
             .database()
             .lazy_pool(&db::PoolGuard::register(&registry))?;
@@ -88,58 +90,6 @@ async fn bind(key: &str, addr: &str) -> anyhow::Result<TcpListener> {
         .map_err(|e| anyhow::anyhow!("cannot bind {key} {addr}: {e}"))
 }
 
-/// A prepared service once its servers exist: the gRPC router (health,
-/// reflection and metrics in place, the service's own still to add) and the
-/// admin endpoint, already serving.
-pub struct Started<S> {
-    pub listener: TcpListener,
-    pub settings: S,
-    pub pool: PgPool,
-    /// Runs the service's units of work on that pool; [`run`] drains them
-    /// before the pool closes.
-    pub units: Units,
-    pub registry: SharedRegistry,
-    pub ready: Readiness,
-    pub health: HealthReporter,
-    pub router: tonic::transport::server::Router<crate::grpc::ServerLayers>,
-    /// Every task the service spawns (the admin endpoint already; health and
-    /// the workers next); [`run`] drains them at shutdown.
-    pub tasks: JoinSet<()>,
-}
-
-impl<S: ServiceSettings> Prepared<S> {
-    /// Builds the gRPC router for `service` and starts the admin endpoint,
-    /// which stops with `shutdown`.
-    pub async fn start(
-        self,
-        service: &str,
-        shutdown: &CancellationToken,
-    ) -> anyhow::Result<Started<S>> {
-        let limits = &self.settings.base().server.limits;
-        let (health, router) =
-            crate::grpc::server(service, self.grpc_metrics, limits, self.tls).await?;
-        let mut tasks = JoinSet::new();
-        tasks.spawn(crate::admin_http::serve(
-            self.metrics_listener,
-            self.registry.clone(),
-            self.ready.clone(),
-            shutdown.clone(),
-        ));
-        let units = Units::new(self.pool.clone(), self.settings.unit_places());
-        Ok(Started {
-            listener: self.listener,
-            settings: self.settings,
-            units,
-            pool: self.pool,
-            registry: self.registry,
-            ready: self.ready,
-            health,
-            router,
-            tasks,
-        })
-    }
-}
-
 /// Holds RPCs back until the database is migrated: until then they get
 /// UNAVAILABLE rather than failing on a missing table as INTERNAL.
 #[derive(Debug, Clone)]
@@ -162,120 +112,235 @@ impl Gate {
     }
 
     /// The interceptor to put on the service.
-    pub fn interceptor(
-        &self,
-    ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + use<> {
-        let open = self.open.clone();
-        move |req| {
-            if open.load(Ordering::Acquire) {
-                Ok(req)
-            } else {
-                Err(Status::unavailable(
-                    "starting: the database is not reachable or not migrated yet",
-                ))
-            }
+    pub fn interceptor(&self) -> GateInterceptor {
+        GateInterceptor {
+            open: self.open.clone(),
         }
     }
 
-    /// Creates and migrates the database, retrying while it is unreachable
-    /// (see [`db::bootstrap`]), then lets RPCs through. `Ok(false)` if
-    /// shutdown came first; `Err` if production refuses the database role.
+    /// Creates the database and applies `migrators` in order, retrying
+    /// while it is unreachable (see [`db::bootstrap`]), then lets RPCs
+    /// through. `Ok(false)` if shutdown came first; `Err` if production
+    /// refuses the database role.
     pub async fn migrate_then_open(
         &self,
         settings: &DatabaseSettings,
         pool: &PgPool,
-        migrator: &sqlx::migrate::Migrator,
+        migrators: &[&sqlx::migrate::Migrator],
         shutdown: &CancellationToken,
     ) -> Result<bool, crate::secrets::Refused> {
-        let migrated = db::bootstrap(
-            settings,
-            pool,
-            migrator,
-            self.environment,
-            &self.key,
-            shutdown,
-        )
-        .await?;
-        self.open.store(migrated, Ordering::Release);
-        Ok(migrated)
+        for migrator in migrators {
+            let migrated = db::bootstrap(
+                settings,
+                pool,
+                migrator,
+                self.environment,
+                &self.key,
+                shutdown,
+            )
+            .await?;
+            if !migrated {
+                return Ok(false);
+            }
+        }
+        self.open.store(true, Ordering::Release);
+        Ok(true)
     }
 }
 
-/// The shared life of a service once its gRPC server is spawned (behind
-/// `gate`): migrate the database, open the gate, let `start_workers` spawn
-/// the workers (relay, consumer, pruner, health…) into `tasks`; when the
-/// server ends, cancel `shutdown` so everything else ends too, wait for every
-/// task to finish its in-flight work (a panic in one is returned), wait for
-/// every unit of work in flight (a cancelled call's included), and close
-/// the pool.
-#[allow(clippy::too_many_arguments)]
-pub async fn run(
-    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-    gate: Gate,
-    database: &DatabaseSettings,
-    units: &Units,
-    migrator: &sqlx::migrate::Migrator,
-    shutdown: CancellationToken,
-    mut tasks: JoinSet<()>,
-    start_workers: impl FnOnce(&mut JoinSet<()>) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let pool = units.pool();
-    let started = match gate
-        .migrate_then_open(database, pool, migrator, &shutdown)
-        .await
-    {
-        Ok(true) => start_workers(&mut tasks),
-        Ok(false) => Ok(()),
-        Err(refused) => {
-            tracing::error!(error.message = %refused, "refusing to start");
-            Err(refused.into())
+/// Answers UNAVAILABLE until the [`Gate`] it came from opens.
+#[derive(Debug, Clone)]
+pub struct GateInterceptor {
+    open: Arc<AtomicBool>,
+}
+
+impl tonic::service::Interceptor for GateInterceptor {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        if self.open.load(Ordering::Acquire) {
+            Ok(req)
+        } else {
+            Err(Status::unavailable(
+                "starting: the database is not reachable or not migrated yet",
+            ))
         }
-    };
-    if started.is_err() {
-        shutdown.cancel();
     }
-    let served = server.await;
+}
+
+/// What the runtime has built for a service when the service declares its
+/// own parts ([`Service::declare`]).
+pub struct Parts<S> {
+    pub settings: S,
+    pub pool: PgPool,
+    /// Runs the service's units of work on that pool; drained before the
+    /// pool closes.
+    pub units: Units,
+    /// This instance's metrics; every part registers its own.
+    pub registry: SharedRegistry,
+    /// Cancelled when the service stops, for whatever reason; every worker
+    /// ends when it is.
+    pub shutdown: CancellationToken,
+    /// The gRPC router with health, reflection and metrics in place; the
+    /// service adds its own service, behind [`Self::gate`].
+    pub router: tonic::transport::server::Router<crate::grpc::ServerLayers>,
+    /// Holds the service's RPCs back (UNAVAILABLE) until its database is
+    /// migrated, rather than failing on a missing table as INTERNAL.
+    pub gate: GateInterceptor,
+}
+
+/// What a service is, once its parts exist: its gRPC router (its own
+/// service added), its named workers, and what its readiness needs beyond
+/// the database.
+pub struct Declared {
+    pub router: tonic::transport::server::Router<crate::grpc::ServerLayers>,
+    /// Started once the database is migrated.
+    pub workers: Workers,
+    /// SERVING needs this to hold too (a consumer attached, say).
+    pub ready: Box<dyn FnMut() -> bool + Send>,
+}
+
+/// The life of a service, the same for every one: serve the admin endpoint
+/// and gRPC (RPCs held at the gate), migrate, open the gate, start the
+/// workers and report health; then wait for the first of: `shutdown`, or a
+/// worker (the gRPC server included) that ends. A worker that ends while
+/// the service runs is a failure: logged with its name and cause, health
+/// NOT_SERVING at once, and the service drains as on SIGTERM: `shutdown`
+/// is cancelled, every worker finishes its in-flight work, every unit of
+/// work in flight ends. The error returned names the worker, so `main`
+/// exits non-zero and the process supervisor restarts the process; nothing
+/// is restarted in-process (see `memberflow_lifecycle::Workers`).
+///
+/// `extra` workers run beside the service's own (an embedder's, or a
+/// test's).
+pub async fn run<S: Service>(
+    app: S,
+    shutdown: CancellationToken,
+    extra: Workers,
+) -> anyhow::Result<()> {
+    let (prepared, own) = app.into_parts();
+    let Prepared {
+        listener,
+        metrics_listener,
+        settings,
+        pool,
+        registry,
+        grpc_metrics,
+        ready: readiness,
+        tls,
+        ..
+    } = prepared;
+    let limits = settings.base().server.limits.clone();
+    let database = settings.database().clone();
+    let gate = Gate::for_service(&settings);
+    let (health, router) = crate::grpc::server(S::NAME, grpc_metrics, &limits, tls).await?;
+    let units = Units::new(pool.clone(), settings.unit_places());
+    let Declared {
+        router,
+        mut workers,
+        ready: mut also,
+    } = S::declare(
+        own,
+        Parts {
+            settings,
+            pool: pool.clone(),
+            units: units.clone(),
+            registry: registry.clone(),
+            shutdown: shutdown.clone(),
+            router,
+            gate: gate.interceptor(),
+        },
+    )?;
+    workers.append(extra);
+    let check = pool.clone();
+    workers.add(
+        "health",
+        crate::grpc::report_health(
+            health.clone(),
+            S::NAME,
+            HEALTH_EVERY,
+            readiness.clone(),
+            shutdown.clone(),
+            move || {
+                let (pool, others) = (check.clone(), also());
+                async move { others && db::is_alive(&pool).await }
+            },
+        ),
+    );
+
+    let mut crew = Crew::default();
+    let mut serving = Workers::default();
+    serving
+        .add(
+            "admin-http",
+            crate::admin_http::serve(
+                metrics_listener,
+                registry,
+                readiness.clone(),
+                shutdown.clone(),
+            ),
+        )
+        .add(
+            "grpc-server",
+            crate::grpc::serve(router, listener, limits.handshake_timeout(), &shutdown),
+        );
+    crew.start(serving);
+
+    let migrators = S::migrators();
+    let mut failure: Option<anyhow::Error> = None;
+    tokio::select! {
+        opened = gate.migrate_then_open(&database, &pool, &migrators, &shutdown) => match opened {
+            Ok(true) => crew.start(workers),
+            Ok(false) => {}
+            Err(refused) => {
+                tracing::error!(error.message = %refused, "refusing to start");
+                failure = Some(refused.into());
+            }
+        },
+        Some(ended) = crew.next_end() => failure = Some(ended.into()),
+    }
+    if failure.is_none() {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => {}
+            Some(ended) = crew.next_end() => failure = Some(ended.into()),
+        }
+    }
+    if let Some(failure) = &failure {
+        tracing::error!(
+            service = S::NAME,
+            error.message = %failure,
+            "stopping the service: a worker ended while it ran (the process exits non-zero)"
+        );
+    }
+    // Not ready from now on, whatever stopped it (said before the server
+    // stops taking calls); then drain.
+    readiness.store(false, Ordering::Release);
+    crate::grpc::set_serving(&health, S::NAME, false).await;
     shutdown.cancel();
-    let mut joined = Ok(());
-    while let Some(finished) = tasks.join_next().await {
-        joined = joined.and(finished);
+    while let Some(ended) = crew.next_end().await {
+        if !matches!(ended.exit, Exit::Returned) {
+            tracing::error!(error.message = %ended, "a worker failed while the service stopped");
+            failure.get_or_insert(ended.into());
+        }
     }
     units.drain().await;
-    joined?;
-    started?;
-    served??;
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }
 
-/// Reports `service` SERVING while its database answers and `also()` holds,
-/// re-checked every [`HEALTH_EVERY`] until `shutdown`.
-pub fn spawn_health(
-    tasks: &mut JoinSet<()>,
-    health: HealthReporter,
-    service: &'static str,
-    pool: PgPool,
-    ready: Readiness,
-    shutdown: CancellationToken,
-    mut also: impl FnMut() -> bool + Send + 'static,
-) {
-    tasks.spawn(crate::grpc::report_health(
-        health,
-        service,
-        HEALTH_EVERY,
-        ready,
-        shutdown,
-        move || {
-            let pool = pool.clone();
-            let others = also();
-            async move { others && db::is_alive(&pool).await }
-        },
-    ));
-}
+/// A service, declared once: its name, its schemas, how it is built, and
+/// its own parts (gRPC service, workers, readiness). [`run`] does the rest,
+/// the same for every service; [`serve`] runs one as its process does.
+pub trait Service: Sized + Send + 'static {
+    type Settings: ServiceSettings + Send + Sync + 'static;
+    /// What [`Self::build`] made beside the [`Prepared`] parts (keys,
+    /// clients, shared state), handed to [`Self::declare`].
+    type Own: Send + 'static;
 
-/// What the process runner needs of a service's `Application`: both
-/// services implement it, and [`serve`] runs either.
-pub trait Service: Sized + Send {
-    type Settings: ServiceSettings + Send;
+    /// The fully qualified gRPC service name, as health reports it.
+    const NAME: &'static str;
+
+    /// The schemas, applied in order before RPCs are let through and the
+    /// workers start (the service's own; a library's beside it).
+    fn migrators() -> Vec<&'static sqlx::migrate::Migrator>;
 
     /// Audits the settings and binds the listeners (port 0 allowed); nothing
     /// talks to PostgreSQL, RabbitMQ or another service yet.
@@ -284,11 +349,22 @@ pub trait Service: Sized + Send {
     /// The audited settings, listeners and pool [`Self::build`] prepared.
     fn prepared(&self) -> &Prepared<Self::Settings>;
 
-    /// Serves until `shutdown`, then finishes in-flight work and returns.
+    /// Splits the service into what the runtime runs and what it declares.
+    fn into_parts(self) -> (Prepared<Self::Settings>, Self::Own);
+
+    /// Its gRPC service (behind `parts.gate`), named workers and readiness.
+    /// Nothing here talks to anything yet: the workers start once the
+    /// database is migrated.
+    fn declare(own: Self::Own, parts: Parts<Self::Settings>) -> anyhow::Result<Declared>;
+
+    /// Serves until `shutdown` (or until a worker ends), then finishes
+    /// in-flight work and returns; see [`run`].
     fn run_until_stopped(
         self,
         shutdown: CancellationToken,
-    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+    ) -> impl Future<Output = anyhow::Result<()>> + Send {
+        run(self, shutdown, Workers::default())
+    }
 
     /// The gRPC address actually bound.
     fn local_addr(&self) -> SocketAddr {

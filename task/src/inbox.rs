@@ -17,12 +17,17 @@ use crate::settings::InboxSettings;
 pub async fn run_pruner(pool: PgPool, cfg: InboxSettings, shutdown: CancellationToken) {
     let retention = Duration::from_secs(cfg.retention_secs);
     let period = Duration::from_secs(cfg.prune_interval_secs.max(1));
-    memberflow_runtime::shutdown::every(period, &shutdown, || async {
-        log_prune("inbox", prune(&pool, retention).await);
-        log_prune(
-            "expired ended sessions",
-            crate::ended_sessions::prune(&pool).await,
-        );
-    })
+    memberflow_lifecycle::every(
+        period,
+        memberflow_lifecycle::Start::Now,
+        &shutdown,
+        || async {
+            log_prune("inbox", prune(&pool, retention).await);
+            log_prune(
+                "expired ended sessions",
+                crate::ended_sessions::prune(&pool).await,
+            );
+        },
+    )
     .await;
 }

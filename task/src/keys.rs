@@ -96,16 +96,17 @@ impl TrustedKeys {
 
     /// Refreshes every `every` until `shutdown`, and once at once.
     pub async fn refresh_every(self, every: Duration, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(every.max(MIN_REFRESH_INTERVAL));
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {
-                    if let Err(e) = self.refresh().await {
-                        tracing::warn!(error = %e, "could not fetch auth's public keys");
-                    }
+        let period = every.max(MIN_REFRESH_INTERVAL);
+        memberflow_lifecycle::every(
+            period,
+            memberflow_lifecycle::Start::Now,
+            &shutdown,
+            || async {
+                if let Err(e) = self.refresh().await {
+                    tracing::warn!(error = %e, "could not fetch auth's public keys");
                 }
-            }
-        }
+            },
+        )
+        .await;
     }
 }

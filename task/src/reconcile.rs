@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use memberflow_contract::digest::{self, Bucket};
+use memberflow_lifecycle::{Start, Ticks};
 use memberflow_runtime::lease::{Elector, Term};
 use memberflow_runtime::shutdown::CancellationToken;
 use memberflow_runtime::telemetry::error_chain;
@@ -206,6 +207,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     if cfg.interval_secs == 0 {
+        // Never: idle until shutdown, since a worker that ends stops the
+        // service.
+        shutdown.cancelled().await;
         return;
     }
     while !shutdown.is_cancelled() {
@@ -237,12 +241,15 @@ async fn lead(
     metrics: &TaskMetrics,
     term: &Term,
 ) {
-    let mut every = tokio::time::interval(Duration::from_secs(cfg.interval_secs));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    every.tick().await; // not at once: let the consumer catch up first
+    // Not at once: let the consumer catch up first (and a rolling deploy's
+    // new leader would otherwise pass as soon as it starts).
+    let mut ticks = Ticks::new(
+        Duration::from_secs(cfg.interval_secs),
+        Start::AfterOnePeriod,
+    );
     loop {
         tokio::select! {
-            _ = every.tick() => {}
+            () = ticks.tick() => {}
             () = term.ended() => return,
         }
         if !term.is_held() {

@@ -1,16 +1,17 @@
-//! Builds and runs the task service: gRPC server, database bootstrap, the
-//! event consumer and the relay of its erasure receipts, all stopped by one
-//! shutdown token.
+//! The task service, described once: its schema, its gRPC service and its
+//! workers (the event consumer, the relay of its erasure receipts, the
+//! reconciler, the pruner, the key refresh).
+//! `memberflow_runtime::startup::run` runs it.
 use std::{sync::Arc, time::Duration};
 
 use memberflow_contract::{
     proto::task::v1::task_service_server::TaskServiceServer, token::PublicKey,
 };
+use memberflow_lifecycle::Workers;
 use memberflow_outbox::{relay::Relay, wake::RelayWake, write::Outbox};
 use memberflow_runtime::{
-    db, grpc,
-    shutdown::CancellationToken,
-    startup::{self, Gate, Prepared, Service, spawn_health},
+    db,
+    startup::{self, Declared, Parts, Prepared, Service},
 };
 use tonic::service::interceptor::InterceptedService;
 
@@ -39,6 +40,12 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/tas
 /// A bound, not yet running task service.
 pub struct Application {
     prepared: Prepared<Settings>,
+    own: Own,
+}
+
+/// What [`Application::build`] made beside the prepared parts, shared with
+/// the running service (see [`Service::Own`]).
+pub struct Own {
     stats: Arc<ConsumerStats>,
     metrics: TaskMetrics,
     read_through: ReadThrough,
@@ -54,9 +61,15 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 
 impl Service for Application {
     type Settings = Settings;
+    type Own = Own;
+    const NAME: &'static str = SERVICE_NAME;
+
+    fn migrators() -> Vec<&'static sqlx::migrate::Migrator> {
+        vec![&MIGRATOR]
+    }
 
     /// Audits the settings and binds the listener (port 0 allowed); nothing
-    /// talks to PostgreSQL, RabbitMQ or auth until [`Self::run_until_stopped`].
+    /// talks to PostgreSQL, RabbitMQ or auth yet.
     async fn build(settings: Settings) -> anyhow::Result<Self> {
         let prepared = Prepared::new(settings).await?;
         let source = AuthClient::new(&prepared.settings.auth)?;
@@ -66,154 +79,159 @@ impl Service for Application {
             .map_err(|e| anyhow::anyhow!("task.token.public_keys: {e}"))?;
         let keys = TrustedKeys::new(configured, source.clone());
         Ok(Self {
-            keys,
             prepared,
-            stats: Arc::default(),
-            metrics,
-            source,
-            read_through,
-            freshness: Arc::default(),
+            own: Own {
+                keys,
+                stats: Arc::default(),
+                metrics,
+                source,
+                read_through,
+                freshness: Arc::default(),
+            },
         })
     }
 
-    /// Serves until `shutdown`: stops accepting, finishes in-flight RPCs,
-    /// lets the consumer ack its batch and close its channel, then returns.
-    async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let started = self.prepared.start(SERVICE_NAME, &shutdown).await?;
-        let (settings, pool, units) = (started.settings, started.pool, started.units);
-        let metrics = self.metrics;
-        let freshness = self.freshness.clone();
+    fn prepared(&self) -> &Prepared<Settings> {
+        &self.prepared
+    }
+
+    fn into_parts(self) -> (Prepared<Settings>, Own) {
+        (self.prepared, self.own)
+    }
+
+    /// TaskService; the event consumer, the relay of task's erasure
+    /// receipts, the LISTEN for other instances' applies, the key refresh,
+    /// the inbox pruner and the reconciler.
+    fn declare(own: Own, parts: Parts<Settings>) -> anyhow::Result<Declared> {
+        let Parts {
+            settings,
+            pool,
+            units,
+            shutdown,
+            router,
+            gate,
+            ..
+        } = parts;
+        let Own {
+            stats,
+            metrics,
+            read_through,
+            source,
+            freshness,
+            keys,
+        } = own;
         let api = TaskApi {
             tasks: Tasks {
                 metrics: metrics.clone(),
                 pool: pool.clone(),
                 consistency: settings.consistency.clone(),
                 freshness: freshness.clone(),
-                read_through: self.read_through,
+                read_through,
             },
-            units: units.clone(),
-            keys: self.keys.clone(),
+            units,
+            keys: keys.clone(),
         };
         tracing::info!(mode = ?settings.consistency.mode, "consistency mode");
-        let gate = Gate::for_service(&settings);
-        let server = grpc::spawn(
-            started.router.add_service(InterceptedService::new(
-                TaskServiceServer::new(api)
-                    .max_decoding_message_size(settings.base.server.limits.max_message_bytes),
-                gate.interceptor(),
-            )),
-            started.listener,
-            settings.base.server.limits.handshake_timeout(),
-            &shutdown,
+        let router = router.add_service(InterceptedService::new(
+            TaskServiceServer::new(api)
+                .max_decoding_message_size(settings.base.server.limits.max_message_bytes),
+            gate,
+        ));
+        let wake = RelayWake::new(settings.relay.wake_on_commit, erasure::SPEC.channel);
+        let consumer = Consumer::new(
+            Replica::new(
+                Outbox::new(pool.clone(), wake.clone()),
+                metrics.clone(),
+                freshness.clone(),
+            ),
+            QUEUE_SPEC,
+            pool.clone(),
+            settings.amqp.clone(),
+            stats,
+            metrics.consumer.clone(),
         );
-        let (stats, source) = (self.stats, self.source);
-        let workers = |tasks: &mut tokio::task::JoinSet<()>| {
-            let wake = RelayWake::new(settings.relay.wake_on_commit, erasure::SPEC.channel);
-            let consumer = Consumer::new(
-                Replica::new(
-                    Outbox::new(pool.clone(), wake.clone()),
-                    metrics.clone(),
-                    freshness.clone(),
+        // SERVING while the database answers and the consumer is attached
+        // (or only briefly detached).
+        let ready = Box::new(consumer.readiness());
+        let mut workers = Workers::default();
+        workers
+            .add("consumer", consumer.run(shutdown.clone()))
+            // Other instances' applies wake this one's waiters.
+            .add(
+                "freshness-listener",
+                db::listen(
+                    pool.clone(),
+                    freshness::CHANNEL,
+                    settings.amqp.backoff,
+                    shutdown.clone(),
+                    move |payload| freshness.notified(payload),
                 ),
-                QUEUE_SPEC,
-                pool.clone(),
-                settings.amqp.clone(),
-                stats,
-                metrics.consumer.clone(),
-            );
+            )
+            .add(
+                "key-refresh",
+                keys.refresh_every(
+                    Duration::from_secs(settings.token.refresh_secs),
+                    shutdown.clone(),
+                ),
+            )
+            .add(
+                "inbox-pruner",
+                inbox::run_pruner(pool.clone(), settings.inbox.clone(), shutdown.clone()),
+            )
+            .add(
+                "reconciler",
+                reconcile::run(
+                    pool.clone(),
+                    reconcile::elector(
+                        settings.database.direct_connect_options()?,
+                        &settings.reconcile,
+                        settings.amqp.backoff,
+                    ),
+                    source,
+                    settings.reconcile.clone(),
+                    metrics.clone(),
+                    shutdown.clone(),
+                ),
+            )
             // The relay of task's outbox (erasure receipts), under the same
             // leadership rule as auth's.
-            Relay::new(
-                erasure::SPEC,
-                settings.database.direct_connect_options()?,
-                settings.amqp.nodes(),
-                settings.relay.clone(),
-                wake,
-                metrics.relay.clone(),
-            )
-            .spawn(tasks, pool.clone(), &shutdown);
-            // Other instances' applies wake this one's waiters.
-            {
-                let (pool, backoff, stop) = (pool.clone(), settings.amqp.backoff, shutdown.clone());
-                let freshness = freshness.clone();
-                tasks.spawn(async move {
-                    db::listen(pool, freshness::CHANNEL, backoff, stop, |payload| {
-                        freshness.notified(payload)
-                    })
-                    .await;
-                });
-            }
-            // SERVING while the database answers and the consumer is attached
-            // (or only briefly detached).
-            spawn_health(
-                tasks,
-                started.health,
-                SERVICE_NAME,
-                pool.clone(),
-                started.ready,
-                shutdown.clone(),
-                consumer.readiness(),
-            );
-            tasks.spawn(self.keys.clone().refresh_every(
-                Duration::from_secs(settings.token.refresh_secs),
-                shutdown.clone(),
-            ));
-            tasks.spawn(consumer.run(shutdown.clone()));
-            tasks.spawn(inbox::run_pruner(
-                pool.clone(),
-                settings.inbox.clone(),
-                shutdown.clone(),
-            ));
-            tasks.spawn(reconcile::run(
-                pool.clone(),
-                reconcile::elector(
+            .extend(
+                Relay::new(
+                    erasure::SPEC,
                     settings.database.direct_connect_options()?,
-                    &settings.reconcile,
-                    settings.amqp.backoff,
-                ),
-                source,
-                settings.reconcile.clone(),
-                metrics,
-                shutdown.clone(),
-            ));
-            Ok(())
-        };
-        startup::run(
-            server,
-            gate,
-            &settings.database,
-            &units,
-            &MIGRATOR,
-            shutdown.clone(),
-            started.tasks,
+                    settings.amqp.nodes(),
+                    settings.relay.clone(),
+                    wake,
+                    metrics.relay,
+                )
+                .workers(pool, &shutdown),
+            );
+        Ok(Declared {
+            router,
             workers,
-        )
-        .await
-    }
-
-    fn prepared(&self) -> &Prepared<Settings> {
-        &self.prepared
+            ready,
+        })
     }
 }
 
 impl Application {
     /// Consumer counters, shared with the running consumer.
     pub fn stats(&self) -> Arc<ConsumerStats> {
-        self.stats.clone()
+        self.own.stats.clone()
     }
 
     /// This instance's metrics (the same counters `/metrics` shows).
     pub fn metrics(&self) -> TaskMetrics {
-        self.metrics.clone()
+        self.own.metrics.clone()
     }
 
     /// Read-your-writes waiters, to observe them.
     pub fn freshness(&self) -> Arc<Freshness> {
-        self.freshness.clone()
+        self.own.freshness.clone()
     }
 
     /// The read-through client, to observe its calls.
     pub fn read_through(&self) -> ReadThrough {
-        self.read_through.clone()
+        self.own.read_through.clone()
     }
 }

@@ -121,6 +121,29 @@ impl ServiceProcess {
         vars: &[(String, String)],
         skew_secs: Option<i64>,
     ) -> Result<Self, String> {
+        Self::launch(exe, service, vars, skew_secs, &[]).await
+    }
+
+    /// [`Self::start`], with `env` set as is (not prefixed): the test
+    /// binary's own switches, such as `MF_TEST_WORKER`.
+    pub async fn start_with_env(
+        exe: &str,
+        service: &'static str,
+        vars: &[(String, String)],
+        env: &[(&str, &str)],
+    ) -> Self {
+        Self::launch(exe, service, vars, None, env)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    async fn launch(
+        exe: &str,
+        service: &'static str,
+        vars: &[(String, String)],
+        skew_secs: Option<i64>,
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
         let prefix = format!("{}__", service.to_ascii_uppercase());
         let log = std::env::temp_dir().join(format!(
             "mf-{service}-{}.log",
@@ -155,6 +178,7 @@ impl ServiceProcess {
         for (key, value) in vars {
             cmd.env(format!("{prefix}{key}"), value);
         }
+        cmd.envs(env.iter().copied());
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("child log file"))
@@ -224,7 +248,17 @@ impl ServiceProcess {
         self.signal("CONT");
     }
 
-    fn signal(&self, name: &str) {
+    /// Waits up to `timeout` for the process to exit on its own; its exit
+    /// status, or `None` if it still runs.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .ok()
+            .map(|status| status.expect("wait for the child"))
+    }
+
+    /// Sends the process signal `name` (`USR1`, `TERM`, ...).
+    pub fn signal(&self, name: &str) {
         let pid = self.child.id().expect("the child runs");
         let status = std::process::Command::new("kill")
             .args([format!("-{name}"), pid.to_string()])

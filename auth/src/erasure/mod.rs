@@ -15,6 +15,7 @@ pub mod receipts;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use memberflow_lifecycle::{Start, every};
 use memberflow_outbox::write::Outbox;
 use memberflow_runtime::{db::log_prune, shutdown::CancellationToken, telemetry::error_chain};
 use sqlx::{PgConnection, PgPool};
@@ -250,14 +251,7 @@ pub async fn watch(
     shutdown: CancellationToken,
 ) {
     let retention = Duration::from_secs(u64::from(cfg.record_retention_days) * 86_400);
-    let mut last_prune: Option<tokio::time::Instant> = None;
-    let mut ticks = tokio::time::interval(GAUGES_EVERY);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            () = shutdown.cancelled() => return,
-        }
+    let gauges = every(GAUGES_EVERY, Start::Now, &shutdown, || async {
         let counts: sqlx::Result<(i64, i64)> = sqlx::query_as(
             "SELECT count(*),
                     count(*) FILTER (WHERE requested_at < now() - make_interval(secs => $1))
@@ -275,15 +269,15 @@ pub async fn watch(
                 tracing::debug!(error.cause_chain = %error_chain(&e), "erasure gauges not refreshed")
             }
         }
-        if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
-            last_prune = Some(tokio::time::Instant::now());
-            log_prune("completed erasure records", prune(&pool, retention).await);
-            log_prune(
-                "receipt inbox",
-                memberflow_outbox::inbox::prune(&pool, INBOX_RETENTION).await,
-            );
-        }
-    }
+    });
+    let prunes = every(PRUNE_EVERY, Start::Now, &shutdown, || async {
+        log_prune("completed erasure records", prune(&pool, retention).await);
+        log_prune(
+            "receipt inbox",
+            memberflow_outbox::inbox::prune(&pool, INBOX_RETENTION).await,
+        );
+    });
+    tokio::join!(gauges, prunes);
 }
 
 /// How often old records and inbox ids are pruned.

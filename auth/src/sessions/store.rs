@@ -258,8 +258,13 @@ pub async fn run_pruner(
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let hourly = std::time::Duration::from_secs(3600);
-    memberflow_runtime::shutdown::every(hourly, &shutdown, || async {
-        memberflow_runtime::db::log_prune("spent sessions", prune(&pool, idle).await);
-    })
+    memberflow_lifecycle::every(
+        hourly,
+        memberflow_lifecycle::Start::Now,
+        &shutdown,
+        || async {
+            memberflow_runtime::db::log_prune("spent sessions", prune(&pool, idle).await);
+        },
+    )
     .await;
 }

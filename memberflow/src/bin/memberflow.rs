@@ -11,7 +11,10 @@
 //! both services in the `development` environment, where the repository's
 //! dev secrets are accepted (with a warning). The service binaries on their
 //! own default to `production`.
-use std::process::Stdio;
+use std::{
+    process::Stdio,
+    sync::{Arc, Mutex},
+};
 
 use clap::{Parser, Subcommand};
 use memberflow_runtime::amqp;
@@ -61,7 +64,13 @@ async fn main() -> anyhow::Result<()> {
     let me = std::env::current_exe()?;
     let config_dir = source.dir.clone().expect("located");
     let mut children = Vec::new();
+    // Each child's last `Error: ...` line (what its `main` returned: the
+    // worker that ended, and how), and its output readers, to say why it
+    // stopped once they have read everything.
+    let mut why = Vec::new();
     for service in ["auth", "task"] {
+        let said: Arc<Mutex<Option<String>>> = Arc::default();
+        let mut readers = Vec::new();
         let mut child = tokio::process::Command::new(&me)
             .arg("--config")
             .arg(&config_dir)
@@ -83,14 +92,19 @@ async fn main() -> anyhow::Result<()> {
         .into_iter()
         .flatten()
         {
-            tokio::spawn(async move {
+            let said = said.clone();
+            readers.push(tokio::spawn(async move {
                 let mut lines = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(error) = line.strip_prefix("Error: ") {
+                        *said.lock().expect("not poisoned") = Some(error.to_owned());
+                    }
                     println!("[{service}] {line}");
                 }
-            });
+            }));
         }
         children.push((service, child));
+        why.push((said, readers));
     }
     println!(
         "memberflow: auth on {}, task on {} (consistency.mode = {:?}); Ctrl-C stops both",
@@ -103,13 +117,25 @@ async fn main() -> anyhow::Result<()> {
     let first_exit = async {
         let (a, t) = children.split_at_mut(1);
         tokio::select! {
-            s = a[0].1.wait() => (a[0].0, s),
-            s = t[0].1.wait() => (t[0].0, s),
+            s = a[0].1.wait() => (0, s),
+            s = t[0].1.wait() => (1, s),
         }
     };
     tokio::select! {
         () = stop.cancelled() => {}
-        (service, status) = first_exit => eprintln!("memberflow: {service} exited ({status:?}); stopping the other"),
+        (i, status) = first_exit => {
+            let (said, readers) = std::mem::take(&mut why[i]);
+            // Its last lines, the error included, are still being read.
+            for reader in readers {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), reader).await;
+            }
+            let service = children[i].0;
+            let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+            match said.lock().expect("not poisoned").take() {
+                Some(error) => eprintln!("memberflow: {service} exited ({status}): {error}; stopping the other"),
+                None => eprintln!("memberflow: {service} exited ({status}); stopping the other"),
+            }
+        }
     }
     for (_, child) in &children {
         if let Some(pid) = child.id() {

@@ -277,12 +277,13 @@ impl<H: Handler> Consumer<H> {
         // connection's events do say so.
         let mut events = Box::pin(conn.events_listener());
         let mut batches = consumer.ready_chunks(self.cfg.batch_max.max(1));
-        let mut dlq_every = tokio::time::interval(DLQ_GAUGE_EVERY);
+        let mut dlq_every =
+            memberflow_lifecycle::Ticks::new(DLQ_GAUGE_EVERY, memberflow_lifecycle::Start::Now);
         let result = loop {
             let batch = tokio::select! {
                 () = shutdown.cancelled() => break Ok(Ended::Shutdown),
                 e = connection_lost(&mut events) => break Err(e),
-                _ = dlq_every.tick() => {
+                () = dlq_every.tick() => {
                     // One passive declare per interval, not per scrape.
                     let depth = tokio::time::timeout(
                         SETUP_TIMEOUT,
@@ -394,13 +395,14 @@ impl<H: Handler> Consumer<H> {
                 let (handler, events) = (self.handler.clone(), events.clone());
                 tokio::spawn(async move { handler.apply(&events).await }.instrument(span.clone()))
             };
-            let outcome = match tokio::time::timeout(bound, apply).await.map(|joined| {
-                joined.unwrap_or_else(|e| {
-                    // A panic in the handler: this part can never apply.
-                    Err(sqlx::Error::Protocol(format!("the apply panicked: {e}")))
-                })
-            }) {
-                Ok(Ok(counts)) => {
+            let outcome = match tokio::time::timeout(bound, apply).await {
+                // A panic in the handler: a bug these events trigger, which
+                // every redelivery would trigger again. Its transaction was
+                // dropped with the task, so rolled back.
+                Ok(Err(joined)) => Outcome::Panicked {
+                    message: memberflow_lifecycle::panic_message(joined),
+                },
+                Ok(Ok(Ok(counts))) => {
                     unreachable_since = None;
                     span.in_scope(|| tracing::debug!(applied = counts.applied, "applied"));
                     let m = &self.metrics;
@@ -419,11 +421,11 @@ impl<H: Handler> Consumer<H> {
                     for_: unreachable_since.get_or_insert(started).elapsed(),
                     reason: "no answer from the database within amqp.apply_timeout_ms".into(),
                 },
-                Ok(Err(e)) if db::is_unreachable(&e) => Outcome::Unreachable {
+                Ok(Ok(Err(e))) if db::is_unreachable(&e) => Outcome::Unreachable {
                     for_: unreachable_since.get_or_insert(started).elapsed(),
                     reason: error_chain(&e),
                 },
-                Ok(Err(e)) => {
+                Ok(Ok(Err(e))) => {
                     unreachable_since = None;
                     Outcome::Failed {
                         fault: db::classify(&e),
@@ -464,8 +466,12 @@ impl<H: Handler> Consumer<H> {
                     return Ok(Settled::GiveBack);
                 }
                 Plan::Isolate => {
-                    span.in_scope(|| {
-                        tracing::warn!("batch failed; applying its events one by one")
+                    span.in_scope(|| match &outcome {
+                        Outcome::Panicked { message } => tracing::error!(
+                            panic.message = %message,
+                            "the apply panicked (a bug); applying the batch's events one by one to dead-letter the one that panics"
+                        ),
+                        _ => tracing::warn!("batch failed; applying its events one by one"),
                     });
                     parts.pop_front();
                     for i in (0..part.len()).rev() {

@@ -58,6 +58,11 @@ pub enum Outcome {
     /// proxy, while this instance's broker heartbeats keep flowing). `for_`
     /// is how long this part has been failing so.
     Unreachable { for_: Duration, reason: String },
+    /// The handler panicked: a bug that this part's events trigger. It
+    /// would panic again on every redelivery, so it is poison, not a fault
+    /// of the link: isolated like a permanent fault, and the event that
+    /// panics alone is dead-lettered with the panic's message.
+    Panicked { message: String },
 }
 
 /// What to do with a batch after trying to apply it.
@@ -83,7 +88,7 @@ pub enum Plan {
 /// as it is if transient; a permanent one → isolate, and dead-letter only an
 /// event that fails alone; an unreachable database → retry, but once that
 /// has lasted `give_back_after` (`amqp.apply_timeout_ms`), give the batch
-/// back. A fault the database reports is every instance's, so the batch
+/// back; a panic → as a permanent fault. A fault the database reports is every instance's, so the batch
 /// waits where it is; an unreachable database may be this instance's link
 /// alone, and waiting on it would hold the batch from every other instance
 /// for as long as it lasts.
@@ -99,7 +104,13 @@ pub fn plan(batch_len: usize, outcome: &Outcome, give_back_after: Duration) -> P
         Outcome::Failed {
             fault: Fault::Permanent,
             ..
-        } if batch_len > 1 => Plan::Isolate,
+        }
+        | Outcome::Panicked { .. }
+            if batch_len > 1 =>
+        {
+            Plan::Isolate
+        }
+        Outcome::Panicked { message } => Plan::DeadLetter(format!("the apply panicked: {message}")),
         Outcome::Failed {
             fault: Fault::Permanent,
             reason,
@@ -153,6 +164,18 @@ mod tests {
         assert_eq!(
             plan(1, &failed(Fault::Permanent), BOUND),
             Plan::DeadLetter("boom".into())
+        );
+    }
+
+    #[test]
+    fn a_panic_isolates_the_batch_and_dead_letters_the_event_that_panics_alone() {
+        let panicked = Outcome::Panicked {
+            message: "index out of bounds".into(),
+        };
+        assert_eq!(plan(5, &panicked, BOUND), Plan::Isolate);
+        assert_eq!(
+            plan(1, &panicked, BOUND),
+            Plan::DeadLetter("the apply panicked: index out of bounds".into())
         );
     }
 }

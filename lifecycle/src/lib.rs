@@ -1,0 +1,16 @@
+//! How a memberflow process's background work lives and ends.
+//!
+//! - [`every`] and [`Ticks`]: the one loop of every periodic chore, missed
+//!   ticks delayed rather than bursted after a stall.
+//! - [`Workers`]: a service's named workers; the runtime's supervisor
+//!   ([`Crew`]) sees the first one that ends, and how ([`WorkerEnded`]).
+//!
+//! Kept apart from `memberflow-runtime` (the gRPC server, its settings and
+//! telemetry) so that a library such as `memberflow-outbox` declares its
+//! workers and chores without depending on a server.
+mod every;
+mod supervise;
+
+pub use every::{Start, Ticks, every};
+pub use supervise::{Crew, Exit, WorkerEnded, WorkerExit, Workers, panic_message};
+pub use tokio_util::sync::CancellationToken;
