@@ -16,6 +16,13 @@
 //! [`consumer::QueueSpec`]); the tables (`outbox`, `outbox_parked`,
 //! `leases`, `inbox`) have the same shape in each service's own database,
 //! created by that service's migrations.
+//!
+//! **Logs.** lapin logs every message the broker returns (an unroutable
+//! event, on every retry) at WARN with its whole body, and has no switch for
+//! it; an event's body is personal data. A service using this crate must
+//! hold the target `lapin::returned_messages` to ERROR on every layer, with
+//! a filter `RUST_LOG` cannot lift, as `memberflow_runtime::telemetry` does
+//! (`LAPIN_RETURNS`); the relay reports returns itself, without bodies.
 pub mod consumer;
 pub mod inbox;
 pub mod metrics;

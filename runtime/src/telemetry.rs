@@ -5,13 +5,37 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde::Deserialize;
-use tracing_subscriber::{EnvFilter, filter::LevelFilter, fmt, prelude::*};
+use tracing_subscriber::{
+    EnvFilter,
+    filter::{FilterExt as _, LevelFilter, Targets},
+    fmt,
+    prelude::*,
+};
 
 /// The log filter of every binary unless `RUST_LOG` says otherwise. lapin
-/// is held to errors: it logs every message the broker returns (an
-/// unroutable outbox row on each retry) at WARN, payload and all, and the
-/// relay reports those itself.
+/// is held to errors: its info and debug lines are about its own I/O loop.
+/// (What it logs of a returned message is held back whatever `RUST_LOG`
+/// says: see [`LAPIN_RETURNS`].)
 pub const DEFAULT_FILTER: &str = "info,sqlx=warn,lapin=error";
+
+/// lapin's target for a message the broker returns (an unroutable outbox
+/// row, on every retry): it logs it at WARN with the whole message, body
+/// included (lapin 4.12, `src/returned_messages.rs`, "Server returned us a
+/// message"), whether or not the publisher takes the return from its
+/// confirm, and lapin has no switch for it. A body holds members' personal
+/// data (a nickname), so every layer, logs and exported spans alike, holds
+/// this target to ERROR with a filter of its own that no `RUST_LOG`
+/// directive can lift. The relay reports unroutable rows itself, without
+/// their bodies. A service adopting the outbox library should do the same.
+pub const LAPIN_RETURNS: &str = "lapin::returned_messages";
+
+/// A per-layer filter letting everything up to `level` through, except
+/// lapin's returned messages below ERROR (see [`LAPIN_RETURNS`]).
+pub fn without_message_bodies(level: LevelFilter) -> Targets {
+    Targets::new()
+        .with_default(level)
+        .with_target(LAPIN_RETURNS, LevelFilter::ERROR)
+}
 
 /// `[telemetry]` settings.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -89,12 +113,12 @@ where
                 .with_target(false)
                 .with_writer(writer)
                 .with_ansi(ansi)
-                .with_filter(filter),
+                .with_filter(filter.and(without_message_bodies(LevelFilter::TRACE))),
         )
         .with(
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)
-                .with_filter(LevelFilter::INFO),
+                .with_filter(without_message_bodies(LevelFilter::INFO)),
         )
         .try_init();
 }
