@@ -187,7 +187,7 @@ pub struct ErasureSettings {
     /// `member.erased` receipt before an erasure is complete. Empty: a
     /// deletion is complete at once. From the environment, comma-separated
     /// (`AUTH__ERASURE__EXPECTED_SERVICES=task,billing`).
-    #[serde(deserialize_with = "memberflow_runtime::list_setting::deserialize_list")]
+    #[serde(deserialize_with = "memberflow_runtime::deserialize_list")]
     pub expected_services: Vec<String>,
     /// An erasure still pending this long after its request is overdue:
     /// `memberflow_erasures_overdue` counts it and `ErasurePending` fires.

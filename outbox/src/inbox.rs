@@ -23,7 +23,7 @@ pub const PRUNE_SQL: &str = "DELETE FROM inbox WHERE event_id IN (
 
 /// Deletes inbox rows received more than `retention` ago; returns how many.
 pub async fn prune(pool: &sqlx::PgPool, retention: Duration) -> sqlx::Result<u64> {
-    memberflow_runtime::db::prune_in_batches(|limit| async move {
+    memberflow_infra::pg::prune_in_batches(|limit| async move {
         Ok(sqlx::query(PRUNE_SQL)
             .bind(retention.as_secs_f64())
             .bind(limit)

@@ -3,7 +3,7 @@
 //! tells them apart).
 use std::sync::atomic::AtomicU64;
 
-use memberflow_runtime::metrics::{SharedRegistry, latency_buckets};
+use memberflow_infra::metrics::{SharedRegistry, latency_buckets};
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},

@@ -66,7 +66,7 @@ pub async fn replay(
     // The rows are back for good; a lost wake-up only delays them to the
     // leader's next poll, so it is not the caller's error.
     if let Err(e) = crate::wake::notify(pool, spec.channel).await {
-        tracing::warn!(error.cause_chain = %memberflow_runtime::telemetry::error_chain(&e), "replayed, but could not wake the relay; it publishes at its next poll");
+        tracing::warn!(error.cause_chain = %memberflow_infra::error_chain(&e), "replayed, but could not wake the relay; it publishes at its next poll");
     }
     Ok(rows)
 }

@@ -7,9 +7,9 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 use memberflow_contract::topology::{CONTENT_TYPE, PERSISTENT};
-use memberflow_runtime::amqp;
-use memberflow_runtime::lease::Term;
-use memberflow_runtime::trace_context;
+use memberflow_infra::amqp;
+use memberflow_infra::lease::Term;
+use memberflow_infra::trace_context;
 use tracing::Instrument;
 
 use crate::{OutboxSpec, settle::Delivery, write::OutboxRow};

@@ -2,7 +2,7 @@
 //!
 //! # Several instances on one database
 //! Exactly one relay per database publishes: the *leader*, which holds the
-//! `relay` lease (see `memberflow_runtime::lease`). It renews the lease every
+//! `relay` lease (see `memberflow_infra::lease`). It renews the lease every
 //! third of `relay.lease_ms`; a leader that stops renewing (its process
 //! paused, dead, or cut off from the database) loses it when PostgreSQL's
 //! clock passes the expiry, and a standby, retrying every `leader_retry_ms`,
@@ -27,11 +27,11 @@ use std::{
 };
 
 use futures::{FutureExt as _, future::BoxFuture};
-use memberflow_runtime::amqp::Nodes;
-use memberflow_runtime::db;
-use memberflow_runtime::lease::{Elector, FENCE, Term};
-use memberflow_runtime::shutdown::CancellationToken;
-use memberflow_runtime::telemetry::error_chain;
+use memberflow_infra::amqp::Nodes;
+use memberflow_infra::error_chain;
+use memberflow_infra::lease::{Elector, FENCE, Term};
+use memberflow_infra::pg as db;
+use memberflow_lifecycle::CancellationToken;
 use sqlx::{
     Connection, PgConnection, PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},

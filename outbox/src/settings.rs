@@ -1,7 +1,7 @@
 //! The relay's and the consumer's settings, the same keys in every service
 //! (`[auth.relay]`, `[task.relay]`; `[auth.amqp]`, `[task.amqp]`).
+use memberflow_infra::amqp;
 use memberflow_retry::Backoff;
-use memberflow_runtime::amqp;
 use serde::Deserialize;
 
 /// How the outbox relay publishes.

@@ -20,8 +20,8 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
-use memberflow_runtime::shutdown::CancellationToken;
-use memberflow_runtime::telemetry::error_chain;
+use memberflow_infra::error_chain;
+use memberflow_lifecycle::CancellationToken;
 use prometheus_client::metrics::counter::Counter;
 use sqlx::PgPool;
 use tokio::sync::Notify;

@@ -3,14 +3,11 @@
 //! PostgreSQL pool and error classes, broker connections, TLS and shutdown.
 //! What crosses a process boundary is in `memberflow_contract`, not here.
 pub mod admin_http;
-pub mod amqp;
 pub mod db;
 pub mod error;
 pub mod grpc;
 pub mod handshake;
-pub mod lease;
 pub mod limits;
-pub mod list_setting;
 pub mod metrics;
 pub mod secrets;
 pub mod settings;
@@ -20,3 +17,7 @@ pub mod telemetry;
 pub mod tls;
 pub mod trace_context;
 pub mod unit;
+
+/// Shared with the outbox library (`memberflow-infra`), re-exported so the
+/// services keep one path.
+pub use memberflow_infra::{amqp, deserialize_list, lease};

@@ -7,7 +7,7 @@
 use std::{
     collections::HashMap,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::Arc,
     task::{Context, Poll},
     time::Instant,
 };
@@ -16,16 +16,9 @@ use http_body::{Body, Frame};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, histogram::Histogram},
-    registry::Registry,
 };
 
-/// A service instance's metrics registry, shared by everything that records.
-pub type SharedRegistry = Arc<Mutex<Registry>>;
-
-/// A new, empty registry.
-pub fn registry() -> SharedRegistry {
-    Arc::new(Mutex::new(Registry::default()))
-}
+pub use memberflow_infra::metrics::{SharedRegistry, latency_buckets, registry};
 
 /// Registers `process_start_time_seconds` (as Prometheus's own process
 /// collectors name it), set to now. A process that ends on a worker's
@@ -56,14 +49,6 @@ pub fn render(registry: &SharedRegistry) -> String {
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .expect("writing to a String cannot fail");
     out
-}
-
-/// Latency buckets for RPCs and batches, in seconds: 0.5 ms to 10 s.
-pub fn latency_buckets() -> impl Iterator<Item = f64> {
-    [
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-    ]
-    .into_iter()
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

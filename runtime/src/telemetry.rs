@@ -130,14 +130,4 @@ pub fn init_for_tests() {
     }
 }
 
-/// Formats an error with its whole cause chain, for logs.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(cause) = cur {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        cur = cause.source();
-    }
-    out
-}
+pub use memberflow_infra::error_chain;

@@ -5,7 +5,7 @@
 //! * What to do with each delivery and each batch is decided by the pure
 //!   rules in [`plan`]; this module carries them out:
 //!   - a transient fault the database reports (see
-//!     `memberflow_runtime::db::classify`) retries the batch in-process with
+//!     `memberflow_infra::pg::classify`) retries the batch in-process with
 //!     backoff, unacked, for as long as it lasts;
 //!   - a permanent one isolates the bad event, which alone is dead-lettered
 //!     with its reason in the [`REASON_HEADER`] header;
@@ -39,11 +39,11 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable},
 };
-use memberflow_runtime::amqp;
-use memberflow_runtime::db;
-use memberflow_runtime::shutdown::CancellationToken;
-use memberflow_runtime::telemetry::error_chain;
-use memberflow_runtime::trace_context;
+use memberflow_infra::amqp;
+use memberflow_infra::error_chain;
+use memberflow_infra::pg as db;
+use memberflow_infra::trace_context;
+use memberflow_lifecycle::CancellationToken;
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 use sqlx::PgPool;
 use tokio::sync::watch;

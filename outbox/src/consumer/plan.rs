@@ -4,7 +4,7 @@
 //! every rule here has a unit test that needs neither a broker nor a
 //! database. What a delivery *is* (its [`Triage`]) is each handler's own
 //! rule.
-use memberflow_runtime::db::Fault;
+use memberflow_infra::pg::Fault;
 use std::time::Duration;
 
 /// What one delivery is, from its routing key and body alone.

@@ -7,7 +7,7 @@ use lapin::{
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable},
 };
-use memberflow_runtime::amqp;
+use memberflow_infra::amqp;
 
 /// The names one consumer uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::telemetry::error_chain;
+use crate::error_chain;
 
 /// The fence a holder's writes carry: a CTE named `lease` with one row while
 /// the lease `$1` still has epoch `$2`, share-locked until the statement
