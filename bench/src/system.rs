@@ -34,6 +34,11 @@ use crate::{
     stats::Latency,
 };
 
+/// A floor whose p50 at a rate exceeds this many times the lowest rate's
+/// has queued (its chains could not keep up), and the ratio against it is
+/// flagged rather than claimed.
+const FLOOR_SATURATED: f64 = 1.5;
+
 pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
     let plan = lab.plan.clone();
     let mut env = TestEnv::new();
@@ -336,21 +341,37 @@ pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
     )
     .await?;
     let polling_signups = AuthServiceClient::new(polling.channel.clone());
+    // The floor is one chain's latency at any rate; one that rose with the
+    // rate queued, and its ratio means nothing: said in the figure.
+    let unloaded = floors
+        .iter()
+        .map(|f| f.p50_ms)
+        .fold(f64::INFINITY, f64::min);
     for ((&per_sec, ours), floor) in plan.rates.iter().zip(propagation).zip(floors) {
+        let saturated = floor.p50_ms > FLOOR_SATURATED * unloaded;
         let theirs =
             measure_propagation(&polling_signups, &task_db, per_sec, plan.propagation).await?;
         let achieved = ours.achieved;
         lab.add(
             Figure::new(
                 format!("Propagation beside its floor, {per_sec}/s"),
-                "the shipped system as below; the floor, measured right after it at the same offered rate, runs per message in sequence the bare signup statement's commit, one raw lapin publish confirmed by a quorum queue, a raw consume and task's bare apply statement (one event each)"
-                    .to_owned(),
+                format!(
+                    "the shipped system as below; the floor, measured right after it at the same offered rate, runs each message's chain on its own, in parallel: the bare signup statement's commit, one raw lapin publish confirmed by a quorum queue, a raw consume and task's bare apply statement (one event each){}",
+                    if saturated {
+                        format!(
+                            "; FLOOR SATURATED: its p50 is {:.1}× the lowest rate's, so the ratio is not valid",
+                            floor.p50_ms / unloaded
+                        )
+                    } else {
+                        String::new()
+                    }
+                ),
                 Measure::Latency(ours.latency),
             )
             .against("the bare chain (floor)", Measure::Latency(floor))
             .target(
                 "p50 ≤ 1.3× the floor",
-                ours.latency.p50_ms <= 1.3 * floor.p50_ms,
+                ours.latency.p50_ms <= 1.3 * floor.p50_ms && !saturated,
             ),
         );
         let mut figure = Figure::new(
