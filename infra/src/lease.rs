@@ -141,6 +141,8 @@ impl Elector {
                     retrying.next_delay()
                 }
             };
+            // A retry after each attempt, not a periodic chore: it waits
+            // after its work, so a stall cannot bunch attempts.
             if !sleep_or_cancel(wait, shutdown).await {
                 return None;
             }

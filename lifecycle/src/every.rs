@@ -114,20 +114,22 @@ mod tests {
         let (runs, shutdown) = counting(Start::Now);
         settle().await;
         assert_eq!(runs.load(Ordering::SeqCst), 1, "runs at start");
-        // The process is stopped for ten periods (SIGSTOP, a suspended VM):
-        // the clock jumps and nothing runs meanwhile.
-        tokio::time::advance(PERIOD * 10 + Duration::from_secs(1)).await;
+        // The process is stopped for ten and a bit periods (SIGSTOP, a
+        // suspended VM): the clock jumps and nothing runs meanwhile.
+        tokio::time::advance(PERIOD * 10 + Duration::from_secs(7)).await;
         settle().await;
         assert_eq!(
             runs.load(Ordering::SeqCst),
             2,
             "one run on resume (tokio's default would run ten at once)"
         );
-        // And the period starts over from the resume.
-        tokio::time::advance(PERIOD - Duration::from_secs(2)).await;
+        // And the period starts over from the resume: nothing at the next
+        // multiple of the period (3 s on, where skipping would run), one a
+        // whole period after the resume.
+        tokio::time::advance(Duration::from_secs(5)).await;
         settle().await;
-        assert_eq!(runs.load(Ordering::SeqCst), 2);
-        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "not on the old schedule");
+        tokio::time::advance(PERIOD - Duration::from_secs(5)).await;
         settle().await;
         assert_eq!(runs.load(Ordering::SeqCst), 3);
         shutdown.cancel();

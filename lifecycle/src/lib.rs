@@ -12,5 +12,5 @@ mod every;
 mod supervise;
 
 pub use every::{Start, Ticks, every};
-pub use supervise::{Crew, Exit, WorkerEnded, WorkerExit, Workers, panic_message};
+pub use supervise::{Crew, Exit, WorkerEnded, WorkerExit, Workers, panic_message, panic_text};
 pub use tokio_util::sync::CancellationToken;

@@ -147,6 +147,19 @@ impl Crew {
     pub fn is_empty(&self) -> bool {
         self.running.is_empty()
     }
+
+    /// The workers still running, by name.
+    pub fn running(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self.names.values().copied().collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Aborts every worker still running (a drain that ran out of time);
+    /// they end at their next `.await`.
+    pub fn abort_all(&mut self) {
+        self.running.abort_all();
+    }
 }
 
 /// How a task that ended with `e` ended: a panic and its message, or a
@@ -164,13 +177,18 @@ fn panic_exit(e: JoinError) -> Exit {
 /// instead, that it was.
 pub fn panic_message(e: JoinError) -> String {
     match e.try_into_panic() {
-        Ok(payload) => payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic without a message".to_owned()),
+        Ok(payload) => panic_text(payload.as_ref()),
         Err(cancelled) => cancelled.to_string(),
     }
+}
+
+/// A panic payload's message (as `catch_unwind` and a `JoinError` give it).
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 #[cfg(test)]

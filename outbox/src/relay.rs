@@ -526,6 +526,9 @@ impl Relay {
                 Ok(Outcome::Deposed) => break Ok(Led::Deposed),
                 Ok(Outcome::Empty) => {
                     retrying.reset();
+                    // Waits for a wake-up or the poll after each empty step:
+                    // a poll, not a periodic chore, so a stall cannot bunch
+                    // steps.
                     tokio::select! {
                         () = self.wake.woken(), if self.cfg.wake_on_commit => {}
                         () = tokio::time::sleep(poll) => {}

@@ -178,34 +178,71 @@ pub fn error_detail_descriptors() -> &'static [u8] {
     &SET
 }
 
-/// Keeps `service`'s health status equal to `ready()`, checked every
-/// `every`, until `shutdown`; logs each change. Health tells the truth both
-/// ways: NOT_SERVING while a dependency is gone, SERVING again once it is
-/// back.
-pub async fn report_health<F, Fut>(
-    health: HealthReporter,
+/// A service's gRPC health and `/readyz`, as the health loop and the
+/// supervisor both set them. Once the service stops, NOT_SERVING is final: a
+/// check still in flight cannot write SERVING after it.
+#[derive(Clone)]
+pub struct Health {
+    reporter: HealthReporter,
     service: &'static str,
-    every: std::time::Duration,
     readiness: crate::admin_http::Readiness,
+    stopped: std::sync::Arc<tokio::sync::Mutex<bool>>,
+}
+
+impl Health {
+    pub fn new(
+        reporter: HealthReporter,
+        service: &'static str,
+        readiness: crate::admin_http::Readiness,
+    ) -> Self {
+        Self {
+            reporter,
+            service,
+            readiness,
+            stopped: Default::default(),
+        }
+    }
+
+    /// Says `serving`, unless the service has stopped.
+    async fn set(&self, serving: bool) {
+        let stopped = self.stopped.lock().await;
+        if !*stopped {
+            set_serving(&self.reporter, self.service, serving).await;
+            self.readiness
+                .store(serving, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// NOT_SERVING, for good.
+    pub async fn stop(&self) {
+        let mut stopped = self.stopped.lock().await;
+        *stopped = true;
+        self.readiness
+            .store(false, std::sync::atomic::Ordering::Release);
+        set_serving(&self.reporter, self.service, false).await;
+    }
+}
+
+/// Keeps `health` equal to `ready()`, checked every `every`, until
+/// `shutdown`; logs each change. Health tells the truth both ways:
+/// NOT_SERVING while a dependency is gone, SERVING again once it is back.
+pub async fn report_health<F, Fut>(
+    health: Health,
+    every: std::time::Duration,
     shutdown: CancellationToken,
     mut ready: F,
 ) where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
+    let service = health.service;
     let mut last = None;
     let mut verdict = HealthVerdict::default();
     let mut ticks = memberflow_lifecycle::Ticks::new(every, memberflow_lifecycle::Start::Now);
     while ticks.next(&shutdown).await {
         let now = verdict.observe(ready().await);
-        if shutdown.is_cancelled() {
-            // The supervisor has said NOT_SERVING; a check that was in
-            // flight must not say otherwise.
-            return;
-        }
         if last != Some(now) {
-            set_serving(&health, service, now).await;
-            readiness.store(now, std::sync::atomic::Ordering::Release);
+            health.set(now).await;
             if last.is_some() {
                 if now {
                     tracing::info!(service, "SERVING again");

@@ -54,6 +54,11 @@ pub struct ServerLimits {
     /// How long a new connection may take to send its HTTP/2 preface (and,
     /// with TLS, to finish the TLS handshake) before it is closed.
     pub handshake_timeout_ms: u64,
+    /// How long a stopping service may take to drain (in-flight calls,
+    /// workers, units of work) before it aborts what is left and exits
+    /// anyway, naming what it aborted. Keep it below the supervisor's own
+    /// kill timeout (Kubernetes' `terminationGracePeriodSeconds`, 30 s).
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for ServerLimits {
@@ -66,6 +71,7 @@ impl Default for ServerLimits {
             keepalive_interval_secs: 30,
             keepalive_timeout_secs: 10,
             handshake_timeout_ms: 5_000,
+            shutdown_grace_ms: 25_000,
         }
     }
 }
@@ -74,6 +80,11 @@ impl ServerLimits {
     /// See [`Self::handshake_timeout_ms`].
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms.max(1))
+    }
+
+    /// See [`Self::shutdown_grace_ms`].
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
     }
 
     /// The HTTP/2 header list limit hyper enforces by resetting the stream:

@@ -202,12 +202,14 @@ pub struct Declared {
 /// and gRPC (RPCs held at the gate), migrate, open the gate, start the
 /// workers and report health; then wait for the first of: `shutdown`, or a
 /// worker (the gRPC server included) that ends. A worker that ends while
-/// the service runs is a failure: logged with its name and cause, health
-/// NOT_SERVING at once, and the service drains as on SIGTERM: `shutdown`
-/// is cancelled, every worker finishes its in-flight work, every unit of
-/// work in flight ends. The error returned names the worker, so `main`
-/// exits non-zero and the process supervisor restarts the process; nothing
-/// is restarted in-process (see `memberflow_lifecycle::Workers`).
+/// the service runs is a failure: logged with its name and cause, and the
+/// service stops as on SIGTERM. Stopping, whatever the cause: health says
+/// NOT_SERVING for good, then the servers stop taking calls and every
+/// worker and unit of work in flight finishes, within
+/// `server.shutdown_grace_ms`; past it, what is left is aborted and named.
+/// The error returned names the worker, so `main` exits non-zero and the
+/// process supervisor restarts the process; nothing is restarted
+/// in-process (see `memberflow_lifecycle::Workers`).
 ///
 /// `extra` workers run beside the service's own (an embedder's, or a
 /// test's).
@@ -231,7 +233,8 @@ pub async fn run<S: Service>(
     let limits = settings.base().server.limits.clone();
     let database = settings.database().clone();
     let gate = Gate::for_service(&settings);
-    let (health, router) = crate::grpc::server(S::NAME, grpc_metrics, &limits, tls).await?;
+    let (reporter, router) = crate::grpc::server(S::NAME, grpc_metrics, &limits, tls).await?;
+    let health = crate::grpc::Health::new(reporter, S::NAME, readiness.clone());
     let units = Units::new(pool.clone(), settings.unit_places());
     let Declared {
         router,
@@ -253,40 +256,32 @@ pub async fn run<S: Service>(
     let check = pool.clone();
     workers.add(
         "health",
-        crate::grpc::report_health(
-            health.clone(),
-            S::NAME,
-            HEALTH_EVERY,
-            readiness.clone(),
-            shutdown.clone(),
-            move || {
-                let (pool, others) = (check.clone(), also());
-                async move { others && db::is_alive(&pool).await }
-            },
-        ),
+        crate::grpc::report_health(health.clone(), HEALTH_EVERY, shutdown.clone(), move || {
+            let (pool, others) = (check.clone(), also());
+            async move { others && db::is_alive(&pool).await }
+        }),
     );
 
+    // The servers stop taking calls only once health has said NOT_SERVING.
+    let serving = CancellationToken::new();
     let mut crew = Crew::default();
-    let mut serving = Workers::default();
-    serving
+    let mut servers = Workers::default();
+    servers
         .add(
             "admin-http",
-            crate::admin_http::serve(
-                metrics_listener,
-                registry,
-                readiness.clone(),
-                shutdown.clone(),
-            ),
+            crate::admin_http::serve(metrics_listener, registry, readiness, serving.clone()),
         )
         .add(
             "grpc-server",
-            crate::grpc::serve(router, listener, limits.handshake_timeout(), &shutdown),
+            crate::grpc::serve(router, listener, limits.handshake_timeout(), &serving),
         );
-    crew.start(serving);
+    crew.start(servers);
 
     let migrators = S::migrators();
     let mut failure: Option<anyhow::Error> = None;
     tokio::select! {
+        biased;
+        () = shutdown.cancelled() => {}
         opened = gate.migrate_then_open(&database, &pool, &migrators, &shutdown) => match opened {
             Ok(true) => crew.start(workers),
             Ok(false) => {}
@@ -295,35 +290,53 @@ pub async fn run<S: Service>(
                 failure = Some(refused.into());
             }
         },
-        Some(ended) = crew.next_end() => failure = Some(ended.into()),
+        Some(ended) = crew.next_end() => failure = Some(worker_failed(ended)),
     }
     if failure.is_none() {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => {}
-            Some(ended) = crew.next_end() => failure = Some(ended.into()),
+            Some(ended) = crew.next_end() => failure = Some(worker_failed(ended)),
         }
     }
-    if let Some(failure) = &failure {
-        tracing::error!(
-            service = S::NAME,
-            error.message = %failure,
-            "stopping the service: a worker ended while it ran (the process exits non-zero)"
-        );
-    }
-    // Not ready from now on, whatever stopped it (said before the server
-    // stops taking calls); then drain.
-    readiness.store(false, Ordering::Release);
-    crate::grpc::set_serving(&health, S::NAME, false).await;
+    health.stop().await;
+    serving.cancel();
     shutdown.cancel();
-    while let Some(ended) = crew.next_end().await {
-        if !matches!(ended.exit, Exit::Returned) {
-            tracing::error!(error.message = %ended, "a worker failed while the service stopped");
-            failure.get_or_insert(ended.into());
+    let grace = limits.shutdown_grace();
+    let drained = tokio::time::timeout(grace, async {
+        while let Some(ended) = crew.next_end().await {
+            if !matches!(ended.exit, Exit::Returned) {
+                tracing::error!(error.message = %ended, "a worker failed while the service stopped");
+                failure.get_or_insert(ended.into());
+            }
         }
+        units.drain().await;
+    })
+    .await;
+    if drained.is_err() {
+        let left = crew.running();
+        tracing::error!(
+            ?left,
+            grace_ms = grace.as_millis() as u64,
+            "the drain outlasted server.shutdown_grace_ms; aborting what is left"
+        );
+        crew.abort_all();
+        failure.get_or_insert(anyhow::anyhow!(
+            "the drain outlasted server.shutdown_grace_ms ({} ms); aborted {left:?}",
+            grace.as_millis()
+        ));
     }
-    units.drain().await;
     failure.map_or(Ok(()), Err)
+}
+
+/// A worker that ended while the service ran: logged with its name and
+/// cause, as the reason the service stops.
+fn worker_failed(ended: memberflow_lifecycle::WorkerEnded) -> anyhow::Error {
+    tracing::error!(
+        error.message = %ended,
+        "stopping the service: a worker ended while it ran (the process exits non-zero)"
+    );
+    ended.into()
 }
 
 /// A service, declared once: its name, its schemas, how it is built, and

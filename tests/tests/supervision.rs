@@ -112,6 +112,47 @@ async fn a_worker_that_returns_early_stops_the_service_with_an_error_that_names_
     .await;
 }
 
+/// A stop is not a failure: workers that return once `shutdown` is
+/// cancelled (the servers first of all) end a run that returns `Ok`, even
+/// when the stop comes while the database is still being migrated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_stopped_while_it_waits_for_its_database_stops_cleanly() {
+    let mut env = TestEnv::new();
+    let mut settings = auth_settings(&mut env);
+    // Nothing listens there: the service retries its migration.
+    settings.database =
+        memberflow_runtime::db::DatabaseSettings::with_url("postgres://postgres@127.0.0.1:1/auth");
+    let app = auth::Application::build(settings)
+        .await
+        .expect("build auth");
+    let running = Running::start(app.local_addr(), move |token| app.run_until_stopped(token));
+    // Up, gate closed: health answers, NOT_SERVING.
+    let channel = running.channel().await;
+    eventually("health NOT_SERVING while migrating", WAIT, || {
+        let channel = channel.clone();
+        async move {
+            (health_status(channel, auth::SERVICE_NAME).await == Some(ServingStatus::NotServing))
+                .then_some(())
+        }
+    })
+    .await;
+    running
+        .stop()
+        .await
+        .expect("a stop while migrating is a clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_service_stopped_returns_ok() {
+    let mut env = TestEnv::new();
+    let app = auth::Application::build(auth_settings(&mut env))
+        .await
+        .expect("build auth");
+    let running = Running::start(app.local_addr(), move |token| app.run_until_stopped(token));
+    wait_serving(running.channel().await, auth::SERVICE_NAME).await;
+    running.stop().await.expect("a stop is a clean stop");
+}
+
 /// `mf-service` with `MF_TEST_WORKER=how`: after SIGUSR1 its test worker
 /// ends; health leaves SERVING within a second, and the process exits
 /// non-zero within the drain, its last words naming the worker.

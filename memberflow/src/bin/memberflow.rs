@@ -121,6 +121,8 @@ async fn main() -> anyhow::Result<()> {
             s = t[0].1.wait() => (1, s),
         }
     };
+    // Why the launcher stops, if not by Ctrl-C/SIGTERM: it exits non-zero too.
+    let mut failed: Option<String> = None;
     tokio::select! {
         () = stop.cancelled() => {}
         (i, status) = first_exit => {
@@ -131,10 +133,12 @@ async fn main() -> anyhow::Result<()> {
             }
             let service = children[i].0;
             let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
-            match said.lock().expect("not poisoned").take() {
-                Some(error) => eprintln!("memberflow: {service} exited ({status}): {error}; stopping the other"),
-                None => eprintln!("memberflow: {service} exited ({status}); stopping the other"),
-            }
+            let why = match said.lock().expect("not poisoned").take() {
+                Some(error) => format!("{service} exited ({status}): {error}"),
+                None => format!("{service} exited ({status})"),
+            };
+            eprintln!("memberflow: {why}; stopping the other");
+            failed = Some(why);
         }
     }
     for (_, child) in &children {
@@ -149,7 +153,10 @@ async fn main() -> anyhow::Result<()> {
         let status = child.wait().await?;
         println!("memberflow: {service} stopped ({status})");
     }
-    Ok(())
+    match failed {
+        Some(why) => anyhow::bail!(why),
+        None => Ok(()),
+    }
 }
 
 /// Fails early, with what to do, when PostgreSQL or RabbitMQ is not there.

@@ -43,14 +43,14 @@ use memberflow_infra::amqp;
 use memberflow_infra::error_chain;
 use memberflow_infra::pg as db;
 use memberflow_infra::trace_context;
-use memberflow_lifecycle::CancellationToken;
+use memberflow_lifecycle::{CancellationToken, panic_text};
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use self::plan::{Outcome, Plan, Triage};
+use self::plan::{Outcome, Plan, Poison, Triage};
 pub use self::topology::{QueueSpec, declare_queue};
 use crate::{
     metrics::{ConsumerMetrics, EventOutcome},
@@ -353,7 +353,14 @@ impl<H: Handler> Consumer<H> {
                 .kind()
                 .as_ref()
                 .map_or(d.routing_key.as_str(), |k| k.as_str());
-            match self.handler.triage(kind, &d.data) {
+            // A triage that panics (a bug one body triggers) would end the
+            // consumer, and the process, on every instance the message is
+            // redelivered to: it is poison instead.
+            let triaged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.handler.triage(kind, &d.data)
+            }))
+            .unwrap_or_else(|panic| Triage::Poison(Poison::Panicked(panic_text(panic.as_ref()))));
+            match triaged {
                 Triage::Apply(event) => batch.push((d, event)),
                 Triage::Unknown(kind) => {
                     self.metrics.events(EventOutcome::unknown, 1);
@@ -396,6 +403,9 @@ impl<H: Handler> Consumer<H> {
                 tokio::spawn(async move { handler.apply(&events).await }.instrument(span.clone()))
             };
             let outcome = match tokio::time::timeout(bound, apply).await {
+                // Cancelled, not panicked: only as the runtime shuts down.
+                // Left unacked, for redelivery.
+                Ok(Err(joined)) if joined.is_cancelled() => return Ok(Settled::Shutdown),
                 // A panic in the handler: a bug these events trigger, which
                 // every redelivery would trigger again. Its transaction was
                 // dropped with the task, so rolled back.

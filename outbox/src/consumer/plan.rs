@@ -39,6 +39,8 @@ pub enum Poison {
         field: &'static str,
         reason: &'static str,
     },
+    #[error("the triage panicked: {0}")]
+    Panicked(String),
 }
 
 /// A [`Poison::Invalid`].
