@@ -53,7 +53,7 @@ impl Service for Application {
     const NAME: &'static str = SERVICE_NAME;
 
     fn migrators() -> Vec<&'static sqlx::migrate::Migrator> {
-        vec![&MIGRATOR]
+        vec![&MIGRATOR, &memberflow_outbox::schema::MIGRATOR]
     }
 
     /// Audits the settings, binds the listener (port 0 allowed) and prepares

@@ -14,8 +14,8 @@
 //!
 //! A service configures each part with its own names ([`OutboxSpec`],
 //! [`consumer::QueueSpec`]); the tables (`outbox`, `outbox_parked`,
-//! `leases`, `inbox`) have the same shape in each service's own database,
-//! created by that service's migrations.
+//! `leases`, `inbox`) live in each service's own database, created (or
+//! adopted) by the library's own migrations ([`schema::MIGRATOR`]).
 //!
 //! **Logs.** lapin logs every message the broker returns (an unroutable
 //! event, on every retry) at WARN with its whole body, and has no switch for
@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod parked;
 pub mod publisher;
 pub mod relay;
+pub mod schema;
 pub mod settings;
 pub mod settle;
 pub mod wake;
