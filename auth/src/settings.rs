@@ -23,6 +23,20 @@ pub struct Settings {
     pub erasure: ErasureSettings,
 }
 
+impl memberflow_outbox::settings::OutboxSettings for Settings {
+    fn relay(&self) -> &memberflow_outbox::settings::RelaySettings {
+        &self.relay
+    }
+
+    fn amqp(&self) -> &memberflow_outbox::settings::ConsumerSettings {
+        &self.amqp
+    }
+
+    fn leader_options(&self) -> Result<sqlx::postgres::PgConnectOptions, sqlx::Error> {
+        self.database.direct_connect_options()
+    }
+}
+
 impl ServiceSettings for Settings {
     const SERVICE: &'static str = "auth";
     const PORT: u16 = 50051;

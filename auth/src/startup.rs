@@ -114,11 +114,11 @@ impl Service for Application {
                 .max_decoding_message_size(settings.base.server.limits.max_message_bytes),
             gate,
         ));
-        let receipts = Consumer::new(
+        let receipts = Consumer::for_service(
             Receipts::new(pool.clone(), metrics.clone()),
             erasure::receipts::QUEUE_SPEC,
             pool.clone(),
-            settings.amqp.clone(),
+            &settings,
             std::sync::Arc::new(ConsumerStats::default()),
             metrics.consumer.clone(),
         );
@@ -147,15 +147,8 @@ impl Service for Application {
                 ),
             )
             .extend(
-                Relay::new(
-                    SPEC,
-                    settings.database.direct_connect_options()?,
-                    settings.amqp.nodes(),
-                    settings.relay.clone(),
-                    relay_wake,
-                    metrics.relay,
-                )
-                .workers(pool, &shutdown),
+                Relay::for_service(SPEC, &settings, relay_wake, metrics.relay)?
+                    .workers(pool, &shutdown),
             );
         Ok(Declared {
             router,

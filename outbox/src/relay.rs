@@ -335,6 +335,23 @@ impl Relay {
     /// `wake` is told of the writers' commits. `db` must reach PostgreSQL
     /// directly (not through a transaction pooler): LISTEN lives in a
     /// session.
+    /// [`Self::new`] from a service's settings.
+    pub fn for_service(
+        spec: OutboxSpec,
+        settings: &impl crate::settings::OutboxSettings,
+        wake: Arc<RelayWake>,
+        metrics: RelayMetrics,
+    ) -> Result<Self, sqlx::Error> {
+        Ok(Self::new(
+            spec,
+            settings.leader_options()?,
+            settings.amqp().nodes(),
+            settings.relay().clone(),
+            wake,
+            metrics,
+        ))
+    }
+
     pub fn new(
         spec: OutboxSpec,
         db: PgConnectOptions,

@@ -122,3 +122,16 @@ impl ConsumerSettings {
         }
     }
 }
+
+/// What the relay and the consumer read from a service's settings, so
+/// that each service builds both with one call ([`crate::relay::Relay::for_service`],
+/// [`crate::consumer::Consumer::for_service`]) and implements this once.
+pub trait OutboxSettings {
+    /// `relay.*`.
+    fn relay(&self) -> &RelaySettings;
+    /// `amqp.*`: the broker's nodes and the consumer's settings.
+    fn amqp(&self) -> &ConsumerSettings;
+    /// A session straight to the service's database (never through a
+    /// pooler): the relay leader's lease and its LISTEN need one.
+    fn leader_options(&self) -> Result<sqlx::postgres::PgConnectOptions, sqlx::Error>;
+}

@@ -138,15 +138,16 @@ impl Service for Application {
             gate,
         ));
         let wake = RelayWake::new(settings.relay.wake_on_commit, erasure::SPEC.channel);
-        let consumer = Consumer::new(
-            Replica::new(
-                Outbox::new(pool.clone(), wake.clone()),
-                metrics.clone(),
-                freshness.clone(),
-            ),
+        let replica = Replica::new(
+            Outbox::new(pool.clone(), wake.clone()),
+            metrics.clone(),
+            freshness.clone(),
+        );
+        let consumer = Consumer::for_service(
+            replica,
             QUEUE_SPEC,
             pool.clone(),
-            settings.amqp.clone(),
+            &settings,
             stats,
             metrics.consumer.clone(),
         );
@@ -196,15 +197,8 @@ impl Service for Application {
             // The relay of task's outbox (erasure receipts), under the same
             // leadership rule as auth's.
             .extend(
-                Relay::new(
-                    erasure::SPEC,
-                    settings.database.direct_connect_options()?,
-                    settings.amqp.nodes(),
-                    settings.relay.clone(),
-                    wake,
-                    metrics.relay,
-                )
-                .workers(pool, &shutdown),
+                Relay::for_service(erasure::SPEC, &settings, wake, metrics.relay)?
+                    .workers(pool, &shutdown),
             );
         Ok(Declared {
             router,

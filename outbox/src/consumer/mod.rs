@@ -160,6 +160,18 @@ pub struct Consumer<H> {
 }
 
 impl<H: Handler> Consumer<H> {
+    /// [`Self::new`] from a service's settings (`amqp.*`).
+    pub fn for_service(
+        handler: H,
+        spec: QueueSpec,
+        pool: PgPool,
+        settings: &impl crate::settings::OutboxSettings,
+        stats: Arc<ConsumerStats>,
+        metrics: ConsumerMetrics,
+    ) -> Self {
+        Self::new(handler, spec, pool, settings.amqp().clone(), stats, metrics)
+    }
+
     pub fn new(
         handler: H,
         spec: QueueSpec,
