@@ -48,17 +48,17 @@ enum Ending {
     Returns,
 }
 
-/// Polls health every 10 ms until it is not SERVING (NOT_SERVING, or the
-/// server gone); how long that took.
+/// Polls health (the kit's `eventually`, with its deadline) until it is
+/// not SERVING (NOT_SERVING, or the server gone); how long that took.
 async fn until_not_serving(channel: tonic::transport::Channel, service: &str) -> Duration {
     let started = Instant::now();
-    while health_status(channel.clone(), service).await == Some(ServingStatus::Serving) {
-        assert!(
-            started.elapsed() < WAIT,
-            "{service} still SERVING {WAIT:?} after its worker ended"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("health no longer SERVING", WAIT, || {
+        let channel = channel.clone();
+        async move {
+            (health_status(channel, service).await != Some(ServingStatus::Serving)).then_some(())
+        }
+    })
+    .await;
     started.elapsed()
 }
 
