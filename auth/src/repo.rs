@@ -147,7 +147,7 @@ pub struct Tombstone {
 /// member's pending and parked outbox rows go too: they carry the nickname
 /// and region, and the MemberDeleted the caller enqueues supersedes them.
 pub async fn delete_member(
-    conn: &mut PgConnection,
+    tx: &mut crate::outbox::write::Tx,
     id: Uuid,
     hash: &str,
 ) -> sqlx::Result<Option<Tombstone>> {
@@ -161,22 +161,15 @@ pub async fn delete_member(
     )
     .bind(id)
     .bind(hash)
-    .fetch_optional(&mut *conn)
+    .fetch_optional(&mut **tx)
     .await?;
     if tombstone.is_some() {
-        sqlx::query("DELETE FROM outbox WHERE member_id = $1")
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query("DELETE FROM outbox_parked WHERE member_id = $1")
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
+        tx.forget(&id).await?;
         // Every session (its refresh tokens go with it): nothing can be
         // refreshed, and the devices' user agents are gone too.
         sqlx::query("DELETE FROM sessions WHERE member_id = $1")
             .bind(id)
-            .execute(&mut *conn)
+            .execute(&mut **tx)
             .await?;
     }
     Ok(tombstone)

@@ -30,6 +30,11 @@ pub const SERVICE_NAME: &str = "auth.v1.AuthService";
 /// prepare a database without starting the service.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/auth");
 
+/// The outbox library's tables in auth's database ([`SPEC`]'s), applied
+/// after [`MIGRATOR`].
+pub static OUTBOX_MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
+    std::sync::LazyLock::new(|| SPEC.tables.migrator());
+
 /// A bound, not yet running auth service.
 pub struct Application {
     prepared: Prepared<Settings>,
@@ -53,7 +58,7 @@ impl Service for Application {
     const NAME: &'static str = SERVICE_NAME;
 
     fn migrators() -> Vec<&'static sqlx::migrate::Migrator> {
-        vec![&MIGRATOR, &memberflow_outbox::schema::MIGRATOR]
+        vec![&MIGRATOR, &OUTBOX_MIGRATOR]
     }
 
     /// Audits the settings, binds the listener (port 0 allowed) and prepares
@@ -92,6 +97,7 @@ impl Service for Application {
         } = parts;
         let metrics = AuthMetrics::register(&registry);
         let relay_wake = RelayWake::new(settings.relay.wake_on_commit, SPEC.channel);
+        let outbox = Outbox::new(pool.clone(), relay_wake.clone(), &SPEC);
         let throttle = LoginThrottle::new(&settings.login_throttle, metrics.clone());
         let api = AuthApi {
             auth: Auth {
@@ -101,7 +107,7 @@ impl Service for Application {
                 signer: keys.signer,
                 token_ttl: Duration::seconds(settings.token.ttl_secs),
                 lifetimes: settings.token.lifetimes(),
-                outbox: Outbox::new(pool.clone(), relay_wake.clone()),
+                outbox: outbox.clone(),
                 erasure_expected: settings.erasure.expected_services.clone().into(),
             },
             units,
@@ -115,7 +121,7 @@ impl Service for Application {
             gate,
         ));
         let receipts = Consumer::for_service(
-            Receipts::new(pool.clone(), metrics.clone()),
+            Receipts::new(outbox.clone(), metrics.clone()),
             erasure::receipts::QUEUE_SPEC,
             pool.clone(),
             &settings,

@@ -199,7 +199,12 @@ async fn measure(lab: &mut Lab, scale: Scale, seed: bool) -> anyhow::Result<Cost
         move |_| {
             let db = db.clone();
             async move {
-                memberflow_outbox::inbox::prune(&db, Duration::from_secs(7 * 24 * 3600)).await?;
+                memberflow_outbox::inbox::prune(
+                    &db,
+                    &task::erasure::SPEC.tables,
+                    Duration::from_secs(7 * 24 * 3600),
+                )
+                .await?;
                 Ok(())
             }
         }

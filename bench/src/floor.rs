@@ -50,7 +50,10 @@ pub(crate) async fn propagation(
     per_sec: f64,
     duration: Duration,
 ) -> anyhow::Result<Latency> {
-    let replica = memberflow_outbox::write::Outbox::without_wake(replica_database(env).await?);
+    let replica = memberflow_outbox::write::Outbox::without_wake(
+        replica_database(env).await?,
+        &task::erasure::SPEC,
+    );
     let (_publisher_conn, publish) = broker::confirm_channel(&env.amqp_url()).await?;
     let mut quorum = FieldTable::default();
     quorum.insert(

@@ -46,7 +46,7 @@ const STORED_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$YmVuY2hzYWx0YmVuY2g$0M
 /// validation or hashing around it, and no relay to wake.
 pub(crate) async fn raw_transaction(pool: PgPool, req: SignUpRequest) -> anyhow::Result<Uuid> {
     let new = NewMember::try_from(req).map_err(|_| anyhow::anyhow!("invalid signup"))?;
-    let outbox = Outbox::without_wake(pool);
+    let outbox = Outbox::without_wake(pool, &auth::outbox::SPEC);
     let (member, _) = write::sign_up(&outbox, &new, STORED_HASH).await?;
     Ok(member.id)
 }

@@ -13,7 +13,7 @@
 //!   database's expiry is later than that, so a holder that passes this check
 //!   has not been replaced;
 //! * in the database, each write it makes is fenced by its epoch
-//!   ([`FENCE`]): the write does nothing unless the lease row still carries
+//!   ([`fence`]): the write does nothing unless the lease row still carries
 //!   that epoch, and it share-locks the row, so a takeover waits for the
 //!   write, or the write sees the takeover.
 //!
@@ -33,12 +33,18 @@ use uuid::Uuid;
 
 use crate::error_chain;
 
-/// The fence a holder's writes carry: a CTE named `lease` with one row while
-/// the lease `$1` still has epoch `$2`, share-locked until the statement
-/// commits. A fenced write adds `AND EXISTS (SELECT 1 FROM lease)` and
-/// selects `EXISTS (SELECT 1 FROM lease)` to learn whether it was still the
-/// holder. Its own parameters start at `$3`.
-pub const FENCE: &str = "lease AS (SELECT 1 FROM leases WHERE name = $1 AND epoch = $2 FOR SHARE)";
+/// The table of leases a service keeps unless it names another
+/// ([`Elector::in_table`]).
+pub const TABLE: &str = "leases";
+
+/// The fence a holder's writes carry, for leases kept in `table`: a CTE
+/// named `lease` with one row while the lease `$1` still has epoch `$2`,
+/// share-locked until the statement commits. A fenced write adds `AND EXISTS
+/// (SELECT 1 FROM lease)` and selects `EXISTS (SELECT 1 FROM lease)` to learn
+/// whether it was still the holder. Its own parameters start at `$3`.
+pub fn fence(table: &str) -> String {
+    format!("lease AS (SELECT 1 FROM {table} WHERE name = $1 AND epoch = $2 FOR SHARE)")
+}
 
 /// How often a holder renews a lease of `ttl`: three tries per lease, so one
 /// slow or lost renewal does not cost the lease.
@@ -52,6 +58,8 @@ pub fn renew_every(ttl: Duration) -> Duration {
 #[derive(Debug, Clone)]
 pub struct Elector {
     pool: PgPool,
+    /// Where the lease row lives ([`TABLE`] unless named).
+    table: std::sync::Arc<str>,
     name: &'static str,
     holder: Uuid,
     ttl: Duration,
@@ -78,11 +86,21 @@ impl Elector {
             .connect_lazy_with(options);
         Self {
             pool,
+            table: TABLE.into(),
             name,
             holder: Uuid::new_v4(),
             ttl,
             retry,
             backoff,
+        }
+    }
+
+    /// The same elector, for a lease kept in `table` (a name a statement
+    /// can hold as it is, schema-qualified or not) rather than [`TABLE`].
+    pub fn in_table(self, table: impl Into<std::sync::Arc<str>>) -> Self {
+        Self {
+            table: table.into(),
+            ..self
         }
     }
 
@@ -95,15 +113,16 @@ impl Elector {
     /// epoch, which fences every write of the previous holder.
     pub async fn try_acquire(&self, shutdown: &CancellationToken) -> sqlx::Result<Option<Term>> {
         let started = Instant::now();
-        let epoch: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO leases AS l (name, holder, epoch, expires_at, acquired_at, renewed_at)
+        let epoch: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {} AS l (name, holder, epoch, expires_at, acquired_at, renewed_at)
              VALUES ($1, $2, 1, now() + $3 * interval '1 millisecond', now(), now())
              ON CONFLICT (name) DO UPDATE
                 SET holder = excluded.holder, epoch = l.epoch + 1,
                     expires_at = excluded.expires_at, acquired_at = now(), renewed_at = now()
               WHERE l.expires_at <= now()
              RETURNING epoch",
-        )
+            self.table
+        )))
         .bind(self.name)
         .bind(self.holder)
         .bind(self.ttl.as_millis() as f64)
@@ -192,10 +211,11 @@ impl Elector {
     }
 
     async fn renew(&self, term: &Term) -> sqlx::Result<bool> {
-        let renewed = sqlx::query(
-            "UPDATE leases SET expires_at = now() + $3 * interval '1 millisecond', renewed_at = now()
+        let renewed = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {} SET expires_at = now() + $3 * interval '1 millisecond', renewed_at = now()
               WHERE name = $1 AND epoch = $2",
-        )
+            self.table
+        )))
         .bind(self.name)
         .bind(term.epoch)
         .bind(self.ttl.as_millis() as f64)
@@ -209,11 +229,13 @@ impl Elector {
     /// not answer just lets it expire.
     pub async fn release(&self, term: &Term) {
         term.end();
-        let release =
-            sqlx::query("UPDATE leases SET expires_at = now() WHERE name = $1 AND epoch = $2")
-                .bind(self.name)
-                .bind(term.epoch)
-                .execute(&self.pool);
+        let release = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {} SET expires_at = now() WHERE name = $1 AND epoch = $2",
+            self.table
+        )))
+        .bind(self.name)
+        .bind(term.epoch)
+        .execute(&self.pool);
         let _ = tokio::time::timeout(Duration::from_secs(1), release).await;
     }
 }
@@ -230,12 +252,12 @@ pub struct Term {
 }
 
 impl Term {
-    /// The lease's name, the first parameter of a [`FENCE`]d statement.
+    /// The lease's name, the first parameter of a [`fence`]d statement.
     pub fn name(&self) -> &'static str {
         self.name
     }
 
-    /// The fencing token, the second parameter of a [`FENCE`]d statement.
+    /// The fencing token, the second parameter of a [`fence`]d statement.
     pub fn epoch(&self) -> i64 {
         self.epoch
     }

@@ -10,13 +10,13 @@
 -- as they are, with the same shape, and changes nothing. No service
 -- migration creates them from now on.
 
-CREATE TABLE IF NOT EXISTS outbox (
+CREATE TABLE IF NOT EXISTS {schema}outbox (
     id          bigserial   PRIMARY KEY,
     event_id    uuid        NOT NULL,
     routing_key text        NOT NULL,
     -- The ordering key: a member's events are published in commit order,
     -- and parked behind its first parked row.
-    member_id   uuid        NOT NULL,
+    {key}   {key_type}        NOT NULL,
     version     bigint      NOT NULL,
     -- The encoded body, published as is.
     payload     bytea       NOT NULL,
@@ -31,11 +31,11 @@ CREATE TABLE IF NOT EXISTS outbox (
 
 -- Rows the relay gave up on, with why, for an operator to inspect and put
 -- back (memberflow_outbox::parked).
-CREATE TABLE IF NOT EXISTS outbox_parked (
+CREATE TABLE IF NOT EXISTS {schema}outbox_parked (
     id          bigint      PRIMARY KEY, -- the row's outbox id
     event_id    uuid        NOT NULL,
     routing_key text        NOT NULL,
-    member_id   uuid        NOT NULL,
+    {key}   {key_type}        NOT NULL,
     version     bigint      NOT NULL,
     payload     bytea       NOT NULL,
     occurred_at timestamptz NOT NULL,
@@ -45,19 +45,19 @@ CREATE TABLE IF NOT EXISTS outbox_parked (
     traceparent text,
     tracestate  text
 );
-CREATE INDEX IF NOT EXISTS outbox_parked_member ON outbox_parked (member_id);
+CREATE INDEX IF NOT EXISTS outbox_parked_member ON {schema}outbox_parked ({key});
 
 -- The consumer's inbox: ids of events already applied, written in the
 -- transaction that applies them, so a redelivery changes nothing.
-CREATE TABLE IF NOT EXISTS inbox (
+CREATE TABLE IF NOT EXISTS {schema}inbox (
     event_id    uuid        PRIMARY KEY,
     received_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX IF NOT EXISTS inbox_received_at ON inbox (received_at);
+CREATE INDEX IF NOT EXISTS inbox_received_at ON {schema}inbox (received_at);
 
 -- Leadership leases (memberflow_infra::lease): which instance alone may act
 -- for a role (`relay`, `reconcile`), under which epoch, and until when.
-CREATE TABLE IF NOT EXISTS leases (
+CREATE TABLE IF NOT EXISTS {schema}leases (
     name        text        PRIMARY KEY,
     holder      uuid        NOT NULL,
     epoch       bigint      NOT NULL,

@@ -14,8 +14,12 @@
 //!
 //! A service configures each part with its own names ([`OutboxSpec`],
 //! [`consumer::QueueSpec`]); the tables (`outbox`, `outbox_parked`,
-//! `leases`, `inbox`) live in each service's own database, created (or
-//! adopted) by the library's own migrations ([`schema::MIGRATOR`]).
+//! `leases`, `inbox`) live in each service's own database, in the schema
+//! and with the ordering key it names ([`schema::Tables`]), created (or
+//! adopted) by the library's own migrations ([`schema::Tables::migrator`]).
+//!
+//! `outbox/examples/orders.rs` is a whole service on this API alone: one
+//! table, one event type, a `bigint` key in a schema of its own.
 //!
 //! **Logs.** lapin logs every message the broker returns (an unroutable
 //! event, on every retry) at WARN with its whole body, and has no switch for
@@ -35,9 +39,24 @@ pub mod settle;
 pub mod wake;
 pub mod write;
 
-/// Where one service's outbox publishes, and how its relay is woken.
+pub use schema::{OrderingKey, Tables};
+
+/// What the relay and the consumer are built from that is shared with the
+/// rest of a service: AMQP connections and nodes, the fenced lease, the
+/// metrics registry, trace context over AMQP.
+pub use memberflow_infra as infra;
+/// The one shutdown signal every loop here takes.
+pub use memberflow_lifecycle::CancellationToken;
+
+/// Where one service's outbox lives and publishes, and how its relay is
+/// woken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutboxSpec {
+    /// Its tables: their schema and ordering key.
+    pub tables: Tables,
+    /// The AMQP header that carries each event's ordering key (as text), so
+    /// a consumer can tell keys apart without decoding the body.
+    pub key_header: &'static str,
     /// The durable topic exchange the relay publishes to (and declares).
     pub exchange: &'static str,
     /// The LISTEN/NOTIFY channel that wakes the relay leader in another

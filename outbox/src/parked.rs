@@ -1,7 +1,7 @@
 //! Parked outbox rows, for operators (`memberflow-admin outbox …`) and tests:
 //! list them, and put them back in the outbox.
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{AssertSqlSafe, PgPool};
 use uuid::Uuid;
 
 /// One parked row, as an operator sees it.
@@ -11,54 +11,61 @@ pub struct ParkedRow {
     pub id: i64,
     pub event_id: Uuid,
     pub routing_key: String,
-    pub member_id: Uuid,
+    /// The ordering key, as text.
+    pub key: String,
     pub version: i64,
     pub attempts: i32,
     pub last_error: String,
     pub parked_at: DateTime<Utc>,
 }
 
-/// Every parked row, oldest first.
-pub async fn list(pool: &PgPool) -> sqlx::Result<Vec<ParkedRow>> {
-    sqlx::query_as(
-        "SELECT id, event_id, routing_key, member_id, version, attempts, last_error, parked_at
-           FROM outbox_parked ORDER BY id",
-    )
+/// Every parked row of `spec`'s outbox, oldest first.
+pub async fn list(pool: &PgPool, spec: &crate::OutboxSpec) -> sqlx::Result<Vec<ParkedRow>> {
+    let t = &spec.tables;
+    sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT id, event_id, routing_key, {key}::text AS key, version, attempts, last_error,
+                parked_at
+           FROM {parked} ORDER BY id",
+        key = t.key_column(),
+        parked = t.table("outbox_parked"),
+    )))
     .fetch_all(pool)
     .await
 }
 
 /// Moves the rows `ids` (all when empty) back into the outbox, with their
-/// attempts reset, together with every other parked row of the same members,
+/// attempts reset, together with every other parked row of the same keys,
 /// in their original order, and wakes the relay (NOTIFY), which publishes
-/// them at once. Returns the
-/// rows moved, as they were parked.
+/// them at once. Returns the rows moved, as they were parked.
 pub async fn replay(
     pool: &PgPool,
     spec: &crate::OutboxSpec,
     ids: &[i64],
 ) -> sqlx::Result<Vec<ParkedRow>> {
+    let t = &spec.tables;
+    let (key, parked, outbox) = (t.key_column(), t.table("outbox_parked"), t.table("outbox"));
     let mut tx = pool.begin().await?;
-    let rows: Vec<ParkedRow> = sqlx::query_as(
-        "SELECT id, event_id, routing_key, member_id, version, attempts, last_error, parked_at
-           FROM outbox_parked
+    let rows: Vec<ParkedRow> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT id, event_id, routing_key, {key}::text AS key, version, attempts, last_error,
+                parked_at
+           FROM {parked}
           WHERE cardinality($1::int8[]) = 0
-             OR member_id IN (SELECT member_id FROM outbox_parked WHERE id = ANY($1))
+             OR {key} IN (SELECT {key} FROM {parked} WHERE id = ANY($1))
           ORDER BY id
-            FOR UPDATE",
-    )
+            FOR UPDATE"
+    )))
     .bind(ids)
     .fetch_all(&mut *tx)
     .await?;
     let moving: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    sqlx::query(
-        "WITH moved AS (DELETE FROM outbox_parked WHERE id = ANY($1) RETURNING *)
-         INSERT INTO outbox (event_id, routing_key, member_id, version, payload, occurred_at,
-                             traceparent, tracestate)
-         SELECT event_id, routing_key, member_id, version, payload, occurred_at,
+    sqlx::query(AssertSqlSafe(format!(
+        "WITH moved AS (DELETE FROM {parked} WHERE id = ANY($1) RETURNING *)
+         INSERT INTO {outbox} (event_id, routing_key, {key}, version, payload, occurred_at,
+                               traceparent, tracestate)
+         SELECT event_id, routing_key, {key}, version, payload, occurred_at,
                 traceparent, tracestate
-           FROM moved ORDER BY id",
-    )
+           FROM moved ORDER BY id"
+    )))
     .bind(&moving)
     .execute(&mut *tx)
     .await?;

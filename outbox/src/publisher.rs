@@ -20,6 +20,8 @@ pub struct Publisher {
     channel: Channel,
     /// The exchange it publishes to.
     exchange: &'static str,
+    /// The header that carries each event's ordering key.
+    key_header: &'static str,
 }
 
 /// Why a batch went wrong as a whole: the connection is suspect.
@@ -46,6 +48,7 @@ impl Publisher {
             connection,
             channel,
             exchange: spec.exchange,
+            key_header: spec.key_header,
         })
     }
 
@@ -86,7 +89,7 @@ impl Publisher {
                 messaging.rabbitmq.destination.routing_key = %row.routing_key,
                 messaging.message.id = %row.event_id,
                 event_id = %row.event_id,
-                member_id = %row.member_id,
+                key = %row.key,
                 version = row.version,
                 trace_id = tracing::field::Empty,
             );
@@ -104,7 +107,7 @@ impl Publisher {
                         ..Default::default()
                     },
                     &row.payload,
-                    properties(row, trace),
+                    properties(row, self.key_header, trace),
                 )
                 .instrument(span);
             match tokio::time::timeout_at(deadline, publish).await {
@@ -149,7 +152,11 @@ impl Publisher {
     }
 }
 
-fn properties(row: &OutboxRow, trace: trace_context::Carrier) -> BasicProperties {
+fn properties(
+    row: &OutboxRow,
+    key_header: &'static str,
+    trace: trace_context::Carrier,
+) -> BasicProperties {
     let mut headers = FieldTable::default();
     for (key, value) in [
         (trace_context::TRACEPARENT, trace.traceparent),
@@ -160,8 +167,8 @@ fn properties(row: &OutboxRow, trace: trace_context::Carrier) -> BasicProperties
         }
     }
     headers.insert(
-        "member_id".into(),
-        AMQPValue::LongString(row.member_id.to_string().into()),
+        key_header.into(),
+        AMQPValue::LongString(row.key.as_str().into()),
     );
     headers.insert("version".into(), AMQPValue::LongLongInt(row.version));
     BasicProperties::default()

@@ -22,24 +22,23 @@
 //! other instances' commits (see [`crate::wake`]); a slow poll catches
 //! anything missed.
 use std::{
-    sync::{Arc, LazyLock},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use futures::{FutureExt as _, future::BoxFuture};
 use memberflow_infra::amqp::Nodes;
 use memberflow_infra::error_chain;
-use memberflow_infra::lease::{Elector, FENCE, Term};
+use memberflow_infra::lease::{self, Elector, Term};
 use memberflow_infra::pg as db;
 use memberflow_lifecycle::CancellationToken;
 use sqlx::{
-    Connection, PgConnection, PgPool,
+    AssertSqlSafe, Connection, PgConnection, PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
-use uuid::Uuid;
 
 use crate::{
-    OutboxSpec,
+    OutboxSpec, Tables,
     metrics::RelayMetrics,
     publisher::{Publisher, Stop},
     settings::RelaySettings,
@@ -96,15 +95,16 @@ pub enum RelayError {
 }
 
 /// Why a row was parked without failing itself.
-pub const HELD_BEHIND: &str = "held behind a parked event of the same member";
+pub const HELD_BEHIND: &str = "held behind a parked event of the same key";
 
-/// Publishes one batch: reads the oldest rows, parks those whose member has
-/// a parked row, publishes the rest with pipelined confirms, and settles
-/// each row by the broker's answer (see [`settle`]). `term` is the leader's
+/// Publishes one batch: reads the oldest rows, parks those whose key has a
+/// parked row, publishes the rest with pipelined confirms, and settles each
+/// row by the broker's answer (see [`settle`]). `term` is the leader's
 /// lease: nothing starts unless it is held, and each write is fenced by its
 /// epoch, so a relay that lost the lease mid-batch changes no row.
 pub async fn relay_once(
     conn: &mut PgConnection,
+    sql: &RelaySql,
     publisher: &Publisher,
     cfg: &RelaySettings,
     term: &Term,
@@ -112,9 +112,9 @@ pub async fn relay_once(
     if !term.is_held() {
         return Ok(Outcome::Deposed);
     }
-    // One read: the rows, and whether their member has a parked row (the
-    // EXISTS probes outbox_parked's member index, normally empty).
-    let read: Vec<(OutboxRow, bool)> = sqlx::query_as(READ.as_str())
+    // One read: the rows, and whether their key has a parked row (the
+    // EXISTS probes outbox_parked's key index, normally empty).
+    let read: Vec<(OutboxRow, bool)> = sqlx::query_as(AssertSqlSafe(sql.read.as_str()))
         .bind(term.name())
         .bind(term.epoch())
         .bind(cfg.batch_size)
@@ -127,13 +127,13 @@ pub async fn relay_once(
         return Ok(Outcome::Empty);
     }
     let mut report = Report::default();
-    let held: Vec<Uuid> = read
+    let held: Vec<&str> = read
         .iter()
         .filter(|(_, held)| *held)
-        .map(|(r, _)| r.member_id)
+        .map(|(r, _)| r.key.as_str())
         .collect();
     if !held.is_empty() {
-        match park(conn, term, &[], &held, HELD_BEHIND).await? {
+        match park(conn, sql, term, &[], &held, HELD_BEHIND).await? {
             Some(n) => report.parked += n,
             None => return Ok(Outcome::Deposed),
         }
@@ -153,7 +153,7 @@ pub async fn relay_once(
         .collect();
     let plan = settle(&states, &answers, cfg.park_after_attempts);
     if !plan.delete.is_empty() {
-        let (leading, _): (bool, i64) = sqlx::query_as(DELETE.as_str())
+        let (leading, _): (bool, i64) = sqlx::query_as(AssertSqlSafe(sql.delete.as_str()))
             .bind(term.name())
             .bind(term.epoch())
             .bind(&plan.delete)
@@ -164,7 +164,7 @@ pub async fn relay_once(
         }
     }
     if !plan.blame.is_empty() {
-        let leading: bool = sqlx::query_scalar(BLAME.as_str())
+        let leading: bool = sqlx::query_scalar(AssertSqlSafe(sql.blame.as_str()))
             .bind(term.name())
             .bind(term.epoch())
             .bind(&plan.blame)
@@ -176,12 +176,12 @@ pub async fn relay_once(
         }
     }
     if !plan.park.is_empty() {
-        let parked_members: Vec<Uuid> = rows
+        let parked_keys: Vec<&str> = rows
             .iter()
             .filter(|r| plan.park.contains(&r.id))
-            .map(|r| r.member_id)
+            .map(|r| r.key.as_str())
             .collect();
-        match park(conn, term, &plan.park, &parked_members, UNROUTABLE).await? {
+        match park(conn, sql, term, &plan.park, &parked_keys, UNROUTABLE).await? {
             Some(n) => report.parked += n,
             None => return Ok(Outcome::Deposed),
         }
@@ -195,63 +195,85 @@ pub async fn relay_once(
     Ok(Outcome::Batch(report))
 }
 
-/// The oldest rows, while the lease `$1` has epoch `$2`.
-static READ: LazyLock<String> = LazyLock::new(|| {
-    "SELECT o.id, o.event_id, o.routing_key, o.member_id, o.version, o.payload,
-            o.occurred_at, o.attempts, o.traceparent, o.tracestate,
-            EXISTS (SELECT 1 FROM outbox_parked p WHERE p.member_id = o.member_id) AS held
-       FROM outbox o
-      WHERE EXISTS (SELECT 1 FROM leases WHERE name = $1 AND epoch = $2)
-      ORDER BY o.id LIMIT $3"
-        .to_owned()
-});
+/// The relay's statements, rendered once for one service's [`Tables`]. The
+/// key is read as text and compared as the column's type, so the relay is
+/// the same code for every key type and still uses the key index.
+#[derive(Debug, Clone)]
+pub struct RelaySql {
+    /// The oldest rows, while the lease `$1` has epoch `$2`.
+    read: String,
+    /// Deletes the confirmed rows `$3`, fenced; says whether the fence held.
+    delete: String,
+    /// Counts one more attempt, with error `$4`, on the rows `$3`, fenced.
+    blame: String,
+    /// Moves rows `$3`, and every row of keys `$4`, to `outbox_parked`,
+    /// fenced (see [`park`]).
+    park: String,
+    /// The outbox gauges: pending rows, the oldest's age, parked rows.
+    gauges: String,
+}
 
-/// Deletes the confirmed rows `$3`, fenced; says whether the fence held.
-static DELETE: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "WITH {FENCE},
-              gone AS (DELETE FROM outbox WHERE id = ANY($3) AND EXISTS (SELECT 1 FROM lease)
-                       RETURNING 1)
-         SELECT EXISTS (SELECT 1 FROM lease), (SELECT count(*) FROM gone)"
-    )
-});
+impl RelaySql {
+    pub fn new(tables: &Tables) -> Self {
+        let outbox = tables.table("outbox");
+        let parked = tables.table("outbox_parked");
+        let fence = lease::fence(&tables.table(lease::TABLE));
+        let key = tables.key_column();
+        let key_type = tables.key_type();
+        Self {
+            read: format!(
+                "SELECT o.id, o.event_id, o.routing_key, o.{key}::text AS key, o.version, o.payload,
+                        o.occurred_at, o.attempts, o.traceparent, o.tracestate,
+                        EXISTS (SELECT 1 FROM {parked} p WHERE p.{key} = o.{key}) AS held
+                   FROM {outbox} o
+                  WHERE EXISTS (SELECT 1 FROM {leases} WHERE name = $1 AND epoch = $2)
+                  ORDER BY o.id LIMIT $3",
+                leases = tables.table(lease::TABLE)
+            ),
+            delete: format!(
+                "WITH {fence},
+                      gone AS (DELETE FROM {outbox} WHERE id = ANY($3) AND EXISTS (SELECT 1 FROM lease)
+                               RETURNING 1)
+                 SELECT EXISTS (SELECT 1 FROM lease), (SELECT count(*) FROM gone)"
+            ),
+            blame: format!(
+                "WITH {fence},
+                      blamed AS (UPDATE {outbox} SET attempts = attempts + 1, last_error = $4
+                                  WHERE id = ANY($3) AND EXISTS (SELECT 1 FROM lease) RETURNING 1)
+                 SELECT EXISTS (SELECT 1 FROM lease)"
+            ),
+            park: format!(
+                "WITH {fence},
+                      moved AS (
+                          DELETE FROM {outbox}
+                           WHERE (id = ANY($3) OR {key} = ANY($4::text[]::{key_type}[]))
+                             AND EXISTS (SELECT 1 FROM lease)
+                       RETURNING *
+                      ),
+                      parked AS (
+                          INSERT INTO {parked}
+                              (id, event_id, routing_key, {key}, version, payload, occurred_at,
+                               traceparent, tracestate, attempts, last_error)
+                          SELECT id, event_id, routing_key, {key}, version, payload, occurred_at,
+                                 traceparent, tracestate, attempts + (id = ANY($3))::int,
+                                 CASE WHEN id = ANY($3) THEN $5 ELSE $6 END
+                            FROM moved
+                          ON CONFLICT (id) DO NOTHING
+                          RETURNING 1
+                      )
+                 SELECT EXISTS (SELECT 1 FROM lease), (SELECT count(*) FROM parked)"
+            ),
+            gauges: format!(
+                "SELECT (SELECT count(*) FROM {outbox}),
+                        coalesce((SELECT extract(epoch FROM now() - occurred_at)::float8
+                                    FROM {outbox} ORDER BY id LIMIT 1), 0),
+                        (SELECT count(*) FROM {parked})"
+            ),
+        }
+    }
+}
 
-/// Counts one more attempt, with error `$4`, on the rows `$3`, fenced.
-static BLAME: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "WITH {FENCE},
-              blamed AS (UPDATE outbox SET attempts = attempts + 1, last_error = $4
-                          WHERE id = ANY($3) AND EXISTS (SELECT 1 FROM lease) RETURNING 1)
-         SELECT EXISTS (SELECT 1 FROM lease)"
-    )
-});
-
-/// Moves rows `$3`, and every row of members `$4`, to `outbox_parked`,
-/// fenced (see [`park`]).
-static PARK: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "WITH {FENCE},
-              moved AS (
-                  DELETE FROM outbox
-                   WHERE (id = ANY($3) OR member_id = ANY($4)) AND EXISTS (SELECT 1 FROM lease)
-               RETURNING *
-              ),
-              parked AS (
-                  INSERT INTO outbox_parked
-                      (id, event_id, routing_key, member_id, version, payload, occurred_at,
-                       traceparent, tracestate, attempts, last_error)
-                  SELECT id, event_id, routing_key, member_id, version, payload, occurred_at,
-                         traceparent, tracestate, attempts + (id = ANY($3))::int,
-                         CASE WHEN id = ANY($3) THEN $5 ELSE $6 END
-                    FROM moved
-                  ON CONFLICT (id) DO NOTHING
-                  RETURNING 1
-              )
-         SELECT EXISTS (SELECT 1 FROM lease), (SELECT count(*) FROM parked)"
-    )
-});
-
-/// An outbox row, and whether a parked row of its member holds it back.
+/// An outbox row, and whether a parked row of its key holds it back.
 #[derive(sqlx::FromRow)]
 struct Held {
     #[sqlx(flatten)]
@@ -262,22 +284,23 @@ struct Held {
 /// The error a row that came back unroutable is blamed with.
 const UNROUTABLE: &str = "unroutable: no queue is bound for its routing key";
 
-/// Moves the rows `ids`, and every outbox row of `members`, to
-/// `outbox_parked`: the rows named get `reason` and one more attempt, the
-/// others [`HELD_BEHIND`]. Returns how many rows moved, or `None` when the
-/// lease is gone (nothing moved).
+/// Moves the rows `ids`, and every outbox row of `keys`, to `outbox_parked`:
+/// the rows named get `reason` and one more attempt, the others
+/// [`HELD_BEHIND`]. Returns how many rows moved, or `None` when the lease is
+/// gone (nothing moved).
 async fn park(
     conn: &mut PgConnection,
+    sql: &RelaySql,
     term: &Term,
     ids: &[i64],
-    members: &[Uuid],
+    keys: &[&str],
     reason: &str,
 ) -> sqlx::Result<Option<usize>> {
-    let (leading, moved): (bool, i64) = sqlx::query_as(PARK.as_str())
+    let (leading, moved): (bool, i64) = sqlx::query_as(AssertSqlSafe(sql.park.as_str()))
         .bind(term.name())
         .bind(term.epoch())
         .bind(ids)
-        .bind(members)
+        .bind(keys)
         .bind(reason)
         .bind(HELD_BEHIND)
         .fetch_one(conn)
@@ -315,6 +338,8 @@ pub struct Relay {
     metrics: RelayMetrics,
     /// Where it publishes and which channel wakes it.
     spec: OutboxSpec,
+    /// Its statements, for `spec`'s tables.
+    sql: Arc<RelaySql>,
     /// The leader's own session, hardened by [`leader_session`].
     leader_options: PgConnectOptions,
     /// Campaigns for, renews and releases the [`LEASE`].
@@ -366,9 +391,11 @@ impl Relay {
             Duration::from_millis(cfg.lease_ms),
             Duration::from_millis(cfg.leader_retry_ms),
             cfg.backoff,
-        );
+        )
+        .in_table(spec.tables.table(lease::TABLE));
         Self {
             metrics,
+            sql: Arc::new(RelaySql::new(&spec.tables)),
             spec,
             leader_options: leader_session(db, &cfg),
             elector,
@@ -426,7 +453,13 @@ impl Relay {
         ));
         workers.push((
             "outbox-gauges",
-            watch_outbox(pool, self.metrics.clone(), shutdown.clone()).boxed(),
+            watch_outbox(
+                pool,
+                self.sql.clone(),
+                self.metrics.clone(),
+                shutdown.clone(),
+            )
+            .boxed(),
         ));
         workers.push(("relay", self.run(shutdown.clone()).boxed()));
         workers
@@ -529,15 +562,17 @@ impl Relay {
             // Bounded on the client side too: a session that died without a
             // word answers nothing, and this leader must stop, not hang.
             let started = Instant::now();
-            let step =
-                tokio::time::timeout(step_bound, relay_once(&mut leader, &p, &self.cfg, term))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(RelayError::Database(sqlx::Error::Io(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "the leader's database session stopped answering",
-                        ))))
-                    });
+            let step = tokio::time::timeout(
+                step_bound,
+                relay_once(&mut leader, &self.sql, &p, &self.cfg, term),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(RelayError::Database(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the leader's database session stopped answering",
+                ))))
+            });
             publisher = Some(p);
             match step {
                 Ok(Outcome::Deposed) => break Ok(Led::Deposed),
@@ -612,14 +647,15 @@ const GAUGES_EVERY: Duration = Duration::from_secs(5);
 
 /// Keeps the outbox gauges current until `shutdown`, with one cheap query
 /// per interval rather than one per scrape.
-pub async fn watch_outbox(pool: PgPool, metrics: RelayMetrics, shutdown: CancellationToken) {
+pub async fn watch_outbox(
+    pool: PgPool,
+    sql: Arc<RelaySql>,
+    metrics: RelayMetrics,
+    shutdown: CancellationToken,
+) {
     memberflow_lifecycle::every(GAUGES_EVERY, memberflow_lifecycle::Start::Now, &shutdown, || async {
-        let read: sqlx::Result<(i64, f64, i64)> = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM outbox),
-                    coalesce((SELECT extract(epoch FROM now() - occurred_at)::float8
-                                FROM outbox ORDER BY id LIMIT 1), 0),
-                    (SELECT count(*) FROM outbox_parked)",
-        )
+        let read: sqlx::Result<(i64, f64, i64)> =
+            sqlx::query_as(AssertSqlSafe(sql.gauges.as_str()))
         .fetch_one(&pool)
         .await;
         match read {

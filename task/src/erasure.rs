@@ -10,14 +10,17 @@ use memberflow_contract::proto::task::v1 as pb;
 use memberflow_contract::time::timestamp;
 use memberflow_contract::topology::{ERASURE_EXCHANGE, MEMBER_ERASED, TASK_SERVICE};
 use memberflow_outbox::{
-    OutboxSpec,
+    OutboxSpec, Tables,
     write::{NewEvent, Tx},
 };
 use prost::Message;
 use uuid::Uuid;
 
-/// Where task's relay publishes, and the channel that wakes it.
+/// Where task's outbox lives (as auth's: the `search_path`, ordered by
+/// member), where its relay publishes, and the channel that wakes it.
 pub const SPEC: OutboxSpec = OutboxSpec {
+    tables: Tables::new::<Uuid>("member_id"),
+    key_header: "member_id",
     exchange: ERASURE_EXCHANGE,
     channel: "task_outbox",
     connection_name: "task.outbox-relay",
@@ -49,12 +52,25 @@ pub async fn write_receipts(tx: &mut Tx, deletions: &[(Uuid, i64)]) -> sqlx::Res
         .iter()
         .map(|&(member, version)| receipt(member, version, now))
         .collect();
-    tx.write_where(
-        &receipts,
-        "EXISTS (SELECT 1 FROM members m
-                  WHERE m.id = e.member_id AND m.deleted_at IS NOT NULL AND m.version = e.version)",
+    if receipts.is_empty() {
+        return Ok(0);
+    }
+    let members: Vec<Uuid> = deletions.iter().map(|d| d.0).collect();
+    let versions: Vec<i64> = deletions.iter().map(|d| d.1).collect();
+    let tombstones: Vec<(Uuid, i64)> = sqlx::query_as(
+        "SELECT m.id, m.version FROM members m
+           JOIN UNNEST($1::uuid[], $2::int8[]) AS d(id, version) USING (id, version)
+          WHERE m.deleted_at IS NOT NULL",
     )
-    .await
+    .bind(&members)
+    .bind(&versions)
+    .fetch_all(&mut **tx)
+    .await?;
+    let due: Vec<NewEvent> = receipts
+        .into_iter()
+        .filter(|r| tombstones.contains(&(r.key, r.version)))
+        .collect();
+    tx.write_all(&due).await
 }
 
 #[cfg(test)]
@@ -67,7 +83,7 @@ mod tests {
         let at = Utc::now();
         let e = receipt(member, 4, at);
         assert_eq!(
-            (e.routing_key, e.member_id, e.version),
+            (e.routing_key, e.key, e.version),
             (MEMBER_ERASED, member, 4)
         );
         let r = pb::MemberErased::decode(e.payload.as_slice()).unwrap();

@@ -22,7 +22,10 @@ pub async fn run_pruner(pool: PgPool, cfg: InboxSettings, shutdown: Cancellation
         memberflow_lifecycle::Start::Now,
         &shutdown,
         || async {
-            log_prune("inbox", prune(&pool, retention).await);
+            log_prune(
+                "inbox",
+                prune(&pool, &crate::erasure::SPEC.tables, retention).await,
+            );
             log_prune(
                 "expired ended sessions",
                 crate::ended_sessions::prune(&pool).await,

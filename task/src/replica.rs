@@ -138,8 +138,8 @@ pub struct Applied {
     pub receipts: u64,
 }
 
-/// [`apply`]'s one statement, built once: the inbox claim, the ended
-/// sessions, the upsert through [`UPSERT_IF_NEWER`], the read-your-writes
+/// [`apply`]'s statement after the inbox claim (`$15`, the fresh ids),
+/// built once: the ended sessions, the upsert through [`UPSERT_IF_NEWER`], the read-your-writes
 /// NOTIFY, and what each did.
 static APPLY_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
@@ -154,7 +154,7 @@ static APPLY_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                               $14::timestamptz[])
              AS e(event_id, member_id, session_hash, ended_at, expires_at)
      ), fresh AS (
-         {claim}
+         SELECT * FROM UNNEST($15::uuid[]) AS f(event_id)
      ), ended AS (
          INSERT INTO ended_sessions (session_hash, member_id, ended_at, expires_at)
          SELECT e.session_hash, e.member_id, e.ended_at, e.expires_at
@@ -184,9 +184,6 @@ static APPLY_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
             (SELECT count(*) FROM notified),
             (SELECT count(*) FROM ended)",
         notify = crate::freshness::NOTIFY_APPLIED_SQL,
-        claim = memberflow_outbox::inbox::claim_sql(
-            "SELECT event_id FROM batch UNION ALL SELECT event_id FROM ended_batch"
-        ),
     )
 });
 
@@ -235,6 +232,8 @@ pub async fn apply(outbox: &Outbox, all: &[ReplicaEvent]) -> sqlx::Result<Applie
     }
     type Row = (Vec<Uuid>, Vec<Uuid>, Vec<i64>, Vec<f64>, i64, i64);
     let mut tx = outbox.begin().await?;
+    let all_ids: Vec<Uuid> = event_ids.iter().chain(&ended_ids).copied().collect();
+    let claimed = tx.claim(&all_ids).await?;
     let (fresh, ids, versions, lags, _notified, ended): Row =
         sqlx::query_as(sqlx::AssertSqlSafe(APPLY_SQL.as_str()))
             .bind(&event_ids)
@@ -251,6 +250,7 @@ pub async fn apply(outbox: &Outbox, all: &[ReplicaEvent]) -> sqlx::Result<Applie
             .bind(&ended_hashes)
             .bind(&ended_at)
             .bind(&ended_expiry)
+            .bind(&claimed)
             .fetch_one(&mut *tx)
             .await?;
     let tombstoned: Vec<Uuid> = events

@@ -37,6 +37,11 @@ pub const SERVICE_NAME: &str = "task.v1.TaskService";
 /// bench) can prepare a database without starting the service.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/task");
 
+/// The outbox library's tables in task's database (`erasure::SPEC`'s),
+/// applied after [`MIGRATOR`].
+pub static OUTBOX_MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
+    std::sync::LazyLock::new(|| crate::erasure::SPEC.tables.migrator());
+
 /// A bound, not yet running task service.
 pub struct Application {
     prepared: Prepared<Settings>,
@@ -65,7 +70,7 @@ impl Service for Application {
     const NAME: &'static str = SERVICE_NAME;
 
     fn migrators() -> Vec<&'static sqlx::migrate::Migrator> {
-        vec![&MIGRATOR, &memberflow_outbox::schema::MIGRATOR]
+        vec![&MIGRATOR, &OUTBOX_MIGRATOR]
     }
 
     /// Audits the settings and binds the listener (port 0 allowed); nothing
@@ -139,7 +144,7 @@ impl Service for Application {
         ));
         let wake = RelayWake::new(settings.relay.wake_on_commit, erasure::SPEC.channel);
         let replica = Replica::new(
-            Outbox::new(pool.clone(), wake.clone()),
+            Outbox::new(pool.clone(), wake.clone(), &erasure::SPEC),
             metrics.clone(),
             freshness.clone(),
         );

@@ -546,7 +546,9 @@ async fn an_unroutable_row_is_parked_without_holding_back_the_rows_behind_it() {
     observer.take(signed_up, WAIT).await;
     wait_outbox_empty(&pool).await;
     assert_eq!(observer.depth().await, 0, "each signup published once");
-    let parked = auth::outbox::parked::list(&pool).await.unwrap();
+    let parked = auth::outbox::parked::list(&pool, &auth::outbox::SPEC)
+        .await
+        .unwrap();
     assert_eq!(parked.len(), 1);
     assert_eq!(parked[0].id, stuck_id);
     assert_eq!(parked[0].routing_key, "billing.invoice.created");
@@ -567,7 +569,9 @@ async fn an_unroutable_row_is_parked_without_holding_back_the_rows_behind_it() {
         (scalar(&pool, "SELECT count(*) FROM outbox_parked").await == 2).then_some(())
     })
     .await;
-    let held = auth::outbox::parked::list(&pool).await.unwrap();
+    let held = auth::outbox::parked::list(&pool, &auth::outbox::SPEC)
+        .await
+        .unwrap();
     assert_eq!(held[1].last_error, auth::outbox::relay::HELD_BEHIND);
     assert_eq!(observer.depth().await, 0, "nothing of the member overtook");
     auth.client

@@ -256,7 +256,7 @@ async fn a_lost_receipt_is_completed_by_erasures_retry() {
 
     // The operator's repair: republish the deletion; task, already holding
     // the tombstone, answers again.
-    let outbox = Outbox::without_wake(auth_db.clone());
+    let outbox = Outbox::without_wake(auth_db.clone(), &auth::outbox::SPEC);
     let retried = erasure::retry(&outbox, id)
         .await
         .unwrap()
@@ -304,7 +304,7 @@ async fn two_auth_and_two_task_instances_record_each_receipt_once_and_complete_o
 
     // Every deletion again (as `erasures retry` does): both task instances
     // answer with new receipts, which change nothing.
-    let outbox = Outbox::without_wake(auth_db.clone());
+    let outbox = Outbox::without_wake(auth_db.clone(), &auth::outbox::SPEC);
     for &id in &ids {
         erasure::retry(&outbox, id)
             .await

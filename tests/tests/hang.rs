@@ -201,13 +201,14 @@ async fn a_deposed_relay_writes_nothing_and_starts_no_batch() {
         .unwrap();
     let mut cfg = settings.relay.clone();
     cfg.confirm_timeout_ms = 20_000;
+    let sql = relay::RelaySql::new(&auth::outbox::SPEC.tables);
 
     // Act: A reads and publishes, but its confirms are held in a blackhole;
     // meanwhile its lease is taken over ("B"); then the confirms arrive.
     broker.blackhole();
     let step = tokio::spawn(async move {
-        let outcome = relay::relay_once(&mut conn, &publisher, &cfg, &a).await;
-        (outcome.unwrap(), conn, publisher, cfg, a)
+        let outcome = relay::relay_once(&mut conn, &sql, &publisher, &cfg, &a).await;
+        (outcome.unwrap(), conn, publisher, cfg, a, sql)
     });
     eventually("A has read its batch", WAIT, || async {
         let q: String = sqlx::query_scalar("SELECT query FROM pg_stat_activity WHERE pid = $1")
@@ -228,7 +229,7 @@ async fn a_deposed_relay_writes_nothing_and_starts_no_batch() {
         .unwrap()
         .expect("B takes the expired lease");
     broker.restore();
-    let (outcome, mut conn, publisher, cfg, a) = step.await.unwrap();
+    let (outcome, mut conn, publisher, cfg, a, sql) = step.await.unwrap();
 
     // Assert: the in-flight publish went out; nothing was written.
     assert_eq!(outcome, relay::Outcome::Deposed);
@@ -242,13 +243,13 @@ async fn a_deposed_relay_writes_nothing_and_starts_no_batch() {
     assert_eq!(scalar(&db, "SELECT count(*) FROM outbox_parked").await, 0);
     // A next step reads nothing under the old epoch (a fenced read), and
     // publishes nothing.
-    let again = relay::relay_once(&mut conn, &publisher, &cfg, &a)
+    let again = relay::relay_once(&mut conn, &sql, &publisher, &cfg, &a)
         .await
         .unwrap();
     assert_eq!(again, relay::Outcome::Empty);
     // And once A knows its term ended, it does not even read.
     a.end();
-    let known = relay::relay_once(&mut conn, &publisher, &cfg, &a)
+    let known = relay::relay_once(&mut conn, &sql, &publisher, &cfg, &a)
         .await
         .unwrap();
     assert_eq!(known, relay::Outcome::Deposed);

@@ -1,7 +1,7 @@
 //! The outbox library's own schema: its migrations create its tables on a
 //! fresh database, and adopt them, unchanged and with nothing lost, where a
 //! service's older migrations created them (auth's and task's databases).
-use memberflow_outbox::schema::{MIGRATIONS_TABLE, MIGRATOR};
+use memberflow_outbox::{Tables, schema::MIGRATIONS_TABLE};
 use memberflow_runtime::db::{DatabaseSettings, ensure_database};
 use memberflow_tests::env::TestEnv;
 use sqlx::PgPool;
@@ -58,7 +58,8 @@ async fn the_library_creates_its_tables_and_adopts_the_services_unchanged() {
     let mut env = TestEnv::new();
     // A fresh database: the library alone creates its tables.
     let fresh = database(&mut env, "library").await;
-    MIGRATOR
+    Tables::new::<uuid::Uuid>("member_id")
+        .migrator()
         .run(&fresh)
         .await
         .expect("the library's migrations");
@@ -72,9 +73,17 @@ async fn the_library_creates_its_tables_and_adopts_the_services_unchanged() {
 
     // auth's and task's databases, made by their own older migrations,
     // each holding an outbox row: adopted as they are.
-    for (name, service) in [
-        ("auth", &auth::startup::MIGRATOR),
-        ("task", &task::startup::MIGRATOR),
+    for (name, service, library) in [
+        (
+            "auth",
+            &auth::startup::MIGRATOR,
+            &*auth::startup::OUTBOX_MIGRATOR,
+        ),
+        (
+            "task",
+            &task::startup::MIGRATOR,
+            &*task::startup::OUTBOX_MIGRATOR,
+        ),
     ] {
         let pool = database(&mut env, name).await;
         service.run(&pool).await.expect("the service's migrations");
@@ -89,7 +98,7 @@ async fn the_library_creates_its_tables_and_adopts_the_services_unchanged() {
         .expect("an outbox row");
         let service_history = applied(&pool, "_sqlx_migrations").await;
         for _ in 0..2 {
-            MIGRATOR
+            library
                 .run(&pool)
                 .await
                 .expect("adopted (and again: a no-op)");

@@ -438,7 +438,7 @@ fn the_version_guard_sql_matches_its_pure_rule() {
         task::startup::MIGRATOR.run(&pool).await.unwrap();
         pool
     });
-    let outbox = Outbox::without_wake(pool.clone());
+    let outbox = Outbox::without_wake(pool.clone(), &task::erasure::SPEC);
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(SQL_CASES));
     runner
         .run(

@@ -194,7 +194,8 @@ async fn an_event_applied_between_the_read_and_the_write_is_not_undone() {
         sessions_version: 0,
         deleted: false,
     };
-    let outbox = memberflow_outbox::write::Outbox::without_wake(task_db.clone());
+    let outbox =
+        memberflow_outbox::write::Outbox::without_wake(task_db.clone(), &task::erasure::SPEC);
     replica::apply(&outbox, &[event.into()]).await.unwrap();
     let done = repair::overwrite(&task_db, &plan.overwrite).await.unwrap();
 

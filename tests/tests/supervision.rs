@@ -225,6 +225,7 @@ struct PanicsOn {
 
 impl Handler for PanicsOn {
     type Event = Uuid;
+    type Key = Uuid;
 
     fn triage(&self, _kind: &str, body: &[u8]) -> Triage<Uuid> {
         Triage::decoded(Uuid::from_slice(body).map_err(|e| Poison::Undecodable(e.to_string())))

@@ -281,39 +281,6 @@ async fn old_inbox_ids_are_pruned_and_a_replay_after_that_is_still_a_no_op() {
     );
 }
 
-/// The prune must not scan the whole inbox: at a week of events that is
-/// millions of rows per batch. With enough rows for the planner to care, the
-/// plan reads due ids through the `received_at` index.
-#[tokio::test]
-async fn the_inbox_prune_finds_due_ids_through_an_index() {
-    let mut env = TestEnv::new();
-    let _task = spawn_task_alone(&mut env, ConsistencyMode::NotReady).await;
-    let pool = env.pool("task").await;
-    sqlx::query(
-        "INSERT INTO inbox (event_id, received_at)
-         SELECT gen_random_uuid(), now() - interval '1 second' * i
-           FROM generate_series(1, 100000) i",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    sqlx::query("ANALYZE inbox").execute(&pool).await.unwrap();
-    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "EXPLAIN {}",
-        memberflow_outbox::inbox::PRUNE_SQL
-    )))
-    .bind(7.0 * 24.0 * 3600.0)
-    .bind(10_000_i64)
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    let plan = plan.join("\n");
-    assert!(
-        plan.contains("inbox_received_at"),
-        "the prune scans instead of using the index:\n{plan}"
-    );
-}
-
 #[tokio::test]
 async fn versions_delivered_3_1_2_leave_the_replica_at_3() {
     let mut env = TestEnv::new();

@@ -274,7 +274,8 @@ pub async fn watch(
         log_prune("completed erasure records", prune(&pool, retention).await);
         log_prune(
             "receipt inbox",
-            memberflow_outbox::inbox::prune(&pool, INBOX_RETENTION).await,
+            memberflow_outbox::inbox::prune(&pool, &crate::outbox::SPEC.tables, INBOX_RETENTION)
+                .await,
         );
     });
     tokio::join!(gauges, prunes);

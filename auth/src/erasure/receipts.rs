@@ -17,10 +17,10 @@ use memberflow_outbox::consumer::{
     plan::{Poison, Triage, invalid},
 };
 use prost::Message;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::metrics::AuthMetrics;
+use crate::outbox::write::Outbox;
 
 /// The names of auth's receipt consumer.
 pub const QUEUE_SPEC: QueueSpec = QueueSpec {
@@ -86,13 +86,15 @@ fn decode(body: &[u8]) -> Result<Receipt, Poison> {
 /// Records receipts and completes erasures.
 #[derive(Debug, Clone)]
 pub struct Receipts {
-    pool: PgPool,
+    /// auth's outbox: its transactions claim inbox ids (receipts write no
+    /// event).
+    outbox: Outbox,
     metrics: AuthMetrics,
 }
 
 impl Receipts {
-    pub fn new(pool: PgPool, metrics: AuthMetrics) -> Self {
-        Self { pool, metrics }
+    pub fn new(outbox: Outbox, metrics: AuthMetrics) -> Self {
+        Self { outbox, metrics }
     }
 }
 
@@ -103,6 +105,8 @@ impl Handler for Receipts {
         triage(kind, body)
     }
 
+    type Key = Uuid;
+
     fn ids(event: &Receipt) -> (Uuid, Uuid) {
         (event.event_id, event.member_id)
     }
@@ -111,14 +115,13 @@ impl Handler for Receipts {
     /// instances recording the last two receipts of one erasure at once are
     /// ordered and the second sees the first; then [`RECORD_SQL`] records
     /// the fresh ones and completes what they complete, once
-    /// (`completed_at IS NULL`). The inbox is written inside that statement
-    /// (`memberflow_outbox::inbox` defines the table), to spare a round
-    /// trip, as task's apply does.
+    /// (`completed_at IS NULL`). The inbox claim comes between them, in the
+    /// same transaction.
     async fn apply(&self, events: &[Receipt]) -> sqlx::Result<Counts> {
         let mut members: Vec<Uuid> = events.iter().map(|e| e.member_id).collect();
         members.sort_unstable();
         members.dedup();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.outbox.begin().await?;
         // First, alone: a statement that waited for this lock takes a new
         // snapshot, so the next one sees the receipts it waited for.
         sqlx::query(
@@ -128,25 +131,28 @@ impl Handler for Receipts {
         .bind(&members)
         .execute(&mut *tx)
         .await?;
-        let (fresh, recorded, completed): (i64, i64, Vec<f64>) =
-            sqlx::query_as(sqlx::AssertSqlSafe(RECORD_SQL.as_str()))
-                .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
-                .bind(events.iter().map(|e| e.member_id).collect::<Vec<_>>())
-                .bind(
-                    events
-                        .iter()
-                        .map(|e| e.service.as_str())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(events.iter().map(|e| e.version).collect::<Vec<_>>())
-                .bind(events.iter().map(|e| e.erased_at).collect::<Vec<_>>())
-                .fetch_one(&mut *tx)
-                .await?;
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let fresh = tx.claim(&ids).await?;
+        let (recorded, completed): (i64, Vec<f64>) = sqlx::query_as(RECORD_SQL)
+            .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.member_id).collect::<Vec<_>>())
+            .bind(
+                events
+                    .iter()
+                    .map(|e| e.service.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(events.iter().map(|e| e.version).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.erased_at).collect::<Vec<_>>())
+            .bind(&fresh)
+            .fetch_one(&mut *tx)
+            .await?;
         tx.commit().await?;
         for seconds in &completed {
             self.metrics.erasures_completed.inc();
             self.metrics.erasure_seconds.observe(seconds.max(0.0));
         }
+        let fresh = fresh.len() as i64;
         if recorded < fresh {
             tracing::info!(
                 ignored = fresh - recorded,
@@ -165,14 +171,13 @@ impl Handler for Receipts {
 /// the first per member and service; then each erasure whose expected
 /// services have all answered (receipts recorded before, and by this
 /// statement, which its own snapshot cannot see) completes, once. Returns
-/// (fresh, recorded, each completion's seconds since the request).
-static RECORD_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "WITH batch AS (
+/// (recorded, each completion's seconds since the request). `$6` holds the
+/// fresh ids, claimed before it.
+const RECORD_SQL: &str = "WITH batch AS (
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::timestamptz[])
              AS r(event_id, member_id, service, version, erased_at)
      ), fresh AS (
-         {claim}
+         SELECT * FROM UNNEST($6::uuid[]) AS f(event_id)
      ), recorded AS (
          INSERT INTO erasure_receipts (member_id, service, event_id, version, erased_at)
          SELECT DISTINCT ON (b.member_id, b.service)
@@ -194,12 +199,8 @@ static RECORD_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                                          WHERE n.member_id = e.member_id))
       RETURNING extract(epoch FROM e.completed_at - e.requested_at)::float8 AS seconds
      )
-     SELECT (SELECT count(*) FROM fresh),
-            (SELECT count(*) FROM recorded),
-            coalesce((SELECT array_agg(seconds) FROM completed), '{{}}')",
-        claim = memberflow_outbox::inbox::claim_sql("SELECT event_id FROM batch")
-    )
-});
+     SELECT (SELECT count(*) FROM recorded),
+            coalesce((SELECT array_agg(seconds) FROM completed), '{}')";
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,7 @@
 //! ([`SPEC`]).
 pub mod write;
 
-pub use memberflow_outbox::{OutboxSpec, parked, publisher, relay, settle, wake};
+pub use memberflow_outbox::{OutboxSpec, Tables, parked, publisher, relay, settle, wake};
 
 use chrono::{DateTime, Utc};
 use memberflow_contract::proto::auth::v1 as pb;
@@ -23,8 +23,12 @@ use uuid::Uuid;
 
 use crate::domain::Member;
 
-/// Where auth's relay publishes, and the channel that wakes it.
+/// Where auth's outbox lives (its database's `search_path`, ordered by
+/// member: the layout its tables had before the library owned them), where
+/// its relay publishes, and the channel that wakes it.
 pub const SPEC: OutboxSpec = OutboxSpec {
+    tables: Tables::new::<Uuid>("member_id"),
+    key_header: "member_id",
     exchange: EXCHANGE,
     channel: "auth_outbox",
     connection_name: "auth.outbox-relay",

@@ -3,8 +3,7 @@
 //! [`sign_up`] writes a signup and its event in one statement. Committing
 //! through the outbox wakes the relay, so no caller can forget to.
 use chrono::Utc;
-pub use memberflow_outbox::write::{NewEvent, Outbox, Tx};
-use memberflow_outbox::write::{bind_event, insert_columns};
+pub use memberflow_outbox::write::{NewEvent, Outbox, RowAndEvent, Tx};
 use uuid::Uuid;
 
 use super::{EventKind, encode};
@@ -21,22 +20,31 @@ pub async fn sign_up(
 ) -> sqlx::Result<(Member, Uuid)> {
     let member = Member::signed_up(Uuid::now_v7(), new, Utc::now());
     let event = changed(EventKind::Created, &member);
-    bind_event(
-        sqlx::query_as::<_, (Uuid,)>(sqlx::AssertSqlSafe(SIGN_UP_SQL.as_str()))
-            .bind(member.id)
-            .bind(member.email.as_str())
-            .bind(password_hash)
-            .bind(member.nickname.as_str())
-            .bind(member.region.as_str())
-            .bind(member.version)
-            .bind(member.created_at),
-        &event,
-    )
-    .fetch_one(outbox.pool())
-    .await?;
-    outbox.committed();
+    let written = SIGN_UP
+        .execute(
+            outbox,
+            |q| {
+                q.bind(member.id)
+                    .bind(member.email.as_str())
+                    .bind(password_hash)
+                    .bind(member.nickname.as_str())
+                    .bind(member.region.as_str())
+                    .bind(member.version)
+                    .bind(member.created_at)
+            },
+            &event,
+        )
+        .await?;
+    // The insert has no ON CONFLICT: a taken email is an error, so a
+    // statement that succeeded wrote the member and its event.
+    debug_assert!(written, "a signup writes its event");
     Ok((member, event.event_id))
 }
+
+/// [`sign_up`]'s statement: the member, then its event from the row, in
+/// one round trip.
+static SIGN_UP: std::sync::LazyLock<RowAndEvent> =
+    std::sync::LazyLock::new(|| RowAndEvent::new(&super::SPEC, SIGN_UP_ROW_SQL, 7));
 
 /// Writes each kind of auth event in an outbox transaction.
 pub trait Enqueue {
@@ -81,20 +89,12 @@ impl Enqueue for Tx {
     }
 }
 
-/// [`Outbox::sign_up`]'s statement: the member, then its event from the row.
-static SIGN_UP_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let (columns, params) = insert_columns(8);
-    format!(
-        "WITH member AS (
-             INSERT INTO members (id, email, password_hash, nickname, region, version,
-                                  created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
-             RETURNING id)
-         INSERT INTO outbox ({columns})
-         SELECT {params} FROM member
-         RETURNING member_id"
-    )
-});
+/// The member row of a signup, at version 1.
+const SIGN_UP_ROW_SQL: &str =
+    "INSERT INTO members (id, email, password_hash, nickname, region, version,
+                          created_at, updated_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+     RETURNING id";
 
 /// The `kind` event for `member` as it is after the change.
 pub fn changed(kind: EventKind, member: &Member) -> NewEvent {

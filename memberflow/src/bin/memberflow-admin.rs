@@ -244,14 +244,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             };
             match command {
                 Outbox::Parked => {
-                    let rows = memberflow_outbox::parked::list(&pool).await?;
+                    let rows = memberflow_outbox::parked::list(&pool, &spec).await?;
                     for r in &rows {
                         println!(
                             "{}\t{}\t{}\t{}\t{}\t{}\t{}",
                             r.id,
                             r.event_id,
                             r.routing_key,
-                            r.member_id,
+                            r.key,
                             r.version,
                             r.attempts,
                             r.last_error
@@ -263,8 +263,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     let rows = memberflow_outbox::parked::replay(&pool, &spec, &ids).await?;
                     for r in &rows {
                         println!(
-                            "replayed {} ({} v{} of member {})",
-                            r.id, r.routing_key, r.version, r.member_id
+                            "replayed {} ({} v{} of key {})",
+                            r.id, r.routing_key, r.version, r.key
                         );
                     }
                     eprintln!("{} row(s) back in the outbox", rows.len());
@@ -288,7 +288,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     eprintln!("{} erasure(s)", all.len());
                 }
                 Some(Erasures::Retry { member }) => {
-                    let outbox = memberflow_outbox::write::Outbox::without_wake(pool.clone());
+                    let outbox = memberflow_outbox::write::Outbox::without_wake(
+                        pool.clone(),
+                        &auth::outbox::SPEC,
+                    );
                     let Some(e) = auth::erasure::retry(&outbox, member).await? else {
                         anyhow::bail!("no erasure on record for member {member}");
                     };

@@ -69,12 +69,16 @@ pub trait Handler: Send + Sync + 'static {
     /// key) and body alone.
     fn triage(&self, kind: &str, body: &[u8]) -> Triage<Self::Event>;
 
-    /// The event's id (the inbox's key) and the member it is about, for
-    /// spans and logs.
-    fn ids(event: &Self::Event) -> (Uuid, Uuid);
+    /// The ordering key of the events (what they are about: a member, an
+    /// order), for spans and logs.
+    type Key: Ord + std::fmt::Display;
 
-    /// Applies `events` in one transaction that also records their ids in
-    /// the [`crate::inbox`], so a redelivery changes nothing. An error rolls
+    /// The event's id (the inbox's key) and its ordering key.
+    fn ids(event: &Self::Event) -> (Uuid, Self::Key);
+
+    /// Applies `events` in one transaction that also claims their ids in
+    /// the [`crate::inbox`] ([`crate::write::Tx::claim`]) and applies only
+    /// the fresh ones, so a redelivery changes nothing. An error rolls
     /// all of it back; the consumer retries, isolates or gives back by
     /// [`plan::plan`].
     fn apply(&self, events: &[Self::Event]) -> impl Future<Output = sqlx::Result<Counts>> + Send;
@@ -585,7 +589,7 @@ impl Attachment {
     }
 }
 
-/// The span of one apply: how many events, the range of member ids, and
+/// The span of one apply: how many events, the range of their keys, and
 /// the trace: it continues the events' trace when they share one, and links
 /// to each trace otherwise.
 fn apply_span<H: Handler>(spec: &QueueSpec, part: &[(Delivery, H::Event)]) -> tracing::Span {
@@ -600,14 +604,14 @@ fn apply_span<H: Handler>(spec: &QueueSpec, part: &[(Delivery, H::Event)]) -> tr
         messaging.destination.name = spec.queue,
         messaging.batch.message_count = part.len(),
         events = part.len(),
-        member_id.first = tracing::field::Empty,
-        member_id.last = tracing::field::Empty,
+        key.first = tracing::field::Empty,
+        key.last = tracing::field::Empty,
         event_id = tracing::field::Empty,
         trace_id = tracing::field::Empty,
     );
     if let (Some(first), Some(last)) = (first, last) {
-        span.record("member_id.first", tracing::field::display(first));
-        span.record("member_id.last", tracing::field::display(last));
+        span.record("key.first", tracing::field::display(first));
+        span.record("key.last", tracing::field::display(last));
     }
     if let [(_, one)] = part {
         span.record("event_id", tracing::field::display(H::ids(one).0));

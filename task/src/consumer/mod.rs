@@ -70,6 +70,8 @@ impl Handler for Replica {
         plan::triage(kind, body)
     }
 
+    type Key = Uuid;
+
     fn ids(event: &ReplicaEvent) -> (Uuid, Uuid) {
         (event.event_id(), event.member_id())
     }
