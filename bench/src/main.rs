@@ -15,6 +15,7 @@ mod consumer_apply;
 mod deletion;
 mod floor;
 mod load;
+mod peer;
 mod pool_guard;
 mod relay_drain;
 mod replica_repair;
@@ -43,6 +44,8 @@ struct Plan {
     propagation: Duration,
     drain_rows: usize,
     polling_drain_rows: usize,
+    /// Committed events each outbox of the peer phase drains.
+    peer_drain: usize,
     /// Calls of each RPC per client in the client comparison.
     client_calls: usize,
     apply_events: usize,
@@ -69,6 +72,7 @@ impl Plan {
             propagation: Duration::from_secs(10),
             drain_rows: 100_000,
             polling_drain_rows: 10_000,
+            peer_drain: 20_000,
             client_calls: 300,
             apply_events: 100_000,
             resync_members: 100_000,
@@ -96,6 +100,7 @@ impl Plan {
             propagation: Duration::from_secs(2),
             drain_rows: 10_000,
             polling_drain_rows: 1_000,
+            peer_drain: 2_000,
             client_calls: 30,
             apply_events: 10_000,
             resync_members: 10_000,
@@ -194,7 +199,7 @@ impl Lab {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench [--quick] [--out FILE.json] [--only system|guard|relay|consumer|replica|clients|scale|cluster]\n       bench serve auth|task"
+        "usage: bench [--quick] [--out FILE.json] [--only system|guard|relay|consumer|replica|clients|scale|cluster|peer]\n       bench serve auth|task\n       bench peer-relay ours|oxide"
     );
     std::process::exit(2)
 }
@@ -204,6 +209,9 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("serve") {
         return service::serve(args.get(1).map_or("", String::as_str)).await;
+    }
+    if args.first().map(String::as_str) == Some("peer-relay") {
+        return peer::relay_child(args.get(1).map_or("", String::as_str)).await;
     }
     let mut plan = Plan::full();
     let mut out = PathBuf::from("target/bench.json");
@@ -259,6 +267,10 @@ async fn main() -> anyhow::Result<()> {
     // Starts a three-node cluster (about 30 s, 500 MB), so not in --quick.
     if only.as_deref() == Some("cluster") || (only.is_none() && !plan.quick) {
         cluster::run(&mut lab).await?;
+    }
+    // Two outboxes side by side, about a minute: not in --quick (CI).
+    if only.as_deref() == Some("peer") || (only.is_none() && !plan.quick) {
+        peer::run(&mut lab).await?;
     }
     lab.add_rss();
 

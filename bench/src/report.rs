@@ -25,6 +25,14 @@ pub(crate) enum Measure {
         secs: f64,
         rows_read: u64,
     },
+    /// Events counted (duplicates, losses).
+    Count {
+        n: u64,
+    },
+    /// CPU time a process spent per 1,000 events.
+    Cpu {
+        ms_per_1000: f64,
+    },
 }
 
 impl Measure {
@@ -41,6 +49,8 @@ impl Measure {
             Self::Pass { secs, rows_read } => {
                 format!("{secs:.2} s, {} rows read", thousands(*rows_read as f64))
             }
+            Self::Count { n } => thousands(*n as f64),
+            Self::Cpu { ms_per_1000 } => format!("{} ms CPU", ms(*ms_per_1000)),
         }
     }
 
@@ -55,6 +65,7 @@ impl Measure {
                 times(a.p99_ms / b.p99_ms)
             )),
             (Self::Pass { secs: a, .. }, Self::Pass { secs: b, .. }) => Some(times(a / b)),
+            (Self::Cpu { ms_per_1000: a }, Self::Cpu { ms_per_1000: b }) => Some(times(a / b)),
             _ => None,
         }
     }
