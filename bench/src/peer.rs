@@ -68,7 +68,11 @@ const BACKLOG_TX: usize = 100;
 // memberflow-outbox: every use of its API.
 // ---------------------------------------------------------------------------
 
+/// A `bigint` ordering key (the bench's key number), in the database's
+/// `search_path`.
 const OURS_SPEC: memberflow_outbox::OutboxSpec = memberflow_outbox::OutboxSpec {
+    tables: memberflow_outbox::Tables::new::<i64>("stream_key"),
+    key_header: "stream_key",
     exchange: EXCHANGE,
     channel: "peer_outbox",
     connection_name: "bench-peer-memberflow",
@@ -80,9 +84,9 @@ const OURS_SPEC: memberflow_outbox::OutboxSpec = memberflow_outbox::OutboxSpec {
 async fn ours_setup(
     db: &PgPool,
     shutdown: &CancellationToken,
-) -> anyhow::Result<memberflow_outbox::write::Outbox> {
+) -> anyhow::Result<memberflow_outbox::write::Outbox<i64>> {
     use memberflow_outbox::{metrics::RelayMetrics, wake::RelayWake};
-    memberflow_outbox::schema::MIGRATOR.run(db).await?;
+    OURS_SPEC.tables.migrator().run(db).await?;
     let wake = RelayWake::new(true, OURS_SPEC.channel);
     let failures =
         RelayMetrics::register(&memberflow_runtime::metrics::registry()).relay_wake_failures;
@@ -90,12 +94,16 @@ async fn ours_setup(
         wake.clone()
             .run_notifier(db.clone(), failures, shutdown.clone()),
     );
-    Ok(memberflow_outbox::write::Outbox::new(db.clone(), wake))
+    Ok(memberflow_outbox::write::Outbox::new(
+        db.clone(),
+        wake,
+        &OURS_SPEC,
+    ))
 }
 
-/// Commits `events` in one transaction, ordered by key (the member id).
+/// Commits `events` in one transaction, ordered by their key.
 async fn ours_write(
-    outbox: &memberflow_outbox::write::Outbox,
+    outbox: &memberflow_outbox::write::Outbox<i64>,
     events: &[PeerBody],
 ) -> anyhow::Result<()> {
     use memberflow_outbox::write::NewEvent;
@@ -104,7 +112,7 @@ async fn ours_write(
         let body = event.encode();
         tx.write(NewEvent::build(
             ROUTING_KEY,
-            uuid::Uuid::from_u128(event.key.into()),
+            i64::from(event.key),
             event.seq as i64,
             chrono::Utc::now(),
             |_| body,
@@ -349,7 +357,7 @@ impl Side {
 
 #[derive(Clone)]
 enum Writer {
-    Ours(memberflow_outbox::write::Outbox),
+    Ours(memberflow_outbox::write::Outbox<i64>),
     Oxide(OxideWriter),
 }
 
