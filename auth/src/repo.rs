@@ -147,7 +147,7 @@ pub struct Tombstone {
 /// member's pending and parked outbox rows go too: they carry the nickname
 /// and region, and the MemberDeleted the caller enqueues supersedes them.
 pub async fn delete_member(
-    tx: &mut crate::outbox::write::Tx,
+    tx: &mut memberflow_outbox::write::Tx,
     id: Uuid,
     hash: &str,
 ) -> sqlx::Result<Option<Tombstone>> {
