@@ -104,10 +104,12 @@ impl Handler for OrderLog {
     async fn apply(&self, events: &[Placed]) -> sqlx::Result<Counts> {
         let mut tx = self.outbox.begin().await?;
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-        let fresh = tx.claim(&ids).await?;
+        // Each fresh id once: a batch may hold two copies of one event.
+        let mut fresh: std::collections::HashSet<Uuid> =
+            tx.claim(&ids).await?.into_iter().collect();
         let fresh: Vec<&Placed> = events
             .iter()
-            .filter(|e| fresh.contains(&e.event_id))
+            .filter(|e| fresh.remove(&e.event_id))
             .collect();
         let applied = sqlx::query(
             "INSERT INTO order_log (order_id, customer_id)

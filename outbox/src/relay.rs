@@ -392,7 +392,7 @@ impl Relay {
             Duration::from_millis(cfg.leader_retry_ms),
             cfg.backoff,
         )
-        .in_table(spec.tables.table(lease::TABLE));
+        .in_table(spec.tables.leases_table());
         Self {
             metrics,
             sql: Arc::new(RelaySql::new(&spec.tables)),

@@ -83,12 +83,17 @@ impl Tables {
     /// by `key_column`, of `K`'s type.
     ///
     /// # Panics
-    /// When `key_column` is not a plain lower-case identifier (at compile
-    /// time in a `const`).
+    /// When `key_column` is not a plain lower-case identifier, or is one of
+    /// the library's own columns (at compile time in a `const`). A reserved
+    /// word (`order`, `user`) passes here and fails at migration time.
     pub const fn new<K: OrderingKey>(key_column: &'static str) -> Self {
         assert!(
             is_identifier(key_column),
             "the key column must be a lower-case identifier"
+        );
+        assert!(
+            !is_own_column(key_column),
+            "the key column must not be one of the library's own columns"
         );
         Self {
             schema: None,
@@ -139,6 +144,13 @@ impl Tables {
         self.schema.map(|s| format!("{s}.")).unwrap_or_default()
     }
 
+    /// The leases table, as an `Elector::in_table` takes it: the relay's
+    /// lease is there, and any other single worker of the service should
+    /// keep its lease there too.
+    pub fn leases_table(&self) -> String {
+        self.table(memberflow_infra::lease::TABLE)
+    }
+
     /// The migration history's table.
     pub fn migrations_table(&self) -> String {
         self.table(MIGRATIONS_TABLE)
@@ -174,6 +186,49 @@ impl Tables {
             .replace("{key_type}", self.key_type)
             .replace("{key}", self.key_column)
     }
+}
+
+/// The columns of the library's tables besides the key.
+const OWN_COLUMNS: [&str; 14] = [
+    "id",
+    "event_id",
+    "routing_key",
+    "version",
+    "payload",
+    "occurred_at",
+    "attempts",
+    "last_error",
+    "traceparent",
+    "tracestate",
+    "parked_at",
+    "received_at",
+    "name",
+    "holder",
+];
+
+const fn is_own_column(name: &str) -> bool {
+    let mut i = 0;
+    while i < OWN_COLUMNS.len() {
+        if same(OWN_COLUMNS[i].as_bytes(), name.as_bytes()) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+const fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Whether `name` can stand unquoted in SQL as itself: a lower-case ASCII
@@ -242,5 +297,6 @@ mod tests {
         for good in ["member_id", "_k", "k2"] {
             assert!(is_identifier(good), "{good:?}");
         }
+        assert!(is_own_column("version") && !is_own_column("member_id"));
     }
 }

@@ -223,8 +223,9 @@ impl<K: OrderingKey> Tx<K> {
     }
 
     /// Records `event_ids` in the inbox, in this transaction, and returns
-    /// those not there before (the fresh ones): apply only those, and a
-    /// redelivery changes nothing.
+    /// those not there before (the fresh ones), each once: apply only
+    /// those, one event per id (a batch may hold two copies of one event,
+    /// a republish after a lost confirm), and a redelivery changes nothing.
     pub async fn claim(&mut self, event_ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
         if event_ids.is_empty() {
             return Ok(Vec::new());

@@ -11,7 +11,7 @@ use sqlx::Connection as _;
 use common::{Lab, SPEC, TABLES, bind, event, eventually, raw_queue, receive};
 use memberflow_outbox::{
     CancellationToken,
-    infra::lease::{self, Elector},
+    infra::lease::Elector,
     parked,
     publisher::Publisher,
     relay::{self, HELD_BEHIND, Outcome, RelaySql},
@@ -104,7 +104,7 @@ async fn a_deposed_leader_publishes_and_changes_nothing() {
             Duration::from_millis(50),
             Default::default(),
         )
-        .in_table(format!("lib_outbox.{}", lease::TABLE))
+        .in_table(TABLES.leases_table())
     };
     let a = elector(Duration::from_secs(60))
         .try_acquire(&shutdown)

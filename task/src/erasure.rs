@@ -44,7 +44,8 @@ pub fn receipt(member_id: Uuid, version: i64, erased_at: DateTime<Utc>) -> NewEv
 
 /// Writes a receipt for each of `deletions` (member, the MemberDeleted's
 /// version) whose member the replica now holds as a tombstone at that
-/// version, in `tx`, in one statement; returns how many. Called by every
+/// version, in `tx` (one read of those tombstones, then one statement for
+/// the receipts); returns how many. Called by every
 /// apply that saw a fresh MemberDeleted, after its tombstones are written.
 pub async fn write_receipts(tx: &mut Tx, deletions: &[(Uuid, i64)]) -> sqlx::Result<u64> {
     let now = Utc::now();

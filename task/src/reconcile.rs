@@ -194,6 +194,8 @@ pub fn elector(
         STANDBY_RETRY,
         backoff,
     )
+    // Beside the relay's lease, in the outbox library's leases table.
+    .in_table(crate::erasure::SPEC.tables.leases_table())
 }
 
 /// Reconciles every `interval_secs` (0: never) until `shutdown`, on the one

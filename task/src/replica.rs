@@ -187,8 +187,9 @@ static APPLY_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
-/// Applies `events` in one statement (so in one transaction): events already
-/// in the inbox are skipped, the rest are recorded there, each member moves
+/// Applies `events` in one transaction of two statements, the inbox claim
+/// (`Tx::claim`) and [`APPLY_SQL`]: events already in the inbox are
+/// skipped, the rest are recorded there, each member moves
 /// to its newest version if that is newer than what the replica holds, and
 /// each ended session is recorded in `ended_sessions` (insert-only, outside
 /// the version guard: no member state hides it). The tasks of members that
