@@ -97,6 +97,63 @@ impl Region {
     }
 }
 
+/// What a member may do beyond their own account. A small, closed set:
+/// parsing refuses anything else rather than guessing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Every member: their own profile, sessions and tasks.
+    Member,
+    /// May set roles, suspend and reinstate members, and list any member's
+    /// tasks.
+    Admin,
+}
+
+impl Role {
+    pub fn parse(raw: &str) -> Result<Self, &'static str> {
+        match raw {
+            "member" => Ok(Self::Member),
+            "admin" => Ok(Self::Admin),
+            _ => Err("must be \"member\" or \"admin\""),
+        }
+    }
+
+    /// The stored and wire form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Member => "member",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+/// Why an admin suspended a member: 1 to 200 characters of one-line text
+/// (`memberflow_contract::text`). About a person: erased with the account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuspensionReason(String);
+
+impl SuspensionReason {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        memberflow_contract::text::display_text(raw, 200).map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A permission change an admin makes (SetRole, SuspendMember,
+/// ReinstateMember).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessChange {
+    SetRole(Role),
+    Suspend(SuspensionReason),
+    Reinstate,
+    /// The operator's `memberflow-admin grant-admin`: admin and not
+    /// suspended, whatever the member held (the way back in when no active
+    /// admin is left).
+    MakeActiveAdmin,
+}
+
 /// A validated signup.
 #[derive(Debug)]
 pub struct NewMember {
@@ -127,6 +184,11 @@ pub struct Member {
     pub sessions_not_before: Option<DateTime<Utc>>,
     /// The version that ending produced (0 if never).
     pub sessions_version: i64,
+    /// `member` or `admin` (the column's CHECK keeps it to those).
+    pub role: String,
+    /// Set while suspended, with `suspended_reason`.
+    pub suspended_at: Option<DateTime<Utc>>,
+    pub suspended_reason: Option<String>,
 }
 
 impl Member {
@@ -146,7 +208,14 @@ impl Member {
             updated_at: now,
             sessions_not_before: None,
             sessions_version: 0,
+            role: Role::Member.as_str().to_owned(),
+            suspended_at: None,
+            suspended_reason: None,
         }
+    }
+
+    pub fn is_suspended(&self) -> bool {
+        self.suspended_at.is_some()
     }
 
     /// The member's last session revocation, as tokens are checked against.
@@ -212,6 +281,27 @@ mod tests {
         assert!(Nickname::parse(&"n".repeat(33)).is_err());
         assert!(Nickname::parse("a\u{7}b").is_err());
         assert!(Nickname::parse(&"가".repeat(32)).is_ok());
+    }
+
+    #[test]
+    fn roles_are_a_closed_set() {
+        assert_eq!(Role::parse("admin"), Ok(Role::Admin));
+        assert_eq!(Role::parse("member"), Ok(Role::Member));
+        for bad in ["", "Admin", "root", "admin ", "superuser"] {
+            assert!(Role::parse(bad).is_err(), "{bad:?}");
+        }
+        for role in [Role::Member, Role::Admin] {
+            assert_eq!(Role::parse(role.as_str()), Ok(role));
+        }
+    }
+
+    #[test]
+    fn a_suspension_reason_is_bounded_one_line_text() {
+        assert_eq!(SuspensionReason::parse(" spam ").unwrap().as_str(), "spam");
+        assert!(SuspensionReason::parse("").is_err());
+        assert!(SuspensionReason::parse("a\nb").is_err());
+        assert!(SuspensionReason::parse(&"r".repeat(200)).is_ok());
+        assert!(SuspensionReason::parse(&"r".repeat(201)).is_err());
     }
 
     #[test]

@@ -17,11 +17,14 @@ use uuid::Uuid;
 
 use crate::{
     Error,
-    domain::{Email, Member, NewMember, Nickname, Password, ProfileChange, Region},
+    domain::{
+        AccessChange, Email, Member, NewMember, Nickname, Password, ProfileChange, Region, Role,
+        SuspensionReason,
+    },
     password::Admitted,
     repo,
     sessions::RefreshToken,
-    usecases::{Auth, login::LoginAttempt},
+    usecases::{Auth, Deleting, login::LoginAttempt},
 };
 
 /// The RPC handlers: each decodes and authorises, runs its use case as a
@@ -445,25 +448,102 @@ impl AuthService for AuthApi {
         }))
     }
 
+    #[tracing::instrument(name = "SetRole", skip_all, fields(member_id, event_id))]
+    async fn set_role(
+        &self,
+        request: Request<pb::SetRoleRequest>,
+    ) -> Result<Response<pb::SetRoleResponse>, Status> {
+        let (member, consistency_token) = self
+            .change_access(
+                request,
+                |r| &r.member_id,
+                |r, v| {
+                    v.check("role", Role::parse(&r.role))
+                        .map(AccessChange::SetRole)
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::SetRoleResponse {
+            member: Some(member),
+            consistency_token,
+        }))
+    }
+
+    #[tracing::instrument(name = "SuspendMember", skip_all, fields(member_id, event_id))]
+    async fn suspend_member(
+        &self,
+        request: Request<pb::SuspendMemberRequest>,
+    ) -> Result<Response<pb::SuspendMemberResponse>, Status> {
+        let (member, consistency_token) = self
+            .change_access(
+                request,
+                |r| &r.member_id,
+                |r, v| {
+                    v.check("reason", SuspensionReason::parse(&r.reason))
+                        .map(AccessChange::Suspend)
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::SuspendMemberResponse {
+            member: Some(member),
+            consistency_token,
+        }))
+    }
+
+    #[tracing::instrument(name = "ReinstateMember", skip_all, fields(member_id, event_id))]
+    async fn reinstate_member(
+        &self,
+        request: Request<pb::ReinstateMemberRequest>,
+    ) -> Result<Response<pb::ReinstateMemberResponse>, Status> {
+        let (member, consistency_token) = self
+            .change_access(
+                request,
+                |r| &r.member_id,
+                |_, _| Some(AccessChange::Reinstate),
+            )
+            .await?;
+        Ok(Response::new(pb::ReinstateMemberResponse {
+            member: Some(member),
+            consistency_token,
+        }))
+    }
+
     #[tracing::instrument(name = "DeleteAccount", skip_all, fields(member_id, event_id))]
     async fn delete_account(
         &self,
         request: Request<pb::DeleteAccountRequest>,
     ) -> Result<Response<pb::DeleteAccountResponse>, Status> {
-        let caller = self.authenticate(&request)?;
+        // A suspended member cannot log in, so may name the account by
+        // email instead of a token; with a token, the token names it.
+        let has_token = request.metadata().contains_key("authorization");
+        let caller = if has_token || request.get_ref().email.is_empty() {
+            Some(self.authenticate(&request)?)
+        } else {
+            None
+        };
         let slot = CallSlot::of(&request);
         let peer = request.remote_addr().map(|a| a.ip());
         let req = request.into_inner();
+        let mut v = Violations::default();
         if req.password.is_empty() {
-            let mut v = Violations::default();
             v.add("password", "must not be empty");
-            return Err(Error::from(v).into());
         }
+        if caller.is_some() && !req.email.is_empty() {
+            v.add(
+                "email",
+                "only without an access token (the token names the account)",
+            );
+        }
+        v.finish().map_err(Error::from)?;
+        let who = match caller {
+            Some(caller) => Deleting::Caller(caller),
+            None => Deleting::Account { email: req.email },
+        };
         let admitted = self.hashing_place()?;
         let use_case = self
             .auth
             .clone()
-            .delete_account(caller, req.password, peer, admitted);
+            .delete_account(who, req.password, peer, admitted);
         let tombstone = self.units.run(slot, use_case).await?;
         Ok(Response::new(pb::DeleteAccountResponse {
             consistency_token: ConsistencyToken {
@@ -472,6 +552,53 @@ impl AuthService for AuthApi {
             }
             .encode(),
         }))
+    }
+}
+
+impl AuthApi {
+    /// Runs an admin's permission change on `member_id` (checked first:
+    /// bad input is refused before the caller's role is looked at, and
+    /// changes nothing) and answers the member as it is after, with a
+    /// consistency token at its version.
+    async fn change_access<T>(
+        &self,
+        request: Request<T>,
+        member_id: impl Fn(&T) -> &str,
+        change: impl FnOnce(&T, &mut Violations) -> Option<AccessChange>,
+    ) -> Result<(pb::MemberState, String), Status> {
+        let caller = self.authenticate(&request)?;
+        let slot = CallSlot::of(&request);
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        let target = v.check(
+            "member_id",
+            Uuid::parse_str(member_id(&req)).map_err(|_| "must be a member id (a UUID)"),
+        );
+        let change = change(&req, &mut v);
+        v.finish().map_err(Error::from)?;
+        let use_case = self.auth.clone().change_access(
+            caller,
+            target.expect("checked"),
+            change.expect("checked"),
+        );
+        let member = self.units.run(slot, use_case).await?;
+        Ok((member_state(&member), consistency_token(&member)))
+    }
+}
+
+/// The replicable state of a live member, as GetMember serves it.
+fn member_state(m: &Member) -> pb::MemberState {
+    pb::MemberState {
+        id: m.id.to_string(),
+        nickname: m.nickname.clone(),
+        region: m.region.clone(),
+        version: m.version,
+        updated_at: Some(timestamp(m.updated_at)),
+        sessions_not_before: m.sessions_not_before.map(timestamp),
+        sessions_version: m.sessions_version,
+        deleted: false,
+        role: m.role.clone(),
+        suspension: crate::outbox::suspension(m),
     }
 }
 
@@ -541,6 +668,8 @@ impl From<repo::MemberState> for pb::MemberState {
             sessions_not_before: m.sessions_not_before.map(timestamp),
             sessions_version: m.sessions_version,
             deleted: false,
+            suspension: crate::outbox::pb_suspension(m.suspended_at, m.suspended_reason.as_deref()),
+            role: m.role,
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod outbox;
 pub mod password;
+pub mod permissions;
 pub mod repo;
 pub mod sessions;
 pub mod settings;

@@ -6,9 +6,11 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::domain::{Member, ProfileChange};
+use crate::permissions::Access;
 
 const MEMBER_COLUMNS: &str = "id, email, nickname, region, version, created_at, updated_at, \
-                              sessions_not_before, sessions_version";
+                              sessions_not_before, sessions_version, role, suspended_at, \
+                              suspended_reason";
 
 /// Name of the unique constraint that makes emails unique.
 pub const EMAIL_UNIQUE: &str = "members_email_key";
@@ -18,11 +20,19 @@ pub async fn find_credentials(
     pool: &PgPool,
     email: &str,
 ) -> sqlx::Result<Option<(Member, String)>> {
+    find_credentials_in(&mut *pool.acquire().await?, email).await
+}
+
+/// [`find_credentials`] in the caller's connection or transaction.
+pub async fn find_credentials_in(
+    conn: &mut PgConnection,
+    email: &str,
+) -> sqlx::Result<Option<(Member, String)>> {
     let row: Option<WithHash> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {MEMBER_COLUMNS}, password_hash FROM members WHERE email = $1"
     )))
     .bind(email)
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await?;
     Ok(row.map(|r| (r.member, r.password_hash)))
 }
@@ -142,8 +152,8 @@ pub struct Tombstone {
 
 /// Turns member `id` into a [`Tombstone`] at a new version, while its
 /// password hash is still `hash` (a concurrent ChangePassword wins, and this
-/// answers `None`): email, password hash, nickname, region and session state
-/// are cleared, so the email is free at once and every token is refused. The
+/// answers `None`): email, password hash, nickname, region, session state,
+/// role and suspension (its reason is about the person) are cleared, so the email is free at once and every token is refused. The
 /// member's pending and parked outbox rows go too: they carry the nickname
 /// and region, and the MemberDeleted the caller enqueues supersedes them.
 pub async fn delete_member(
@@ -155,6 +165,7 @@ pub async fn delete_member(
         "UPDATE members
             SET email = NULL, password_hash = NULL, nickname = NULL, region = NULL,
                 sessions_not_before = NULL, sessions_version = 0,
+                role = 'member', suspended_at = NULL, suspended_reason = NULL,
                 version = version + 1, deleted_at = now(), updated_at = now()
           WHERE id = $1 AND deleted_at IS NULL AND password_hash = $2
       RETURNING id, version, deleted_at",
@@ -173,6 +184,56 @@ pub async fn delete_member(
             .await?;
     }
     Ok(tombstone)
+}
+
+/// Sets member `id`'s role and suspension to `access` (decided by
+/// [`crate::permissions::next_access`]) at a new version that also ends
+/// every session (`sessions_not_before` now, `sessions_version` that
+/// version), so that no token from before carries rights the member no
+/// longer has. A suspension keeps its first time.
+pub async fn set_access(
+    conn: &mut PgConnection,
+    id: Uuid,
+    access: &Access,
+) -> sqlx::Result<Option<Member>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE members
+            SET role = $2,
+                suspended_at = CASE WHEN $3::text IS NOT NULL THEN coalesce(suspended_at, now()) END,
+                suspended_reason = $3,
+                version = version + 1,
+                sessions_version = version + 1,
+                sessions_not_before = now(),
+                updated_at = now()
+          WHERE id = $1 AND deleted_at IS NULL
+      RETURNING {MEMBER_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(access.role.as_str())
+    .bind(access.suspension.as_deref())
+    .fetch_optional(conn)
+    .await
+}
+
+/// How many admins who are not suspended there are.
+pub async fn count_active_admins(conn: &mut PgConnection) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM members
+          WHERE role = 'admin' AND suspended_at IS NULL AND deleted_at IS NULL",
+    )
+    .fetch_one(conn)
+    .await
+}
+
+/// Serialises every permission change for the rest of the caller's
+/// transaction, so that two admins demoting each other at once cannot both
+/// pass the "an active admin remains" check (each would count the other).
+/// Permission changes are rare; the lock is one row's worth of contention.
+pub async fn lock_permissions(conn: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('memberflow.auth.permissions'))")
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Whether `e` is a violation of the unique constraint `name`.
@@ -194,6 +255,9 @@ pub struct MemberState {
     pub sessions_not_before: Option<chrono::DateTime<chrono::Utc>>,
     pub sessions_version: i64,
     pub deleted: bool,
+    pub role: String,
+    pub suspended_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub suspended_reason: Option<String>,
 }
 
 /// Up to `limit` members in `(after, until]`, in id order, only `ids` when
@@ -208,7 +272,7 @@ pub async fn member_states(
     sqlx::query_as(
         "SELECT id, coalesce(nickname, '') AS nickname, coalesce(region, '') AS region,
                 version, updated_at, sessions_not_before, sessions_version,
-                deleted_at IS NOT NULL AS deleted
+                deleted_at IS NOT NULL AS deleted, role, suspended_at, suspended_reason
            FROM members
           WHERE id > $1 AND id <= $2 AND (cardinality($3::uuid[]) = 0 OR id = ANY($3))
           ORDER BY id LIMIT $4",

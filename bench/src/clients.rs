@@ -284,6 +284,7 @@ async fn tonic_samples(
         auth.delete_account(bearer(
             auth_pb::DeleteAccountRequest {
                 password: "correct horse battery".into(),
+                ..Default::default()
             },
             &token,
         ))

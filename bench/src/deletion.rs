@@ -82,6 +82,7 @@ pub(crate) async fn measure(
                 auth.delete_account(bearer(
                     DeleteAccountRequest {
                         password: signup::PASSWORD.into(),
+                        ..Default::default()
                     },
                     token,
                 ))

@@ -4,7 +4,7 @@
 use uuid::Uuid;
 
 /// The SQL hash of one member row: its id, version and replicable content
-/// (nickname, region, session state), so a replica row at auth's version
+/// (nickname, region, session state, role, suspension), so a replica row at auth's version
 /// with other content differs. Both sides run this same text over their own
 /// `members` table, whose columns carry the same names and types.
 ///
@@ -19,15 +19,24 @@ use uuid::Uuid;
 ///
 /// A tombstone (`deleted_at` set) hashes as its id, its version and the
 /// word `deleted` only: that is all ListMembers tells of it, and a live row
-/// at the same version never hashes the same. A live row hashes as it did
-/// before deletions existed, so old and new replicas agree on it.
+/// at the same version never hashes the same. A live `member` who is not
+/// suspended hashes as it did before roles and deletions existed, so old
+/// and new versions of each side agree on every such row; an admin or a
+/// suspended member hashes with its role and suspension (time and reason)
+/// too, so a replica that missed a suspension differs from auth and the
+/// reconciler repairs it. Between an old and a new version those rows, and
+/// only those, differ: deploy task first (docs/security.md).
 ///
 /// A column added to the replicated state joins this list and
 /// `task::domain::ReplicaMember::same_content`.
-pub const ROW_HASH_SQL: &str = "hashtextextended(CASE WHEN deleted_at IS NULL \
+pub const ROW_HASH_SQL: &str = "hashtextextended(CASE \
+     WHEN deleted_at IS NOT NULL THEN ROW(id, version, 'deleted')::text \
+     WHEN role = 'member' AND suspended_at IS NULL \
      THEN ROW(id, version, nickname, region, sessions_version, \
      (extract(epoch FROM sessions_not_before) * 1000000)::int8)::text \
-     ELSE ROW(id, version, 'deleted')::text END, 0)";
+     ELSE ROW(id, version, nickname, region, sessions_version, \
+     (extract(epoch FROM sessions_not_before) * 1000000)::int8, role, \
+     (extract(epoch FROM suspended_at) * 1000000)::int8, suspended_reason)::text END, 0)";
 
 /// The lowest member id; ranges are `(after, until]`, so it is never a member.
 pub const FIRST: Uuid = Uuid::nil();

@@ -192,3 +192,82 @@ async fn erasures_lists_the_saga_and_retry_republishes_the_deletion() {
         text(&unknown)
     );
 }
+
+#[tokio::test]
+async fn grant_admin_makes_the_first_admin_who_can_then_suspend_at_task() {
+    let mut env = TestEnv::new();
+    let mut sys = memberflow_tests::system::System::builder(&mut env)
+        .start()
+        .await;
+    let vars = vec![("AUTH__DATABASE__URL".to_owned(), env.database_url("auth"))];
+    let (root, old_token) = sys
+        .auth()
+        .member(memberflow_tests::fixtures::signup("root@example.com"))
+        .await;
+    let (ann, ann_token) = sys
+        .auth()
+        .member(memberflow_tests::fixtures::signup("ann@example.com"))
+        .await;
+
+    let out = admin(&vars, &["grant-admin", "--email", "Root@Example.com"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("{root}\tadmin")),
+        "{}",
+        text(&out)
+    );
+    let again = admin(&vars, &["grant-admin", "--email", "root@example.com"]).await;
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(
+        text(&again).contains("already an active admin"),
+        "{}",
+        text(&again)
+    );
+    for (args, says) in [
+        (
+            ["grant-admin", "--email", "nobody@example.com"],
+            "no member has the email",
+        ),
+        (
+            ["grant-admin", "--email", "not an email"],
+            "--email must be",
+        ),
+    ] {
+        let out = admin(&vars, &args).await;
+        assert!(!out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains(says), "{}", text(&out));
+    }
+
+    // The grant ended root's sessions; logged in again, root is an admin.
+    let mut client = sys.auth().client.clone();
+    let refused = client
+        .list_sessions(memberflow_tests::fixtures::bearer(
+            memberflow_contract::proto::auth::v1::ListSessionsRequest {},
+            &old_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let token = memberflow_tests::apps::log_in(&mut client, "root@example.com").await;
+    client
+        .suspend_member(memberflow_tests::fixtures::bearer(
+            memberflow_contract::proto::auth::v1::SuspendMemberRequest {
+                member_id: ann.to_string(),
+                reason: "spam".into(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap();
+    let tasks = sys.task().client(&ann_token);
+    memberflow_tests::eventually("task refuses ann", Duration::from_secs(20), || {
+        let mut c = tasks.clone();
+        async move {
+            let r = c
+                .list_tasks(memberflow_contract::proto::task::v1::ListTasksRequest::default())
+                .await;
+            matches!(r, Err(s) if s.code() == tonic::Code::PermissionDenied).then_some(())
+        }
+    })
+    .await;
+}

@@ -23,6 +23,22 @@ pub enum Failure {
         message: String,
         retry_after: std::time::Duration,
     },
+    /// The caller may not do this (not an admin; a suspended member):
+    /// `PERMISSION_DENIED` with `google.rpc.ErrorInfo` `reason` in `domain`.
+    #[error("{message}")]
+    Denied {
+        reason: &'static str,
+        domain: &'static str,
+        message: String,
+    },
+    /// The request is valid but the state it meets forbids it (the last
+    /// admin): `FAILED_PRECONDITION` with ErrorInfo `reason` in `domain`.
+    #[error("{message}")]
+    Precondition {
+        reason: &'static str,
+        domain: &'static str,
+        message: String,
+    },
     /// The database failed in a way that passes (see [`db::is_transient`]):
     /// the client may retry.
     #[error("the database is unavailable")]
@@ -64,6 +80,16 @@ impl From<Failure> for Status {
                     details,
                 )
             }
+            Failure::Denied {
+                reason,
+                domain,
+                message,
+            } => with_reason(tonic::Code::PermissionDenied, reason, domain, message),
+            Failure::Precondition {
+                reason,
+                domain,
+                message,
+            } => with_reason(tonic::Code::FailedPrecondition, reason, domain, message),
             Failure::CallerGone => Status::cancelled(e.to_string()),
             Failure::Unavailable(ref source) => {
                 tracing::warn!(error.cause_chain = %error_chain(source), "database unavailable");
@@ -75,6 +101,14 @@ impl From<Failure> for Status {
             }
         }
     }
+}
+
+/// A status of `code` with one `google.rpc.ErrorInfo`, which clients match
+/// on rather than on the message.
+fn with_reason(code: tonic::Code, reason: &str, domain: &str, message: String) -> Status {
+    let mut details = tonic_types::ErrorDetails::new();
+    details.set_error_info(reason, domain, std::collections::HashMap::new());
+    <Status as tonic_types::StatusExt>::with_error_details(code, message, details)
 }
 
 /// Gives a service's error enum, which has a `Common(Failure)` variant, the

@@ -171,6 +171,8 @@ fn replica_member(m: MemberState) -> anyhow::Result<ReplicaMember> {
             chrono::Utc::now(),
         ));
     }
+    let access = crate::domain::Access::from_wire(m.role, m.suspension)
+        .map_err(|(field, why)| anyhow::anyhow!("member {}: {field} {why}", m.id))?;
     Ok(ReplicaMember {
         id: Uuid::parse_str(&m.id)?,
         nickname: m.nickname,
@@ -184,5 +186,6 @@ fn replica_member(m: MemberState) -> anyhow::Result<ReplicaMember> {
         sessions_not_before: m.sessions_not_before.as_ref().and_then(from_timestamp),
         sessions_version: m.sessions_version,
         deleted_at: None,
+        access,
     })
 }

@@ -73,6 +73,86 @@ pub struct NewTask {
     pub due_local: DueLocal,
 }
 
+/// A member's role and suspension, as auth replicates them. task enforces
+/// what it replicates: a suspended member is refused every call, and only
+/// an `admin` may read another member's tasks.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Access {
+    /// As auth sent it: `member`, `admin`, or a role this version does not
+    /// know yet, which is kept as it came and grants nothing.
+    pub role: String,
+    /// Set while suspended, with the admin's reason.
+    pub suspended_at: Option<DateTime<Utc>>,
+    pub suspended_reason: Option<String>,
+}
+
+impl Access {
+    /// The role every member has unless an admin gives another.
+    pub const MEMBER: &str = "member";
+    /// The one role that grants anything beyond the member's own account.
+    pub const ADMIN: &str = "admin";
+
+    /// A member who is not suspended: every member before roles existed,
+    /// and what a tombstone keeps.
+    pub fn member() -> Self {
+        Self {
+            role: Self::MEMBER.to_owned(),
+            suspended_at: None,
+            suspended_reason: None,
+        }
+    }
+
+    /// Longest role kept: auth's are far shorter; a longer one is garbage.
+    const MAX_ROLE_CHARS: usize = 32;
+    /// Longest suspension reason auth accepts, in characters.
+    const MAX_REASON_CHARS: usize = 200;
+
+    /// The access a message from auth carries (an event, GetMember,
+    /// ListMembers). An empty role comes from an auth that predates roles:
+    /// `member`. Errors name the field and why.
+    pub fn from_wire(
+        role: String,
+        suspension: Option<memberflow_contract::proto::auth::v1::Suspension>,
+    ) -> Result<Self, (&'static str, &'static str)> {
+        let role = if role.is_empty() {
+            Self::MEMBER.to_owned()
+        } else {
+            role
+        };
+        if role.chars().count() > Self::MAX_ROLE_CHARS {
+            return Err(("role", "must be at most 32 characters"));
+        }
+        let (suspended_at, suspended_reason) = match suspension {
+            None => (None, None),
+            Some(s) => {
+                let since = s
+                    .since
+                    .as_ref()
+                    .and_then(memberflow_contract::time::from_timestamp)
+                    .ok_or(("suspension.since", "missing or out of range"))?;
+                if s.reason.chars().count() > Self::MAX_REASON_CHARS {
+                    return Err(("suspension.reason", "must be at most 200 characters"));
+                }
+                (Some(since), Some(s.reason))
+            }
+        };
+        Ok(Self {
+            role,
+            suspended_at,
+            suspended_reason,
+        })
+    }
+
+    pub fn is_suspended(&self) -> bool {
+        self.suspended_at.is_some()
+    }
+
+    /// An admin who is not suspended.
+    pub fn is_admin(&self) -> bool {
+        self.role == Self::ADMIN && !self.is_suspended()
+    }
+}
+
 /// The replicated part of a member.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ReplicaMember {
@@ -87,6 +167,8 @@ pub struct ReplicaMember {
     /// Set on a tombstone: auth deleted the member at `version`. A
     /// tombstone's nickname and region are empty and it has no tasks.
     pub deleted_at: Option<DateTime<Utc>>,
+    #[sqlx(flatten)]
+    pub access: Access,
 }
 
 impl ReplicaMember {
@@ -101,6 +183,7 @@ impl ReplicaMember {
             sessions_not_before: None,
             sessions_version: 0,
             deleted_at: Some(at),
+            access: Access::member(),
         }
     }
 
@@ -119,7 +202,7 @@ impl ReplicaMember {
 
     /// Whether two states of a member agree on the replicable content: what
     /// `memberflow_contract::digest::ROW_HASH_SQL` hashes beside the id and
-    /// version (nickname, region, session state). `occurred_at` is when
+    /// version (nickname, region, session state, role, suspension). `occurred_at` is when
     /// auth made the change, not part of the member, so it is left out.
     pub fn same_content(&self, other: &Self) -> bool {
         // A tombstone's content is only that it is one (its deletion time is
@@ -132,11 +215,13 @@ impl ReplicaMember {
             &self.region,
             self.sessions_not_before,
             self.sessions_version,
+            &self.access,
         ) == (
             &other.nickname,
             &other.region,
             other.sessions_not_before,
             other.sessions_version,
+            &other.access,
         )
     }
 }
@@ -205,6 +290,38 @@ mod tests {
         assert!(err.contains("not a time of day"), "{err}");
         assert!(DueLocal::parse("2026-03-08T09:60").is_err());
         assert!(DueLocal::parse("+026-03-08T09:30").is_err());
+    }
+
+    #[test]
+    fn access_from_the_wire() {
+        use memberflow_contract::proto::auth::v1::Suspension;
+        let old = Access::from_wire(String::new(), None).unwrap();
+        assert_eq!(old, Access::member(), "an auth from before roles");
+        assert!(!old.is_admin());
+        let unknown = Access::from_wire("auditor".into(), None).unwrap();
+        assert_eq!(unknown.role, "auditor", "kept as it came");
+        assert!(!unknown.is_admin(), "and grants nothing");
+        assert!(Access::from_wire("admin".into(), None).unwrap().is_admin());
+        let since = memberflow_contract::time::timestamp(Utc::now());
+        let suspended = Access::from_wire(
+            "admin".into(),
+            Some(Suspension {
+                reason: "spam".into(),
+                since: Some(since),
+            }),
+        )
+        .unwrap();
+        assert!(suspended.is_suspended());
+        assert!(!suspended.is_admin(), "a suspended admin grants nothing");
+        let no_time = Some(Suspension {
+            reason: "spam".into(),
+            since: None,
+        });
+        assert_eq!(
+            Access::from_wire("member".into(), no_time).unwrap_err().0,
+            "suspension.since"
+        );
+        assert!(Access::from_wire("r".repeat(33), None).is_err());
     }
 
     #[test]

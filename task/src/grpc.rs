@@ -108,6 +108,20 @@ impl TaskApi {
     }
 }
 
+impl TaskApi {
+    /// [`Self::known_version`] when the caller named a consistency token
+    /// (a read then waits for the replica to reach it); `None` otherwise.
+    /// A bad token is refused either way.
+    fn named_version(
+        &self,
+        caller: Verified,
+        consistency_token: &str,
+    ) -> Result<Option<i64>, Error> {
+        let version = self.known_version(caller, consistency_token)?;
+        Ok((!consistency_token.is_empty()).then_some(version))
+    }
+}
+
 #[tonic::async_trait]
 impl TaskService for TaskApi {
     #[tracing::instrument(name = "CreateTask", skip_all, fields(member_id, request_id))]
@@ -134,10 +148,17 @@ impl TaskService for TaskApi {
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
         let caller = self.authenticate(&request).await?;
         let slot = CallSlot::of(&request);
-        // A bad consistency token is refused even where nothing waits on it.
-        self.known_version(caller, &request.get_ref().consistency_token)?;
+        let min_version = self.named_version(caller, &request.get_ref().consistency_token)?;
         let req = request.into_inner();
         let mut v = Violations::default();
+        let owner = if req.member_id.is_empty() {
+            None
+        } else {
+            v.check(
+                "member_id",
+                Uuid::parse_str(&req.member_id).map_err(|_| "must be a member id (a UUID)"),
+            )
+        };
         if !(0..=MAX_PAGE_SIZE).contains(&req.page_size) {
             v.add("page_size", "must be 0 (the default, 20) to 100");
         }
@@ -154,10 +175,10 @@ impl TaskService for TaskApi {
             0 => DEFAULT_PAGE_SIZE,
             n => n,
         };
-        let use_case = self
-            .tasks
-            .clone()
-            .list_tasks(caller, i64::from(size) + 1, after);
+        let use_case =
+            self.tasks
+                .clone()
+                .list_tasks(caller, min_version, owner, i64::from(size) + 1, after);
         let mut tasks = self.units.run(slot, use_case).await?;
         let next_page_token = if tasks.len() > size as usize {
             tasks.truncate(size as usize);
@@ -178,12 +199,15 @@ impl TaskService for TaskApi {
     ) -> Result<Response<pb::GetTaskResponse>, Status> {
         let caller = self.authenticate(&request).await?;
         let slot = CallSlot::of(&request);
-        self.known_version(caller, &request.get_ref().consistency_token)?;
+        let min_version = self.named_version(caller, &request.get_ref().consistency_token)?;
         let raw = request.into_inner().id;
         let mut v = Violations::default();
         let id = v.check("id", Uuid::parse_str(&raw).map_err(|_| "must be a UUID"));
         v.finish().map_err(Error::from)?;
-        let use_case = self.tasks.clone().get_task(caller, id.expect("checked"));
+        let use_case = self
+            .tasks
+            .clone()
+            .get_task(caller, min_version, id.expect("checked"));
         let task = self.units.run(slot, use_case).await?;
         Ok(Response::new(pb::GetTaskResponse {
             task: Some(task.into()),

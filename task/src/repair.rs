@@ -244,6 +244,7 @@ mod tests {
             sessions_not_before: None,
             sessions_version: 0,
             deleted_at: None,
+            access: crate::domain::Access::member(),
         }
     }
 

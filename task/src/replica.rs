@@ -5,7 +5,7 @@ use memberflow_outbox::write::Outbox;
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::domain::ReplicaMember;
+use crate::domain::{Access, ReplicaMember};
 
 /// The version guard every writer of the replica goes through (events,
 /// read-through, resync, the reconciler): a row only ever moves to a newer
@@ -21,6 +21,9 @@ const UPSERT_IF_NEWER: &str = "ON CONFLICT (id) DO UPDATE
                 sessions_not_before = EXCLUDED.sessions_not_before,
                 sessions_version = EXCLUDED.sessions_version,
                 deleted_at = EXCLUDED.deleted_at,
+                role = EXCLUDED.role,
+                suspended_at = EXCLUDED.suspended_at,
+                suspended_reason = EXCLUDED.suspended_reason,
                 replicated_at = clock_timestamp()
           WHERE members.version < EXCLUDED.version";
 
@@ -78,6 +81,8 @@ pub struct MemberEvent {
     /// A MemberDeleted: the member becomes a tombstone at `version` (the
     /// nickname and region are empty) and its tasks are deleted.
     pub deleted: bool,
+    /// Role and suspension (a tombstone's: a member, not suspended).
+    pub access: Access,
 }
 
 /// One session auth ended (MemberSessionEnded), by the hash of its id.
@@ -138,17 +143,20 @@ pub struct Applied {
     pub receipts: u64,
 }
 
-/// [`apply`]'s statement after the inbox claim (`$15`, the fresh ids),
+/// [`apply`]'s statement after the inbox claim (`$15`, the fresh ids; the
+/// member events' access is `$16` to `$18`),
 /// built once: the ended sessions, the upsert through [`UPSERT_IF_NEWER`], the read-your-writes
 /// NOTIFY, and what each did.
 static APPLY_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH batch AS (
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[],
-                              $6::timestamptz[], $7::timestamptz[], $8::int8[], $9::bool[])
+                              $6::timestamptz[], $7::timestamptz[], $8::int8[], $9::bool[],
+                              $16::text[], $17::timestamptz[], $18::text[])
              WITH ORDINALITY
              AS e(event_id, member_id, nickname, region, version, occurred_at,
-                  sessions_not_before, sessions_version, deleted, n)
+                  sessions_not_before, sessions_version, deleted, role, suspended_at,
+                  suspended_reason, n)
      ), ended_batch AS (
          SELECT * FROM UNNEST($10::uuid[], $11::uuid[], $12::text[], $13::timestamptz[],
                               $14::timestamptz[])
@@ -163,10 +171,12 @@ static APPLY_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
          RETURNING 1
      ), changed AS (
          INSERT INTO members (id, nickname, region, version, occurred_at,
-                              sessions_not_before, sessions_version, deleted_at)
+                              sessions_not_before, sessions_version, deleted_at, role,
+                              suspended_at, suspended_reason)
          SELECT DISTINCT ON (b.member_id) b.member_id, b.nickname, b.region, b.version,
                 b.occurred_at, b.sessions_not_before, b.sessions_version,
-                CASE WHEN b.deleted THEN b.occurred_at END
+                CASE WHEN b.deleted THEN b.occurred_at END, b.role, b.suspended_at,
+                b.suspended_reason
            FROM batch b JOIN fresh f USING (event_id)
           -- Two states at one version (a forged copy): the first
           -- delivered wins, as it would across batches.
@@ -220,8 +230,14 @@ pub async fn apply(outbox: &Outbox, all: &[ReplicaEvent]) -> sqlx::Result<Applie
     let mut not_before = Vec::with_capacity(events.len());
     let mut sessions_versions = Vec::with_capacity(events.len());
     let mut deleted = Vec::with_capacity(events.len());
+    let mut roles = Vec::with_capacity(events.len());
+    let mut suspended_at = Vec::with_capacity(events.len());
+    let mut reasons = Vec::with_capacity(events.len());
     for e in &events {
         deleted.push(e.deleted);
+        roles.push(e.access.role.as_str());
+        suspended_at.push(e.access.suspended_at);
+        reasons.push(e.access.suspended_reason.as_deref());
         not_before.push(e.sessions_not_before);
         sessions_versions.push(e.sessions_version);
         event_ids.push(e.event_id);
@@ -252,6 +268,9 @@ pub async fn apply(outbox: &Outbox, all: &[ReplicaEvent]) -> sqlx::Result<Applie
             .bind(&ended_at)
             .bind(&ended_expiry)
             .bind(&claimed)
+            .bind(&roles)
+            .bind(&suspended_at)
+            .bind(&reasons)
             .fetch_one(&mut *tx)
             .await?;
     let tombstoned: Vec<Uuid> = events
@@ -297,13 +316,21 @@ pub async fn upsert<'e>(db: impl PgExecutor<'e>, members: &[ReplicaMember]) -> s
     let not_before: Vec<_> = members.iter().map(|m| m.sessions_not_before).collect();
     let sessions_versions: Vec<i64> = members.iter().map(|m| m.sessions_version).collect();
     let deleted_at: Vec<_> = members.iter().map(|m| m.deleted_at).collect();
+    let roles: Vec<&str> = members.iter().map(|m| m.access.role.as_str()).collect();
+    let suspended_at: Vec<_> = members.iter().map(|m| m.access.suspended_at).collect();
+    let reasons: Vec<_> = members
+        .iter()
+        .map(|m| m.access.suspended_reason.as_deref())
+        .collect();
     let (changed,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH up AS (
              INSERT INTO members (id, nickname, region, version, occurred_at,
-                                  sessions_not_before, sessions_version, deleted_at)
+                                  sessions_not_before, sessions_version, deleted_at, role,
+                                  suspended_at, suspended_reason)
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[],
                                   $5::timestamptz[], $6::timestamptz[], $7::int8[],
-                                  $8::timestamptz[])
+                                  $8::timestamptz[], $9::text[], $10::timestamptz[],
+                                  $11::text[])
              {UPSERT_IF_NEWER}
              RETURNING id, deleted_at
          ), purged AS (
@@ -320,6 +347,9 @@ pub async fn upsert<'e>(db: impl PgExecutor<'e>, members: &[ReplicaMember]) -> s
     .bind(&not_before)
     .bind(&sessions_versions)
     .bind(&deleted_at)
+    .bind(&roles)
+    .bind(&suspended_at)
+    .bind(&reasons)
     .fetch_one(db)
     .await?;
     Ok(changed as u64)
@@ -337,7 +367,8 @@ pub struct Observed {
 
 /// The replica columns a [`Observed`] row is read from.
 const OBSERVED_COLUMNS: &str = "id, nickname, region, version, occurred_at, sessions_not_before,
-                                sessions_version, deleted_at, replicated_at";
+                                sessions_version, deleted_at, role, suspended_at,
+                                suspended_reason, replicated_at";
 
 /// Up to `limit` replica rows in `(after, until]`, in id order, as observed
 /// for a later compare-and-set.
@@ -387,22 +418,29 @@ pub async fn set_if_unchanged<'a>(
             SET nickname = t.nickname, region = t.region, version = t.version,
                 occurred_at = t.occurred_at, sessions_not_before = t.sessions_not_before,
                 sessions_version = t.sessions_version, deleted_at = t.deleted_at,
+                role = t.role, suspended_at = t.suspended_at,
+                suspended_reason = t.suspended_reason,
                 replicated_at = clock_timestamp()
            FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::timestamptz[],
                        $6::timestamptz[], $7::int8[],
                        $8::int8[], $9::text[], $10::text[], $11::timestamptz[], $12::int8[],
-                       $13::timestamptz[], $14::timestamptz[], $15::timestamptz[])
+                       $13::timestamptz[], $14::timestamptz[], $15::timestamptz[],
+                       $16::text[], $17::timestamptz[], $18::text[],
+                       $19::text[], $20::timestamptz[], $21::text[])
              AS t(id, nickname, region, version, occurred_at, sessions_not_before,
                   sessions_version,
                   seen_version, seen_nickname, seen_region, seen_not_before,
-                  seen_sessions_version, seen_at, deleted_at, seen_deleted_at)
+                  seen_sessions_version, seen_at, deleted_at, seen_deleted_at,
+                  role, suspended_at, suspended_reason,
+                  seen_role, seen_suspended_at, seen_suspended_reason)
           WHERE m.id = t.id
             AND m.version = t.seen_version
             AND m.replicated_at = t.seen_at
-            AND (m.nickname, m.region, m.sessions_not_before, m.sessions_version, m.deleted_at)
+            AND (m.nickname, m.region, m.sessions_not_before, m.sessions_version, m.deleted_at,
+                 m.role, m.suspended_at, m.suspended_reason)
                 IS NOT DISTINCT FROM
                 (t.seen_nickname, t.seen_region, t.seen_not_before, t.seen_sessions_version,
-                 t.seen_deleted_at)
+                 t.seen_deleted_at, t.seen_role, t.seen_suspended_at, t.seen_suspended_reason)
       RETURNING m.id",
     )
     .bind(targets.iter().map(|m| m.id).collect::<Vec<_>>())
@@ -444,11 +482,34 @@ pub async fn set_if_unchanged<'a>(
     .bind(&seen_at)
     .bind(targets.iter().map(|m| m.deleted_at).collect::<Vec<_>>())
     .bind(seen.iter().map(|m| m.deleted_at).collect::<Vec<_>>())
+    .bind(access_column(&targets, |a| Some(a.role.as_str())))
+    .bind(
+        targets
+            .iter()
+            .map(|m| m.access.suspended_at)
+            .collect::<Vec<_>>(),
+    )
+    .bind(access_column(&targets, |a| a.suspended_reason.as_deref()))
+    .bind(access_column(&seen, |a| Some(a.role.as_str())))
+    .bind(
+        seen.iter()
+            .map(|m| m.access.suspended_at)
+            .collect::<Vec<_>>(),
+    )
+    .bind(access_column(&seen, |a| a.suspended_reason.as_deref()))
     .fetch_all(&mut *tx)
     .await?;
     purge_tasks(&mut *tx, &set).await?;
     tx.commit().await?;
     Ok(set)
+}
+
+/// One text column of `members`' access, for an UNNEST.
+fn access_column<'a>(
+    members: &[&'a ReplicaMember],
+    f: impl Fn(&'a Access) -> Option<&'a str>,
+) -> Vec<Option<&'a str>> {
+    members.iter().map(|m| f(&m.access)).collect()
 }
 
 /// Deletes rows auth does not have, where each is still as observed and has
@@ -492,7 +553,7 @@ pub async fn digest(pool: &PgPool, bounds: &[(Uuid, Uuid)]) -> sqlx::Result<Vec<
 pub async fn find<'e>(db: impl PgExecutor<'e>, id: Uuid) -> sqlx::Result<Option<ReplicaMember>> {
     sqlx::query_as(
         "SELECT id, nickname, region, version, occurred_at, sessions_not_before, sessions_version,
-                deleted_at
+                deleted_at, role, suspended_at, suspended_reason
            FROM members WHERE id = $1",
     )
     .bind(id)

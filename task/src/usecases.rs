@@ -6,6 +6,7 @@
 //! rule and no transaction lives in `grpc.rs`.
 use std::{sync::Arc, time::Duration};
 
+use memberflow_contract::reasons::{MEMBER_SUSPENDED, NOT_ADMIN, TASK_DOMAIN};
 use memberflow_contract::token::Verified;
 use memberflow_runtime::error::{Failure, Violations};
 use sqlx::PgPool;
@@ -67,24 +68,48 @@ impl Tasks {
         .ok_or_else(|| Failure::Unauthenticated("the account was deleted".into()).into())
     }
 
-    /// Up to `limit` of the caller's tasks, newest first, after `after`.
-    /// Tasks are written here, synchronously: nothing to wait for, but a
-    /// revoked token is still refused.
+    /// Up to `limit` of the caller's tasks (or, for an admin, `owner`'s),
+    /// newest first, after `after`. Tasks are written here, synchronously:
+    /// nothing to wait for, but a revoked token and a suspended member are
+    /// still refused, from a replica at `min_version` when the caller named
+    /// one.
     pub async fn list_tasks(
         self,
         caller: Verified,
+        min_version: Option<i64>,
+        owner: Option<Uuid>,
         limit: i64,
         after: Option<Cursor>,
     ) -> Result<Vec<Task>, Error> {
         self.refuse_ended_session(caller).await?;
-        self.refuse_if_revoked(caller).await?;
-        Ok(repo::list(&self.pool, caller.member_id, limit, after).await?)
+        let owner = owner.unwrap_or(caller.member_id);
+        // Another member's tasks need the caller's role: read through (or
+        // wait) for an admin the replica has not seen yet.
+        let min_version = match owner == caller.member_id {
+            true => min_version,
+            false => Some(min_version.unwrap_or(caller.version)),
+        };
+        let me = self.caller(caller, min_version).await?;
+        if owner != caller.member_id && !me.as_ref().is_some_and(|m| m.access.is_admin()) {
+            return Err(Failure::Denied {
+                reason: NOT_ADMIN,
+                domain: TASK_DOMAIN,
+                message: "only an admin may list another member's tasks".into(),
+            }
+            .into());
+        }
+        Ok(repo::list(&self.pool, owner, limit, after).await?)
     }
 
     /// The caller's task `id`.
-    pub async fn get_task(self, caller: Verified, id: Uuid) -> Result<Task, Error> {
+    pub async fn get_task(
+        self,
+        caller: Verified,
+        min_version: Option<i64>,
+        id: Uuid,
+    ) -> Result<Task, Error> {
         self.refuse_ended_session(caller).await?;
-        self.refuse_if_revoked(caller).await?;
+        self.caller(caller, min_version).await?;
         repo::get(&self.pool, caller.member_id, id)
             .await?
             .ok_or_else(|| Failure::NotFound(format!("task {id}")).into())
@@ -105,12 +130,22 @@ impl Tasks {
         Ok(())
     }
 
-    /// Refuses a token issued before the member's sessions were ended, as far
-    /// as the replica knows (within the replication delay of auth).
-    /// A tombstone refuses every token: the member deleted their account.
+    /// Refuses a token issued before the member's sessions were ended, and
+    /// a suspended member, as far as the replica knows (within the
+    /// replication delay of auth). A tombstone refuses every token: the
+    /// member deleted their account. The suspension is told first: it ended
+    /// the sessions too, and is what the member must know.
     fn refuse_revoked(caller: Verified, member: &ReplicaMember) -> Result<(), Error> {
         if member.is_deleted() {
             return Err(Failure::Unauthenticated("the account was deleted".into()).into());
+        }
+        if member.access.is_suspended() {
+            return Err(Failure::Denied {
+                reason: MEMBER_SUSPENDED,
+                domain: TASK_DOMAIN,
+                message: "the account is suspended".into(),
+            }
+            .into());
         }
         if caller.revoked_by(&member.sessions()) {
             return Err(Failure::Unauthenticated(
@@ -121,13 +156,24 @@ impl Tasks {
         Ok(())
     }
 
-    /// [`Self::refuse_revoked`] for calls that do not otherwise read the
-    /// member: one primary-key read of the replica.
-    async fn refuse_if_revoked(&self, caller: Verified) -> Result<(), Error> {
-        match replica::find(&self.pool, caller.member_id).await? {
-            Some(member) => Self::refuse_revoked(caller, &member),
-            None => Ok(()),
+    /// The caller's replica row once [`Self::refuse_revoked`] passes it,
+    /// for calls that read no member otherwise: one primary-key read of the
+    /// replica, or with a `min_version` the caller named (a consistency
+    /// token), the member at that version or newer as CreateTask reads it.
+    /// `None`: the replica has not seen the member and nothing asked it to.
+    async fn caller(
+        &self,
+        caller: Verified,
+        min_version: Option<i64>,
+    ) -> Result<Option<ReplicaMember>, Error> {
+        let member = match min_version {
+            Some(v) => Some(self.member(caller.member_id, v).await?),
+            None => replica::find(&self.pool, caller.member_id).await?,
+        };
+        if let Some(m) = &member {
+            Self::refuse_revoked(caller, m)?;
         }
+        Ok(member)
     }
 
     /// The member from the replica at `min_version` or newer (a missing

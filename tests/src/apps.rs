@@ -171,6 +171,7 @@ impl TestAuth {
         let req = crate::fixtures::bearer(
             memberflow_contract::proto::auth::v1::DeleteAccountRequest {
                 password: password.to_owned(),
+                ..Default::default()
             },
             token,
         );

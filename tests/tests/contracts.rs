@@ -27,16 +27,17 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Fields a newer auth might add to an event, one of each wire type
 /// (length-delimited, varint, 64- and 32-bit). Protobuf concatenation is a
 /// merge, so an event's bytes followed by these are exactly what that auth
-/// would publish.
+/// would publish. (Tags 9 and 10 were these until roles took them in
+/// 2026-12: the tags here are ones no event uses yet.)
 #[derive(Clone, PartialEq, prost::Message)]
 struct AddedByNewerAuth {
-    #[prost(string, tag = "9")]
+    #[prost(string, tag = "20")]
     locale: String,
-    #[prost(int64, tag = "10")]
+    #[prost(int64, tag = "21")]
     plan_version: i64,
-    #[prost(fixed64, tag = "11")]
+    #[prost(fixed64, tag = "22")]
     checksum: u64,
-    #[prost(float, tag = "12")]
+    #[prost(float, tag = "23")]
     score: f32,
     #[prost(bytes = "vec", tag = "1000")]
     extension: Vec<u8>,
@@ -112,6 +113,7 @@ async fn task_applies_events_from_a_newer_auth_with_fields_it_does_not_know() {
         occurred_at: Some(timestamp(now)),
         nickname: "Ann".into(),
         region: "Europe/Berlin".into(),
+        ..Default::default()
     };
 
     // Act + Assert, decoding alone: the extra fields change nothing.
@@ -177,6 +179,7 @@ async fn task_applies_the_oldest_event_bytes_auth_ever_published() {
             sessions_not_before: None,
             sessions_version: 0,
             deleted: false,
+            access: task::domain::Access::member(),
         }
     );
     let second = applied(MEMBER_UPDATED, updated);
@@ -198,4 +201,109 @@ async fn task_applies_the_oldest_event_bytes_auth_ever_published() {
     assert_replicated(&pool, &task, member, (1, "Ann", "Asia/Seoul")).await;
     publisher.publish(MEMBER_UPDATED, updated).await;
     assert_replicated(&pool, &task, member, (2, "Ann Lee", "Europe/Berlin")).await;
+}
+
+/// MemberChanged as a task from before roles decodes it: fields 1-8, the
+/// generated code of that version, so the test runs the old binary's
+/// decoder over a new event.
+#[derive(Clone, PartialEq, prost::Message)]
+struct MemberChangedBeforeRoles {
+    #[prost(string, tag = "1")]
+    event_id: String,
+    #[prost(string, tag = "2")]
+    member_id: String,
+    #[prost(string, tag = "3")]
+    nickname: String,
+    #[prost(string, tag = "4")]
+    region: String,
+    #[prost(int64, tag = "5")]
+    version: i64,
+    #[prost(message, optional, tag = "6")]
+    occurred_at: Option<prost_types::Timestamp>,
+    #[prost(message, optional, tag = "7")]
+    sessions_not_before: Option<prost_types::Timestamp>,
+    #[prost(int64, tag = "8")]
+    sessions_version: i64,
+}
+
+#[tokio::test]
+async fn roles_and_suspension_reach_a_new_task_and_an_old_task_ignores_them() {
+    // Arrange: a suspension as a new auth publishes it, of an admin, and
+    // an event with a role no task knows yet.
+    let member = Uuid::now_v7();
+    let now = chrono::Utc::now();
+    let suspended = pb::MemberChanged {
+        event_id: Uuid::now_v7().to_string(),
+        member_id: member.to_string(),
+        nickname: "Ann".into(),
+        region: "Asia/Seoul".into(),
+        version: 3,
+        occurred_at: Some(timestamp(now)),
+        sessions_not_before: Some(timestamp(now)),
+        sessions_version: 3,
+        role: "admin".into(),
+        suspension: Some(pb::Suspension {
+            reason: "compromised account".into(),
+            since: Some(timestamp(now)),
+        }),
+    };
+    let unknown_role = pb::MemberChanged {
+        event_id: Uuid::now_v7().to_string(),
+        version: 4,
+        role: "auditor".into(),
+        suspension: None,
+        ..suspended.clone()
+    };
+
+    // Act + Assert: a task from before roles decodes the same event, and
+    // reads the member as it always did.
+    let old = MemberChangedBeforeRoles::decode(suspended.encode_to_vec().as_slice())
+        .expect("an old task decodes a new event");
+    assert_eq!(
+        (old.version, old.nickname.as_str(), old.sessions_version),
+        (3, "Ann", 3)
+    );
+    // Today's task keeps the suspension and the role.
+    let e = applied(MEMBER_UPDATED, &suspended.encode_to_vec());
+    assert_eq!(e.access.role, "admin");
+    assert!(e.access.is_suspended() && !e.access.is_admin());
+    assert_eq!(
+        e.access.suspended_reason.as_deref(),
+        Some("compromised account")
+    );
+    // A role it does not know is kept as it came, and grants nothing.
+    let e = applied(MEMBER_UPDATED, &unknown_role.encode_to_vec());
+    assert_eq!(e.access.role, "auditor");
+    assert!(!e.access.is_admin() && !e.access.is_suspended());
+
+    // Act + Assert, through the broker into the replica.
+    let mut env = TestEnv::new();
+    let task = spawn_task_alone(&mut env, ConsistencyMode::NotReady).await;
+    let publisher = RawPublisher::connect(&env.amqp_url()).await;
+    let pool = env.pool("task").await;
+    publisher
+        .publish(MEMBER_UPDATED, &suspended.encode_to_vec())
+        .await;
+    assert_replicated(&pool, &task, member, (3, "Ann", "Asia/Seoul")).await;
+    let access: (String, bool, Option<String>) = sqlx::query_as(
+        "SELECT role, suspended_at IS NOT NULL, suspended_reason FROM members WHERE id = $1",
+    )
+    .bind(member)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        access,
+        ("admin".into(), true, Some("compromised account".into()))
+    );
+    publisher
+        .publish(MEMBER_UPDATED, &unknown_role.encode_to_vec())
+        .await;
+    assert_replicated(&pool, &task, member, (4, "Ann", "Asia/Seoul")).await;
+    let role: String = sqlx::query_scalar("SELECT role FROM members WHERE id = $1")
+        .bind(member)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(role, "auditor");
 }

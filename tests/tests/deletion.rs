@@ -177,6 +177,7 @@ async fn assert_refused(auth: &mut AuthServiceClient<Channel>, task: Channel, to
     );
     let again = auth_pb::DeleteAccountRequest {
         password: PASSWORD.into(),
+        ..Default::default()
     };
     assert_eq!(
         code(auth.delete_account(bearer(again, token)).await),
@@ -458,6 +459,7 @@ async fn deletion_racing_update_profile_wins_whichever_commits_first() {
         };
         let delete = auth_pb::DeleteAccountRequest {
             password: PASSWORD.into(),
+            ..Default::default()
         };
         let (updated, deleted) = tokio::join!(
             a.update_profile(bearer(update, &token)),
@@ -603,12 +605,14 @@ async fn logs_at_the_default_level_carry_no_email_nickname_or_title() {
     // A wrong password first: a failure path logs too.
     let wrong = auth_pb::DeleteAccountRequest {
         password: "not the password".into(),
+        ..Default::default()
     };
     auth.delete_account(bearer(wrong, &token))
         .await
         .expect_err("wrong password");
     let delete = auth_pb::DeleteAccountRequest {
         password: PASSWORD.into(),
+        ..Default::default()
     };
     auth.delete_account(bearer(delete, &token))
         .await

@@ -265,6 +265,7 @@ fn event(member: Uuid, version: i64, name: &str, deleted: bool) -> ReplicaEvent 
         sessions_not_before: None,
         sessions_version: 0,
         deleted,
+        access: task::domain::Access::member(),
     }
     .into()
 }

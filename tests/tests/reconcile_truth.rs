@@ -193,6 +193,7 @@ async fn an_event_applied_between_the_read_and_the_write_is_not_undone() {
         sessions_not_before: None,
         sessions_version: 0,
         deleted: false,
+        access: task::domain::Access::member(),
     };
     let outbox =
         memberflow_outbox::write::Outbox::without_wake(task_db.clone(), &task::erasure::SPEC);

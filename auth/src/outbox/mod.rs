@@ -40,7 +40,8 @@ pub const SPEC: OutboxSpec = OutboxSpec {
 pub enum EventKind {
     Created,
     Updated,
-    /// Logout or ChangePassword ended the member's sessions.
+    /// Logout or ChangePassword ended the member's sessions. (A permission
+    /// change ends them too, but is an Updated: the member changed.)
     SessionsRevoked,
     /// DeleteAccount: the member is a tombstone (see [`encode_deleted`]).
     Deleted,
@@ -71,6 +72,8 @@ pub fn encode(kind: EventKind, event_id: Uuid, member: &Member) -> Vec<u8> {
             occurred_at: Some(timestamp(member.updated_at)),
             sessions_not_before: member.sessions_not_before.map(timestamp),
             sessions_version: member.sessions_version,
+            role: member.role.clone(),
+            suspension: suspension(member),
         }
         .encode_to_vec(),
         EventKind::SessionsRevoked => pb::MemberSessionsRevoked {
@@ -81,12 +84,27 @@ pub fn encode(kind: EventKind, event_id: Uuid, member: &Member) -> Vec<u8> {
             occurred_at: Some(timestamp(member.updated_at)),
             nickname: member.nickname.clone(),
             region: member.region.clone(),
+            role: member.role.clone(),
+            suspension: suspension(member),
         }
         .encode_to_vec(),
         EventKind::Deleted => {
             encode_deleted(event_id, member.id, member.version, member.updated_at)
         }
     }
+}
+
+/// The member's suspension as every message carrying the member has it.
+pub fn suspension(member: &Member) -> Option<pb::Suspension> {
+    pb_suspension(member.suspended_at, member.suspended_reason.as_deref())
+}
+
+/// A suspension on the wire: set only while suspended.
+pub fn pb_suspension(at: Option<DateTime<Utc>>, reason: Option<&str>) -> Option<pb::Suspension> {
+    at.map(|since| pb::Suspension {
+        reason: reason.unwrap_or_default().to_owned(),
+        since: Some(timestamp(since)),
+    })
 }
 
 /// Encodes the MemberSessionEnded event for `ended`: the session id only

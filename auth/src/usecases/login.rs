@@ -2,6 +2,7 @@
 use std::net::IpAddr;
 
 use chrono::Utc;
+use memberflow_contract::reasons::{AUTH_DOMAIN, MEMBER_SUSPENDED};
 use memberflow_runtime::{error::Failure, unit};
 use uuid::Uuid;
 
@@ -53,9 +54,19 @@ impl Auth {
         };
         tracing::Span::current().record("member_id", tracing::field::display(member.id));
         unit::caller_waits()?;
-        let mut conn = self.pool.acquire().await?;
-        self.start_session(&mut conn, &member, &attempt.client)
-            .await
+        // The member again, share-locked: a suspension (or deletion) that
+        // committed since the password was read is seen, and one that
+        // commits after waits for this session and then ends it.
+        let mut tx = self.pool.begin().await?;
+        let member = repo::share_lock_member(&mut tx, member.id)
+            .await?
+            .ok_or(Error::BadCredentials)?;
+        refuse_suspended(&member)?;
+        let issued = self
+            .start_session(&mut tx, &member, &attempt.client)
+            .await?;
+        tx.commit().await?;
+        Ok(issued)
     }
 
     /// A new session for `member`, written in `conn`, and its first tokens.
@@ -104,6 +115,9 @@ impl Auth {
         let member = repo::share_lock_member(&mut tx, member_id)
             .await?
             .ok_or_else(|| Failure::Unauthenticated(DELETED.into()))?;
+        // A suspension ends every session, so this is a second line: a
+        // session a racing Login started is refused too.
+        refuse_suspended(&member)?;
         let found = store::lock_for_refresh(&mut tx, session, &hash).await?;
         let now = Utc::now();
         match decide(found, now, self.lifetimes) {
@@ -126,6 +140,21 @@ impl Auth {
             other => Err(refresh_refused(other)),
         }
     }
+}
+
+/// Refuses a suspended member a new token: PERMISSION_DENIED with ErrorInfo
+/// MEMBER_SUSPENDED (told only after the password or refresh token proved
+/// who the caller is).
+fn refuse_suspended(member: &Member) -> Result<(), Error> {
+    if member.is_suspended() {
+        return Err(Failure::Denied {
+            reason: MEMBER_SUSPENDED,
+            domain: AUTH_DOMAIN,
+            message: "the account is suspended: an admin must reinstate it".into(),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// What a refused refresh answers: ABORTED for a retry within the grace,

@@ -12,9 +12,11 @@
 //! | [`Auth::logout`], [`Auth::revoke_session`], [`Auth::list_sessions`] | Logout, RevokeSession, ListSessions | `sessions.rs` |
 //! | [`Auth::update_profile`] | UpdateProfile | `profile.rs` |
 //! | [`Auth::change_password`], [`Auth::delete_account`] | ChangePassword, DeleteAccount | `credentials.rs` |
+//! | [`Auth::change_access`] | SetRole, SuspendMember, ReinstateMember | `permissions.rs` |
 //! | [`Auth::get_member`], [`Auth::members_page`], [`Auth::digest`] | GetMember, ListMembers, DigestMembers | `replica_source.rs` |
 mod credentials;
 pub mod login;
+mod permissions;
 mod profile;
 mod replica_source;
 mod sessions;
@@ -35,6 +37,7 @@ use crate::{
     throttle::LoginThrottle,
 };
 
+pub use credentials::Deleting;
 pub use sessions::SessionView;
 
 /// What auth's use cases need. Cloning shares it (a pool, Arcs, keys), so

@@ -47,6 +47,14 @@ enum Command {
     /// The erasure saga: one line per deleted account, with when it was
     /// requested, each expected service's receipt time, and its state.
     Erasures(ErasuresArgs),
+    /// Make the member with this email an admin who is not suspended (the
+    /// first admin, or the way back in when none is left). Ends every
+    /// session of theirs, as any permission change does. Database access to
+    /// auth is the credential.
+    GrantAdmin {
+        #[arg(long)]
+        email: String,
+    },
     /// Print a new Ed25519 token signing key: the private key (PKCS#8 PEM,
     /// for `auth.token.signing_key`) on stdout; its key id and public key
     /// (for `token.public_keys` during a rotation) on stderr.
@@ -274,6 +282,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::GrantAdmin { email } => {
+            let settings = auth::Settings::load(&source)?;
+            let pool = connect_db(&settings.database).await?;
+            let email = auth::domain::Email::parse(&email)
+                .map_err(|why| anyhow::anyhow!("--email {why}"))?;
+            let outbox =
+                memberflow_outbox::write::Outbox::without_wake(pool.clone(), &auth::outbox::SPEC);
+            let Some((member, changed)) = auth::permissions::grant_admin(&outbox, &email).await?
+            else {
+                anyhow::bail!("no member has the email {}", email.as_str());
+            };
+            if changed {
+                wake_auth_relay(&pool).await;
+                println!("{}\tadmin\tversion {}", member.id, member.version);
+                eprintln!("{} is an admin; their sessions ended", email.as_str());
+            } else {
+                println!("{}\tadmin\tversion {}", member.id, member.version);
+                eprintln!(
+                    "{} was already an active admin; nothing changed",
+                    email.as_str()
+                );
+            }
+        }
         Command::Erasures(ErasuresArgs { pending, command }) => {
             let settings = auth::Settings::load(&source)?;
             let pool = connect_db(&settings.database).await?;
@@ -295,13 +326,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     let Some(e) = auth::erasure::retry(&outbox, member).await? else {
                         anyhow::bail!("no erasure on record for member {member}");
                     };
-                    // The row is committed; a lost wake-up only delays it to
-                    // the relay's next poll.
-                    if let Err(e) =
-                        memberflow_outbox::wake::notify(&pool, auth::outbox::SPEC.channel).await
-                    {
-                        eprintln!("could not wake the relay ({e}); it publishes at its next poll");
-                    }
+                    wake_auth_relay(&pool).await;
                     println!("{}", e.line(chrono::Utc::now(), deadline));
                     eprintln!("republished the deletion of member {member}");
                 }
@@ -309,6 +334,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Wakes auth's relay after a committed outbox row. The row is committed; a
+/// lost wake-up only delays it to the relay's next poll.
+async fn wake_auth_relay(pool: &sqlx::PgPool) {
+    if let Err(e) = memberflow_outbox::wake::notify(pool, auth::outbox::SPEC.channel).await {
+        eprintln!("could not wake the relay ({e}); it publishes at its next poll");
+    }
 }
 
 /// A connection pool to `db`, failing fast with a clear message.

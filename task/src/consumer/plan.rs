@@ -13,6 +13,7 @@ use memberflow_outbox::consumer::plan::invalid;
 use prost::Message;
 use uuid::Uuid;
 
+use crate::domain::Access;
 use crate::replica::{MemberEvent, ReplicaEvent, SessionEnded};
 
 /// What one delivery of `member.events` is.
@@ -64,6 +65,7 @@ fn decode_deleted(body: &[u8]) -> Result<MemberEvent, Poison> {
         sessions_not_before: None,
         sessions_version: 0,
         deleted: true,
+        access: Access::member(),
     })
 }
 
@@ -114,11 +116,13 @@ fn decode(body: &[u8]) -> Result<MemberEvent, Poison> {
     if sessions_not_before.is_some_and(|t| t.is_none()) {
         return Err(invalid("sessions_not_before", "out of range"));
     }
+    let access = Access::from_wire(e.role, e.suspension).map_err(|(f, why)| invalid(f, why))?;
     state(
         (&e.event_id, &e.member_id, e.nickname, e.region, e.version),
         e.occurred_at.as_ref(),
         sessions_not_before.flatten(),
         e.sessions_version,
+        access,
     )
 }
 
@@ -132,11 +136,13 @@ fn decode_revoked(body: &[u8]) -> Result<MemberEvent, Poison> {
         .as_ref()
         .and_then(from_timestamp)
         .ok_or_else(|| invalid("not_before", "missing or out of range"))?;
+    let access = Access::from_wire(e.role, e.suspension).map_err(|(f, why)| invalid(f, why))?;
     state(
         (&e.event_id, &e.member_id, e.nickname, e.region, e.version),
         e.occurred_at.as_ref(),
         Some(not_before),
         e.version,
+        access,
     )
 }
 
@@ -146,6 +152,7 @@ fn state(
     occurred_at: Option<&prost_types::Timestamp>,
     sessions_not_before: Option<chrono::DateTime<chrono::Utc>>,
     sessions_version: i64,
+    access: Access,
 ) -> Result<MemberEvent, Poison> {
     let event_id = Uuid::parse_str(event_id).map_err(|_| invalid("event_id", "not a UUID"))?;
     let member_id = Uuid::parse_str(member_id).map_err(|_| invalid("member_id", "not a UUID"))?;
@@ -177,6 +184,7 @@ fn state(
         sessions_not_before,
         sessions_version,
         deleted: false,
+        access,
     })
 }
 
@@ -220,6 +228,7 @@ mod tests {
             occurred_at: Some(timestamp(now)),
             nickname: "Ann".into(),
             region: "Asia/Seoul".into(),
+            ..Default::default()
         };
         let Triage::Apply(ReplicaEvent::Member(e)) =
             triage(MEMBER_SESSIONS_REVOKED, &revoked.encode_to_vec())

@@ -567,6 +567,7 @@ async fn delete_account(
         .delete_account(bearer(
             auth_pb::DeleteAccountRequest {
                 password: m.password.clone(),
+                ..Default::default()
             },
             &token,
         ))
