@@ -293,12 +293,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             else {
                 anyhow::bail!("no member has the email {}", email.as_str());
             };
+            println!("{}\tadmin\tversion {}", member.id, member.version);
             if changed {
                 wake_auth_relay(&pool).await;
-                println!("{}\tadmin\tversion {}", member.id, member.version);
                 eprintln!("{} is an admin; their sessions ended", email.as_str());
             } else {
-                println!("{}\tadmin\tversion {}", member.id, member.version);
                 eprintln!(
                     "{} was already an active admin; nothing changed",
                     email.as_str()
