@@ -154,6 +154,29 @@ pub enum AccessChange {
     MakeActiveAdmin,
 }
 
+/// A member's role and suspension (the reason, while suspended).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    pub role: Role,
+    pub suspension: Option<String>,
+}
+
+impl Access {
+    /// The access `member` holds now. A role the column's CHECK would not
+    /// let in cannot be read; `member` stands in for safety.
+    pub fn of(member: &Member) -> Self {
+        Self {
+            role: Role::parse(&member.role).unwrap_or(Role::Member),
+            suspension: member.suspended_reason.clone(),
+        }
+    }
+
+    /// An admin who is not suspended: one who may make permission changes.
+    pub fn is_active_admin(&self) -> bool {
+        self.role == Role::Admin && self.suspension.is_none()
+    }
+}
+
 /// A validated signup.
 #[derive(Debug)]
 pub struct NewMember {

@@ -14,34 +14,11 @@ use memberflow_contract::reasons::{AUTH_DOMAIN, LAST_ADMIN};
 use memberflow_runtime::error::Failure;
 
 use crate::{
-    domain::{AccessChange, Member, Role},
+    domain::{Access, AccessChange, Member, Role},
     outbox::{EventKind, write::Enqueue, write::Tx},
     repo,
     sessions::store,
 };
-
-/// A member's role and suspension (the reason, while suspended).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Access {
-    pub role: Role,
-    pub suspension: Option<String>,
-}
-
-impl Access {
-    /// The access `member` holds now. A role the column's CHECK would not
-    /// let in cannot be read; `member` stands in for safety.
-    pub fn of(member: &Member) -> Self {
-        Self {
-            role: Role::parse(&member.role).unwrap_or(Role::Member),
-            suspension: member.suspended_reason.clone(),
-        }
-    }
-
-    /// An admin who is not suspended: one who may make permission changes.
-    pub fn is_active_admin(&self) -> bool {
-        self.role == Role::Admin && self.suspension.is_none()
-    }
-}
 
 /// The access `held` moves to under `change`, or `None` when it changes
 /// nothing (the role already held, suspending the suspended, reinstating

@@ -5,8 +5,7 @@
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{Member, ProfileChange};
-use crate::permissions::Access;
+use crate::domain::{Access, Member, ProfileChange};
 
 const MEMBER_COLUMNS: &str = "id, email, nickname, region, version, created_at, updated_at, \
                               sessions_not_before, sessions_version, role, suspended_at, \
@@ -187,7 +186,7 @@ pub async fn delete_member(
 }
 
 /// Sets member `id`'s role and suspension to `access` (decided by
-/// [`crate::permissions::next_access`]) at a new version that also ends
+/// `permissions::next_access`) at a new version that also ends
 /// every session (`sessions_not_before` now, `sessions_version` that
 /// version), so that no token from before carries rights the member no
 /// longer has. A suspension keeps its first time.

@@ -7,9 +7,9 @@ use uuid::Uuid;
 
 use crate::{
     Error,
+    domain::Access,
     domain::{AccessChange, Member},
-    permissions::{self, Access},
-    repo,
+    permissions, repo,
 };
 
 use super::{Auth, record_event};
