@@ -279,6 +279,7 @@ pub async fn run<S: Service>(
 
     let migrators = S::migrators();
     let mut failure: Option<anyhow::Error> = None;
+    let mut ended_early = None;
     tokio::select! {
         biased;
         () = shutdown.cancelled() => {}
@@ -290,16 +291,20 @@ pub async fn run<S: Service>(
                 failure = Some(refused.into());
             }
         },
-        Some(ended) = crew.next_end() => failure = Some(worker_failed(ended)),
+        Some(ended) = crew.next_end() => ended_early = Some(ended),
     }
-    if failure.is_none() {
+    if failure.is_none() && ended_early.is_none() {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => {}
-            Some(ended) = crew.next_end() => failure = Some(worker_failed(ended)),
+            Some(ended) = crew.next_end() => ended_early = Some(ended),
         }
     }
+    // Health first: balancers stop routing here before anything else is done.
     health.stop().await;
+    if let Some(ended) = ended_early {
+        failure = Some(worker_failed(ended));
+    }
     serving.cancel();
     shutdown.cancel();
     let grace = limits.shutdown_grace();
