@@ -24,6 +24,7 @@ mod service;
 mod setup;
 mod signup;
 mod stats;
+mod suspension;
 mod system;
 
 use std::{path::PathBuf, time::Duration};

@@ -32,6 +32,7 @@ use crate::{
     setup::{self, HashCost, RelayDesign},
     signup,
     stats::Latency,
+    suspension,
 };
 
 /// A floor whose p50 at a rate exceeds this many times the lowest rate's
@@ -196,6 +197,35 @@ pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
             "DeleteAccount → erasure complete (last receipt), 100/s".to_owned(),
             "the deletions above; from the deletion's commit in auth (erasures.requested_at) to the last expected receipt recorded there (completed_at), one expected service (task); target: p99 ≤ 2× the propagation p99".to_owned(),
             Measure::Latency(erasure),
+        )
+        .against(
+            format!("propagation at {}/s", plan.rates[0]),
+            Measure::Latency(propagation[0].latency),
+        ),
+    );
+
+    // SuspendMember → task's first refusal of that member's earlier token,
+    // at 100 suspensions/s, beside the same propagation.
+    let admin = suspension::admin(&signups, &auth_db).await?;
+    let suspended = deletion::members(&signups, &task_db, 100.0, plan.propagation).await?;
+    let suspension = suspension::measure(
+        &signups,
+        &task.channel,
+        admin,
+        suspended,
+        100.0,
+        plan.propagation,
+    )
+    .await?;
+    lab.add(
+        Figure::new(
+            "SuspendMember → first refusal at task, 100/s".to_owned(),
+            format!(
+                "open loop {} s of SuspendMember by one admin (each member signed up, logged in and replicated first, unmeasured); from just before the call to the start of the first ListTasks, made back to back with the member's earlier token from the OK on, that task refuses; {} call(s) task still served after an OK; the bound docs/security.md states: one propagation",
+                plan.propagation.as_secs(),
+                suspension.served_after
+            ),
+            Measure::Latency(suspension.latency),
         )
         .against(
             format!("propagation at {}/s", plan.rates[0]),

@@ -30,15 +30,88 @@ fn violation(rule: &'static str, member: Option<Uuid>, detail: String) -> Violat
 }
 
 /// A member row as both sides compare it: version, nickname, region,
-/// deleted.
-type Row = (i64, String, String, bool);
+/// deleted, role, suspension reason ('' when not suspended).
+type Row = (i64, String, String, bool, String, String);
 
 async fn rows(pool: &PgPool, sql: &'static str) -> sqlx::Result<HashMap<Uuid, Row>> {
-    let all: Vec<(Uuid, i64, String, String, bool)> = sqlx::query_as(sql).fetch_all(pool).await?;
+    let all: Vec<(Uuid, i64, String, String, bool, String, String)> =
+        sqlx::query_as(sql).fetch_all(pool).await?;
     Ok(all
         .into_iter()
-        .map(|(id, v, n, r, d)| (id, (v, n, r, d)))
+        .map(|(id, v, n, r, d, role, why)| (id, (v, n, r, d, role, why)))
         .collect())
+}
+
+/// The operations a suspended member is refused: at auth from the
+/// suspension's commit on, at task within [`super::suspension_bound`].
+/// (DeleteAccount is not among them: a suspended member may still leave.)
+const REFUSED_AT_AUTH: [&str; 5] = [
+    "Login",
+    "Refresh",
+    "UpdateProfile",
+    "ChangePassword",
+    "Logout",
+];
+const REFUSED_AT_TASK: [&str; 1] = ["CreateTask"];
+
+/// A call that succeeded for a member after an acknowledged suspension of
+/// theirs, and before any reinstatement could have allowed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Late {
+    pub member: Uuid,
+    /// The ledger lines of the suspension and of the call.
+    pub suspension: usize,
+    pub call: usize,
+    pub at_task: bool,
+    /// How long after the suspension's answer the call started.
+    pub after_ms: u128,
+}
+
+/// Every [`Late`] call in `ledger`. A call counts when it started after the
+/// suspension's answer arrived, and no ReinstateMember that was not
+/// refused started between that answer and the call's end. (One admin
+/// makes the permission changes, in sequence, so a reinstatement of the
+/// same member is either before the suspension or after its answer.)
+pub fn late_after_suspension(ledger: &[Entry]) -> Vec<Late> {
+    let mut out = Vec::new();
+    for a in ledger
+        .iter()
+        .filter(|a| a.op == "SuspendMember" && a.answer.is_ok())
+    {
+        let member = a.member;
+        let lifted = |until: u128| {
+            ledger.iter().any(|r| {
+                r.member == member
+                    && r.op == "ReinstateMember"
+                    && !matches!(r.answer, Answer::Refused(_))
+                    && r.start_ms >= a.end_ms
+                    && r.start_ms < until
+            })
+        };
+        for c in ledger.iter().filter(|c| {
+            c.member == member
+                && c.answer.is_ok()
+                && c.start_ms > a.end_ms
+                && (REFUSED_AT_AUTH.contains(&c.op) || REFUSED_AT_TASK.contains(&c.op))
+        }) {
+            if !lifted(c.end_ms) {
+                out.push(Late {
+                    member: member.expect("a suspension names its member"),
+                    suspension: a.n,
+                    call: c.n,
+                    at_task: REFUSED_AT_TASK.contains(&c.op),
+                    after_ms: c.start_ms - a.end_ms,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Whether ledger entry `e` is a permission change that may have ended
+/// the member's sessions: SuspendMember or SetRole, not refused.
+fn may_end_sessions(e: &Entry) -> bool {
+    matches!(e.op, "SuspendMember" | "SetRole") && !matches!(e.answer, Answer::Refused(_))
 }
 
 /// auth's members and the replica's, as compared.
@@ -50,13 +123,15 @@ pub async fn members(
         rows(
             auth_db,
             "SELECT id, version, coalesce(nickname, ''), coalesce(region, ''),
-                    deleted_at IS NOT NULL
+                    deleted_at IS NOT NULL, role, coalesce(suspended_reason, '')
                FROM members",
         )
         .await?,
         rows(
             task_db,
-            "SELECT id, version, nickname, region, deleted_at IS NOT NULL FROM members",
+            "SELECT id, version, nickname, region, deleted_at IS NOT NULL, role,
+                    coalesce(suspended_reason, '')
+               FROM members",
         )
         .await?,
     ))
@@ -80,10 +155,15 @@ pub async fn converged(auth_db: &PgPool, task_db: &PgPool) -> sqlx::Result<bool>
     Ok(a == t && outboxes == 0 && pending == 0)
 }
 
-/// Every rule over the ledger and the end state.
+/// Every rule over the ledger and the end state. `tokens` is every access
+/// token the clients were given ([`super::load::Tokens`]); `bound` is how
+/// long after an acknowledged suspension task may still serve the member.
+#[allow(clippy::too_many_arguments)]
 pub async fn check(
     ledger: &[Entry],
     must_refuse: &[(Uuid, String, usize)],
+    tokens: &[(Uuid, String, u128)],
+    bound: std::time::Duration,
     auth_db: &PgPool,
     task_db: &PgPool,
     task_instances: &[Channel],
@@ -194,7 +274,16 @@ pub async fn check(
             continue;
         };
         let changes = by_member(id)
-            .filter(|u| matches!(u.op, "UpdateProfile" | "ChangePassword"))
+            .filter(|u| {
+                matches!(
+                    u.op,
+                    "UpdateProfile"
+                        | "ChangePassword"
+                        | "SuspendMember"
+                        | "ReinstateMember"
+                        | "SetRole"
+                )
+            })
             .filter(|u| !matches!(u.answer, Answer::Refused(_)))
             .count();
         if row.0 > 1 + changes as i64 {
@@ -249,8 +338,25 @@ pub async fn check(
     }
 
     // 3. Every access token of a session ended by an acknowledged Logout,
-    // ChangePassword or DeleteAccount is refused by every task instance.
-    for ((member, token, n), task) in must_refuse
+    // ChangePassword or DeleteAccount, and every token issued before an
+    // acknowledged SuspendMember or SetRole that changed the member, is
+    // refused by every task instance.
+    let mut ended: Vec<(Uuid, String, usize)> = must_refuse.to_vec();
+    for a in ledger.iter().filter(|a| {
+        matches!(a.op, "SuspendMember" | "SetRole")
+            && a.answer.is_ok()
+            && a.result.starts_with("changed")
+    }) {
+        ended.extend(
+            tokens
+                .iter()
+                .filter(|(m, _, issued)| Some(*m) == a.member && *issued < a.start_ms)
+                .map(|(m, t, _)| (*m, t.clone(), a.n)),
+        );
+    }
+    let mut seen = HashSet::new();
+    ended.retain(|(_, t, _)| seen.insert(t.clone()));
+    for ((member, token, n), task) in ended
         .iter()
         .flat_map(|t| task_instances.iter().map(move |c| (t, c)))
     {
@@ -292,16 +398,26 @@ pub async fn check(
     let mut members_seen: Vec<Uuid> = ledger.iter().filter_map(|e| e.member).collect();
     members_seen.sort();
     members_seen.dedup();
+    // The admin's changes run beside the member's client, so they are
+    // placed by time: one that ended after the token was asked for and
+    // started before the refusal ended may have revoked it.
     for id in members_seen {
         let mut revoked_since_issued = true;
+        let mut asked_at = 0;
+        let admin_revoked = |from: u128, until: u128| {
+            by_member(id).any(|x| may_end_sessions(x) && x.end_ms > from && x.start_ms < until)
+        };
         for e in by_member(id) {
             match (e.op, &e.answer) {
                 ("Login" | "Refresh" | "ChangePassword", Answer::Ok) => {
                     revoked_since_issued = false;
+                    asked_at = e.start_ms;
                 }
                 ("ChangePassword", Answer::Ambiguous(_)) => revoked_since_issued = true,
                 (_, Answer::Refused(why))
-                    if why.contains("was revoked") && !revoked_since_issued =>
+                    if why.contains("was revoked")
+                        && !revoked_since_issued
+                        && !admin_revoked(asked_at, e.end_ms) =>
                 {
                     out.push(violation(
                         "a fresh token is not refused as revoked",
@@ -312,6 +428,38 @@ pub async fn check(
                 }
                 _ => {}
             }
+        }
+    }
+
+    // 3c. No call succeeds for a suspended member: at auth from the
+    // suspension's answer on, at task after `bound`.
+    for late in late_after_suspension(ledger) {
+        let allowed = if late.at_task { bound.as_millis() } else { 0 };
+        if late.after_ms > allowed {
+            out.push(violation(
+                "a suspended member is refused within the bound",
+                Some(late.member),
+                format!(
+                    "ledger line {} succeeded {} ms after the suspension of line {} \
+                     answered (bound {allowed} ms)",
+                    late.call, late.after_ms, late.suspension
+                ),
+            ));
+        }
+    }
+
+    // 3d. No access token carries a role: the role is decided from auth's
+    // row and task's replica, so no token can carry one the member lost.
+    for (member, token, _) in tokens {
+        let carries = serde_json::from_str::<serde_json::Value>(&claims(token))
+            .map_or(true, |c| c.get("role").is_some());
+        if carries {
+            out.push(violation(
+                "no token carries a role",
+                Some(*member),
+                format!("claims {}", claims(token)),
+            ));
+            break;
         }
     }
 
@@ -397,4 +545,58 @@ fn claims(token: &str) -> String {
         })
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: usize, op: &'static str, answer: Answer, start_ms: u128, end_ms: u128) -> Entry {
+        Entry {
+            n,
+            client: 0,
+            op,
+            member: Some(Uuid::nil()),
+            args: String::new(),
+            answer,
+            result: String::new(),
+            start_ms,
+            end_ms,
+        }
+    }
+
+    #[test]
+    fn a_call_after_a_suspension_is_late_until_a_reinstatement_starts() {
+        let ledger = vec![
+            entry(0, "CreateTask", Answer::Ok, 0, 5),
+            entry(1, "SuspendMember", Answer::Ok, 10, 20),
+            // Started before the answer: not counted.
+            entry(2, "CreateTask", Answer::Ok, 15, 25),
+            entry(3, "CreateTask", Answer::Ok, 30, 35),
+            entry(4, "Login", Answer::Ok, 40, 45),
+            // Refused, or not refused at all (DeleteAccount): not counted.
+            entry(5, "CreateTask", Answer::Refused("x".into()), 50, 55),
+            entry(6, "DeleteAccount", Answer::Ok, 50, 55),
+            entry(7, "ReinstateMember", Answer::Ambiguous("x".into()), 60, 70),
+            // Ended after the reinstatement started: it may have allowed it.
+            entry(8, "CreateTask", Answer::Ok, 58, 65),
+            entry(9, "Login", Answer::Ok, 80, 85),
+        ];
+        let late = late_after_suspension(&ledger);
+        let calls: Vec<(usize, bool, u128)> = late
+            .iter()
+            .map(|l| (l.call, l.at_task, l.after_ms))
+            .collect();
+        assert_eq!(calls, vec![(3, true, 10), (4, false, 20)]);
+    }
+
+    #[test]
+    fn a_refused_reinstatement_lifts_nothing() {
+        let ledger = vec![
+            entry(0, "SuspendMember", Answer::Ok, 0, 10),
+            entry(1, "ReinstateMember", Answer::Refused("x".into()), 20, 30),
+            entry(2, "CreateTask", Answer::Ok, 40, 50),
+        ];
+        assert_eq!(late_after_suspension(&ledger).len(), 1);
+    }
 }

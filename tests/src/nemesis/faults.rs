@@ -76,6 +76,9 @@ pub struct Planned {
 /// Instances of each service.
 pub const INSTANCES: usize = 2;
 
+/// The longest a fault lasts before it heals, in milliseconds.
+pub const LONGEST_MS: u64 = 4_000;
+
 fn instance(rng: &mut StdRng) -> Instance {
     let i = rng.random_range(0..INSTANCES);
     if rng.random_bool(0.5) {
@@ -118,7 +121,7 @@ pub fn plan(seed: u64, secs: u64) -> Vec<Planned> {
     let mut at = Duration::from_secs(1);
     let mut plan = Vec::new();
     loop {
-        let lasts = Duration::from_millis(rng.random_range(1_000..=4_000));
+        let lasts = Duration::from_millis(rng.random_range(1_000..=LONGEST_MS));
         if at + lasts >= end {
             return plan;
         }

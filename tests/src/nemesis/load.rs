@@ -2,7 +2,11 @@
 //! ChangePassword, Logout, Refresh, CreateTask and DeleteAccount at random
 //! (from its own seed), against either instance of each service, recording
 //! every call in the ledger. A CreateTask whose answer is ambiguous is sent
-//! again with the same `request_id`. During a
+//! again with the same `request_id`. Beside them an admin ([`admin`])
+//! suspends, reinstates and changes the role of the members the clients
+//! signed up; a member told it is suspended may delete its account with
+//! email and password. Every access token the clients are given goes into
+//! the [`Tokens`] book, for the checker. During a
 //! [`super::faults::Fault::Cancels`] window a share of SignUp,
 //! UpdateProfile and CreateTask calls is cut mid-flight by a deadline of a
 //! few milliseconds.
@@ -43,6 +47,17 @@ struct Member {
     /// Every access token the current session was given (Login, each
     /// Refresh): an acknowledged Logout must end them all.
     session: Vec<String>,
+    /// Its last Login was refused as suspended: it may delete the account
+    /// with email and password, as a suspended member can.
+    suspended: bool,
+}
+
+/// Whether `answer` ended the session it was made with: a token refused
+/// (revoked, expired) or a member refused (suspended). The client logs in
+/// again, which a suspended member is refused.
+fn ends_session(answer: &Answer) -> bool {
+    matches!(answer, Answer::Refused(e)
+        if e.starts_with("Unauthenticated") || e.starts_with("PermissionDenied"))
 }
 
 /// What a client hands the checker besides the ledger: tokens that an
@@ -51,6 +66,26 @@ struct Member {
 pub struct Outcome {
     /// (member, access token, the ledger entry that ended it).
     pub must_refuse: Vec<(Uuid, String, usize)>,
+}
+
+/// Every access token a client was given: its member, the token, and when
+/// the call that issued it ended (ledger milliseconds). A permission change
+/// acknowledged after that must have ended it.
+#[derive(Clone, Debug, Default)]
+pub struct Tokens(Arc<std::sync::Mutex<Vec<(Uuid, String, u128)>>>);
+
+impl Tokens {
+    fn issued(&self, member: Uuid, token: &str, ledger: &Ledger) {
+        self.0
+            .lock()
+            .expect("tokens poisoned")
+            .push((member, token.to_owned(), ledger.now_ms()));
+    }
+
+    /// Every token so far.
+    pub fn all(&self) -> Vec<(Uuid, String, u128)> {
+        self.0.lock().expect("tokens poisoned").clone()
+    }
 }
 
 /// Every access token of `m`'s current session, ended by ledger entry `n`;
@@ -153,6 +188,7 @@ pub async fn client(
     endpoints: Endpoints,
     cancels: Cancels,
     ledger: Ledger,
+    tokens: Tokens,
     stop: tokio_util::sync::CancellationToken,
 ) -> Outcome {
     let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(31).wrapping_add(k as u64));
@@ -184,7 +220,14 @@ pub async fn client(
             continue;
         }
         if members[i].access.is_none() {
-            log_in(k, &mut members[i], auth, &ledger).await;
+            if members[i].suspended && rng.random_bool(0.2) {
+                let (_, gone) = delete_account(k, &mut members[i], auth, &ledger).await;
+                if gone {
+                    members.swap_remove(i);
+                }
+                continue;
+            }
+            log_in(k, &mut members[i], auth, &ledger, &tokens).await;
             continue;
         }
         let roll = rng.random_range(0..100);
@@ -195,15 +238,15 @@ pub async fn client(
                 Vec::new()
             }
             30..65 => {
-                create_task(k, &members[i], task, &ledger, &mut deadlines).await;
+                create_task(k, &mut members[i], task, &ledger, &mut deadlines).await;
                 Vec::new()
             }
             65..75 => {
-                refresh(k, &mut members[i], auth, &ledger).await;
+                refresh(k, &mut members[i], auth, &ledger, &tokens).await;
                 Vec::new()
             }
             75..84 => logout(k, &mut members[i], auth, &ledger).await,
-            84..92 => change_password(k, &mut members[i], auth, &ledger).await,
+            84..92 => change_password(k, &mut members[i], auth, &ledger, &tokens).await,
             _ => {
                 let (ended, gone) = delete_account(k, &mut members[i], auth, &ledger).await;
                 if gone {
@@ -258,6 +301,7 @@ async fn sign_up(
                 access: None,
                 refresh: None,
                 session: Vec::new(),
+                suspended: false,
             })
         }
         Err(s) => {
@@ -267,7 +311,13 @@ async fn sign_up(
     }
 }
 
-async fn log_in(k: usize, m: &mut Member, mut auth: AuthServiceClient<Channel>, ledger: &Ledger) {
+async fn log_in(
+    k: usize,
+    m: &mut Member,
+    mut auth: AuthServiceClient<Channel>,
+    ledger: &Ledger,
+    tokens: &Tokens,
+) {
     let start = ledger.now_ms();
     let answer = auth
         .login(plain(auth_pb::LoginRequest {
@@ -278,6 +328,8 @@ async fn log_in(k: usize, m: &mut Member, mut auth: AuthServiceClient<Channel>, 
     match answer {
         Ok(r) => {
             let r = r.into_inner();
+            tokens.issued(m.id, &r.access_token, ledger);
+            m.suspended = false;
             m.session = vec![r.access_token.clone()];
             m.access = Some(r.access_token);
             m.refresh = Some(r.refresh_token);
@@ -292,6 +344,7 @@ async fn log_in(k: usize, m: &mut Member, mut auth: AuthServiceClient<Channel>, 
             );
         }
         Err(s) => {
+            m.suspended = s.message().contains("suspended");
             ledger.record(
                 k,
                 "Login",
@@ -338,7 +391,7 @@ async fn update_profile(
         ),
         Err(s) => (Answer::of(&s), String::new()),
     };
-    if matches!(&answer, Answer::Refused(e) if e.starts_with("Unauthenticated")) {
+    if ends_session(&answer) {
         m.access = None;
     }
     ledger.record(
@@ -354,7 +407,7 @@ async fn update_profile(
 
 async fn create_task(
     k: usize,
-    m: &Member,
+    m: &mut Member,
     task: TaskServiceClient<Channel>,
     ledger: &Ledger,
     deadlines: &mut Deadlines,
@@ -394,6 +447,9 @@ async fn create_task(
             Err(s) => {
                 let answer = Answer::of(&s);
                 let again = answer.is_ambiguous();
+                if ends_session(&answer) {
+                    m.access = None;
+                }
                 ledger.record(
                     k,
                     "CreateTask",
@@ -412,7 +468,13 @@ async fn create_task(
     }
 }
 
-async fn refresh(k: usize, m: &mut Member, mut auth: AuthServiceClient<Channel>, ledger: &Ledger) {
+async fn refresh(
+    k: usize,
+    m: &mut Member,
+    mut auth: AuthServiceClient<Channel>,
+    ledger: &Ledger,
+    tokens: &Tokens,
+) {
     let start = ledger.now_ms();
     let answer = auth
         .refresh(plain(auth_pb::RefreshRequest {
@@ -422,6 +484,7 @@ async fn refresh(k: usize, m: &mut Member, mut auth: AuthServiceClient<Channel>,
     match answer {
         Ok(r) => {
             let r = r.into_inner();
+            tokens.issued(m.id, &r.access_token, ledger);
             m.session.push(r.access_token.clone());
             m.access = Some(r.access_token);
             m.refresh = Some(r.refresh_token);
@@ -497,6 +560,7 @@ async fn change_password(
     m: &mut Member,
     mut auth: AuthServiceClient<Channel>,
     ledger: &Ledger,
+    tokens: &Tokens,
 ) -> Vec<(Uuid, String, usize)> {
     let start = ledger.now_ms();
     let Some(token) = m.access.clone() else {
@@ -515,6 +579,7 @@ async fn change_password(
     match answer {
         Ok(r) => {
             let r = r.into_inner();
+            tokens.issued(m.id, &r.access_token, ledger);
             let n = ledger.record(
                 k,
                 "ChangePassword",
@@ -562,15 +627,23 @@ async fn delete_account(
     ledger: &Ledger,
 ) -> (Vec<(Uuid, String, usize)>, bool) {
     let start = ledger.now_ms();
-    let token = m.access.clone().unwrap_or_default();
-    let answer = auth
-        .delete_account(bearer(
+    // With the session's token, or (a suspended member has none) with the
+    // account's email.
+    let request = match &m.access {
+        Some(token) => bearer(
             auth_pb::DeleteAccountRequest {
                 password: m.password.clone(),
                 ..Default::default()
             },
-            &token,
-        ))
+            token,
+        ),
+        None => plain(auth_pb::DeleteAccountRequest {
+            password: m.password.clone(),
+            email: m.email.clone(),
+        }),
+    };
+    let answer = auth
+        .delete_account(request)
         .await
         .map_or_else(|s| Answer::of(&s), |_| Answer::Ok);
     let (acked, gone) = (answer.is_ok(), !matches!(answer, Answer::Refused(_)));
@@ -585,4 +658,188 @@ async fn delete_account(
     );
     let tokens = if acked { ended(m, n) } else { Vec::new() };
     (tokens, gone)
+}
+
+/// The admin's credentials: a member an operator made an admin before the
+/// run (`memberflow-admin grant-admin`'s function).
+#[derive(Clone, Debug)]
+pub struct AdminAccount {
+    pub email: String,
+    pub password: String,
+}
+
+/// What the admin last learnt of a member from an acknowledged answer;
+/// `None` after an ambiguous one.
+#[derive(Clone, Copy, Debug, Default)]
+struct Known {
+    admin: Option<bool>,
+    suspended: Option<bool>,
+}
+
+/// The admin's next permission change for a member it knows as `known`,
+/// from a roll in 0..100: suspend one not suspended, reinstate one who is,
+/// or give the other role. `(op, argument, certain)`: certain when the
+/// admin knows the change changes something (and so ends the sessions).
+fn next_change(known: Known, roll: u32) -> (&'static str, &'static str, bool) {
+    if roll < 70 {
+        match known.suspended {
+            Some(true) => ("ReinstateMember", "", true),
+            Some(false) => ("SuspendMember", "nemesis: spam reports", true),
+            None => ("SuspendMember", "nemesis: spam reports", false),
+        }
+    } else {
+        match known.admin {
+            Some(true) => ("SetRole", "member", true),
+            Some(false) => ("SetRole", "admin", true),
+            None => ("SetRole", "admin", false),
+        }
+    }
+}
+
+/// The admin (client `k`): until `stop`, every 100 to 500 ms, suspends,
+/// reinstates or changes the role of a member some client signed up and
+/// records it in the ledger, its `result` `changed` when the admin knew the
+/// change changed something (see [`next_change`]), else `unsure`.
+pub async fn admin(
+    k: usize,
+    seed: u64,
+    endpoints: Endpoints,
+    account: AdminAccount,
+    ledger: Ledger,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(41).wrapping_add(k as u64));
+    let mut known: std::collections::HashMap<Uuid, Known> = std::collections::HashMap::new();
+    let mut gone: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
+    let mut token: Option<String> = None;
+    while !stop.is_cancelled() {
+        let pause = Duration::from_millis(rng.random_range(100..=500));
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        let mut auth = AuthServiceClient::new(
+            endpoints.auth[rng.random_range(0..endpoints.auth.len())].clone(),
+        );
+        let Some(bearer_token) = token.clone() else {
+            let answer = auth
+                .login(plain(auth_pb::LoginRequest {
+                    email: account.email.clone(),
+                    password: account.password.clone(),
+                }))
+                .await;
+            token = answer.ok().map(|r| r.into_inner().access_token);
+            continue;
+        };
+        let members: Vec<Uuid> = ledger
+            .entries()
+            .iter()
+            .filter(|e| e.op == "SignUp" && e.answer.is_ok())
+            .filter_map(|e| e.member)
+            .filter(|id| !gone.contains(id))
+            .collect();
+        if members.is_empty() {
+            continue;
+        }
+        let id = members[rng.random_range(0..members.len())];
+        let now = known.get(&id).copied().unwrap_or(Known {
+            admin: Some(false),
+            suspended: Some(false),
+        });
+        let (op, arg, certain) = next_change(now, rng.random_range(0..100));
+        let start = ledger.now_ms();
+        let member_id = id.to_string();
+        let answer = match op {
+            "SuspendMember" => auth
+                .suspend_member(bearer(
+                    auth_pb::SuspendMemberRequest {
+                        member_id,
+                        reason: arg.to_owned(),
+                    },
+                    &bearer_token,
+                ))
+                .await
+                .map(|r| r.into_inner().member),
+            "ReinstateMember" => auth
+                .reinstate_member(bearer(
+                    auth_pb::ReinstateMemberRequest { member_id },
+                    &bearer_token,
+                ))
+                .await
+                .map(|r| r.into_inner().member),
+            _ => auth
+                .set_role(bearer(
+                    auth_pb::SetRoleRequest {
+                        member_id,
+                        role: arg.to_owned(),
+                    },
+                    &bearer_token,
+                ))
+                .await
+                .map(|r| r.into_inner().member),
+        };
+        let (answer, result) = match answer {
+            Ok(state) => {
+                let state = state.unwrap_or_default();
+                known.insert(
+                    id,
+                    Known {
+                        admin: Some(state.role == "admin"),
+                        suspended: Some(state.suspension.is_some()),
+                    },
+                );
+                let how = if certain { "changed" } else { "unsure" };
+                (Answer::Ok, format!("{how} v{}", state.version))
+            }
+            Err(s) => {
+                let answer = Answer::of(&s);
+                match &answer {
+                    Answer::Ambiguous(_) => {
+                        known.insert(id, Known::default());
+                    }
+                    Answer::Refused(_) if s.code() == tonic::Code::Unauthenticated => {
+                        token = None;
+                    }
+                    Answer::Refused(_) => {
+                        // Deleted since (NOT_FOUND), or a change refused
+                        // for good: leave the member alone.
+                        gone.insert(id);
+                    }
+                    Answer::Ok => {}
+                }
+                (answer, String::new())
+            }
+        };
+        ledger.record(k, op, Some(id), arg.to_owned(), answer, result, start);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_changes_what_it_knows_and_is_unsure_of_what_it_does_not() {
+        let member = Known {
+            admin: Some(false),
+            suspended: Some(false),
+        };
+        assert_eq!(
+            next_change(member, 0),
+            ("SuspendMember", "nemesis: spam reports", true)
+        );
+        let suspended = Known {
+            suspended: Some(true),
+            ..member
+        };
+        assert_eq!(next_change(suspended, 69), ("ReinstateMember", "", true));
+        assert_eq!(next_change(member, 70), ("SetRole", "admin", true));
+        let admin = Known {
+            admin: Some(true),
+            ..member
+        };
+        assert_eq!(next_change(admin, 99), ("SetRole", "member", true));
+        assert!(!next_change(Known::default(), 0).2);
+        assert!(!next_change(Known::default(), 99).2);
+    }
 }

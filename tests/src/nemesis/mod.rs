@@ -38,6 +38,26 @@ use crate::{
     proxy::TcpProxy,
 };
 
+/// task's `reconcile.interval_secs` in a run: short, so that the bound on
+/// a suspension whose event is held (docs/security.md) is checked in
+/// seconds, not in the default's ten minutes.
+pub const RECONCILE_INTERVAL_SECS: u64 = 2;
+
+/// The relay's and the reconciler's `lease_ms` (the defaults): how long a
+/// killed or hung holder keeps the work from the other instance.
+const LEASE_MS: u64 = 6_000;
+
+/// How long after an acknowledged suspension task may still serve the
+/// member in a run, as docs/security.md states it for these settings: a
+/// fault that holds the event heals (at most [`faults::LONGEST_MS`]) or
+/// its lease moves to the other instance ([`LEASE_MS`]), whichever is
+/// longer, then one reconciler interval, and two seconds for the pass and
+/// the reconnections. auth refuses from the answer on.
+pub fn suspension_bound() -> Duration {
+    Duration::from_millis(faults::LONGEST_MS.max(LEASE_MS))
+        + Duration::from_secs(RECONCILE_INTERVAL_SECS + 2)
+}
+
 /// What a run is asked to do.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
@@ -57,18 +77,27 @@ pub struct Report {
     pub violations: Vec<check::Violation>,
     pub converged_in: Option<Duration>,
     pub ledger: Ledger,
+    /// Acknowledged suspensions, and the latest a call still succeeded at
+    /// task after one (its start, after the suspension's answer).
+    pub suspensions: usize,
+    pub latest_after_suspension: Option<Duration>,
 }
 
 impl Report {
     /// The line the binary prints last.
     pub fn summary(&self, seed: u64) -> String {
         format!(
-            "nemesis seed={seed} ops={} faults={} violations={} converged_in={}",
+            "nemesis seed={seed} ops={} faults={} violations={} converged_in={} \
+             suspensions={} served_after_suspension_max={} bound={}ms",
             self.ops,
             self.faults,
             self.violations.len(),
             self.converged_in
-                .map_or("never".to_owned(), |d| format!("{:.1}s", d.as_secs_f64()))
+                .map_or("never".to_owned(), |d| format!("{:.1}s", d.as_secs_f64())),
+            self.suspensions,
+            self.latest_after_suspension
+                .map_or("none".to_owned(), |d| format!("{}ms", d.as_millis())),
+            suspension_bound().as_millis(),
         )
     }
 }
@@ -176,6 +205,10 @@ impl Topology {
                 ("AMQP__URL".to_owned(), env.amqp_url_via(&mq.host())),
                 ("RELAY__LEADER_RETRY_MS".to_owned(), "100".to_owned()),
                 ("DATABASE__ACQUIRE_TIMEOUT_MS".to_owned(), "1000".to_owned()),
+                (
+                    "RECONCILE__INTERVAL_SECS".to_owned(),
+                    RECONCILE_INTERVAL_SECS.to_string(),
+                ),
                 // One instance reads through to auth, the other answers
                 // USER_NOT_READY: both modes under the same faults.
                 (
@@ -384,7 +417,9 @@ pub async fn run(options: Options, exe: String) -> anyhow::Result<Report> {
         auth: Topology::channels(&topology.auths),
         task: Topology::channels(&topology.tasks),
     };
+    let admin_account = make_admin(&endpoints, &auth_db).await?;
     let stop = tokio_util::sync::CancellationToken::new();
+    let tokens = load::Tokens::default();
     let clients: Vec<_> = (0..options.clients)
         .map(|k| {
             tokio::spawn(load::client(
@@ -393,10 +428,19 @@ pub async fn run(options: Options, exe: String) -> anyhow::Result<Report> {
                 endpoints.clone(),
                 topology.cancels.clone(),
                 ledger.clone(),
+                tokens.clone(),
                 stop.clone(),
             ))
         })
         .collect();
+    let admin = tokio::spawn(load::admin(
+        options.clients,
+        options.seed,
+        endpoints.clone(),
+        admin_account,
+        ledger.clone(),
+        stop.clone(),
+    ));
 
     let plan: Vec<Planned> = faults::plan(options.seed, options.secs);
     let began = tokio::time::Instant::now();
@@ -418,6 +462,7 @@ pub async fn run(options: Options, exe: String) -> anyhow::Result<Report> {
     for c in clients {
         must_refuse.extend(c.await?.must_refuse);
     }
+    admin.await?;
 
     let healed = Instant::now();
     let mut converged_in = None;
@@ -432,6 +477,8 @@ pub async fn run(options: Options, exe: String) -> anyhow::Result<Report> {
     let violations = check::check(
         &entries,
         &must_refuse,
+        &tokens.all(),
+        suspension_bound(),
         &auth_db,
         &task_db,
         &endpoints.task,
@@ -439,11 +486,68 @@ pub async fn run(options: Options, exe: String) -> anyhow::Result<Report> {
     )
     .await?;
     drop(topology);
+    let late_at_task = check::late_after_suspension(&entries)
+        .into_iter()
+        .filter(|l| l.at_task)
+        .map(|l| Duration::from_millis(l.after_ms as u64))
+        .max();
     Ok(Report {
         ops: entries.len(),
         faults: plan.len(),
         violations,
         converged_in,
+        suspensions: entries
+            .iter()
+            .filter(|e| e.op == "SuspendMember" && e.answer.is_ok())
+            .count(),
+        latest_after_suspension: late_at_task,
         ledger,
     })
+}
+
+/// Signs up the run's admin and makes them one as an operator would
+/// (`memberflow-admin grant-admin` runs the same function), before any
+/// fault: the services may still be opening, so SignUp is retried for up
+/// to 30 s.
+async fn make_admin(
+    endpoints: &load::Endpoints,
+    auth_db: &sqlx::PgPool,
+) -> anyhow::Result<load::AdminAccount> {
+    use memberflow_contract::proto::auth::v1::{
+        SignUpRequest, auth_service_client::AuthServiceClient,
+    };
+    let account = load::AdminAccount {
+        email: "nemesis-admin@example.com".to_owned(),
+        password: "the nemesis admin's passphrase".to_owned(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut auth = AuthServiceClient::new(endpoints.auth[0].clone());
+    loop {
+        let signed = auth
+            .sign_up(SignUpRequest {
+                email: account.email.clone(),
+                password: account.password.clone(),
+                nickname: "Admin".to_owned(),
+                region: "UTC".to_owned(),
+            })
+            .await;
+        match signed {
+            Ok(_) => break,
+            Err(s) if Instant::now() < deadline => {
+                eprintln!("nemesis: the admin's SignUp: {s}; again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(s) => anyhow::bail!("the admin's SignUp: {s}"),
+        }
+    }
+    let outbox =
+        memberflow_outbox::write::Outbox::without_wake(auth_db.clone(), &auth::outbox::SPEC);
+    let email = auth::domain::Email::parse(&account.email)
+        .map_err(|e| anyhow::anyhow!("the admin's email: {e:?}"))?;
+    auth::permissions::grant_admin(&outbox, &email)
+        .await
+        .map_err(|e| anyhow::anyhow!("grant-admin: {e:?}"))?
+        .ok_or_else(|| anyhow::anyhow!("grant-admin: no member {}", account.email))?;
+    memberflow_outbox::wake::notify(auth_db, auth::outbox::SPEC.channel).await?;
+    Ok(account)
 }
