@@ -17,6 +17,7 @@ mod floor;
 mod load;
 mod peer;
 mod pool_guard;
+mod proc_stat;
 mod relay_drain;
 mod replica_repair;
 mod report;
@@ -26,6 +27,7 @@ mod signup;
 mod stats;
 mod suspension;
 mod system;
+mod workers;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -200,7 +202,7 @@ impl Lab {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench [--quick] [--out FILE.json] [--only system|guard|relay|consumer|replica|clients|scale|cluster|peer]\n       bench serve auth|task\n       bench peer-relay ours|oxide"
+        "usage: bench [--quick] [--out FILE.json] [--only system|workers|guard|relay|consumer|replica|clients|scale|cluster|peer]\n       bench serve auth|task\n       bench peer-relay ours|oxide"
     );
     std::process::exit(2)
 }
@@ -245,6 +247,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted("system") {
         system::run(&mut lab).await?;
+    }
+    if wanted("workers") {
+        workers::run(&mut lab).await?;
     }
     if wanted("guard") {
         pool_guard::run(&mut lab).await?;

@@ -449,22 +449,10 @@ impl RelayProcess {
     }
 
     /// User + system CPU time of the whole process so far, in seconds
-    /// (`/proc/PID/stat`, all its threads, in clock ticks).
+    /// (`/proc/PID/stat`, all its threads).
     fn cpu_secs(&self, ticks_per_sec: f64) -> anyhow::Result<f64> {
         let pid = self.child.id().context("the relay process exited")?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        // Fields after the command name, which may hold spaces: state is
-        // field 3, utime 14 and stime 15.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .context("/proc/PID/stat")?
-            .1
-            .split_whitespace()
-            .collect();
-        let ticks = |i: usize| -> anyhow::Result<f64> {
-            Ok(fields.get(i).context("/proc/PID/stat")?.parse::<f64>()?)
-        };
-        Ok((ticks(11)? + ticks(12)?) / ticks_per_sec)
+        crate::proc_stat::process_cpu_secs(pid, ticks_per_sec)
     }
 
     async fn stop(mut self) -> anyhow::Result<()> {
@@ -476,17 +464,6 @@ impl RelayProcess {
         anyhow::ensure!(status.success(), "the relay process exited with {status}");
         Ok(())
     }
-}
-
-/// The clock ticks `/proc/PID/stat` counts in (USER_HZ, 100 on Linux).
-async fn ticks_per_sec() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .await
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 /// What the consumer saw: each event's first delivery, arrivals in order.
@@ -741,7 +718,7 @@ async fn measure(lab: &Lab, side: Side, ticks: f64) -> anyhow::Result<Outcome> {
 }
 
 pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
-    let ticks = ticks_per_sec().await;
+    let ticks = crate::proc_stat::ticks_per_sec().await;
     let ours = measure(lab, Side::Ours, ticks).await?;
     let theirs = measure(lab, Side::Oxide, ticks).await?;
     const PEER: &str = "oxide-outbox";

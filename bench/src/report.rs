@@ -33,6 +33,12 @@ pub(crate) enum Measure {
     Cpu {
         ms_per_1000: f64,
     },
+    /// What a worker (or a thread) spent per second: time (a worker's in its
+    /// polls, a thread's CPU) and wake-ups.
+    Work {
+        ms_per_sec: f64,
+        wakeups_per_sec: f64,
+    },
 }
 
 impl Measure {
@@ -51,6 +57,14 @@ impl Measure {
             }
             Self::Count { n } => thousands(*n as f64),
             Self::Cpu { ms_per_1000 } => format!("{} ms CPU", ms(*ms_per_1000)),
+            Self::Work {
+                ms_per_sec,
+                wakeups_per_sec,
+            } => format!(
+                "{} ms/s · {} wake-ups/s",
+                ms(*ms_per_sec),
+                thousands(*wakeups_per_sec)
+            ),
         }
     }
 

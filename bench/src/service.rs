@@ -66,19 +66,20 @@ impl Service {
 }
 
 /// The child side: builds the service from defaults plus the environment,
-/// prints its bound address on the first line of stdout, and serves until
+/// prints its bound address on the first line of stdout and its metrics
+/// address on the second, and serves until
 /// SIGTERM. Logs follow `RUST_LOG`, which the parent sets.
 pub(crate) async fn serve(service: &str) -> anyhow::Result<()> {
     telemetry::init_stderr("warn", &Default::default());
     match service {
         "auth" => {
             let app = auth::Application::build(auth::Settings::load(&Source::env_only())?).await?;
-            println!("{}", app.local_addr());
+            println!("{}\n{}", app.local_addr(), app.metrics_addr());
             app.run_until_stopped(shutdown::on_os_signal()).await
         }
         "task" => {
             let app = task::Application::build(task::Settings::load(&Source::env_only())?).await?;
-            println!("{}", app.local_addr());
+            println!("{}\n{}", app.local_addr(), app.metrics_addr());
             app.run_until_stopped(shutdown::on_os_signal()).await
         }
         other => anyhow::bail!("unknown service {other:?}: expected auth or task"),
@@ -89,6 +90,8 @@ pub(crate) async fn serve(service: &str) -> anyhow::Result<()> {
 pub(crate) struct ServiceProcess {
     pub(crate) service: Service,
     pub(crate) addr: SocketAddr,
+    /// The admin endpoint: `/metrics`.
+    pub(crate) metrics_addr: SocketAddr,
     pub(crate) channel: Channel,
     child: Child,
 }
@@ -165,6 +168,16 @@ impl ServiceProcess {
             .trim()
             .parse()
             .with_context(|| format!("{} printed {first:?}, not its address", service.arg()))?;
+        let second = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .with_context(|| format!("{} did not start in 30 s", service.arg()))??
+            .with_context(|| format!("{} exited before listening", service.arg()))?;
+        let metrics_addr: SocketAddr = second.trim().parse().with_context(|| {
+            format!(
+                "{} printed {second:?}, not its metrics address",
+                service.arg()
+            )
+        })?;
         let name = service.arg();
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
@@ -197,9 +210,15 @@ impl ServiceProcess {
         Ok(Self {
             service,
             addr,
+            metrics_addr,
             channel,
             child,
         })
+    }
+
+    /// The process id, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     pub(crate) fn url(&self) -> String {

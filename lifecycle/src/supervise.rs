@@ -15,6 +15,8 @@ use std::{collections::HashMap, fmt};
 use futures::{FutureExt as _, future::BoxFuture};
 use tokio::task::{Id, JoinError, JoinSet};
 
+use crate::cost::{Accounted, Costs};
+
 /// How a worker ends: `()` for a loop that only stops at shutdown, or a
 /// `Result` whose error is why it could not go on.
 pub trait WorkerExit: Send + 'static {
@@ -119,13 +121,24 @@ impl fmt::Display for Exit {
 pub struct Crew {
     running: JoinSet<anyhow::Result<()>>,
     names: HashMap<Id, &'static str>,
+    costs: Costs,
 }
 
 impl Crew {
-    /// Spawns every worker of `workers`.
+    /// A crew whose workers' costs go into `costs`, under their names.
+    pub fn new(costs: Costs) -> Self {
+        Self {
+            costs,
+            ..Self::default()
+        }
+    }
+
+    /// Spawns every worker of `workers`, each accounted under its name.
     pub fn start(&mut self, workers: Workers) {
         for (name, work) in workers.list {
-            let handle = self.running.spawn(work);
+            let handle = self
+                .running
+                .spawn(Accounted::new(self.costs.of(name), work));
             self.names.insert(handle.id(), name);
         }
     }

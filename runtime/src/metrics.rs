@@ -42,6 +42,54 @@ pub fn register_start_time(registry: &SharedRegistry) {
         );
 }
 
+/// Registers `worker_poll_seconds_total{worker}` (time spent inside the
+/// polls of each named worker, and the units of work under `units`) and
+/// `worker_wakeups_total{worker}` (how often each was polled), read from
+/// `costs` at each scrape (see `memberflow_lifecycle::Costs` for why).
+pub fn register_worker_costs(registry: &SharedRegistry, costs: memberflow_lifecycle::Costs) {
+    registry
+        .lock()
+        .expect("metrics registry poisoned")
+        .register_collector(Box::new(WorkerCosts(costs)));
+}
+
+#[derive(Debug)]
+struct WorkerCosts(memberflow_lifecycle::Costs);
+
+impl prometheus_client::collector::Collector for WorkerCosts {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::{
+            encoding::EncodeMetric as _,
+            metrics::{MetricType, counter::ConstCounter},
+        };
+        let spent = self.0.snapshot();
+        let mut busy = encoder.encode_descriptor(
+            "worker_poll_seconds",
+            "Wall-clock time spent inside the polls of each worker (and `units`, the units of work), in seconds",
+            None,
+            MetricType::Counter,
+        )?;
+        for s in &spent {
+            let labels = [("worker", s.name)];
+            ConstCounter::new(s.busy.as_secs_f64()).encode(busy.encode_family(&labels)?)?;
+        }
+        let mut woken = encoder.encode_descriptor(
+            "worker_wakeups",
+            "Times each worker (and `units`) was polled: its wake-ups",
+            None,
+            MetricType::Counter,
+        )?;
+        for s in &spent {
+            let labels = [("worker", s.name)];
+            ConstCounter::new(s.wakeups).encode(woken.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
 /// The registry in Prometheus text format.
 pub fn render(registry: &SharedRegistry) -> String {
     let mut out = String::new();

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use memberflow_lifecycle::{Crew, Exit, Workers};
+use memberflow_lifecycle::{Costs, Crew, Exit, Workers};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -235,7 +235,10 @@ pub async fn run<S: Service>(
     let gate = Gate::for_service(&settings);
     let (reporter, router) = crate::grpc::server(S::NAME, grpc_metrics, &limits, tls).await?;
     let health = crate::grpc::Health::new(reporter, S::NAME, readiness.clone());
-    let units = Units::new(pool.clone(), settings.unit_places());
+    // What each worker and the units cost (worker_poll_seconds_total).
+    let costs = Costs::default();
+    crate::metrics::register_worker_costs(&registry, costs.clone());
+    let units = Units::new(pool.clone(), settings.unit_places()).accounted(costs.of("units"));
     let Declared {
         router,
         mut workers,
@@ -264,7 +267,7 @@ pub async fn run<S: Service>(
 
     // The servers stop taking calls only once health has said NOT_SERVING.
     let serving = CancellationToken::new();
-    let mut crew = Crew::default();
+    let mut crew = Crew::new(costs);
     let mut servers = Workers::default();
     servers
         .add(

@@ -93,6 +93,8 @@ pub struct Units {
     tracker: TaskTracker,
     /// Places for units running at once (see the module's doc).
     places: Arc<Semaphore>,
+    /// Where the units' polls are counted (`worker_poll_seconds_total`).
+    cost: Option<Arc<memberflow_lifecycle::Cost>>,
 }
 
 impl Units {
@@ -103,7 +105,14 @@ impl Units {
             pool,
             tracker: TaskTracker::new(),
             places: Arc::new(Semaphore::new(places.max(1))),
+            cost: None,
         }
+    }
+
+    /// Units whose polls are counted to `cost`.
+    pub fn accounted(mut self, cost: Arc<memberflow_lifecycle::Cost>) -> Self {
+        self.cost = Some(cost);
+        self
     }
 
     /// The pool units (and the service's workers) use.
@@ -134,15 +143,19 @@ impl Units {
         let gone = CancellationToken::new();
         // Cancels `gone` if this future is dropped before the unit answers.
         let waiting = gone.clone().drop_guard();
-        let unit = self.tracker.spawn(
-            CALLER
-                .scope(gone, async move {
-                    let answer = work.await;
-                    drop((slot, place));
-                    answer
-                })
-                .in_current_span(),
-        );
+        let work = CALLER
+            .scope(gone, async move {
+                let answer = work.await;
+                drop((slot, place));
+                answer
+            })
+            .in_current_span();
+        let unit = match &self.cost {
+            Some(cost) => self
+                .tracker
+                .spawn(memberflow_lifecycle::Accounted::new(cost.clone(), work)),
+            None => self.tracker.spawn(work),
+        };
         let answered = unit.await;
         waiting.disarm();
         match answered {

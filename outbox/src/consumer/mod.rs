@@ -416,7 +416,10 @@ impl<H: Handler> Consumer<H> {
             // the nemesis found acknowledged tasks lost so.
             let apply = {
                 let (handler, events) = (self.handler.clone(), events.clone());
-                tokio::spawn(async move { handler.apply(&events).await }.instrument(span.clone()))
+                // Counted to the consumer's worker (worker_poll_seconds_total).
+                memberflow_lifecycle::spawn(
+                    async move { handler.apply(&events).await }.instrument(span.clone()),
+                )
             };
             let outcome = match tokio::time::timeout(bound, apply).await {
                 // Cancelled, not panicked: only as the runtime shuts down.
