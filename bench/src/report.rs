@@ -33,6 +33,10 @@ pub(crate) enum Measure {
     Cpu {
         ms_per_1000: f64,
     },
+    /// A mean duration (where only a histogram's sum and count are known).
+    Mean {
+        ms: f64,
+    },
     /// What a worker (or a thread) spent per second: time (a worker's in its
     /// polls, a thread's CPU) and wake-ups.
     Work {
@@ -57,6 +61,7 @@ impl Measure {
             }
             Self::Count { n } => thousands(*n as f64),
             Self::Cpu { ms_per_1000 } => format!("{} ms CPU", ms(*ms_per_1000)),
+            Self::Mean { ms: mean } => format!("mean {} ms", ms(*mean)),
             Self::Work {
                 ms_per_sec,
                 wakeups_per_sec,
@@ -80,6 +85,7 @@ impl Measure {
             )),
             (Self::Pass { secs: a, .. }, Self::Pass { secs: b, .. }) => Some(times(a / b)),
             (Self::Cpu { ms_per_1000: a }, Self::Cpu { ms_per_1000: b }) => Some(times(a / b)),
+            (Self::Mean { ms: a }, Self::Mean { ms: b }) => Some(times(a / b)),
             _ => None,
         }
     }

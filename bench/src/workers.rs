@@ -11,7 +11,7 @@
 //! code, lapin's I/O threads or the hashing threads: the thread rows show
 //! those. Poll time is wall clock, so on a saturated machine it includes
 //! preemption and the accounts can add up to more than the process's CPU.
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::Context as _;
 use memberflow_contract::proto::auth::v1::auth_service_client::AuthServiceClient;
@@ -36,6 +36,8 @@ struct Sample {
     workers: BTreeMap<String, (f64, f64)>,
     process_cpu_secs: f64,
     threads: BTreeMap<String, ThreadUse>,
+    /// The relay's batches: (seconds, count) of `memberflow_relay_batch_seconds`.
+    relay_batches: (f64, f64),
 }
 
 /// A worker's (or a thread group's) cost over a window, per second: ms of
@@ -117,6 +119,19 @@ pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
                 wakeups: switches(&at_rest.threads) / rest_secs,
             },
         ));
+        let (secs, batches) = under_load.relay_batches;
+        if batches > 0.0 {
+            lab.add(Figure::new(
+                format!("Relay batch, {name}, mean at {RATE}/s"),
+                format!(
+                    "memberflow_relay_batch_seconds sum ÷ count over the loaded window (read, publish and confirm, delete): {batches:.0} batches, {:.1} events each",
+                    propagation.members.len() as f64 / batches
+                ),
+                Measure::Mean {
+                    ms: secs * 1000.0 / batches,
+                },
+            ));
+        }
         for (thread, load) in &under_load.threads {
             let busy = at_rest.threads.get(thread).copied().unwrap_or_default();
             lab.add(figure(
@@ -181,10 +196,17 @@ async fn sample_all(
 
 async fn sample(process: &ServiceProcess, ticks: f64) -> anyhow::Result<Sample> {
     let pid = process.pid().context("the service exited")?;
+    let (status, page) = memberflow_tests::http::get(process.metrics_addr, "/metrics").await?;
+    anyhow::ensure!(status == 200, "/metrics answered {status}");
+    let relay_batches = (
+        metric(&page, "memberflow_relay_batch_seconds_sum"),
+        metric(&page, "memberflow_relay_batch_seconds_count"),
+    );
     Ok(Sample {
-        workers: worker_accounts(process.metrics_addr).await?,
+        workers: parse_accounts(&page),
         process_cpu_secs: proc_stat::process_cpu_secs(pid, ticks)?,
         threads: proc_stat::threads(pid, ticks)?,
+        relay_batches,
     })
 }
 
@@ -222,17 +244,23 @@ fn diff_all(
                 workers,
                 process_cpu_secs: a.process_cpu_secs - b.process_cpu_secs,
                 threads,
+                relay_batches: (
+                    a.relay_batches.0 - b.relay_batches.0,
+                    a.relay_batches.1 - b.relay_batches.1,
+                ),
             };
             (*name, sample)
         })
         .collect()
 }
 
-/// worker → (busy seconds, wake-ups) from a service's `/metrics`.
-async fn worker_accounts(metrics: SocketAddr) -> anyhow::Result<BTreeMap<String, (f64, f64)>> {
-    let (status, body) = memberflow_tests::http::get(metrics, "/metrics").await?;
-    anyhow::ensure!(status == 200, "/metrics answered {status}");
-    Ok(parse_accounts(&body))
+/// The value of the unlabelled sample `name` on a Prometheus text page, 0
+/// when absent.
+fn metric(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// The two worker counters of a Prometheus text page, by worker.

@@ -316,7 +316,14 @@ const LEADER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// * server-side TCP keepalive (idle 5 s, then 3 probes 2 s apart) ends the
 ///   session of a leader whose host or network died silently;
 /// * `statement_timeout` and `idle_in_transaction_session_timeout` keep a
-///   stuck leader from holding locks or rows.
+///   stuck leader from holding locks or rows;
+/// * `synchronous_commit = off`: the leader writes only bookkeeping (the
+///   delete of confirmed rows, an attempt counted, a row parked), and none of
+///   it must be on disk before the next batch starts. A crash that loses
+///   the last such commits republishes rows the broker already has (every
+///   consumer dedupes by event id, as after any redelivery) or counts an
+///   attempt again. It takes a WAL flush off every batch's path; the
+///   events themselves were committed synchronously by their writers.
 pub fn leader_session(db: PgConnectOptions, cfg: &RelaySettings) -> PgConnectOptions {
     db.application_name("memberflow-relay").options([
         (
@@ -330,6 +337,7 @@ pub fn leader_session(db: PgConnectOptions, cfg: &RelaySettings) -> PgConnectOpt
         ("tcp_keepalives_idle", "5".to_owned()),
         ("tcp_keepalives_interval", "2".to_owned()),
         ("tcp_keepalives_count", "3".to_owned()),
+        ("synchronous_commit", "off".to_owned()),
     ])
 }
 
