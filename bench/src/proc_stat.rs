@@ -52,7 +52,7 @@ pub(crate) struct ThreadUse {
 }
 
 /// Process `pid`'s threads grouped by name (`comm`; tokio's workers are all
-/// `tokio-runtime-w`), with what each group has spent so far. A thread that
+/// `tokio-rt-worker`), with what each group has spent so far. A thread that
 /// ended between the listing and the read is skipped.
 pub(crate) fn threads(pid: u32, ticks_per_sec: f64) -> anyhow::Result<BTreeMap<String, ThreadUse>> {
     let mut groups: BTreeMap<String, ThreadUse> = BTreeMap::new();

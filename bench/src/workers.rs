@@ -119,8 +119,9 @@ pub(crate) async fn run(lab: &mut Lab) -> anyhow::Result<()> {
                 wakeups: switches(&at_rest.threads) / rest_secs,
             },
         ));
+        // auth's relay carries the signups; task's (erasure receipts) idles.
         let (secs, batches) = under_load.relay_batches;
-        if batches > 0.0 {
+        if name == "auth" && batches > 0.0 {
             lab.add(Figure::new(
                 format!("Relay batch, {name}, mean at {RATE}/s"),
                 format!(
@@ -198,9 +199,10 @@ async fn sample(process: &ServiceProcess, ticks: f64) -> anyhow::Result<Sample> 
     let pid = process.pid().context("the service exited")?;
     let (status, page) = memberflow_tests::http::get(process.metrics_addr, "/metrics").await?;
     anyhow::ensure!(status == 200, "/metrics answered {status}");
+    let sum = |name| memberflow_tests::process::sum_samples(&page, name).unwrap_or(0.0);
     let relay_batches = (
-        metric(&page, "memberflow_relay_batch_seconds_sum"),
-        metric(&page, "memberflow_relay_batch_seconds_count"),
+        sum("memberflow_relay_batch_seconds_sum"),
+        sum("memberflow_relay_batch_seconds_count"),
     );
     Ok(Sample {
         workers: parse_accounts(&page),
@@ -252,15 +254,6 @@ fn diff_all(
             (*name, sample)
         })
         .collect()
-}
-
-/// The value of the unlabelled sample `name` on a Prometheus text page, 0
-/// when absent.
-fn metric(page: &str, name: &str) -> f64 {
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// The two worker counters of a Prometheus text page, by worker.

@@ -4,7 +4,7 @@
 //!   ticks delayed rather than bursted after a stall.
 //! - [`Workers`]: a service's named workers; the runtime's supervisor
 //!   ([`Crew`]) sees the first one that ends, and how ([`WorkerEnded`]).
-//! - [`Costs`]: what each worker costs (CPU time in its polls, wake-ups),
+//! - [`Costs`]: what each worker costs (time in its polls, wake-ups),
 //!   and [`spawn`] for work a worker hands to a task of its own.
 //!
 //! Kept apart from `memberflow-runtime` (the gRPC server, its settings and
