@@ -61,33 +61,44 @@ impl prometheus_client::collector::Collector for WorkerCosts {
         &self,
         mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
     ) -> Result<(), std::fmt::Error> {
-        use prometheus_client::{
-            encoding::EncodeMetric as _,
-            metrics::{MetricType, counter::ConstCounter},
-        };
         let spent = self.0.snapshot();
-        let mut busy = encoder.encode_descriptor(
+        worker_counter(
+            &mut encoder,
             "worker_poll_seconds",
             "Wall-clock time spent inside the polls of each worker (and `units`, the units of work), in seconds",
-            None,
-            MetricType::Counter,
+            &spent,
+            |s| s.busy.as_secs_f64(),
         )?;
-        for s in &spent {
-            let labels = [("worker", s.name)];
-            ConstCounter::new(s.busy.as_secs_f64()).encode(busy.encode_family(&labels)?)?;
-        }
-        let mut woken = encoder.encode_descriptor(
+        worker_counter(
+            &mut encoder,
             "worker_wakeups",
             "Times each worker (and `units`) was polled: its wake-ups",
-            None,
-            MetricType::Counter,
-        )?;
-        for s in &spent {
-            let labels = [("worker", s.name)];
-            ConstCounter::new(s.wakeups).encode(woken.encode_family(&labels)?)?;
-        }
-        Ok(())
+            &spent,
+            |s| s.wakeups,
+        )
     }
+}
+
+/// One counter family, `{name}_total{worker}`, with `value` of each account.
+fn worker_counter<N>(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    spent: &[memberflow_lifecycle::Spent],
+    value: impl Fn(&memberflow_lifecycle::Spent) -> N,
+) -> Result<(), std::fmt::Error>
+where
+    prometheus_client::metrics::counter::ConstCounter<N>: prometheus_client::encoding::EncodeMetric,
+{
+    use prometheus_client::{
+        encoding::EncodeMetric as _,
+        metrics::{MetricType, counter::ConstCounter},
+    };
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for s in spent {
+        ConstCounter::new(value(s)).encode(family.encode_family(&[("worker", s.name)])?)?;
+    }
+    Ok(())
 }
 
 /// The registry in Prometheus text format.

@@ -93,8 +93,9 @@ pub struct Units {
     tracker: TaskTracker,
     /// Places for units running at once (see the module's doc).
     places: Arc<Semaphore>,
-    /// Where the units' polls are counted (`worker_poll_seconds_total`).
-    cost: Option<Arc<memberflow_lifecycle::Cost>>,
+    /// Where the units' polls are counted (`worker_poll_seconds_total`);
+    /// an account of their own, read by no one, until [`Self::accounted`].
+    cost: Arc<memberflow_lifecycle::Cost>,
 }
 
 impl Units {
@@ -105,13 +106,13 @@ impl Units {
             pool,
             tracker: TaskTracker::new(),
             places: Arc::new(Semaphore::new(places.max(1))),
-            cost: None,
+            cost: Arc::default(),
         }
     }
 
     /// Units whose polls are counted to `cost`.
     pub fn accounted(mut self, cost: Arc<memberflow_lifecycle::Cost>) -> Self {
-        self.cost = Some(cost);
+        self.cost = cost;
         self
     }
 
@@ -150,12 +151,10 @@ impl Units {
                 answer
             })
             .in_current_span();
-        let unit = match &self.cost {
-            Some(cost) => self
-                .tracker
-                .spawn(memberflow_lifecycle::Accounted::new(cost.clone(), work)),
-            None => self.tracker.spawn(work),
-        };
+        let unit = self.tracker.spawn(memberflow_lifecycle::Accounted::new(
+            self.cost.clone(),
+            work,
+        ));
         let answered = unit.await;
         waiting.disarm();
         match answered {
